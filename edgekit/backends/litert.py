@@ -1,0 +1,179 @@
+"""LiteRT (TFLite) backend: XNNPACK on CPU; GPU and Edge TPU delegates where their libraries load.
+
+Uses ``ai_edge_litert``; falls back to ``tflite_runtime`` only when that is what
+the device has (its last release, 2.14, crashes with NumPy 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelFileError
+from ..hostinfo import cpu_count, cpu_name
+from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
+from .base import BackendStatus
+
+log = logging.getLogger(__name__)
+
+# Delegate libraries tried for each accelerator, and what to install when none loads.
+_DELEGATES: dict[str, tuple[DeviceKind, tuple[str, ...], str]] = {
+    "GPU": (DeviceKind.GPU, ("libtensorflowlite_gpu_delegate.so", "libLiteRtGpuAccelerator.so"),
+            "no TFLite GPU delegate library found (build or install libtensorflowlite_gpu_delegate.so)"),
+    "EdgeTPU": (DeviceKind.TPU, ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll"),
+                "no Edge TPU runtime found (install libedgetpu1-std and plug in a Coral device)"),
+}
+
+
+def _import():
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        return mod, "ai-edge-litert"
+    except ImportError:
+        from tflite_runtime import interpreter as mod  # old device images only
+
+        return mod, "tflite-runtime"
+
+
+def _spec(detail: dict, name: str | None = None) -> TensorSpec:
+    sig = detail.get("shape_signature")
+    dims = sig if sig is not None and len(sig) else detail["shape"]
+    shape = tuple(int(d) if d >= 0 else None for d in dims)
+    return TensorSpec(name or detail["name"], shape, np.dtype(detail["dtype"]), guess_layout(shape))
+
+
+class LiteRtSession:
+    """An interpreter behind a lock: LiteRT interpreters are not re-entrant."""
+
+    def __init__(self, interp, precision: str) -> None:
+        self._interp = interp
+        self._lock = threading.Lock()
+        sigs = interp.get_signature_list()
+        if len(sigs) == 1:
+            # Named inputs/outputs come from the signature (onnx2tf -osd writes one).
+            runner = interp.get_signature_runner(next(iter(sigs)))
+            ins = runner.get_input_details()
+            outs = runner.get_output_details()
+            in_items = sorted(ins.items(), key=lambda kv: kv[1]["index"])
+            out_items = list(outs.items())
+            self.inputs = [_spec(d, n) for n, d in in_items]
+            self.outputs = [_spec(d, n) for n, d in out_items]
+            self._in_idx = [d["index"] for _, d in in_items]
+            self._out_idx = [d["index"] for _, d in out_items]
+        else:
+            ins, outs = interp.get_input_details(), interp.get_output_details()
+            self.inputs = [_spec(d) for d in ins]
+            self.outputs = [_spec(d) for d in outs]
+            self._in_idx = [d["index"] for d in ins]
+            self._out_idx = [d["index"] for d in outs]
+        current = {d["index"]: tuple(d["shape"]) for d in interp.get_input_details()}
+        self._current = [current.get(i) for i in self._in_idx]
+        self.precision = precision
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        interp = self._interp
+        with self._lock:
+            if any(x.shape != cur for x, cur in zip(arrays, self._current)):
+                self._resize(arrays)
+            for idx, x in zip(self._in_idx, arrays):
+                interp.set_tensor(idx, x)
+            interp.invoke()
+            return [interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor copies
+
+    def _resize(self, arrays: list[np.ndarray]) -> None:
+        for i, (idx, x) in enumerate(zip(self._in_idx, arrays)):
+            if x.shape != self._current[i]:
+                self._interp.resize_tensor_input(idx, list(x.shape), strict=True)
+                self._current[i] = x.shape
+        self._interp.allocate_tensors()
+
+    def close(self) -> None:
+        self._interp = None
+
+
+class LiteRtBackend:
+    name = "litert"
+    formats = frozenset({Format.TFLITE})
+    native = frozenset({Format.TFLITE})
+
+    @functools.cached_property
+    def _mod(self):
+        return _import()
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - one instance per process
+    def status(self) -> BackendStatus:
+        try:
+            _, dist = self._mod
+        except Exception as e:
+            return BackendStatus(False, reason=f"ai-edge-litert does not import ({e}); pip install ai-edge-litert")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version(dist)
+        except PackageNotFoundError:
+            v = "unknown"
+        return BackendStatus(True, version=f"{dist} {v}")
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019
+    def devices(self) -> list[Device]:
+        if not self.status().available:
+            return []
+        out = [Device(self.name, "CPU", DeviceKind.CPU, f"{cpu_name()} (XNNPACK)",
+                      capabilities=("FP32", "FP16", "INT8"))]
+        for dev_id, (kind, libs, reason) in _DELEGATES.items():
+            lib = self._find_delegate(libs)
+            if lib:
+                out.append(Device(self.name, dev_id, kind, f"{dev_id} delegate ({lib})"))
+            else:
+                out.append(Device(self.name, dev_id, kind, dev_id, available=False, reason=reason))
+        return out
+
+    def _find_delegate(self, libs: tuple[str, ...]) -> str | None:
+        # Probe with ctypes first: load_delegate on a missing library leaves a half-built
+        # Delegate whose __del__ raises.
+        for lib in libs:
+            try:
+                ctypes.CDLL(lib)
+            except OSError:
+                continue
+            return lib
+        return None
+
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+        mod, _ = self._mod
+        if precision not in (Precision.STORED, Precision.ANY):
+            raise BackendError(f"litert:{device.id} runs a model at the precision it was stored in; "
+                               f"for {precision.value}, convert the model")
+        delegates = []
+        if device.id != "CPU":
+            _, libs, reason = _DELEGATES[device.id]
+            lib = self._find_delegate(libs)
+            if lib is None:
+                raise BackendError(f"litert:{device.id}: {reason}")
+            delegates.append(mod.load_delegate(lib))
+        try:
+            interp = mod.Interpreter(model_path=str(path), num_threads=cpu_count(),
+                                     experimental_delegates=delegates or None)
+        except ValueError as e:
+            if "delegate" in str(e).lower():
+                raise BackendError(f"litert:{device.id}: {_first_line(e)}") from e
+            # The flatbuffer verifier rejects the file itself: no device will do better.
+            raise ModelFileError(path, f"LiteRT cannot read it: {_first_line(e)}") from e
+        except Exception as e:
+            raise BackendError(f"litert:{device.id} failed to open {path.name}: {_first_line(e)}") from e
+        try:
+            interp.allocate_tensors()
+        except Exception as e:
+            raise BackendError(f"litert:{device.id} failed to prepare {path.name}: {_first_line(e)}") from e
+        return LiteRtSession(interp, "as stored")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:500]

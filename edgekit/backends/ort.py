@@ -1,0 +1,161 @@
+"""ONNX Runtime backend: one device per execution provider, in ORT's own preference order."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelFileError
+from ..hostinfo import cpu_name
+from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
+from .base import BackendStatus
+
+log = logging.getLogger(__name__)
+
+# Execution providers edgekit knows: kind, platforms where a build has it, what to install.
+_KNOWN_EPS: dict[str, tuple[DeviceKind, tuple[str, ...], str]] = {
+    "TensorrtExecutionProvider": (DeviceKind.GPU, ("linux", "win32"),
+                                  "install onnxruntime-gpu instead of onnxruntime, with TensorRT"),
+    "CUDAExecutionProvider": (DeviceKind.GPU, ("linux", "win32"),
+                              "install onnxruntime-gpu instead of onnxruntime, with CUDA and cuDNN"),
+    "MIGraphXExecutionProvider": (DeviceKind.GPU, ("linux",), "install onnxruntime-migraphx (AMD GPUs)"),
+    "DmlExecutionProvider": (DeviceKind.GPU, ("win32",), "install onnxruntime-directml"),
+    "CoreMLExecutionProvider": (DeviceKind.NPU, ("darwin",), "the macOS onnxruntime wheel includes it"),
+    "QNNExecutionProvider": (DeviceKind.NPU, ("win32", "linux"), "install onnxruntime-qnn (Qualcomm NPUs)"),
+    "VitisAIExecutionProvider": (DeviceKind.NPU, ("win32", "linux"), "install AMD's Ryzen AI onnxruntime"),
+    "OpenVINOExecutionProvider": (DeviceKind.CPU, ("linux", "win32"),
+                                  "install onnxruntime-openvino, or use edgekit's openvino backend"),
+    "ROCMExecutionProvider": (DeviceKind.GPU, (), ""),
+    "NnapiExecutionProvider": (DeviceKind.NPU, (), ""),
+    "CANNExecutionProvider": (DeviceKind.NPU, (), ""),
+    "RknpuExecutionProvider": (DeviceKind.NPU, (), ""),
+    "WebGpuExecutionProvider": (DeviceKind.GPU, (), ""),
+    "CPUExecutionProvider": (DeviceKind.CPU, (), ""),
+}
+# Not devices: remote or browser-only providers.
+_IGNORED = {"AzureExecutionProvider", "JsExecutionProvider", "WebNNExecutionProvider", "VSINPUExecutionProvider"}
+
+_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(bfloat16)": np.float32,  # no NumPy bfloat16; ORT still needs the real type on input
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, (int, str)) or d is None else None for d in arg.shape)
+    shape = tuple(d if not isinstance(d, int) or d >= 0 else None for d in shape)
+    dtype = np.dtype(_DTYPES.get(arg.type, np.float32))
+    return TensorSpec(arg.name, shape, dtype, guess_layout(shape))
+
+
+class OrtSession:
+    def __init__(self, sess, precision: str) -> None:
+        self._sess = sess
+        self.inputs = [_spec(a) for a in sess.get_inputs()]
+        self.outputs = [_spec(a) for a in sess.get_outputs()]
+        self._in_names = [s.name for s in self.inputs]
+        self._out_names = [s.name for s in self.outputs]
+        self.precision = precision
+        self.providers = sess.get_providers()
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        # InferenceSession.run is thread-safe; this is ORT's plain fast path.
+        return self._sess.run(self._out_names, dict(zip(self._in_names, arrays)))
+
+    def close(self) -> None:
+        self._sess = None
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    formats = frozenset({Format.ONNX})
+    native = frozenset({Format.ONNX})
+
+    @functools.cached_property
+    def _ort(self):
+        import onnxruntime
+
+        return onnxruntime
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - one instance per process, lives forever
+    def status(self) -> BackendStatus:
+        try:
+            ort = self._ort
+        except Exception as e:  # missing or broken package must not break edgekit
+            return BackendStatus(False, reason=f"onnxruntime does not import ({e}); pip install onnxruntime")
+        return BackendStatus(True, version=ort.__version__)
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019
+    def devices(self) -> list[Device]:
+        if not self.status().available:
+            return []
+        ort = self._ort
+        available = [p for p in ort.get_available_providers() if p not in _IGNORED]
+        names = _hardware_names(ort)
+        out = []
+        for ep in available:
+            kind = _KNOWN_EPS.get(ep, (DeviceKind.CPU,))[0]
+            name = cpu_name() if ep == "CPUExecutionProvider" else names.get(ep, ep.removesuffix("ExecutionProvider"))
+            out.append(Device(self.name, ep, kind, name, capabilities=("FP32", "FP16", "INT8")))
+        # Providers this platform's builds can have but this one lacks, with what to install.
+        for ep, (kind, platforms, hint) in _KNOWN_EPS.items():
+            if ep not in available and sys.platform in platforms:
+                out.append(Device(self.name, ep, kind, ep.removesuffix("ExecutionProvider"),
+                                  available=False,
+                                  reason=f"not in this onnxruntime build ({hint})"))
+        return out
+
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+        ort = self._ort
+        if precision not in (Precision.STORED, Precision.ANY):
+            raise BackendError(
+                f"onnxruntime:{device.id} runs a model at the precision it was stored in; "
+                f"for {precision.value}, convert the model (edgekit convert --precision {precision.value})"
+            )
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # edgekit records fallbacks itself; keep ORT's warnings out of stderr
+        providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:
+            name = type(e).__name__
+            if name in ("InvalidProtobuf", "NoSuchFile", "InvalidGraph"):
+                raise ModelFileError(path, f"onnxruntime cannot read it: {_first_line(e)}") from e
+            raise BackendError(f"onnxruntime:{device.id} failed to open {path.name}: {_first_line(e)}") from e
+        got = sess.get_providers()
+        if device.id not in got:
+            # ORT does not raise when a provider fails to initialise: it quietly runs on CPU.
+            raise BackendError(
+                f"onnxruntime silently fell back to {', '.join(got)}: {device.id} did not initialise "
+                f"(check its libraries, e.g. CUDA/cuDNN/TensorRT versions)"
+            )
+        return OrtSession(sess, "as stored")
+
+
+def _hardware_names(ort) -> dict[str, str]:
+    """Human names of the hardware behind each EP, from ORT's device discovery (ORT >= 1.22)."""
+    get_ep_devices = getattr(ort, "get_ep_devices", None)
+    if get_ep_devices is None:
+        return {}
+    names: dict[str, str] = {}
+    try:
+        for d in get_ep_devices():
+            hw = d.device
+            kind = str(hw.type).rsplit(".", 1)[-1]
+            names.setdefault(d.ep_name, f"{hw.vendor} {kind}".strip())
+    except Exception as e:  # discovery is a nicety; never fatal
+        log.debug("onnxruntime device discovery failed: %s", e)
+    return names
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:500]

@@ -1,0 +1,182 @@
+"""OpenVINO backend: one device per ``Core().available_devices`` entry.
+
+OpenVINO reads IR (.xml + .bin), .onnx and .tflite. By default it is told to
+compute at f32 (its CPU plugin would pick bf16 on AVX512-BF16/AMX CPUs, its GPU
+plugin fp16): reduced precision only when the caller allows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelFileError
+from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
+from .base import BackendStatus
+
+log = logging.getLogger(__name__)
+
+_KINDS = {"CPU": DeviceKind.CPU, "GPU": DeviceKind.GPU, "NPU": DeviceKind.NPU}
+_HINTS = {Precision.STORED: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
+_CAPABILITY = {Precision.FP16: "FP16", Precision.BF16: "BF16"}
+_MISSING = {
+    "GPU": "OpenVINO found no Intel GPU (needs an Intel GPU and its compute runtime)",
+    "NPU": "OpenVINO found no NPU (needs an Intel Core Ultra NPU and its driver)",
+}
+# Inputs up to this size are copied into the request's own tensor (fastest for small
+# inputs); larger ones are shared zero-copy.
+_COPY_LIMIT = 1 << 20
+
+
+def _spec(port) -> TensorSpec:
+    pshape = port.get_partial_shape()
+    if pshape.rank.is_dynamic:
+        shape: tuple = ()
+    else:
+        shape = tuple(d.get_length() if d.is_static else None for d in pshape)
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype())
+    except Exception:
+        dtype = np.dtype(np.float32)
+    names = port.get_names()
+    name = port.get_any_name() if names else f"port{port.get_index()}"
+    return TensorSpec(name, shape, dtype, guess_layout(shape))
+
+
+class _Request:
+    """One infer request with the input tensors it owns (one per thread)."""
+
+    def __init__(self, compiled, ov) -> None:
+        self.req = compiled.create_infer_request()
+        self.own = []
+        for i, port in enumerate(compiled.inputs):
+            tensor = self.req.get_input_tensor(i) if port.get_partial_shape().is_static else None
+            self.own.append(tensor)
+        self.current = list(self.own)
+        self.n_out = len(compiled.outputs)
+        self.Tensor = ov.Tensor
+
+
+class OvSession:
+    def __init__(self, compiled, ov, precision: str) -> None:
+        self._compiled = compiled
+        self._ov = ov
+        self.inputs = [_spec(p) for p in compiled.inputs]
+        self.outputs = [_spec(p) for p in compiled.outputs]
+        self.precision = precision
+        self._local = threading.local()
+
+    def _request(self) -> _Request:
+        r = getattr(self._local, "r", None)
+        if r is None:
+            r = self._local.r = _Request(self._compiled, self._ov)
+        return r
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        r = self._request()
+        req = r.req
+        for i, x in enumerate(arrays):
+            own = r.own[i]
+            if own is not None and x.nbytes <= _COPY_LIMIT and x.shape == own.data.shape:
+                if r.current[i] is not own:
+                    req.set_input_tensor(i, own)
+                    r.current[i] = own
+                own.data[...] = x
+            else:
+                t = r.Tensor(x, shared_memory=True)
+                req.set_input_tensor(i, t)
+                r.current[i] = t  # keeps x alive while the request refers to it
+        req.infer()
+        return [req.get_output_tensor(i).data.copy() for i in range(r.n_out)]
+
+    def close(self) -> None:
+        self._compiled = None
+        self._local = threading.local()
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    formats = frozenset({Format.OPENVINO, Format.ONNX, Format.TFLITE})
+    native = frozenset({Format.OPENVINO})
+
+    @functools.cached_property
+    def _ov(self):
+        import openvino
+
+        return openvino
+
+    @functools.cached_property
+    def core(self):
+        return self._ov.Core()
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - one instance per process
+    def status(self) -> BackendStatus:
+        try:
+            ov = self._ov
+            self.core  # noqa: B018 - creating the Core loads the plugins list
+        except Exception as e:
+            return BackendStatus(False, reason=f"openvino does not import ({e}); pip install openvino")
+        return BackendStatus(True, version=ov.get_version().split("-")[0])
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019
+    def devices(self) -> list[Device]:
+        if not self.status().available:
+            return []
+        core = self.core
+        out: list[Device] = []
+        seen_kinds = set()
+        for dev in core.available_devices:
+            family = dev.split(".")[0]
+            kind = _KINDS.get(family, DeviceKind.CPU)
+            seen_kinds.add(family)
+            try:
+                full = core.get_property(dev, "FULL_DEVICE_NAME")
+                caps = tuple(core.get_property(dev, "OPTIMIZATION_CAPABILITIES"))
+            except Exception as e:
+                out.append(Device(self.name, dev, kind, dev, available=False, reason=f"cannot query: {e}"))
+                continue
+            out.append(Device(self.name, dev, kind, str(full), capabilities=caps))
+        for family, reason in _MISSING.items():
+            if family not in seen_kinds:
+                out.append(Device(self.name, family, _KINDS[family], family, available=False, reason=reason))
+        return out
+
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+        ov = self._ov
+        core = self.core
+        config: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
+        supported = set(core.get_property(device.id, "SUPPORTED_PROPERTIES"))
+        if precision is not Precision.ANY:
+            need = _CAPABILITY.get(precision)
+            if need and need not in device.capabilities:
+                raise BackendError(f"openvino:{device.id} cannot compute in {precision.value} "
+                                   f"(capabilities: {', '.join(device.capabilities)})")
+            if "INFERENCE_PRECISION_HINT" in supported:
+                config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+            elif precision is Precision.STORED:
+                raise BackendError(f"openvino:{device.id} cannot be told to keep the stored precision; "
+                                   f"pass precision='any' to accept its own")
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:
+            raise ModelFileError(path, f"OpenVINO cannot read it: {_first_line(e)}") from e
+        try:
+            compiled = core.compile_model(model, device.id, config)
+        except Exception as e:
+            raise BackendError(f"openvino:{device.id} failed to compile {path.name}: {_first_line(e)}") from e
+        try:
+            computed = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except Exception:
+            computed = "device default"
+        return OvSession(compiled, ov, computed)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # OpenVINO prefixes messages with "Exception from src/...cpp:NN:"; the cause is further down.
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check "))]
+    return (useful or lines or [type(e).__name__])[0][:500]

@@ -1,0 +1,77 @@
+"""Timing shared by ``device="fastest"`` and ``edgekit bench``: one way to measure.
+
+    from edgekit.bench import measure, synthetic_inputs
+    feeds = synthetic_inputs(model.inputs)
+    stats = measure(lambda: model.run(feeds), warmup=3, runs=20)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .types import TensorSpec
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics in milliseconds over ``runs`` timed calls."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Calls per second at batch 1, from the median."""
+        return 1000.0 / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs, "p50_ms": self.p50_ms, "p90_ms": self.p90_ms,
+                "p99_ms": self.p99_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
+                "throughput_per_s": self.throughput}
+
+
+def measure(call: Callable[[], object], *, warmup: int = 3, runs: int = 20,
+            budget_s: float | None = None, progress: Callable[[int, int], None] | None = None) -> Timing:
+    """Time ``call`` after ``warmup`` untimed calls.
+
+    Stops early after ``budget_s`` seconds of timed calls (at least 3 runs), so a
+    slow candidate cannot stall ``fastest``.
+    """
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+        if progress:
+            progress(i + 1, runs)
+        if budget_s is not None and len(times) >= 3 and time.perf_counter() - start > budget_s:
+            break
+    ms = np.asarray(times) * 1e3
+    return Timing(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
+                  float(np.percentile(ms, 99)), float(ms.mean()), float(ms.min()))
+
+
+def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = tuple(d if isinstance(d, int) else dynamic for d in s.shape)
+        if s.dtype.kind == "f":
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        elif s.dtype.kind == "O":
+            feeds[s.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[s.name] = np.zeros(shape, dtype=s.dtype)
+    return feeds

@@ -1,0 +1,186 @@
+"""Identify, validate, hash and describe model files before any runtime sees them.
+
+Everything here raises :class:`~edgekit.errors.ModelFileError` naming the file and
+the problem; nothing imports a runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .errors import ModelFileError
+from .types import Format
+
+SUFFIXES = {".onnx": Format.ONNX, ".xml": Format.OPENVINO, ".tflite": Format.TFLITE}
+MANIFEST = "edgekit.json"
+
+
+def detect(path: Path) -> Format:
+    """The format of a model *file*, from its suffix; raises for anything else."""
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        allowed = ", ".join(SUFFIXES)
+        raise ModelFileError(path, f"unknown model extension {path.suffix or '(none)'!r}; "
+                                   f"edgekit reads {allowed} files and package folders with {MANIFEST}")
+    return fmt
+
+
+def validate(path: Path, fmt: Format) -> None:
+    """Cheap checks that catch missing, empty, truncated and mismatched files early."""
+    if not path.exists():
+        raise ModelFileError(path, "no such file")
+    if not path.is_file():
+        raise ModelFileError(path, "not a file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ModelFileError(path, f"cannot be read ({e.strerror or e})") from e
+    if size == 0:
+        raise ModelFileError(path, "file is empty")
+    if fmt is Format.TFLITE:
+        if size < 8 or head[4:8] != b"TFL3":
+            raise ModelFileError(path, "not a TFLite flatbuffer (missing the TFL3 identifier)")
+    elif fmt is Format.OPENVINO:
+        _validate_ir(path)
+    elif fmt is Format.ONNX:
+        _validate_onnx(path)
+
+
+def _validate_ir(path: Path) -> None:
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise ModelFileError(path, f"not a valid OpenVINO IR: XML does not parse ({e})") from e
+    if root.tag != "net":
+        raise ModelFileError(path, f"not an OpenVINO IR: root element is <{root.tag}>, expected <net>")
+    needs_bin = any(el.get("size") not in (None, "0") for el in root.iter("data"))
+    weights = path.with_suffix(".bin")
+    if needs_bin and not weights.is_file():
+        raise ModelFileError(path, f"its weights file {weights.name} is missing (an IR is .xml + .bin)")
+    if needs_bin:
+        end = max(int(el.get("offset", 0)) + int(el.get("size", 0))
+                  for el in root.iter("data") if el.get("size") is not None)
+        if weights.stat().st_size < end:
+            raise ModelFileError(weights, f"weights file is truncated ({weights.stat().st_size} bytes, "
+                                          f"the IR needs {end})")
+
+
+def _validate_onnx(path: Path) -> None:
+    import onnx  # light: protobuf only, no runtime
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"not a valid ONNX model: truncated or corrupt protobuf ({e})") from e
+    if not model.graph.node and not model.graph.output:
+        raise ModelFileError(path, "not a valid ONNX model: it holds no graph")
+    for location in external_data_locations(model):
+        _check_external(path, location)
+
+
+def external_data_locations(model) -> list[str]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    locations = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            info = {e.key: e.value for e in tensor.external_data}
+            locations.append(info.get("location", ""))
+    return sorted(set(locations))
+
+
+def _check_external(path: Path, location: str) -> None:
+    """External data must stay inside the model's folder: no absolute paths, no '..', no escaping links."""
+    base = path.parent.resolve()
+    rel = Path(location)
+    if not location or rel.is_absolute() or rel.drive or ".." in rel.parts:
+        raise ModelFileError(path, f"refusing external data location {location!r}: "
+                                   f"it must be a relative path inside {base}")
+    target = (path.parent / rel)
+    resolved = target.resolve()
+    if base != resolved and base not in resolved.parents:
+        raise ModelFileError(path, f"refusing external data {location!r}: it links outside {base}")
+    if not resolved.is_file():
+        raise ModelFileError(path, f"its external data file {location!r} is missing")
+
+
+def model_files(path: Path, fmt: Format) -> list[Path]:
+    """Every file that makes up the model (for hashing): IR .bin, ONNX external data."""
+    files = [path]
+    if fmt is Format.OPENVINO and path.with_suffix(".bin").is_file():
+        files.append(path.with_suffix(".bin"))
+    elif fmt is Format.ONNX:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        files += [path.parent / loc for loc in external_data_locations(model)]
+    return files
+
+
+def sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def describe(path: Path, fmt: Format) -> dict:
+    """Format-level facts for ``edgekit info``: versions, producer, metadata."""
+    files = model_files(path, fmt)
+    info: dict = {"format": fmt.value, "path": str(path),
+                  "size_bytes": sum(os.path.getsize(p) for p in files),
+                  "files": [p.name for p in files]}
+    if fmt is Format.ONNX:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+        info.update(
+            ir_version=m.ir_version,
+            opsets={(o.domain or "ai.onnx"): o.version for o in m.opset_import},
+            producer=" ".join(x for x in (m.producer_name, m.producer_version) if x) or None,
+            metadata={p.key: p.value for p in m.metadata_props},
+        )
+    elif fmt is Format.OPENVINO:
+        root = ET.parse(path).getroot()
+        info.update(ir_version=root.get("version"), name=root.get("name"),
+                    metadata=_ir_rt_info(root))
+    elif fmt is Format.TFLITE:
+        info.update(_tflite_facts(path))
+    return info
+
+
+def _ir_rt_info(root) -> dict:
+    rt = root.find("rt_info")
+    if rt is None:
+        return {}
+    out = {}
+    for el in rt.iter():
+        if el is not rt and el.get("value") is not None:
+            out[el.tag] = el.get("value")
+    return out
+
+
+def _tflite_facts(path: Path) -> dict:
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return {}
+    buf = path.read_bytes()
+    try:
+        m = schema.Model.GetRootAsModel(buf, 0)
+        facts = {"schema_version": m.Version(),
+                 "description": (m.Description() or b"").decode("utf-8", "replace") or None,
+                 "signatures": [m.SignatureDefs(i).SignatureKey().decode()
+                                for i in range(m.SignatureDefsLength())],
+                 "metadata": [m.Metadata(i).Name().decode() for i in range(m.MetadataLength())]}
+    except Exception as e:  # a damaged file is reported when it is opened
+        return {"unreadable": str(e)}
+    return facts

@@ -1,0 +1,205 @@
+"""``edgekit.load`` and the :class:`Model` it returns.
+
+    import edgekit
+    m = edgekit.load("model.onnx")              # best device, fallback recorded
+    out = m.run({"input": x})                   # dict in output order
+    print(m.backend, m.device, m.selection)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .selection import parse_policy, resolve_source, select
+from .types import Precision, Selection, TensorSpec
+
+log = logging.getLogger("edgekit")
+
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+
+
+class _InputCheck:
+    """Precomputed checks for one input so ``run`` stays within a few microseconds."""
+
+    __slots__ = ("spec", "dtype", "rank", "static")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.dtype = spec.dtype
+        self.rank = len(spec.shape)
+        self.static = tuple((i, d) for i, d in enumerate(spec.shape) if isinstance(d, int))
+
+    def __call__(self, x) -> np.ndarray:
+        if type(x) is not np.ndarray or x.dtype != self.dtype:
+            x = self._convert(x)
+        if x.ndim != self.rank:
+            raise InputError(f"input {self.spec.name!r}: expected rank {self.rank} "
+                             f"{_shape_str(self.spec.shape)}, got shape {x.shape}")
+        shape = x.shape
+        for i, d in self.static:
+            if shape[i] != d:
+                raise InputError(f"input {self.spec.name!r}: expected shape {_shape_str(self.spec.shape)}, "
+                                 f"got {x.shape} (dim {i} must be {d})")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    def _convert(self, x) -> np.ndarray:
+        """The cast policy: lossless casts only, plus float64 -> float32 (NumPy's default float)."""
+        name = self.spec.name
+        if x is None:
+            raise InputError(f"input {name!r} is missing")
+        from_python = not isinstance(x, np.ndarray)
+        try:
+            arr = np.asarray(x)
+        except Exception as e:
+            raise InputError(f"input {name!r}: cannot make an array of {type(x).__name__} ({e})") from e
+        src, dst = arr.dtype, self.dtype
+        if src == dst:
+            return arr
+        ok = (np.can_cast(src, dst, "safe")
+              or (src == _F64 and dst == _F32)
+              or (from_python and src.kind in "iub" and dst.kind in "iuf"
+                  and np.array_equal(arr.astype(dst), arr)))
+        if not ok:
+            raise InputError(f"input {name!r}: expected {dst}, got {src} "
+                             f"(edgekit casts only without loss, and float64 to float32; "
+                             f"convert with .astype(np.{dst}))")
+        return arr.astype(dst)
+
+
+def _shape_str(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+class Model:
+    """A model opened on one backend and device. Thread-safe: call ``run`` from any thread.
+
+    Attributes:
+        inputs, outputs: ``TensorSpec`` lists in the model's order.
+        backend: the runtime that runs it ("onnxruntime", "openvino", "litert", ...).
+        device: the device id within that backend ("CPU", "CUDAExecutionProvider", ...).
+        precision: what the runtime computes at ("f32", "as stored", "bf16", ...).
+        selection: every candidate considered and what happened to it.
+        path: the file actually running (the chosen artifact of a package).
+    """
+
+    def __init__(self, session, *, backend: str, device: str, selection: Selection, path: Path,
+                 source: Path, package=None) -> None:
+        self._session = session
+        self._run = session.run
+        self.backend = backend
+        self.device = device
+        self.selection = selection
+        self.path = path
+        self.source = source
+        self.package = package
+        self.precision = session.precision
+        self.inputs: list[TensorSpec] = list(session.inputs)
+        self.outputs: list[TensorSpec] = list(session.outputs)
+        self._checks = [_InputCheck(s) for s in self.inputs]
+        self._in_names = [s.name for s in self.inputs]
+        self._in_set = frozenset(self._in_names)
+        self._out_names = [s.name for s in self.outputs]
+
+    @property
+    def metadata(self) -> dict:
+        """The package manifest (task, labels, pre-processing), or {} for a lone file."""
+        return dict(self.package.manifest) if self.package is not None else {}
+
+    def run(self, inputs: Mapping[str, object] | Sequence[object] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model once.
+
+        Args:
+            inputs: a dict name -> array, a list in input order, or one array for a
+                single-input model. Arrays are checked against ``inputs`` first.
+
+        Returns:
+            dict output name -> array, in output order.
+
+        Raises:
+            InputError: a missing/unknown name, a wrong dtype (see the cast policy in
+                the README), rank or static dim; the message names the input.
+        """
+        checks = self._checks
+        if isinstance(inputs, Mapping):
+            if len(inputs) != len(checks) or not self._in_set.issuperset(inputs):
+                self._name_error(inputs)
+            arrays = [c(inputs[c.spec.name]) for c in checks]
+        elif isinstance(inputs, (list, tuple)):
+            if len(inputs) != len(checks):
+                raise InputError(f"expected {len(checks)} inputs ({', '.join(self._in_names)}), "
+                                 f"got a sequence of {len(inputs)}")
+            arrays = [c(x) for c, x in zip(checks, inputs)]
+        else:
+            if len(checks) != 1:
+                raise InputError(f"this model has {len(checks)} inputs ({', '.join(self._in_names)}): "
+                                 f"pass a dict or a list")
+            arrays = [checks[0](inputs)]
+        return dict(zip(self._out_names, self._run(arrays)))
+
+    __call__ = run
+
+    def _name_error(self, inputs: Mapping) -> None:
+        missing = [n for n in self._in_names if n not in inputs]
+        unknown = [str(n) for n in inputs if n not in self._in_set]
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown {', '.join(map(repr, unknown))}")
+        raise InputError(f"inputs do not match the model: {'; '.join(parts)} "
+                         f"(expected {', '.join(self._in_names)})")
+
+    def close(self) -> None:
+        """Release the runtime's resources; the model cannot run afterwards."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<edgekit.Model {self.path.name} on {self.backend}:{self.device} ({self.precision})>"
+
+
+def load(path: str | Path, device: str = "auto", *, precision: str | Precision | None = None,
+         strict: bool = False, verify: bool = True, cache: bool = True) -> Model:
+    """Open a model on the best device for ``device`` and return a :class:`Model`.
+
+    Args:
+        path: a .onnx, .xml (+ .bin) or .tflite file, or a package folder with edgekit.json.
+        device: "auto", "fastest", "cpu", "gpu", "npu", "tpu", a backend name
+            ("onnxruntime", "openvino", "litert") or "backend:device" ("openvino:CPU").
+        precision: "stored" (default: the precision the model was stored in), or
+            "fp16"/"bf16" to compute in reduced precision where the device can, or
+            "any" to let each runtime use its own default.
+        strict: raise on the first candidate that fails instead of falling back.
+        verify: run one inference on synthetic inputs while choosing, so a candidate
+            that opens but cannot run is passed over.
+        cache: let ``fastest`` reuse (and store) its measured decision.
+
+    Raises:
+        ModelFileError: the file or package is missing, corrupt or of an unknown kind.
+        DeviceNotAvailableError: an explicitly requested backend/device cannot be used.
+        NoCandidateError: every candidate failed (``.selection`` says how).
+    """
+    policy = parse_policy(device)
+    prec = Precision.parse(precision)
+    source = resolve_source(path)
+    session, cand, selection = select(source, policy, prec, strict=strict, verify=verify,
+                                      use_cache=cache)
+    model = Model(session, backend=cand.backend, device=cand.device.id, selection=selection,
+                  path=cand.artifact.path, source=source.path, package=source.package)
+    log.info("%s: running on %s:%s (%s)", source.path.name, cand.backend, cand.device.id, model.precision)
+    return model

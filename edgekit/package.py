@@ -1,0 +1,91 @@
+"""Model packages: a folder with one model in several formats/precisions and ``edgekit.json``.
+
+The converters write packages; :func:`edgekit.load` reads them, verifies each
+artifact's checksum and lets selection pick artifact and device together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import formats
+from .errors import ModelFileError
+from .types import Format
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    format: Format
+    precision: str  # "fp32" | "fp16" | "int8" | ...
+    sha256: str | None = None
+    layout: str | None = None
+    status: str = "ok"  # "ok" | "failed" (parity or conversion failed; never chosen)
+    reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name} {self.precision}"
+
+
+@dataclass
+class Package:
+    root: Path
+    manifest: dict
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.root.name)
+
+    @property
+    def task(self) -> str | None:
+        return self.manifest.get("task")
+
+
+def read(folder: Path) -> Package:
+    """Read and check ``folder/edgekit.json``; every listed artifact must exist."""
+    manifest_path = folder / formats.MANIFEST
+    if not manifest_path.is_file():
+        raise ModelFileError(folder, f"a folder is a model only as a package, and this one has no "
+                                     f"{formats.MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(manifest_path, f"not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        raise ModelFileError(manifest_path, "no 'artifacts' list")
+    version = manifest.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ModelFileError(manifest_path, f"schema_version {version!r} is newer than this edgekit "
+                                            f"reads ({SCHEMA_VERSION}); upgrade edgekit")
+    root = folder.resolve()
+    artifacts = []
+    for i, entry in enumerate(manifest["artifacts"]):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ModelFileError(manifest_path, f"artifact #{i} has no 'path'")
+        rel = Path(entry["path"])
+        path = (folder / rel)
+        if rel.is_absolute() or ".." in rel.parts or root not in path.resolve().parents:
+            raise ModelFileError(manifest_path, f"artifact path {entry['path']!r} leaves the package")
+        fmt = Format(entry["format"]) if entry.get("format") else formats.detect(path)
+        artifacts.append(Artifact(path=path, format=fmt, precision=str(entry.get("precision", "fp32")),
+                                  sha256=entry.get("sha256"), layout=entry.get("layout"),
+                                  status=entry.get("status", "ok"), reason=entry.get("reason")))
+    if not artifacts:
+        raise ModelFileError(manifest_path, "the package lists no artifacts")
+    return Package(folder, manifest, artifacts)
+
+
+def verify(artifact: Artifact) -> None:
+    """Validate the artifact file and compare its checksum with the manifest's."""
+    formats.validate(artifact.path, artifact.format)
+    if artifact.sha256:
+        digest = formats.sha256_files(formats.model_files(artifact.path, artifact.format))
+        if digest != artifact.sha256:
+            raise ModelFileError(artifact.path, f"checksum mismatch: edgekit.json says "
+                                                f"{artifact.sha256[:12]}…, the file is {digest[:12]}…")

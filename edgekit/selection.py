@@ -1,0 +1,334 @@
+"""Where a model runs: candidates (artifact, backend, device), ranked by a policy, tried in order.
+
+Policies (``device=``):
+- ``auto``: accelerators first (GPU, then NPU/TPU, then CPU); within a kind the format's
+  own runtime first; a candidate that fails to open or fails its first inference is
+  recorded and the next one tried, with a warning.
+- ``fastest``: open every candidate, time it on the model, keep the quickest; the choice
+  is cached (see :mod:`edgekit.cache`).
+- ``cpu`` / ``gpu`` / ``npu`` / ``tpu``: only devices of that kind.
+- ``<backend>`` / ``<backend>:<device>``: only that backend / exactly that device.
+An explicit request that cannot be met raises; ``strict=True`` raises on the first
+failure under any policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, cache, formats, package
+from .bench import measure, synthetic_inputs
+from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
+from .hostinfo import cpu_flags
+from .package import Artifact, Package
+from .types import Attempt, Device, DeviceKind, Precision, Selection
+
+log = logging.getLogger("edgekit")
+
+KIND_RANK = {DeviceKind.GPU: 0, DeviceKind.TPU: 1, DeviceKind.NPU: 1, DeviceKind.CPU: 2}
+# Artifact precision preferred on each device kind (packages only), best first.
+_PRECISION_PREFERENCE = {
+    DeviceKind.GPU: ("fp16", "fp32", "int8"),
+    DeviceKind.NPU: ("int8", "fp16", "fp32"),
+    DeviceKind.TPU: ("int8", "fp16", "fp32"),
+}
+_INT8_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+FASTEST_WARMUP, FASTEST_RUNS, FASTEST_BUDGET_S = 2, 10, 1.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    text: str
+    mode: str  # "auto" | "fastest" | "kind" | "backend" | "exact"
+    kind: DeviceKind | None = None
+    backend: str | None = None
+    device_id: str | None = None
+
+
+def parse_policy(text: str | None) -> Policy:
+    """Parse ``device=``: auto | fastest | cpu | gpu | npu | tpu | <backend> | <backend>:<device>."""
+    text = (text or "auto").strip()
+    low = text.lower()
+    if low in ("auto", "fastest"):
+        return Policy(low, low)
+    if low in {k.value for k in DeviceKind}:
+        return Policy(low, "kind", kind=DeviceKind(low))
+    name, sep, dev = text.partition(":")
+    canonical = backends.resolve_name(name)
+    if canonical is None:
+        raise UsageError(
+            f"unknown device {text!r}; use auto, fastest, cpu, gpu, npu, tpu, a backend "
+            f"({', '.join(backends.names())}) or backend:device (see `edgekit devices`)"
+        )
+    if sep and not dev:
+        raise UsageError(f"device {text!r} names no device after ':'")
+    return Policy(text, "exact" if sep else "backend", backend=canonical, device_id=dev or None)
+
+
+@dataclass
+class Source:
+    """What is being loaded: one model file, or a package with several artifacts."""
+
+    path: Path
+    artifacts: list[Artifact]
+    package: Package | None = None
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def hash(self) -> str:
+        if self._hash is None:
+            if self.package is not None:
+                self._hash = formats.sha256_files([self.path / formats.MANIFEST])
+            else:
+                a = self.artifacts[0]
+                self._hash = formats.sha256_files(formats.model_files(a.path, a.format))
+        return self._hash
+
+
+def resolve_source(path: str | Path) -> Source:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        pkg = package.read(p)
+        return Source(p, pkg.artifacts, pkg)
+    fmt = formats.detect(p)
+    formats.validate(p, fmt)
+    return Source(p, [Artifact(path=p, format=fmt, precision="stored")])
+
+
+@dataclass
+class Candidate:
+    backend: str
+    device: Device
+    artifact: Artifact
+
+    def attempt(self, status: str, reason: str = "", *, show_artifact: bool) -> Attempt:
+        return Attempt(self.backend, self.device.id, self.device.kind, status, reason,
+                       artifact=self.artifact.label if show_artifact else None)
+
+
+def _matches(policy: Policy, backend: str, device: Device) -> bool:
+    if policy.mode == "kind":
+        return device.kind is policy.kind
+    if policy.mode in ("backend", "exact") and backend != policy.backend:
+        return False
+    if policy.mode == "exact":
+        want = policy.device_id.lower()
+        have = device.id.lower()
+        return want == have or want == have.removesuffix("executionprovider")
+    return True
+
+
+def _artifact_rank(artifact: Artifact, device: Device) -> int:
+    if artifact.precision == "stored":
+        return 0
+    prefs = _PRECISION_PREFERENCE.get(device.kind)
+    if prefs is None:  # CPU: int8 first only where the CPU has int8 dot-product instructions
+        int8_fast = "INT8" in device.capabilities and bool(cpu_flags() & _INT8_CPU_FLAGS)
+        prefs = ("int8", "fp32", "fp16") if int8_fast else ("fp32", "int8", "fp16")
+    return prefs.index(artifact.precision) if artifact.precision in prefs else len(prefs)
+
+
+def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], list[Attempt]]:
+    """Ranked usable candidates, plus 'skipped' attempts for known-but-unusable ones."""
+    show = source.package is not None
+    ranked: list[tuple[tuple, Candidate]] = []
+    skipped: list[Attempt] = []
+    readers = 0
+    for order, name in enumerate(backends.names()):
+        if policy.backend and name != policy.backend:
+            continue
+        backend = backends.get(name)
+        for artifact in source.artifacts:
+            if artifact.format not in backend.formats:
+                continue
+            readers += 1
+            status = backend.status()
+            if not status.available:
+                skipped.append(Attempt(name, "-", DeviceKind.CPU, "skipped", status.reason or "unavailable"))
+                continue
+            for dev_order, device in enumerate(backend.devices()):
+                if not _matches(policy, name, device):
+                    continue
+                cand = Candidate(name, device, artifact)
+                if not device.available:
+                    skipped.append(cand.attempt("skipped", device.reason or "unavailable", show_artifact=show))
+                elif artifact.status != "ok":
+                    skipped.append(cand.attempt("skipped", f"artifact marked {artifact.status}: "
+                                                f"{artifact.reason or 'no reason given'}", show_artifact=show))
+                else:
+                    rank = (KIND_RANK[device.kind], _artifact_rank(artifact, device),
+                            0 if artifact.format in backend.native else 1, order, dev_order)
+                    ranked.append((rank, cand))
+    ranked.sort(key=lambda rc: rc[0])
+    if policy.backend and readers == 0:
+        fmts = ", ".join(sorted({a.format.value for a in source.artifacts}))
+        reads = ", ".join(sorted(f.value for f in backends.get(policy.backend).formats))
+        raise DeviceNotAvailableError(f"{policy.backend} cannot read {fmts} models (it reads {reads})")
+    return [c for _, c in ranked], skipped
+
+
+def _unmet(policy: Policy, skipped: list[Attempt]) -> DeviceNotAvailableError:
+    if skipped:
+        why = "; ".join(f"{a.spec}: {a.reason}" for a in skipped)
+        return DeviceNotAvailableError(f"device {policy.text!r} is not available here ({why})")
+    known = ", ".join(d.spec for d in backends.all_devices() if d.available)
+    return DeviceNotAvailableError(f"no device matches {policy.text!r}; available: {known} "
+                                   f"(see `edgekit devices`)")
+
+
+class _Opener:
+    """Opens and verifies candidates, remembering artifacts whose files are bad."""
+
+    def __init__(self, source: Source, precision: Precision, verify: bool) -> None:
+        self.source, self.precision, self.verify = source, precision, verify
+        self.bad_artifacts: dict[Path, ModelFileError] = {}
+        self.checked: set[Path] = set()
+        self.feeds: list[np.ndarray] | None = None
+
+    def open(self, cand: Candidate):
+        """Return an open, verified session, or raise (ModelFileError for a bad file)."""
+        art = cand.artifact
+        if art.path in self.bad_artifacts:
+            raise self.bad_artifacts[art.path]
+        if self.source.package is not None and art.path not in self.checked:
+            try:
+                package.verify(art)
+            except ModelFileError as e:
+                self.bad_artifacts[art.path] = e
+                raise
+            self.checked.add(art.path)
+        backend = backends.get(cand.backend)
+        session = backend.open(art.path, art.format, cand.device, self.precision)
+        if self.verify:
+            feeds = list(synthetic_inputs(session.inputs).values())
+            try:
+                session.run(feeds)
+            except Exception as e:
+                session.close()
+                raise BackendError(f"first inference failed: {_one_line(e)}") from e
+        return session
+
+
+def select(source: Source, policy: Policy, precision: Precision, *, strict: bool = False,
+           verify: bool = True, use_cache: bool = True):
+    """Open the model on the best candidate for ``policy``; returns (session, candidate, Selection)."""
+    candidates, skipped = build_candidates(source, policy)
+    selection = Selection(policy=policy.text, precision=precision.value, attempts=list(skipped))
+    if not candidates:
+        raise _unmet(policy, skipped)
+    opener = _Opener(source, precision, verify)
+    show = source.package is not None
+    if policy.mode == "fastest":
+        result = _select_fastest(source, candidates, opener, selection, precision, strict, use_cache)
+    else:
+        result = _select_first(candidates, opener, selection, policy, strict, show)
+    session, cand = result
+    if selection.fell_back:
+        failed = "; ".join(f"{a.spec} {a.reason}" for a in selection.attempts if a.status == "failed")
+        log.warning("%s: fell back to %s:%s after: %s", source.path.name, cand.backend, cand.device.id, failed)
+    return session, cand, selection
+
+
+def _try(cand: Candidate, opener: _Opener, selection: Selection, show: bool, strict: bool,
+         single_file: bool):
+    """One candidate: an open session, or None after recording why it failed."""
+    try:
+        session = opener.open(cand)
+    except ModelFileError as e:
+        if single_file or strict:
+            raise
+        selection.attempts.append(cand.attempt("failed", str(e), show_artifact=show))
+        return None
+    except Exception as e:
+        selection.attempts.append(cand.attempt("failed", _one_line(e), show_artifact=show))
+        if strict:
+            raise BackendError(f"{cand.backend}:{cand.device.id} failed ({_one_line(e)}) and strict "
+                               f"mode does not fall back") from e
+        return None
+    attempt = cand.attempt("opened", "", show_artifact=show)
+    attempt.precision = session.precision
+    selection.attempts.append(attempt)
+    return session
+
+
+def _select_first(candidates, opener, selection, policy, strict, show):
+    single = opener.source.package is None
+    for i, cand in enumerate(candidates):
+        session = _try(cand, opener, selection, show, strict, single)
+        if session is not None:
+            for rest in candidates[i + 1:]:
+                selection.attempts.append(rest.attempt("not tried", "an earlier candidate opened",
+                                                       show_artifact=show))
+            return session, cand
+    raise NoCandidateError(f"{opener.source.path}: no candidate could run it for device="
+                           f"{policy.text!r}:\n{selection}", selection)
+
+
+def _fingerprint(candidates: list[Candidate]) -> list:
+    from . import __version__
+
+    names = sorted({c.backend for c in candidates})
+    versions = {n: backends.get(n).status().version for n in names}
+    devices = sorted(c.device.spec for c in candidates)
+    return [__version__, versions, devices]
+
+
+def _select_fastest(source, candidates, opener, selection, precision, strict, use_cache):
+    show = source.package is not None
+    single = source.package is None
+    key = cache.key(source.hash, _fingerprint(candidates), precision.value)
+    hit = cache.get(key) if use_cache else None
+    if hit:
+        for cand in candidates:
+            if _cand_id(cand) == hit.get("choice"):
+                session = _try(cand, opener, selection, show, strict, single)
+                if session is not None:
+                    selection.cache = "hit"
+                    selection.attempts[-1].latency_ms = hit.get("p50_ms")
+                    selection.attempts[-1].reason = f"fastest when measured at {hit.get('measured_at')}"
+                    for other in candidates:
+                        if other is not cand:
+                            a = other.attempt("not tried", "cached decision", show_artifact=show)
+                            a.latency_ms = hit.get("timings", {}).get(_cand_id(other))
+                            selection.attempts.append(a)
+                    return session, cand
+                break
+    opened: list[tuple[float, Candidate, object, Attempt]] = []
+    for cand in candidates:
+        session = _try(cand, opener, selection, show, strict, single)
+        if session is None:
+            continue
+        attempt = selection.attempts[-1]
+        feeds = list(synthetic_inputs(session.inputs).values())
+        timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
+                         runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
+        attempt.latency_ms = timing.p50_ms
+        opened.append((timing.p50_ms, cand, session, attempt))
+    if not opened:
+        raise NoCandidateError(f"{source.path}: no candidate could run it for device='fastest':\n"
+                               f"{selection}", selection)
+    best_ms, best, best_session, best_attempt = min(opened, key=lambda t: t[0])
+    for ms, cand, session, attempt in opened:
+        if cand is not best:
+            session.close()
+            attempt.status = "passed over"
+            attempt.reason = f"slower: p50 {ms:.3f} ms vs {best_ms:.3f} ms"
+    best_attempt.reason = "fastest of the candidates measured"
+    if use_cache:
+        cache.put(key, {"choice": _cand_id(best), "p50_ms": best_ms,
+                        "timings": {_cand_id(c): ms for ms, c, _, _ in opened}})
+        selection.cache = "stored"
+    return best_session, best
+
+
+def _cand_id(cand: Candidate) -> str:
+    return f"{cand.backend}:{cand.device.id}:{cand.artifact.path.name}"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:500]

@@ -1,0 +1,212 @@
+"""Small value types shared by every layer: formats, devices, tensor specs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+Dim = Union[int, str, None]  # a static size, a named dynamic dim, or an unnamed dynamic dim
+
+
+class Format(str, enum.Enum):
+    """Model file formats edgekit reads."""
+
+    ONNX = "onnx"
+    OPENVINO = "openvino"  # OpenVINO IR: .xml + .bin
+    TFLITE = "tflite"
+
+
+class DeviceKind(str, enum.Enum):
+    CPU = "cpu"
+    GPU = "gpu"
+    NPU = "npu"
+    TPU = "tpu"
+
+
+class Precision(str, enum.Enum):
+    """Inference precision a runtime may compute at.
+
+    ``STORED`` (the default) runs the model at the precision its weights were
+    stored in; runtimes that would silently reduce it (OpenVINO's bf16 on CPUs with
+    AVX512-BF16/AMX, fp16 on its GPU plugin) are told not to. ``ANY`` lets each
+    runtime use its own default, reduced precision included.
+    """
+
+    STORED = "stored"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    ANY = "any"
+
+    @classmethod
+    def parse(cls, value: str | Precision | None) -> Precision:
+        if value is None:
+            return cls.STORED
+        if isinstance(value, Precision):
+            return value
+        aliases = {"fp32": "stored", "f32": "stored", "float32": "stored", "f16": "fp16",
+                   "float16": "fp16", "bfloat16": "bf16"}
+        key = aliases.get(value.lower(), value.lower())
+        try:
+            return cls(key)
+        except ValueError:
+            from .errors import UsageError
+
+            allowed = ", ".join(p.value for p in cls)
+            raise UsageError(f"unknown precision {value!r}; choose one of: {allowed}") from None
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as one backend sees it.
+
+    ``spec`` ("backend:id") is what ``edgekit.load(..., device=spec)`` accepts.
+    An unavailable device is known to the backend but cannot be used here;
+    ``reason`` says why and what to install.
+    """
+
+    backend: str
+    id: str
+    kind: DeviceKind
+    name: str
+    available: bool = True
+    reason: str | None = None
+    capabilities: tuple[str, ...] = ()
+
+    @property
+    def spec(self) -> str:
+        return f"{self.backend}:{self.id}"
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "id": self.id,
+            "spec": self.spec,
+            "kind": self.kind.value,
+            "name": self.name,
+            "available": self.available,
+            "reason": self.reason,
+            "capabilities": list(self.capabilities),
+        }
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape, dtype and layout of one model input or output.
+
+    Dynamic dims stay dynamic: ``None`` (unnamed) or a string (named, e.g. "batch").
+    ``layout`` is "NCHW"/"NHWC" for image-like rank-4 tensors when known, else None.
+    """
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: np.dtype
+    layout: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": str(self.dtype),
+            "layout": self.layout,
+        }
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        layout = f" {self.layout}" if self.layout else ""
+        return f"{self.name}: {self.dtype}[{dims}]{layout}"
+
+
+def guess_layout(shape: tuple[Dim, ...]) -> str | None:
+    """Guess NCHW / NHWC for a rank-4 image-like shape from where the channels sit."""
+    if len(shape) != 4:
+        return None
+    c_first, c_last = shape[1], shape[3]
+    small = (1, 3, 4)
+    if c_first in small and c_last not in small:
+        return "NCHW"
+    if c_last in small and c_first not in small:
+        return "NHWC"
+    return None
+
+
+@dataclass
+class Attempt:
+    """What happened to one (backend, device) candidate during selection."""
+
+    backend: str
+    device: str
+    kind: DeviceKind
+    status: str  # "opened" | "failed" | "skipped" | "not tried"
+    reason: str = ""
+    precision: str | None = None
+    artifact: str | None = None
+    latency_ms: float | None = None  # median measured by the "fastest" policy
+
+    @property
+    def spec(self) -> str:
+        return f"{self.backend}:{self.device}"
+
+    def to_dict(self) -> dict:
+        d = {
+            "backend": self.backend,
+            "device": self.device,
+            "kind": self.kind.value,
+            "status": self.status,
+            "reason": self.reason,
+            "precision": self.precision,
+        }
+        if self.artifact is not None:
+            d["artifact"] = self.artifact
+        if self.latency_ms is not None:
+            d["latency_ms"] = round(self.latency_ms, 4)
+        return d
+
+    def __str__(self) -> str:
+        where = f"{self.spec}" + (f" [{self.artifact}]" if self.artifact else "")
+        prec = f" @{self.precision}" if self.precision else ""
+        lat = f" p50 {self.latency_ms:.3f} ms" if self.latency_ms is not None else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.status:9} {where}{prec}{lat}{why}"
+
+
+@dataclass
+class Selection:
+    """The record of how a model's backend and device were chosen.
+
+    ``attempts`` lists every candidate in the order considered; ``chosen`` is the
+    one that runs the model. ``fell_back`` is True when an earlier candidate
+    failed (not merely skipped as unavailable).
+    """
+
+    policy: str
+    precision: str
+    attempts: list[Attempt] = field(default_factory=list)
+    cache: str | None = None  # "hit" | "stored" | None (only for "fastest")
+
+    @property
+    def chosen(self) -> Attempt | None:
+        return next((a for a in self.attempts if a.status == "opened"), None)
+
+    @property
+    def fell_back(self) -> bool:
+        return any(a.status == "failed" for a in self.attempts)
+
+    def to_dict(self) -> dict:
+        chosen = self.chosen
+        return {
+            "policy": self.policy,
+            "precision": self.precision,
+            "chosen": chosen.spec if chosen else None,
+            "fell_back": self.fell_back,
+            "cache": self.cache,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+    def __str__(self) -> str:
+        head = f"policy={self.policy} precision={self.precision}"
+        if self.cache:
+            head += f" cache={self.cache}"
+        return "\n".join([head, *("  " + str(a) for a in self.attempts)])
