@@ -75,3 +75,40 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
         else:
             feeds[s.name] = np.zeros(shape, dtype=s.dtype)
     return feeds
+
+
+def bench_model(path: str, device: str, *, precision: str | None, runs: int, warmup: int,
+                inputs: dict | None = None) -> dict:
+    """Load ``path`` on exactly ``device`` and measure it the way ``edgekit bench`` reports.
+
+    Meant to run in a fresh process per candidate, so ``peak_rss_mb`` is that
+    candidate's own peak (interpreter and runtime included).
+    """
+    from .model import load
+
+    t0 = time.perf_counter()
+    model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    feeds = inputs if inputs is not None else synthetic_inputs(model.inputs)
+    t0 = time.perf_counter()
+    model.run(feeds)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    timing = measure(lambda: model.run(feeds), warmup=warmup, runs=runs)
+    row = {"backend": model.backend, "device": model.device, "precision": model.precision,
+           "artifact": model.path.name, "load_ms": load_ms, "first_inference_ms": first_ms,
+           **timing.to_dict(), "peak_rss_mb": peak_rss_mb()}
+    model.close()
+    return row
+
+
+def peak_rss_mb() -> float:
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    except ImportError:  # Windows
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / (1024 * 1024)

@@ -1,0 +1,321 @@
+"""The ``edgekit`` command: devices, info, run, bench.
+
+Every command takes ``--json`` (one JSON document on stdout; logs and progress go
+to stderr). Errors print one line without a traceback: exit 2 for a bad file,
+input or argument, 1 for a runtime failure. Heavy modules load inside commands,
+so ``edgekit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgekitError, InputError, UsageError
+
+log = logging.getLogger("edgekit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgekit", description="Run ML models on the device in front of you.")
+    p.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        return sp
+
+    d = add("devices", "List every backend's devices, and why any known one is unavailable.")
+    d.add_argument("--available", action="store_true", help="only devices that can be used here")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help=".onnx, .xml (+.bin), .tflite, or a package folder")
+        sp.add_argument("--device", default="auto",
+                        help="auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE (default auto)")
+        sp.add_argument("--precision", default=None,
+                        help="stored (default) | fp16 | bf16 | any: reduced precision only when asked")
+        sp.add_argument("--strict", action="store_true", help="fail instead of falling back")
+
+    i = add("info", "Show a model's format, versions, size, inputs, outputs and metadata.")
+    i.add_argument("model", help=".onnx, .xml (+.bin), .tflite, or a package folder")
+
+    r = add("run", "Run a model on inputs from .npy/.npz files.")
+    model_args(r)
+    r.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input; FILE.npy alone for a single-input model, FILE.npz for several")
+    r.add_argument("--synthetic", action="store_true", help="run on synthetic inputs instead")
+    r.add_argument("--out", "-o", metavar="OUT.npz", help="write all outputs to this .npz")
+
+    b = add("bench", "Measure load time, first inference, latency percentiles, throughput, peak RSS.")
+    model_args(b)
+    b.add_argument("--all-devices", action="store_true", help="one row per usable candidate")
+    b.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="inputs to time on (default: synthetic)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if not args.command:
+        parser.print_help()
+        return 2
+    handler = {"devices": cmd_devices, "info": cmd_info, "run": cmd_run, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args) or 0
+    except UsageError as e:
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return 2
+    except EdgekitError as e:
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edgekit: %(levelname)s: %(message)s"))
+    root = logging.getLogger("edgekit")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _emit_json(doc) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --- devices ------------------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    from .devices import devices, runtime_versions
+
+    devs = devices(available_only=args.available)
+    if args.json:
+        _emit_json({"edgekit": __version__, "runtimes": runtime_versions(),
+                    "devices": [d.to_dict() for d in devs]})
+        return 0
+    rows = [[d.spec, d.kind.value, "yes" if d.available else "no",
+             d.name if d.available else (d.reason or "")] for d in devs]
+    print(_table(rows, ["device", "kind", "available", "name / why not"]))
+    return 0
+
+
+# --- info ---------------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from . import formats, package
+    from .model import load
+
+    path = Path(args.model)
+    if path.is_dir():
+        pkg = package.read(path)
+        doc = {"package": str(path), "name": pkg.name, "task": pkg.task,
+               "manifest": {k: v for k, v in pkg.manifest.items() if k != "artifacts"},
+               "artifacts": [{"path": a.path.name, "format": a.format.value, "precision": a.precision,
+                              "layout": a.layout, "status": a.status} for a in pkg.artifacts]}
+    else:
+        fmt = formats.detect(path)
+        formats.validate(path, fmt)
+        doc = formats.describe(path, fmt)
+    model = load(path, verify=False)
+    doc["inputs"] = [s.to_dict() for s in model.inputs]
+    doc["outputs"] = [s.to_dict() for s in model.outputs]
+    doc["opened_with"] = f"{model.backend}:{model.device}"
+    model.close()
+    if args.json:
+        _emit_json(doc)
+        return 0
+    for key, value in doc.items():
+        if key in ("inputs", "outputs"):
+            print(f"{key}:")
+            for s in value:
+                dims = ", ".join("?" if d is None else str(d) for d in s["shape"])
+                layout = f"  {s['layout']}" if s["layout"] else ""
+                print(f"  {s['name']}: {s['dtype']}[{dims}]{layout}")
+        elif key == "artifacts":
+            print("artifacts:")
+            for a in value:
+                print(f"  {a['path']}: {a['format']} {a['precision']} {a['layout'] or ''} {a['status']}")
+        elif isinstance(value, dict):
+            print(f"{key}:" + ("" if value else " -"))
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+# --- run ----------------------------------------------------------------------------------
+
+def _read_inputs(specs: list[str], model_inputs) -> dict:
+    import numpy as np
+
+    names = [s.name for s in model_inputs]
+    feeds: dict = {}
+    for item in specs:
+        name, sep, file = item.partition("=")
+        if not sep:
+            name, file = None, item
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"{file}: no such input file")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"{file}: not a readable .npy/.npz file ({e})") from e
+        if isinstance(data, np.lib.npyio.NpzFile):
+            feeds.update({k: data[k] for k in data.files})
+        elif name is None:
+            if len(names) != 1:
+                raise InputError(f"{file}: the model has {len(names)} inputs ({', '.join(names)}); "
+                                 f"give NAME={file}")
+            feeds[names[0]] = data
+        else:
+            feeds[name] = data
+    return feeds
+
+
+def _summary(arr) -> dict:
+    import numpy as np
+
+    doc = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+    if arr.size and arr.dtype.kind in "fiub":
+        a = arr.astype(np.float64)
+        doc.update(min=float(a.min()), max=float(a.max()), mean=float(a.mean()),
+                   first=[float(x) for x in a.ravel()[:8]])
+    return doc
+
+
+def cmd_run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .bench import synthetic_inputs
+    from .model import load
+
+    model = load(args.model, device=args.device, precision=args.precision, strict=args.strict)
+    if args.input:
+        feeds = _read_inputs(args.input, model.inputs)
+    elif args.synthetic:
+        feeds = synthetic_inputs(model.inputs)
+    else:
+        expected = ", ".join(str(s) for s in model.inputs)
+        raise InputError(f"no inputs: give --input NAME=FILE.npy (model inputs: {expected}) or --synthetic")
+    t0 = time.perf_counter()
+    outputs = model.run(feeds)
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    if args.out:
+        _write_npz_atomic(Path(args.out), outputs)
+    doc = {"model": str(args.model), "backend": model.backend, "device": model.device,
+           "precision": model.precision, "latency_ms": latency_ms,
+           "outputs": {k: _summary(v) for k, v in outputs.items()},
+           "selection": model.selection.to_dict()}
+    if args.out:
+        doc["written"] = str(args.out)
+    if args.json:
+        _emit_json(doc)
+        return 0
+    print(f"ran on {model.backend}:{model.device} ({model.precision}) in {latency_ms:.2f} ms")
+    for name, s in doc["outputs"].items():
+        stats = (f" min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g} first "
+                 f"{np.array2string(np.array(s['first']), precision=4)}") if "min" in s else ""
+        print(f"  {name}: {s['dtype']}{s['shape']}{stats}")
+    if args.out:
+        print(f"outputs written to {args.out}")
+    return 0
+
+
+def _write_npz_atomic(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- bench --------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .model import load
+    from .selection import build_candidates, parse_policy, resolve_source
+
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    source = resolve_source(args.model)
+    if args.all_devices:
+        cands, _ = build_candidates(source, parse_policy("auto"))
+        targets = [(str(c.artifact.path if source.package else source.path), f"{c.backend}:{c.device.id}")
+                   for c in cands]
+    else:
+        m = load(args.model, device=args.device, precision=args.precision, strict=args.strict,
+                 verify=True)
+        targets = [(str(m.path), f"{m.backend}:{m.device}")]
+        m.close()
+    feeds = None
+    if args.input:
+        probe = load(targets[0][0], device=targets[0][1], verify=False)
+        feeds = _read_inputs(args.input, probe.inputs)
+        probe.close()
+    rows, failures = [], []
+    ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
+    for n, (path, spec) in enumerate(targets, 1):
+        print(f"[{n}/{len(targets)}] {spec} {Path(path).name}: {args.warmup} warm-up + {args.runs} runs",
+              file=sys.stderr, flush=True)
+        from .bench import bench_model
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            fut = pool.submit(bench_model, path, spec, precision=args.precision, runs=args.runs,
+                              warmup=args.warmup, inputs=feeds)
+            try:
+                rows.append(fut.result())
+            except EdgekitError as e:
+                failures.append({"device": spec, "artifact": Path(path).name, "error": str(e)})
+                print(f"  failed: {e}", file=sys.stderr)
+    if args.json:
+        _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,
+                    "results": rows, "failures": failures})
+    else:
+        header = ["device", "artifact", "precision", "load ms", "first ms", "p50 ms", "p90 ms",
+                  "p99 ms", "per s", "peak RSS MB"]
+        table = [[f"{r['backend']}:{r['device']}", r["artifact"], r["precision"], f"{r['load_ms']:.1f}",
+                  f"{r['first_inference_ms']:.2f}", f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                  f"{r['p99_ms']:.3f}", f"{r['throughput_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+                 for r in rows]
+        print(_table(table, header))
+        for f in failures:
+            print(f"{f['device']} {f['artifact']}: failed: {f['error']}")
+    return 1 if failures and not rows else 0
