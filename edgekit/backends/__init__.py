@@ -72,9 +72,31 @@ def get(name: str) -> Backend:
         entry = _registry[canonical]
         if isinstance(entry, str):
             module_name, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module_name), attr)()
+            try:
+                entry = getattr(importlib.import_module(module_name), attr)()
+            except Exception as e:  # a broken plugin is reported, never fatal
+                log.warning("backend %s (%s) does not load: %s", canonical, module_name, e)
+                entry = _Unloadable(canonical, f"{module_name} does not import: {e}")
             _registry[canonical] = entry
         return entry
+
+
+class _Unloadable:
+    """Stands in for a backend whose module failed to import."""
+
+    formats = native = frozenset()
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(False, reason=self.reason)
+
+    def devices(self) -> list[Device]:
+        return []
+
+    def open(self, *args, **kwargs):
+        raise DeviceNotAvailableError(f"backend {self.name} is unavailable: {self.reason}")
 
 
 def all_devices() -> list[Device]:

@@ -1,0 +1,159 @@
+"""Small real models in every format, built from the same weights so results can be compared.
+
+ONNX with onnx.helper, OpenVINO IR with openvino.save_model, TFLite with LiteRT's own
+flatbuffer schema (no TensorFlow needed). Also used by benchmarks/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _save_onnx(graph, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edgekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def add_onnx(path: Path, shape=(1, 4), dynamic_batch: bool = False) -> Path:
+    """y = a + b: the one-Add model."""
+    dims = ["batch", *shape[1:]] if dynamic_batch else list(shape)
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])], "add",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, dims),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    return _save_onnx(g, path)
+
+
+def mlp_weights(n_in: int = 8, n_hidden: int = 16, n_out: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n_in, n_hidden)).astype(np.float32) * 0.5,
+            rng.standard_normal(n_hidden).astype(np.float32) * 0.1,
+            rng.standard_normal((n_hidden, n_out)).astype(np.float32) * 0.5,
+            rng.standard_normal(n_out).astype(np.float32) * 0.1)
+
+
+def mlp_reference(x: np.ndarray, weights) -> np.ndarray:
+    w1, b1, w2, b2 = weights
+    return np.maximum(x @ w1 + b1, 0) @ w2 + b2
+
+
+def mlp_onnx(path: Path, weights=None, batch="batch") -> Path:
+    """logits = relu(x @ w1 + b1) @ w2 + b2, with a dynamic (or fixed) batch."""
+    w1, b1, w2, b2 = weights or mlp_weights()
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["o0"]),
+             helper.make_node("Add", ["o0", "b2"], ["logits"])]
+    g = helper.make_graph(nodes, "mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, w1.shape[0]])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, w2.shape[1]])],
+                          initializer=inits)
+    return _save_onnx(g, path)
+
+
+def to_ir(onnx_path: Path, xml_path: Path) -> Path:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+# --- TFLite through the flatbuffer schema ------------------------------------------------------
+
+def _tfl():
+    from ai_edge_litert import schema_py_generated as s
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return s, flatbuffer_utils
+
+
+def _tensor(s, name, shape, buffer, signature=None):
+    t = s.TensorT()
+    t.name, t.type, t.buffer = name, s.TensorType.FLOAT32, buffer
+    t.shape = list(shape)
+    if signature is not None:
+        t.shapeSignature = list(signature)
+    return t
+
+
+def _buffer(s, data: np.ndarray | None = None):
+    b = s.BufferT()
+    b.data = None if data is None else np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+    return b
+
+
+def _op(s, code_index, inputs, outputs, opt_type=0, opts=None):
+    op = s.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = code_index, list(inputs), list(outputs)
+    if opts is not None:
+        op.builtinOptionsType, op.builtinOptions = opt_type, opts
+    return op
+
+
+def _finish(s, fu, tensors, ops, codes, buffers, inputs, outputs, path: Path) -> Path:
+    sg = s.SubGraphT()
+    sg.tensors, sg.operators, sg.inputs, sg.outputs, sg.name = tensors, ops, inputs, outputs, "main"
+    sig = s.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = "serving_default", 0
+
+    def tmap(i):
+        m = s.TensorMapT()
+        m.name, m.tensorIndex = tensors[i].name, i
+        return m
+
+    sig.inputs, sig.outputs = [tmap(i) for i in inputs], [tmap(i) for i in outputs]
+    model = s.ModelT()
+    model.version, model.description = 3, "edgekit test model"
+    model.operatorCodes, model.subgraphs, model.buffers = codes, [sg], buffers
+    model.signatureDefs = [sig]
+    fu.write_model(model, str(path))
+    return path
+
+
+def _code(s, builtin):
+    c = s.OperatorCodeT()
+    c.builtinCode = builtin
+    c.deprecatedBuiltinCode = min(builtin, 127)
+    c.version = 1
+    return c
+
+
+def add_tflite(path: Path, shape=(1, 4)) -> Path:
+    s, fu = _tfl()
+    buffers = [_buffer(s), _buffer(s), _buffer(s), _buffer(s)]
+    tensors = [_tensor(s, "a", shape, 1), _tensor(s, "b", shape, 2), _tensor(s, "y", shape, 3)]
+    opts = s.AddOptionsT()
+    ops = [_op(s, 0, [0, 1], [2], s.BuiltinOptions.AddOptions, opts)]
+    return _finish(s, fu, tensors, ops, [_code(s, s.BuiltinOperator.ADD)], buffers, [0, 1], [2], path)
+
+
+def mlp_tflite(path: Path, weights=None) -> Path:
+    """The same MLP as :func:`mlp_onnx` (FULLY_CONNECTED takes weights as [out, in])."""
+    s, fu = _tfl()
+    w1, b1, w2, b2 = weights or mlp_weights()
+    n_in, n_hidden, n_out = w1.shape[0], w1.shape[1], w2.shape[1]
+    buffers = [_buffer(s), _buffer(s), _buffer(s, w1.T), _buffer(s, b1), _buffer(s, w2.T), _buffer(s, b2),
+               _buffer(s), _buffer(s)]
+    tensors = [_tensor(s, "x", (1, n_in), 1, (-1, n_in)),
+               _tensor(s, "w1", (n_hidden, n_in), 2), _tensor(s, "b1", (n_hidden,), 3),
+               _tensor(s, "w2", (n_out, n_hidden), 4), _tensor(s, "b2", (n_out,), 5),
+               _tensor(s, "h", (1, n_hidden), 6, (-1, n_hidden)),
+               _tensor(s, "logits", (1, n_out), 7, (-1, n_out))]
+    fc1 = s.FullyConnectedOptionsT()
+    fc1.fusedActivationFunction = s.ActivationFunctionType.RELU
+    fc2 = s.FullyConnectedOptionsT()
+    T = s.BuiltinOptions.FullyConnectedOptions
+    ops = [_op(s, 0, [0, 1, 2], [5], T, fc1), _op(s, 0, [5, 3, 4], [6], T, fc2)]
+    return _finish(s, fu, tensors, ops, [_code(s, s.BuiltinOperator.FULLY_CONNECTED)], buffers,
+                   [0], [6], path)

@@ -1,0 +1,58 @@
+"""A test-only backend for fault injection: pretend accelerators that fail in chosen ways.
+
+It reads .onnx and, when a device is meant to work, really runs the model through
+ONNX Runtime's CPU provider, so results stay real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.backends.base import BackendStatus
+from edgekit.errors import BackendError
+from edgekit.types import Device, DeviceKind, Format, Precision
+
+
+class _FailingRun:
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.inputs, self.outputs, self.precision = inner.inputs, inner.outputs, inner.precision
+
+    def run(self, arrays):
+        raise RuntimeError("kernel launch failed: out of device memory")
+
+    def close(self):
+        self._inner.close()
+
+
+class FaultBackend:
+    """``behaviours`` maps device id -> (kind, "ok" | "open_fails" | "run_fails" | "unavailable")."""
+
+    formats = frozenset({Format.ONNX})
+    native = frozenset()
+
+    def __init__(self, name: str, behaviours: dict[str, tuple[DeviceKind, str]]) -> None:
+        self.name = name
+        self.behaviours = behaviours
+        self.opened: list[str] = []
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(True, version="test")
+
+    def devices(self) -> list[Device]:
+        return [Device(self.name, dev_id, kind, f"fake {kind.value}",
+                       available=behaviour != "unavailable",
+                       reason="driver not installed" if behaviour == "unavailable" else None)
+                for dev_id, (kind, behaviour) in self.behaviours.items()]
+
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+        from edgekit import backends
+
+        self.opened.append(device.id)
+        behaviour = self.behaviours[device.id][1]
+        if behaviour == "open_fails":
+            raise BackendError(f"{self.name}:{device.id}: failed to create context (simulated)")
+        ort = backends.get("onnxruntime")
+        cpu = next(d for d in ort.devices() if d.id == "CPUExecutionProvider")
+        session = ort.open(path, fmt, cpu, precision)
+        return _FailingRun(session) if behaviour == "run_fails" else session

@@ -1,0 +1,96 @@
+"""Model.run: the forms it takes, and the InputError it raises for anything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgekit
+
+
+@pytest.fixture(params=["add.onnx", "add.xml", "add.tflite"])
+def add_model(request, models):
+    return edgekit.load(models[request.param])
+
+
+A = np.arange(4, dtype=np.float32).reshape(1, 4)
+B = np.ones((1, 4), np.float32)
+
+
+def test_dict_list_and_outputs_in_order(add_model):
+    by_dict = add_model.run({"a": A, "b": B})
+    by_list = add_model.run([A, B])
+    assert list(by_dict) == [o.name for o in add_model.outputs]
+    np.testing.assert_array_equal(next(iter(by_dict.values())), A + B)
+    np.testing.assert_array_equal(next(iter(by_list.values())), A + B)
+
+
+def test_single_array_for_single_input_model(models):
+    m = edgekit.load(models["mlp.onnx"])
+    assert m.run(np.zeros((2, 8), np.float32))["logits"].shape == (2, 3)
+    assert m(np.zeros((1, 8), np.float32))["logits"].shape == (1, 3)
+
+
+def test_single_array_for_two_input_model_names_the_inputs(add_model):
+    with pytest.raises(edgekit.InputError, match="2 inputs \\(a, b\\)"):
+        add_model.run(A)
+
+
+def test_missing_and_unknown_names(add_model):
+    with pytest.raises(edgekit.InputError, match="missing 'b'"):
+        add_model.run({"a": A})
+    with pytest.raises(edgekit.InputError, match="unknown 'c'.*expected a, b"):
+        add_model.run({"a": A, "c": B})
+
+
+def test_wrong_rank_and_static_dim(add_model):
+    with pytest.raises(edgekit.InputError, match="input 'a': expected rank 2"):
+        add_model.run({"a": A[0], "b": B})
+    with pytest.raises(edgekit.InputError, match=r"input 'b': expected shape \[1, 4\], got \(1, 5\)"):
+        add_model.run({"a": A, "b": np.ones((1, 5), np.float32)})
+
+
+def test_cast_policy(add_model):
+    # float64 -> float32 (NumPy's default float) and lossless casts are accepted ...
+    out = add_model.run({"a": A.astype(np.float64), "b": B.astype(np.float16)})
+    np.testing.assert_array_equal(next(iter(out.values())), A + B)
+    out = add_model.run({"a": [[0, 1, 2, 3]], "b": B})  # Python ints
+    np.testing.assert_array_equal(next(iter(out.values())), A + B)
+    # ... anything lossy is refused, naming the input and how to fix it.
+    with pytest.raises(edgekit.InputError, match="input 'a': expected float32, got int64.*astype"):
+        add_model.run({"a": A.astype(np.int64), "b": B})
+    with pytest.raises(edgekit.InputError, match="input 'b': expected float32, got complex"):
+        add_model.run({"a": A, "b": B.astype(np.complex64)})
+
+
+def test_dynamic_dims_accept_any_size(models):
+    for name in ("mlp.onnx", "mlp.xml", "mlp.tflite"):
+        m = edgekit.load(models[name])
+        for n in (1, 7, 2):
+            assert m.run(np.ones((n, 8), np.float32))["logits"].shape == (n, 3)
+        with pytest.raises(edgekit.InputError, match="dim 1 must be 8"):
+            m.run(np.ones((2, 9), np.float32))
+
+
+def test_non_contiguous_input_is_accepted(models):
+    m = edgekit.load(models["mlp.xml"])
+    x = np.asfortranarray(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    np.testing.assert_allclose(m.run(x)["logits"], m.run(np.ascontiguousarray(x))["logits"])
+
+
+def test_input_error_is_a_value_error_and_an_edgekit_error(add_model):
+    with pytest.raises(ValueError):
+        add_model.run({"a": A})
+    with pytest.raises(edgekit.EdgekitError):
+        add_model.run({"a": A})
+
+
+def test_openvino_does_not_write_into_the_callers_arrays(models):
+    """Large inputs are shared zero-copy; a later small call must not write into them."""
+    m = edgekit.load(models["mlp.xml"])
+    big = np.ones((40000, 8), np.float32)  # > 1 MiB: shared
+    keep = big.copy()
+    m.run(big)
+    m.run(np.zeros((40000, 8), np.float32))
+    m.run(np.full((1, 8), 5, np.float32))
+    np.testing.assert_array_equal(big, keep)

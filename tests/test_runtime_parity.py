@@ -1,0 +1,72 @@
+"""Every backend x format it reads gives the same numbers as a NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import mlp_reference
+
+import edgekit
+
+MATRIX = [
+    ("mlp.onnx", "onnxruntime:CPUExecutionProvider"),
+    ("mlp.onnx", "openvino:CPU"),
+    ("mlp.xml", "openvino:CPU"),
+    ("mlp.tflite", "litert:CPU"),
+    ("mlp.tflite", "openvino:CPU"),
+]
+
+
+@pytest.mark.parametrize(("name", "device"), MATRIX)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_every_backend_and_format_matches_reference(models, mlp_weights, name, device, batch):
+    x = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
+    with edgekit.load(models[name], device=device) as m:
+        assert f"{m.backend}:{m.device}" == device
+        out = m.run({"x": x})
+    assert list(out) == ["logits"]
+    np.testing.assert_allclose(out["logits"], mlp_reference(x, mlp_weights), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp.onnx", "mlp.xml", "mlp.tflite"])
+def test_specs_keep_dynamic_batch_dynamic(models, name):
+    m = edgekit.load(models[name])
+    (spec,) = m.inputs
+    assert spec.name == "x" and spec.dtype == np.float32
+    assert spec.shape[1] == 8 and not isinstance(spec.shape[0], int)
+    assert [o.name for o in m.outputs] == ["logits"]
+
+
+def test_auto_picks_the_formats_own_runtime_on_cpu(models):
+    assert edgekit.load(models["mlp.onnx"]).backend == "onnxruntime"
+    assert edgekit.load(models["mlp.xml"]).backend == "openvino"
+    assert edgekit.load(models["mlp.tflite"]).backend == "litert"
+
+
+def test_openvino_runs_at_stored_precision_unless_told(models):
+    m = edgekit.load(models["mlp.xml"], device="openvino:CPU")
+    assert m.precision == "f32"
+    assert m.selection.chosen.precision == "f32"
+    caps = next(d for d in edgekit.devices() if d.spec == "openvino:CPU").capabilities
+    if "BF16" in caps:
+        reduced = edgekit.load(models["mlp.xml"], device="openvino:CPU", precision="any")
+        assert reduced.precision == "bf16"
+
+
+def test_reduced_precision_is_refused_where_a_runtime_cannot_do_it(models):
+    with pytest.raises(edgekit.NoCandidateError, match="precision it was stored in"):
+        edgekit.load(models["mlp.onnx"], device="onnxruntime:CPUExecutionProvider", precision="fp16")
+
+
+def test_threads_share_one_model_with_sequential_results(models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((1 + i % 3, 8)).astype(np.float32) for i in range(48)]
+    for name, device in MATRIX:
+        m = edgekit.load(models[name], device=device)
+        expected = [m.run(x)["logits"] for x in xs]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda x, m=m: m.run(x)["logits"], xs * 4))
+        for e, g in zip(expected * 4, got):
+            np.testing.assert_array_equal(e, g)

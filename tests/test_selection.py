@@ -1,0 +1,173 @@
+"""Policies, ranking, fallback that is never silent, strict mode, explicit requests."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from fault_backend import FaultBackend
+
+import edgekit
+from edgekit import backends
+from edgekit.types import DeviceKind
+
+X = np.ones((2, 8), np.float32)
+
+
+def _fake(behaviours) -> FaultBackend:
+    fb = FaultBackend("fake", behaviours)
+    backends.register("fake", fb)
+    return fb
+
+
+def test_auto_prefers_an_accelerator_and_records_every_candidate(models):
+    fb = _fake({"GPU0": (DeviceKind.GPU, "ok"), "NPU0": (DeviceKind.NPU, "ok")})
+    m = edgekit.load(models["mlp.onnx"])
+    assert (m.backend, m.device) == ("fake", "GPU0")
+    statuses = {a.spec: a.status for a in m.selection.attempts}
+    assert statuses["fake:GPU0"] == "opened"
+    assert statuses["fake:NPU0"] == "not tried"
+    assert statuses["onnxruntime:CPUExecutionProvider"] == "not tried"
+    assert statuses["onnxruntime:CUDAExecutionProvider"] == "skipped"
+    assert fb.opened == ["GPU0"]
+    assert not m.selection.fell_back
+
+
+def test_open_failure_falls_back_with_a_warning_and_a_record(models, caplog):
+    _fake({"GPU0": (DeviceKind.GPU, "open_fails")})
+    with caplog.at_level(logging.WARNING, logger="edgekit"):
+        m = edgekit.load(models["mlp.onnx"])
+    assert m.backend == "onnxruntime"
+    failed = [a for a in m.selection.attempts if a.status == "failed"]
+    assert [a.spec for a in failed] == ["fake:GPU0"]
+    assert "failed to create context" in failed[0].reason
+    assert m.selection.fell_back
+    assert "fell back to onnxruntime:CPUExecutionProvider" in caplog.text
+    assert "fake:GPU0" in caplog.text
+    np.testing.assert_array_equal(m.run(X)["logits"].shape, (2, 3))
+
+
+def test_first_inference_failure_falls_back(models, caplog):
+    _fake({"NPU0": (DeviceKind.NPU, "run_fails")})
+    with caplog.at_level(logging.WARNING, logger="edgekit"):
+        m = edgekit.load(models["mlp.onnx"])
+    assert m.backend == "onnxruntime"
+    (failed,) = [a for a in m.selection.attempts if a.status == "failed"]
+    assert failed.spec == "fake:NPU0" and "first inference failed" in failed.reason
+    assert "out of device memory" in failed.reason
+    assert "fell back" in caplog.text
+
+
+def test_strict_raises_instead_of_falling_back(models):
+    _fake({"GPU0": (DeviceKind.GPU, "open_fails")})
+    with pytest.raises(edgekit.BackendError, match="fake:GPU0 failed.*strict"):
+        edgekit.load(models["mlp.onnx"], strict=True)
+
+
+def test_every_candidate_failing_raises_with_the_record(models):
+    _fake({"GPU0": (DeviceKind.GPU, "run_fails")})
+    with pytest.raises(edgekit.NoCandidateError) as info:
+        edgekit.load(models["mlp.onnx"], device="gpu")
+    assert info.value.selection.attempts[-1].status == "failed"
+    assert "fake:GPU0" in str(info.value)
+
+
+def test_unavailable_device_is_skipped_with_its_reason(models):
+    _fake({"TPU0": (DeviceKind.TPU, "unavailable")})
+    m = edgekit.load(models["mlp.onnx"])
+    (a,) = [a for a in m.selection.attempts if a.spec == "fake:TPU0"]
+    assert a.status == "skipped" and a.reason == "driver not installed"
+    with pytest.raises(edgekit.DeviceNotAvailableError, match="fake:TPU0: driver not installed"):
+        edgekit.load(models["mlp.onnx"], device="fake:TPU0")
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("cpu", "onnxruntime:CPUExecutionProvider"),
+    ("openvino", "openvino:CPU"),
+    ("ov", "openvino:CPU"),
+    ("openvino:cpu", "openvino:CPU"),
+    ("onnxruntime:CPU", "onnxruntime:CPUExecutionProvider"),
+    ("ORT:CPUExecutionProvider", "onnxruntime:CPUExecutionProvider"),
+])
+def test_explicit_policies(models, device, expected):
+    m = edgekit.load(models["mlp.onnx"], device=device)
+    assert f"{m.backend}:{m.device}" == expected
+
+
+def test_kind_policy_uses_only_that_kind(models):
+    _fake({"GPU0": (DeviceKind.GPU, "ok"), "NPU0": (DeviceKind.NPU, "ok")})
+    m = edgekit.load(models["mlp.onnx"], device="npu")
+    assert (m.backend, m.device) == ("fake", "NPU0")
+    assert all(a.kind is DeviceKind.NPU for a in m.selection.attempts)
+
+
+def test_explicit_request_that_cannot_be_met_names_what_exists(models):
+    with pytest.raises(edgekit.DeviceNotAvailableError, match="CUDAExecutionProvider.*onnxruntime-gpu"):
+        edgekit.load(models["mlp.onnx"], device="onnxruntime:CUDAExecutionProvider")
+    with pytest.raises(edgekit.DeviceNotAvailableError, match="litert cannot read onnx"):
+        edgekit.load(models["mlp.onnx"], device="litert")
+    with pytest.raises(edgekit.DeviceNotAvailableError, match="no device matches 'openvino:VPU'"):
+        edgekit.load(models["mlp.onnx"], device="openvino:VPU")
+    with pytest.raises(edgekit.UsageError, match="unknown device 'warp-drive'"):
+        edgekit.load(models["mlp.onnx"], device="warp-drive")
+
+
+def test_onnxruntime_silent_cpu_fallback_is_detected(models):
+    """ORT quietly runs on CPU when a provider it was given cannot initialise: edgekit refuses."""
+    from edgekit.types import Device, Format, Precision
+
+    ort_backend = backends.get("onnxruntime")
+    cuda = Device("onnxruntime", "CUDAExecutionProvider", DeviceKind.GPU, "CUDA")
+    with pytest.raises(edgekit.BackendError, match="silently fell back to CPUExecutionProvider"):
+        ort_backend.open(models["mlp.onnx"], Format.ONNX, cuda, Precision.STORED)
+
+
+def test_broken_backend_package_never_breaks_edgekit(models):
+    backends.register("plugin", "edgekit_no_such_module:Backend")
+    (row,) = [d for d in edgekit.devices() if d.backend == "plugin"]
+    assert not row.available and "edgekit_no_such_module does not import" in row.reason
+
+    class Broken:
+        name, formats, native = "broken", frozenset(), frozenset()
+
+        def status(self):
+            from edgekit.backends.base import BackendStatus
+
+            return BackendStatus(False, reason="libfoo.so: cannot open shared object file")
+
+        def devices(self):
+            return []
+
+    backends.register("broken", Broken())
+    rows = [d for d in edgekit.devices() if d.backend == "broken"]
+    assert rows and not rows[0].available and "libfoo.so" in rows[0].reason
+    assert edgekit.load(models["mlp.onnx"]).backend == "onnxruntime"
+
+
+def test_selection_serialises(models):
+    m = edgekit.load(models["mlp.tflite"])
+    doc = m.selection.to_dict()
+    assert doc["chosen"] == "litert:CPU" and doc["policy"] == "auto"
+    assert doc["attempts"][0]["status"] in ("skipped", "opened")
+    assert "litert:CPU" in str(m.selection)
+
+
+def test_missing_runtime_package_is_reported_and_others_still_load(models):
+    """With onnxruntime unimportable, devices() says why and .onnx opens with OpenVINO."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "import edgekit\n"
+        "rows = [d for d in edgekit.devices() if d.backend == 'onnxruntime']\n"
+        "assert len(rows) == 1 and not rows[0].available, rows\n"
+        "assert 'pip install onnxruntime' in rows[0].reason, rows[0].reason\n"
+        f"m = edgekit.load({str(models['mlp.onnx'])!r})\n"
+        "assert m.backend == 'openvino', m.backend\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
