@@ -118,7 +118,10 @@ def model_files(path: Path, fmt: Format) -> list[Path]:
     elif fmt is Format.ONNX:
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # unreadable: hash what is there; validate() reports the problem
+            return files
         files += [path.parent / loc for loc in external_data_locations(model)]
     return files
 

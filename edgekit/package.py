@@ -82,10 +82,10 @@ def read(folder: Path) -> Package:
 
 
 def verify(artifact: Artifact) -> None:
-    """Validate the artifact file and compare its checksum with the manifest's."""
-    formats.validate(artifact.path, artifact.format)
-    if artifact.sha256:
+    """Compare the artifact's checksum with the manifest's, then validate the file."""
+    if artifact.sha256 and artifact.path.is_file():
         digest = formats.sha256_files(formats.model_files(artifact.path, artifact.format))
         if digest != artifact.sha256:
             raise ModelFileError(artifact.path, f"checksum mismatch: edgekit.json says "
                                                 f"{artifact.sha256[:12]}…, the file is {digest[:12]}…")
+    formats.validate(artifact.path, artifact.format)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
-Dim = Union[int, str, None]  # a static size, a named dynamic dim, or an unnamed dynamic dim
+Dim = int | str | None  # a static size, a named dynamic dim, or an unnamed dynamic dim
 
 
 class Format(str, enum.Enum):

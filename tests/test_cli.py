@@ -1,0 +1,120 @@
+"""The real `edgekit` command: every subcommand, text and --json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from builders import mlp_reference
+from conftest import run_cli
+
+
+def test_devices_json_lists_every_backend_with_reasons():
+    out = run_cli("devices", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    specs = {d["spec"]: d for d in doc["devices"]}
+    for cpu in ("onnxruntime:CPUExecutionProvider", "openvino:CPU", "litert:CPU"):
+        assert specs[cpu]["available"] and specs[cpu]["kind"] == "cpu"
+    unavailable = [d for d in doc["devices"] if not d["available"]]
+    assert unavailable and all(d["reason"] for d in unavailable)
+    assert {"onnxruntime", "openvino", "litert"} <= set(doc["runtimes"])
+
+
+def test_devices_table():
+    out = run_cli("devices")
+    assert out.returncode == 0
+    assert "litert:CPU" in out.stdout and "name / why not" in out.stdout
+
+
+@pytest.mark.parametrize(("name", "fmt", "version_key"),
+                         [("mlp.onnx", "onnx", "opsets"), ("mlp.xml", "openvino", "ir_version"),
+                          ("mlp.tflite", "tflite", "signatures")])
+def test_info_json_for_each_format(models, name, fmt, version_key):
+    out = run_cli("info", str(models[name]), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["format"] == fmt and doc["size_bytes"] > 0 and version_key in doc
+    assert doc["inputs"][0]["name"] == "x" and doc["inputs"][0]["shape"][1] == 8
+    assert doc["outputs"][0]["name"] == "logits"
+
+
+def test_info_text(models):
+    out = run_cli("info", str(models["mlp.xml"]))
+    assert out.returncode == 0
+    assert "x: float32[?, 8]" in out.stdout and "format: openvino" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["mlp.onnx", "mlp.xml", "mlp.tflite"])
+def test_run_with_npy_inputs_writes_npz(models, mlp_weights, tmp_path, name):
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out_file = tmp_path / "out.npz"
+    out = run_cli("run", str(models[name]), "--input", f"x={tmp_path / 'x.npy'}", "--out", str(out_file),
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["outputs"]["logits"]["shape"] == [3, 3]
+    assert doc["selection"]["chosen"] == f"{doc['backend']}:{doc['device']}"
+    got = np.load(out_file)["logits"]
+    np.testing.assert_allclose(got, mlp_reference(x, mlp_weights), rtol=1e-5, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no temp left behind
+
+
+def test_run_text_output_and_single_input_shorthand(models, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 8), np.float32))
+    out = run_cli("run", str(models["mlp.onnx"]), "-i", str(tmp_path / "x.npy"), "--device", "openvino")
+    assert out.returncode == 0, out.stderr
+    assert "ran on openvino:CPU (f32)" in out.stdout and "logits: float32[1, 3]" in out.stdout
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--input", "x=missing.npy"], "missing.npy: no such input file"),
+    ([], "no inputs: give --input"),
+    (["--synthetic", "--device", "warp"], "unknown device 'warp'"),
+    (["--synthetic", "--device", "onnxruntime:CUDAExecutionProvider"], "not available here"),
+])
+def test_run_usage_errors_exit_2_without_traceback(models, args, fragment):
+    out = run_cli("run", str(models["mlp.onnx"]), *args)
+    assert out.returncode == 2
+    assert fragment in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_wrong_input_shape_names_the_input(models, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 9), np.float32))
+    out = run_cli("run", str(models["mlp.tflite"]), "-i", f"x={tmp_path / 'x.npy'}")
+    assert out.returncode == 2 and "input 'x'" in out.stderr and "dim 1 must be 8" in out.stderr
+
+
+def test_bench_all_devices_json(models):
+    out = run_cli("bench", str(models["mlp.onnx"]), "--all-devices", "--runs", "5", "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    rows = {f"{r['backend']}:{r['device']}": r for r in doc["results"]}
+    assert set(rows) == {"onnxruntime:CPUExecutionProvider", "openvino:CPU"}
+    for r in rows.values():
+        assert r["runs"] == 5
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 10
+    assert "[1/2]" in out.stderr  # progress goes to stderr, JSON alone on stdout
+
+
+def test_bench_default_device_table(models):
+    out = run_cli("bench", str(models["mlp.tflite"]), "--runs", "3", "--warmup", "0")
+    assert out.returncode == 0, out.stderr
+    assert "litert:CPU" in out.stdout and "p50 ms" in out.stdout
+
+
+def test_strict_flag_and_runtime_failure_exit_1(models, tmp_path):
+    out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--device", "onnxruntime",
+                  "--precision", "fp16", "--strict")
+    assert out.returncode == 1
+    assert "strict" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for cmd in ("devices", "info", "run", "bench"):
+        assert cmd in out.stdout

@@ -1,0 +1,126 @@
+"""The "fastest" policy, its cache, and model packages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fault_backend import FaultBackend
+
+import edgekit
+from edgekit import backends, formats
+from edgekit.types import DeviceKind
+
+
+def test_fastest_measures_every_candidate_and_keeps_the_quickest(models):
+    m = edgekit.load(models["mlp.onnx"], device="fastest")
+    measured = [a for a in m.selection.attempts if a.latency_ms is not None]
+    assert {a.spec for a in measured} == {"onnxruntime:CPUExecutionProvider", "openvino:CPU"}
+    chosen = m.selection.chosen
+    assert chosen.latency_ms == min(a.latency_ms for a in measured)
+    loser = next(a for a in measured if a is not chosen)
+    assert loser.status == "passed over" and "slower" in loser.reason
+    assert m.selection.cache == "stored"
+
+
+def test_fastest_decision_is_cached_and_reused(models, tmp_path, monkeypatch):
+    first = edgekit.load(models["mlp.onnx"], device="fastest")
+    again = edgekit.load(models["mlp.onnx"], device="fastest")
+    assert again.selection.cache == "hit"
+    assert f"{again.backend}:{again.device}" == f"{first.backend}:{first.device}"
+    assert all(a.status in ("opened", "not tried", "skipped") for a in again.selection.attempts)
+    # The cache lives in EDGEKIT_CACHE_DIR (the user's cache folder by default).
+    data = json.loads((tmp_path / "cache" / "fastest.json").read_text())
+    (entry,) = data.values()
+    assert entry["choice"].startswith(first.backend) and "measured_at" in entry
+
+
+def test_fastest_cache_key_changes_with_the_model_and_the_devices(models, tmp_path):
+    edgekit.load(models["mlp.onnx"], device="fastest")
+    copy = tmp_path / "other.onnx"
+    from builders import mlp_onnx, mlp_weights
+
+    mlp_onnx(copy, mlp_weights(seed=3))
+    assert edgekit.load(copy, device="fastest").selection.cache == "stored"  # new model: measured
+    backends.register("fake", FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "ok")}))
+    m = edgekit.load(models["mlp.onnx"], device="fastest")  # new device inventory: measured again
+    assert m.selection.cache == "stored"
+    assert any(a.spec == "fake:GPU0" and a.latency_ms is not None for a in m.selection.attempts)
+
+
+def test_fastest_skips_candidates_that_fail(models):
+    backends.register("fake", FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "run_fails")}))
+    m = edgekit.load(models["mlp.onnx"], device="fastest", cache=False)
+    assert m.backend != "fake"
+    assert any(a.spec == "fake:GPU0" and a.status == "failed" for a in m.selection.attempts)
+
+
+def test_fastest_reduced_precision_only_when_allowed(models):
+    m = edgekit.load(models["mlp.xml"], device="fastest", cache=False)
+    assert all(a.precision in (None, "f32") for a in m.selection.attempts)
+
+
+# --- packages ----------------------------------------------------------------------------
+
+def _package(tmp_path, models, **overrides):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    artifacts = []
+    for name, fmt in (("mlp.onnx", "onnx"), ("mlp.tflite", "tflite")):
+        shutil.copy(models[name], pkg / name)
+        artifacts.append({"path": name, "format": fmt, "precision": "fp32",
+                          "sha256": formats.sha256_files([pkg / name])})
+    manifest = {"schema_version": 1, "name": "mlp", "task": None, "labels": ["a", "b", "c"],
+                "artifacts": artifacts, **overrides}
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    return pkg
+
+
+def test_package_loads_and_runs_any_artifact(tmp_path, models, mlp_weights):
+    from builders import mlp_reference
+
+    pkg = _package(tmp_path, models)
+    m = edgekit.load(pkg)
+    assert m.path.parent == pkg and m.metadata["labels"] == ["a", "b", "c"]
+    x = np.ones((2, 8), np.float32)
+    np.testing.assert_allclose(m.run(x)["logits"], mlp_reference(x, mlp_weights), rtol=1e-5, atol=1e-5)
+    lite = edgekit.load(pkg, device="litert")
+    assert lite.path.name == "mlp.tflite"
+    assert all(a.artifact for a in m.selection.attempts)
+
+
+def test_package_checksum_mismatch_falls_back_to_another_artifact(tmp_path, models):
+    pkg = _package(tmp_path, models)
+    data = bytearray((pkg / "mlp.onnx").read_bytes())
+    data[-20] ^= 0xFF
+    (pkg / "mlp.onnx").write_bytes(bytes(data))
+    m = edgekit.load(pkg)
+    assert m.path.name == "mlp.tflite"
+    assert any("checksum mismatch" in a.reason for a in m.selection.attempts if a.status == "failed")
+    with pytest.raises(edgekit.ModelFileError, match="checksum mismatch"):
+        edgekit.load(pkg, strict=True)
+
+
+def test_package_artifact_marked_failed_is_never_chosen(tmp_path, models):
+    pkg = _package(tmp_path, models)
+    manifest = json.loads((pkg / "edgekit.json").read_text())
+    manifest["artifacts"][0].update(status="failed", reason="parity: cosine 0.71 < 0.99")
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    m = edgekit.load(pkg)
+    assert m.path.name == "mlp.tflite"
+    assert any("cosine 0.71" in a.reason for a in m.selection.attempts if a.status == "skipped")
+
+
+@pytest.mark.parametrize(("manifest", "fragment"), [
+    ("{not json", "not valid JSON"),
+    ('{"name": "x"}', "no 'artifacts' list"),
+    ('{"schema_version": 99, "artifacts": []}', "newer than this edgekit reads"),
+    ('{"artifacts": [{"path": "../escape.onnx"}]}', "leaves the package"),
+    ('{"artifacts": []}', "lists no artifacts"),
+])
+def test_bad_manifest(tmp_path, manifest, fragment):
+    (tmp_path / "edgekit.json").write_text(manifest)
+    with pytest.raises(edgekit.ModelFileError, match=fragment):
+        edgekit.load(tmp_path)
