@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import builders  # noqa: E402
+from samples import synthetic as builders  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -79,7 +79,7 @@ def test_cli_reports_bad_file_in_one_line_with_exit_2(bad, case, command):
 
 def _with_external_data(tmp_path, location: str):
     """An MLP whose w1 claims to live at ``location``."""
-    from builders import mlp_onnx
+    from samples.synthetic import mlp_onnx
 
     path = mlp_onnx(tmp_path / "ext.onnx")
     model = onnx.load(str(path))
@@ -116,7 +116,7 @@ def test_external_data_link_leaving_the_folder_is_refused(tmp_path):
 
 
 def test_external_data_inside_the_folder_loads(tmp_path):
-    from builders import mlp_onnx
+    from samples.synthetic import mlp_onnx
 
     path = mlp_onnx(tmp_path / "big.onnx")
     model = onnx.load(str(path))

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from builders import mlp_reference
+from samples.synthetic import mlp_reference
 from conftest import run_cli
 
 

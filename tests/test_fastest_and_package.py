@@ -40,7 +40,7 @@ def test_fastest_decision_is_cached_and_reused(models, tmp_path, monkeypatch):
 def test_fastest_cache_key_changes_with_the_model_and_the_devices(models, tmp_path):
     edgekit.load(models["mlp.onnx"], device="fastest")
     copy = tmp_path / "other.onnx"
-    from builders import mlp_onnx, mlp_weights
+    from samples.synthetic import mlp_onnx, mlp_weights
 
     mlp_onnx(copy, mlp_weights(seed=3))
     assert edgekit.load(copy, device="fastest").selection.cache == "stored"  # new model: measured
@@ -79,7 +79,7 @@ def _package(tmp_path, models, **overrides):
 
 
 def test_package_loads_and_runs_any_artifact(tmp_path, models, mlp_weights):
-    from builders import mlp_reference
+    from samples.synthetic import mlp_reference
 
     pkg = _package(tmp_path, models)
     m = edgekit.load(pkg)

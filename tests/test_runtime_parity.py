@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import mlp_reference
+from samples.synthetic import mlp_reference
 
 import edgekit
 

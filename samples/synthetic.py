@@ -1,7 +1,10 @@
-"""Small real models in every format, built from the same weights so results can be compared.
+"""Small real models built from code, in every format, from the same weights.
+
+Used by `make demo` (until the sample models built from packaged weights arrive), the
+tests and the benchmarks.
 
 ONNX with onnx.helper, OpenVINO IR with openvino.save_model, TFLite with LiteRT's own
-flatbuffer schema (no TensorFlow needed). Also used by benchmarks/.
+flatbuffer schema (no TensorFlow needed).
 """
 
 from __future__ import annotations
