@@ -160,3 +160,125 @@ def mlp_tflite(path: Path, weights=None) -> Path:
     ops = [_op(s, 0, [0, 1, 2], [5], T, fc1), _op(s, 0, [5, 3, 4], [6], T, fc2)]
     return _finish(s, fu, tensors, ops, [_code(s, s.BuiltinOperator.FULLY_CONNECTED)], buffers,
                    [0], [6], path)
+
+
+# --- A ResNet-50-sized CNN (real topology, random weights, BN folded) ---------------------------
+
+def resnet50_layers(seed: int = 0, classes: int = 1000) -> list[dict]:
+    """ResNet-50 v1.5 as a flat list of layers with OIHW weights, for the emitters below."""
+    rng = np.random.default_rng(seed)
+    layers: list[dict] = []
+
+    def conv(src, dst, cin, cout, k, stride, relu):
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(1.0 / (cin * k * k))).astype(np.float32)
+        layers.append(dict(op="conv", src=src, dst=dst, w=w, b=np.zeros(cout, np.float32), stride=stride,
+                           pad=k // 2, relu=relu))
+
+    conv("input", "stem", 3, 64, 7, 2, True)
+    layers.append(dict(op="maxpool", src="stem", dst="pool"))
+    x, cin = "pool", 64
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for i in range(blocks):
+            stride = 2 if (i == 0 and stage > 0) else 1
+            p = f"s{stage}b{i}"
+            conv(x, f"{p}a", cin, width, 1, 1, True)
+            conv(f"{p}a", f"{p}b", width, width, 3, stride, True)
+            conv(f"{p}b", f"{p}c", width, width * 4, 1, 1, False)
+            short = x
+            if i == 0:
+                conv(x, f"{p}s", cin, width * 4, 1, stride, False)
+                short = f"{p}s"
+            layers.append(dict(op="add_relu", src=(f"{p}c", short), dst=f"{p}out"))
+            x, cin = f"{p}out", width * 4
+    layers.append(dict(op="gap", src=x, dst="gap"))
+    w = (rng.standard_normal((classes, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
+    layers.append(dict(op="fc", src="gap", dst="logits", w=w, b=np.zeros(classes, np.float32)))
+    return layers
+
+
+def resnet50_onnx(path: Path, seed: int = 0) -> Path:
+    nodes, inits = [], []
+    for i, L in enumerate(resnet50_layers(seed)):
+        if L["op"] == "conv":
+            inits += [numpy_helper.from_array(L["w"], f"w{i}"), numpy_helper.from_array(L["b"], f"b{i}")]
+            out = f"{L['dst']}_pre" if L["relu"] else L["dst"]
+            k = L["w"].shape[-1]
+            nodes.append(helper.make_node("Conv", [L["src"], f"w{i}", f"b{i}"], [out], kernel_shape=[k, k],
+                                          strides=[L["stride"]] * 2, pads=[L["pad"]] * 4))
+            if L["relu"]:
+                nodes.append(helper.make_node("Relu", [out], [L["dst"]]))
+        elif L["op"] == "maxpool":
+            nodes.append(helper.make_node("MaxPool", [L["src"]], [L["dst"]], kernel_shape=[3, 3],
+                                          strides=[2, 2], pads=[1, 1, 1, 1]))
+        elif L["op"] == "add_relu":
+            nodes += [helper.make_node("Add", list(L["src"]), [f"{L['dst']}_sum"]),
+                      helper.make_node("Relu", [f"{L['dst']}_sum"], [L["dst"]])]
+        elif L["op"] == "gap":
+            nodes += [helper.make_node("GlobalAveragePool", [L["src"]], ["gap4"]),
+                      helper.make_node("Flatten", ["gap4"], [L["dst"]])]
+        elif L["op"] == "fc":
+            inits += [numpy_helper.from_array(L["w"], "fc_w"), numpy_helper.from_array(L["b"], "fc_b")]
+            nodes.append(helper.make_node("Gemm", [L["src"], "fc_w", "fc_b"], [L["dst"]], transB=1))
+    g = helper.make_graph(nodes, "resnet50",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
+                          initializer=inits)
+    return _save_onnx(g, path)
+
+
+def resnet50_tflite(path: Path, seed: int = 0) -> Path:
+    """The same layers in NHWC with SAME padding (timing twin of the ONNX model, not a parity twin)."""
+    s, fu = _tfl()
+    codes = [_code(s, op) for op in (s.BuiltinOperator.CONV_2D, s.BuiltinOperator.ADD,
+                                     s.BuiltinOperator.MAX_POOL_2D, s.BuiltinOperator.AVERAGE_POOL_2D,
+                                     s.BuiltinOperator.FULLY_CONNECTED)]
+    CONV, ADD, MAXP, AVGP, FC = range(5)
+    buffers, tensors, ops = [_buffer(s)], [], []
+    index: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
+
+    def tensor(name, shape, data=None):
+        buffers.append(_buffer(s, data))
+        tensors.append(_tensor(s, name, shape, len(buffers) - 1))
+        index[name] = len(tensors) - 1
+        shapes[name] = tuple(shape)
+        return index[name]
+
+    tensor("input", (1, 224, 224, 3))
+    for i, L in enumerate(resnet50_layers(seed)):
+        if L["op"] == "conv":
+            n, h, w, _ = shapes[L["src"]]
+            st = L["stride"]
+            cout = L["w"].shape[0]
+            wt = tensor(f"w{i}", L["w"].transpose(0, 2, 3, 1).shape, L["w"].transpose(0, 2, 3, 1))
+            bt = tensor(f"b{i}", L["b"].shape, L["b"])
+            out = tensor(L["dst"], (n, -(-h // st), -(-w // st), cout))
+            o = s.Conv2DOptionsT()
+            o.padding, o.strideW, o.strideH = s.Padding.SAME, st, st
+            o.fusedActivationFunction = s.ActivationFunctionType.RELU if L["relu"] else 0
+            ops.append(_op(s, CONV, [index[L["src"]], wt, bt], [out], s.BuiltinOptions.Conv2DOptions, o))
+        elif L["op"] in ("maxpool", "gap"):
+            n, h, w, c = shapes[L["src"]]
+            o = s.Pool2DOptionsT()
+            if L["op"] == "maxpool":
+                out = tensor(L["dst"], (n, -(-h // 2), -(-w // 2), c))
+                o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = s.Padding.SAME, 2, 2, 3, 3
+                code = MAXP
+            else:
+                out = tensor(L["dst"], (n, 1, 1, c))
+                o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = s.Padding.VALID, 1, 1, w, h
+                code = AVGP
+            ops.append(_op(s, code, [index[L["src"]]], [out], s.BuiltinOptions.Pool2DOptions, o))
+        elif L["op"] == "add_relu":
+            a, b = L["src"]
+            out = tensor(L["dst"], shapes[a])
+            o = s.AddOptionsT()
+            o.fusedActivationFunction = s.ActivationFunctionType.RELU
+            ops.append(_op(s, ADD, [index[a], index[b]], [out], s.BuiltinOptions.AddOptions, o))
+        elif L["op"] == "fc":
+            wt = tensor("fc_w", L["w"].shape, L["w"])
+            bt = tensor("fc_b", L["b"].shape, L["b"])
+            out = tensor(L["dst"], (1, L["w"].shape[0]))
+            ops.append(_op(s, FC, [index[L["src"]], wt, bt], [out], s.BuiltinOptions.FullyConnectedOptions,
+                           s.FullyConnectedOptionsT()))
+    return _finish(s, fu, tensors, ops, codes, buffers, [index["input"]], [index["logits"]], path)
