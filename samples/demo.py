@@ -44,7 +44,7 @@ def main() -> int:
     expected = synthetic.mlp_reference(x, synthetic.mlp_weights())
     ok = True
     print("\nOne API for every format (edgekit.load(path).run(x)), checked against NumPy:")
-    for fmt, path in models.items():
+    for path in models.values():
         m = edgekit.load(path)
         err = float(np.abs(m.run(x)["logits"] - expected).max())
         ok &= err < 1e-4

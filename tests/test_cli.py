@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from samples.synthetic import mlp_reference
 from conftest import run_cli
+
+from samples.synthetic import mlp_reference
 
 
 def test_devices_json_lists_every_backend_with_reasons():
@@ -118,3 +119,25 @@ def test_help_lists_commands():
     assert out.returncode == 0
     for cmd in ("devices", "info", "run", "bench"):
         assert cmd in out.stdout
+
+
+def test_info_and_run_on_a_package(models, tmp_path):
+    import shutil
+
+    from edgekit import formats
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    shutil.copy(models["mlp.tflite"], pkg / "mlp.tflite")
+    manifest = {"schema_version": 1, "name": "demo-mlp", "task": None, "labels": ["a", "b", "c"],
+                "artifacts": [{"path": "mlp.tflite", "format": "tflite", "precision": "fp32",
+                               "sha256": formats.sha256_files([pkg / "mlp.tflite"])}]}
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    out = run_cli("info", str(pkg), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["name"] == "demo-mlp" and doc["artifacts"][0]["format"] == "tflite"
+    assert doc["manifest"]["labels"] == ["a", "b", "c"] and doc["inputs"][0]["name"] == "x"
+    out = run_cli("run", str(pkg), "--synthetic", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["selection"]["attempts"][-1]["artifact"].startswith("mlp.tflite")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from samples.synthetic import mlp_reference
 
 import edgekit
+from samples.synthetic import mlp_reference
 
 MATRIX = [
     ("mlp.onnx", "onnxruntime:CPUExecutionProvider"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ class OnnxRuntimeBackend:
         so.log_severity_level = 3  # edgekit records fallbacks itself; keep ORT's warnings out of stderr
         providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
         try:
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:
             name = type(e).__name__
             if name in ("InvalidProtobuf", "NoSuchFile", "InvalidGraph"):
@@ -133,9 +136,10 @@ class OnnxRuntimeBackend:
         got = sess.get_providers()
         if device.id not in got:
             # ORT does not raise when a provider fails to initialise: it quietly runs on CPU.
+            said = "; ".join(str(w.message).split(".")[0] for w in caught)
             raise BackendError(
                 f"onnxruntime silently fell back to {', '.join(got)}: {device.id} did not initialise "
-                f"(check its libraries, e.g. CUDA/cuDNN/TensorRT versions)"
+                + (f"(onnxruntime said: {said})" if said else "(check its libraries, e.g. CUDA/cuDNN/TensorRT)")
             )
         return OrtSession(sess, "as stored")
 
