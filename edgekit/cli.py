@@ -118,8 +118,9 @@ def cmd_devices(args) -> int:
                     "devices": [d.to_dict() for d in devs]})
         return 0
     rows = [[d.spec, d.kind.value, "yes" if d.available else "no",
-             d.name if d.available else (d.reason or "")] for d in devs]
-    print(_table(rows, ["device", "kind", "available", "name / why not"]))
+             (f"{d.name}" + (f" [{', '.join(d.capabilities)}]" if d.capabilities else ""))
+             if d.available else (d.reason or "")] for d in devs]
+    print(_table(rows, ["device", "kind", "available", "name [capabilities] / why not"]))
     return 0
 
 

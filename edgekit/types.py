@@ -73,6 +73,7 @@ class Device:
     available: bool = True
     reason: str | None = None
     capabilities: tuple[str, ...] = ()
+    device_type: str | None = None  # "integrated" | "discrete" where the runtime says
 
     @property
     def spec(self) -> str:
@@ -88,6 +89,7 @@ class Device:
             "available": self.available,
             "reason": self.reason,
             "capabilities": list(self.capabilities),
+            "device_type": self.device_type,
         }
 
 

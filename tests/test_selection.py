@@ -119,7 +119,8 @@ def test_onnxruntime_silent_cpu_fallback_is_detected(models):
 
     ort_backend = backends.get("onnxruntime")
     cuda = Device("onnxruntime", "CUDAExecutionProvider", DeviceKind.GPU, "CUDA")
-    with pytest.raises(edgekit.BackendError, match="silently fell back to CPUExecutionProvider.*not in available provider names"):
+    expected = "silently fell back to CPUExecutionProvider.*not in available provider names"
+    with pytest.raises(edgekit.BackendError, match=expected):
         ort_backend.open(models["mlp.onnx"], Format.ONNX, cuda, Precision.STORED)
 
 

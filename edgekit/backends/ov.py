@@ -136,10 +136,11 @@ class OpenVinoBackend:
             try:
                 full = core.get_property(dev, "FULL_DEVICE_NAME")
                 caps = tuple(core.get_property(dev, "OPTIMIZATION_CAPABILITIES"))
+                dtype = str(core.get_property(dev, "DEVICE_TYPE")).rsplit(".", 1)[-1].lower()
             except Exception as e:
                 out.append(Device(self.name, dev, kind, dev, available=False, reason=f"cannot query: {e}"))
                 continue
-            out.append(Device(self.name, dev, kind, str(full), capabilities=caps))
+            out.append(Device(self.name, dev, kind, str(full), capabilities=caps, device_type=dtype))
         for family, reason in _MISSING.items():
             if family not in seen_kinds:
                 out.append(Device(self.name, family, _KINDS[family], family, available=False, reason=reason))
