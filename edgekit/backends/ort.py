@@ -130,7 +130,10 @@ class OnnxRuntimeBackend:
                 sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:
             name = type(e).__name__
-            if name in ("InvalidProtobuf", "NoSuchFile", "InvalidGraph"):
+            if name == "InvalidProtobuf":
+                raise ModelFileError(path, "not a valid ONNX model: truncated or corrupt protobuf "
+                                           "(onnxruntime could not parse it)") from e
+            if name in ("NoSuchFile", "InvalidGraph"):
                 raise ModelFileError(path, f"onnxruntime cannot read it: {_first_line(e)}") from e
             raise BackendError(f"onnxruntime:{device.id} failed to open {path.name}: {_first_line(e)}") from e
         got = sess.get_providers()
