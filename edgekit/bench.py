@@ -67,7 +67,7 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in specs:
-        shape = tuple(d if isinstance(d, int) else dynamic for d in s.shape)
+        shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
         if s.dtype.kind == "f":
             feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
         elif s.dtype.kind == "O":

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import EdgekitError, InputError, UsageError
+from .errors import DeviceNotAvailableError, EdgekitError, InputError, UsageError
 
 log = logging.getLogger("edgekit")
 
@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b = add("bench", "Measure load time, first inference, latency percentiles, throughput, peak RSS.")
     model_args(b)
-    b.add_argument("--all-devices", action="store_true", help="one row per usable candidate")
+    b.add_argument("--all-devices", action="store_true",
+                   help="one row per usable candidate (instead of --device)")
     b.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
     b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     b.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
@@ -153,7 +154,8 @@ def cmd_info(args) -> int:
         if key in ("inputs", "outputs"):
             print(f"{key}:")
             for s in value:
-                dims = ", ".join("?" if d is None else str(d) for d in s["shape"])
+                dims = "any rank" if s["shape"] is None else ", ".join(
+                    "?" if d is None else str(d) for d in s["shape"])
                 layout = f"  {s['layout']}" if s["layout"] else ""
                 print(f"  {s['name']}: {s['dtype']}[{dims}]{layout}")
         elif key == "artifacts":
@@ -230,7 +232,10 @@ def cmd_run(args) -> int:
     outputs = model.run(feeds)
     latency_ms = (time.perf_counter() - t0) * 1e3
     if args.out:
-        _write_npz_atomic(Path(args.out), outputs)
+        try:
+            _write_npz_atomic(Path(args.out), outputs)
+        except OSError as e:
+            raise UsageError(f"{args.out}: cannot write outputs ({e.strerror or e})") from e
     doc = {"model": str(args.model), "backend": model.backend, "device": model.device,
            "precision": model.precision, "latency_ms": latency_ms,
            "outputs": {k: _summary(v) for k, v in outputs.items()},
@@ -271,16 +276,24 @@ def cmd_bench(args) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from . import package
     from .model import load
     from .selection import build_candidates, parse_policy, resolve_source
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    if args.all_devices and args.device != "auto":
+        raise UsageError("give either --device or --all-devices, not both")
     source = resolve_source(args.model)
     if args.all_devices:
         cands, _ = build_candidates(source, parse_policy("auto"))
+        if source.package is not None:  # each artifact is benchmarked as a lone file: check it here
+            for artifact in {c.artifact.path: c.artifact for c in cands}.values():
+                package.verify(artifact)
         targets = [(str(c.artifact.path if source.package else source.path), f"{c.backend}:{c.device.id}")
                    for c in cands]
+        if not targets:
+            raise DeviceNotAvailableError(f"{args.model}: no usable device can run it (see `edgekit devices`)")
     else:
         m = load(args.model, device=args.device, precision=args.precision, strict=args.strict,
                  verify=True)
@@ -303,9 +316,10 @@ def cmd_bench(args) -> int:
                               warmup=args.warmup, inputs=feeds)
             try:
                 rows.append(fut.result())
-            except EdgekitError as e:
-                failures.append({"device": spec, "artifact": Path(path).name, "error": str(e)})
-                print(f"  failed: {e}", file=sys.stderr)
+            except Exception as e:  # reported as a row, whatever the child died of
+                message = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
+                failures.append({"device": spec, "artifact": Path(path).name, "error": message})
+                print(f"  failed: {message}", file=sys.stderr)
     if args.json:
         _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,
                     "results": rows, "failures": failures})

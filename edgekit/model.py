@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import BackendError, EdgekitError, InputError
 from .selection import parse_policy, resolve_source, select
 from .types import Precision, Selection, TensorSpec
 
@@ -32,13 +32,13 @@ class _InputCheck:
     def __init__(self, spec: TensorSpec) -> None:
         self.spec = spec
         self.dtype = spec.dtype
-        self.rank = len(spec.shape)
-        self.static = tuple((i, d) for i, d in enumerate(spec.shape) if isinstance(d, int))
+        self.rank = None if spec.shape is None else len(spec.shape)
+        self.static = tuple((i, d) for i, d in enumerate(spec.shape or ()) if isinstance(d, int))
 
     def __call__(self, x) -> np.ndarray:
         if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = self._convert(x)
-        if x.ndim != self.rank:
+        if self.rank is not None and x.ndim != self.rank:
             raise InputError(f"input {self.spec.name!r}: expected rank {self.rank} "
                              f"{_shape_str(self.spec.shape)}, got shape {x.shape}")
         shape = x.shape
@@ -75,7 +75,13 @@ class _InputCheck:
 
 
 def _shape_str(shape) -> str:
+    if shape is None:
+        return "[any rank]"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _closed(arrays):
+    raise EdgekitError("this model was closed; load it again to run it")
 
 
 class Model:
@@ -142,9 +148,24 @@ class Model:
                 raise InputError(f"this model has {len(checks)} inputs ({', '.join(self._in_names)}): "
                                  f"pass a dict or a list")
             arrays = [checks[0](inputs)]
-        return dict(zip(self._out_names, self._run(arrays)))
+        try:
+            outputs = self._run(arrays)
+        except EdgekitError:
+            raise
+        except Exception as e:
+            raise self._runtime_error(e) from e
+        return dict(zip(self._out_names, outputs))
 
     __call__ = run
+
+    def _runtime_error(self, e: Exception) -> EdgekitError:
+        """Translate a runtime's own exception at the boundary; the cause is kept as __cause__."""
+        text = " ".join(str(e).split())[:500] or type(e).__name__
+        where = f"{self.backend}:{self.device}"
+        # What the runtimes raise for inputs they refuse (ORT InvalidArgument, LiteRT ValueError)
+        if type(e).__name__ == "InvalidArgument" or isinstance(e, ValueError):
+            return InputError(f"{where} rejected the inputs: {text}")
+        return BackendError(f"{where} failed to run {self.path.name}: {text}")
 
     def _name_error(self, inputs: Mapping) -> None:
         missing = [n for n in self._in_names if n not in inputs]
@@ -162,6 +183,7 @@ class Model:
         if self._session is not None:
             self._session.close()
             self._session = None
+            self._run = _closed
 
     def __enter__(self) -> Model:
         return self

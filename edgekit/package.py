@@ -66,16 +66,27 @@ def read(folder: Path) -> Package:
     root = folder.resolve()
     artifacts = []
     for i, entry in enumerate(manifest["artifacts"]):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ModelFileError(manifest_path, f"artifact #{i} has no 'path'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise ModelFileError(manifest_path, f"artifact #{i} has no 'path' string")
         rel = Path(entry["path"])
         path = (folder / rel)
         if rel.is_absolute() or ".." in rel.parts or root not in path.resolve().parents:
             raise ModelFileError(manifest_path, f"artifact path {entry['path']!r} leaves the package")
-        fmt = Format(entry["format"]) if entry.get("format") else formats.detect(path)
+        if entry.get("format"):
+            try:
+                fmt = Format(entry["format"])
+            except ValueError:
+                allowed = ", ".join(f.value for f in Format)
+                raise ModelFileError(manifest_path, f"artifact {entry['path']!r} has unknown format "
+                                                    f"{entry['format']!r} (one of: {allowed})") from None
+        else:
+            fmt = formats.detect(path)
+        sha = entry.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise ModelFileError(manifest_path, f"artifact {entry['path']!r}: sha256 must be 64 hex digits")
         artifacts.append(Artifact(path=path, format=fmt, precision=str(entry.get("precision", "fp32")),
-                                  sha256=entry.get("sha256"), layout=entry.get("layout"),
-                                  status=entry.get("status", "ok"), reason=entry.get("reason")))
+                                  sha256=sha.lower() if sha else None, layout=entry.get("layout"),
+                                  status=str(entry.get("status", "ok")), reason=entry.get("reason")))
     if not artifacts:
         raise ModelFileError(manifest_path, "the package lists no artifacts")
     return Package(folder, manifest, artifacts)

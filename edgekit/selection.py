@@ -264,6 +264,9 @@ def _select_first(candidates, opener, selection, policy, strict, show):
                 selection.attempts.append(rest.attempt("not tried", "an earlier candidate opened",
                                                        show_artifact=show))
             return session, cand
+    if opener.bad_artifacts and len(opener.bad_artifacts) == len(
+            {c.artifact.path for c in candidates}):
+        raise next(iter(opener.bad_artifacts.values()))
     raise NoCandidateError(f"{opener.source.path}: no candidate could run it for device="
                            f"{policy.text!r}:\n{selection}", selection)
 
@@ -282,6 +285,7 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
     single = source.package is None
     key = cache.key(source.hash, _fingerprint(candidates), precision.value)
     hit = cache.get(key) if use_cache else None
+    tried_cached = None
     if hit:
         for cand in candidates:
             if _cand_id(cand) == hit.get("choice"):
@@ -296,16 +300,29 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
                             a.latency_ms = hit.get("timings", {}).get(_cand_id(other))
                             selection.attempts.append(a)
                     return session, cand
+                tried_cached = cand  # recorded as failed; measure the others
                 break
     opened: list[tuple[float, Candidate, object, Attempt]] = []
     for cand in candidates:
+        if cand is tried_cached:
+            continue
         session = _try(cand, opener, selection, show, strict, single)
         if session is None:
             continue
         attempt = selection.attempts[-1]
         feeds = list(synthetic_inputs(session.inputs).values())
-        timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
-                         runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
+        try:
+            timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
+                             runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
+        except Exception as e:
+            session.close()
+            attempt.status, attempt.reason = "failed", f"failed while timed: {_one_line(e)}"
+            if strict:
+                for _, _, other, _ in opened:
+                    other.close()
+                raise BackendError(f"{cand.backend}:{cand.device.id} failed while timed ({_one_line(e)}) "
+                                   f"and strict mode does not fall back") from e
+            continue
         attempt.latency_ms = timing.p50_ms
         opened.append((timing.p50_ms, cand, session, attempt))
     if not opened:

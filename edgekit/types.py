@@ -98,31 +98,34 @@ class TensorSpec:
     """Name, shape, dtype and layout of one model input or output.
 
     Dynamic dims stay dynamic: ``None`` (unnamed) or a string (named, e.g. "batch").
+    ``shape`` itself is None when the runtime does not know the rank.
     ``layout`` is "NCHW"/"NHWC" for image-like rank-4 tensors when known, else None.
     """
 
     name: str
-    shape: tuple[Dim, ...]
+    shape: tuple[Dim, ...] | None
     dtype: np.dtype
     layout: str | None = None
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "shape": list(self.shape),
+            "shape": None if self.shape is None else list(self.shape),
             "dtype": str(self.dtype),
             "layout": self.layout,
         }
 
     def __str__(self) -> str:
+        if self.shape is None:
+            return f"{self.name}: {self.dtype}[any rank]"
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         layout = f" {self.layout}" if self.layout else ""
         return f"{self.name}: {self.dtype}[{dims}]{layout}"
 
 
-def guess_layout(shape: tuple[Dim, ...]) -> str | None:
+def guess_layout(shape: tuple[Dim, ...] | None) -> str | None:
     """Guess NCHW / NHWC for a rank-4 image-like shape from where the channels sit."""
-    if len(shape) != 4:
+    if shape is None or len(shape) != 4:
         return None
     c_first, c_last = shape[1], shape[3]
     small = (1, 3, 4)

@@ -30,6 +30,10 @@ _DELEGATES: dict[str, tuple[DeviceKind, tuple[str, ...], str]] = {
 }
 
 
+# Interpreter errors that mean the file itself is bad (anything else, e.g. "Didn't find op", is not).
+_FILE_PROBLEMS = ("not a valid Flatbuffer", "Could not open", "model identifier", "Could not verify")
+
+
 def _import():
     try:
         from ai_edge_litert import interpreter as mod
@@ -87,11 +91,11 @@ class LiteRtSession:
             return [interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor copies
 
     def _resize(self, arrays: list[np.ndarray]) -> None:
-        for i, (idx, x) in enumerate(zip(self._in_idx, arrays)):
-            if x.shape != self._current[i]:
-                self._interp.resize_tensor_input(idx, list(x.shape), strict=True)
-                self._current[i] = x.shape
+        self._current = [None] * len(arrays)  # unknown until allocate_tensors succeeds
+        for idx, x in zip(self._in_idx, arrays):
+            self._interp.resize_tensor_input(idx, list(x.shape), strict=True)
         self._interp.allocate_tensors()
+        self._current = [x.shape for x in arrays]
 
     def close(self) -> None:
         self._interp = None
@@ -161,10 +165,10 @@ class LiteRtBackend:
             interp = mod.Interpreter(model_path=str(path), num_threads=cpu_count(),
                                      experimental_delegates=delegates or None)
         except ValueError as e:
-            if "delegate" in str(e).lower():
-                raise BackendError(f"litert:{device.id}: {_first_line(e)}") from e
-            # The flatbuffer verifier rejects the file itself: no device will do better.
-            raise ModelFileError(path, f"LiteRT cannot read it: {_first_line(e)}") from e
+            if any(s in str(e) for s in _FILE_PROBLEMS):
+                # The flatbuffer verifier rejects the file itself: no device will do better.
+                raise ModelFileError(path, f"LiteRT cannot read it: {_first_line(e)}") from e
+            raise BackendError(f"litert:{device.id} cannot run {path.name}: {_first_line(e)}") from e
         except Exception as e:
             raise BackendError(f"litert:{device.id} failed to open {path.name}: {_first_line(e)}") from e
         try:

@@ -42,7 +42,6 @@ _IGNORED = {"AzureExecutionProvider", "JsExecutionProvider", "WebNNExecutionProv
 
 _DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(bfloat16)": np.float32,  # no NumPy bfloat16; ORT still needs the real type on input
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
     "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
     "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
@@ -51,10 +50,21 @@ _DTYPES = {
 
 
 def _spec(arg) -> TensorSpec:
-    shape = tuple(d if isinstance(d, (int, str)) or d is None else None for d in arg.shape)
-    shape = tuple(d if not isinstance(d, int) or d >= 0 else None for d in shape)
-    dtype = np.dtype(_DTYPES.get(arg.type, np.float32))
+    # ORT reports an unknown rank and a scalar alike ([]): treat both as "any rank" and let ORT
+    # itself reject a wrong rank (translated to InputError by Model.run).
+    shape = None
+    if arg.shape:
+        shape = tuple(d if isinstance(d, str) or (isinstance(d, int) and d >= 0) else None for d in arg.shape)
+    dtype = _dtype(arg.type)
     return TensorSpec(arg.name, shape, dtype, guess_layout(shape))
+
+
+def _dtype(onnx_type: str) -> np.dtype:
+    if onnx_type == "tensor(bfloat16)":
+        import ml_dtypes  # ships with onnx; NumPy has no bfloat16 of its own
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_DTYPES.get(onnx_type, np.float32))
 
 
 class OrtSession:
@@ -122,7 +132,7 @@ class OnnxRuntimeBackend:
                 f"for {precision.value}, convert the model (edgekit convert --precision {precision.value})"
             )
         so = ort.SessionOptions()
-        so.log_severity_level = 3  # edgekit records fallbacks itself; keep ORT's warnings out of stderr
+        so.log_severity_level = 4  # fatal only: edgekit reports failures itself, with ORT's message
         providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
         try:
             with warnings.catch_warnings(record=True) as caught:

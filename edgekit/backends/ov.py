@@ -35,13 +35,19 @@ _COPY_LIMIT = 1 << 20
 def _spec(port) -> TensorSpec:
     pshape = port.get_partial_shape()
     if pshape.rank.is_dynamic:
-        shape: tuple = ()
+        shape = None
     else:
         shape = tuple(d.get_length() if d.is_static else None for d in pshape)
-    try:
-        dtype = np.dtype(port.get_element_type().to_dtype())
-    except Exception:
-        dtype = np.dtype(np.float32)
+    etype = port.get_element_type()
+    if etype.get_type_name() == "bf16":  # OpenVINO's to_dtype() says float16 for bf16
+        import ml_dtypes
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        try:
+            dtype = np.dtype(etype.to_dtype())
+        except Exception:
+            dtype = np.dtype(np.float32)
     names = port.get_names()
     name = port.get_any_name() if names else f"port{port.get_index()}"
     return TensorSpec(name, shape, dtype, guess_layout(shape))
@@ -59,6 +65,7 @@ class _Request:
         self.current = list(self.own)
         self.n_out = len(compiled.outputs)
         self.Tensor = ov.Tensor
+        self.bf16 = ov.Type.bf16
 
 
 class OvSession:
@@ -81,12 +88,19 @@ class OvSession:
         req = r.req
         for i, x in enumerate(arrays):
             own = r.own[i]
-            if own is not None and x.nbytes <= _COPY_LIMIT and x.shape == own.data.shape:
+            if x.dtype.kind == "V":  # bfloat16 (ml_dtypes): OpenVINO shows bf16 buffers as float16
+                t = own if own is not None and x.shape == own.data.shape else r.Tensor(r.bf16, list(x.shape))
+                t.data.view(np.uint16)[...] = x.view(np.uint16)  # copy the bits, do not convert
+                req.set_input_tensor(i, t)
+                r.current[i] = t
+            elif own is not None and x.nbytes <= _COPY_LIMIT and x.shape == own.data.shape:
                 if r.current[i] is not own:
                     req.set_input_tensor(i, own)
                     r.current[i] = own
                 own.data[...] = x
             else:
+                if not x.flags.writeable:  # e.g. np.asarray(PIL image), np.frombuffer, mmap'd np.load
+                    x = x.copy()
                 t = r.Tensor(x, shared_memory=True)
                 req.set_input_tensor(i, t)
                 r.current[i] = t  # keeps x alive while the request refers to it
@@ -164,7 +178,10 @@ class OpenVinoBackend:
         try:
             model = core.read_model(str(path))
         except Exception as e:
-            raise ModelFileError(path, f"OpenVINO cannot read it: {_first_line(e)}") from e
+            if fmt is Format.OPENVINO:  # its own format: the file is bad
+                raise ModelFileError(path, f"OpenVINO cannot read it: {_first_line(e)}") from e
+            # .onnx/.tflite: often ops its frontend cannot convert; the format's own runtime may still run it
+            raise BackendError(f"openvino:{device.id} cannot convert {path.name}: {_first_line(e)}") from e
         try:
             compiled = core.compile_model(model, device.id, config)
         except Exception as e:
@@ -177,7 +194,8 @@ class OpenVinoBackend:
 
 
 def _first_line(e: BaseException) -> str:
+    """The cause of an OpenVINO error in one line (it puts source locations first, the cause last)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # OpenVINO prefixes messages with "Exception from src/...cpp:NN:"; the cause is further down.
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check "))]
-    return (useful or lines or [type(e).__name__])[0][:500]
+    noise = ("Exception from", "Check ", "FrontEnd API failed", "Summary:")
+    useful = [ln.lstrip("- ") for ln in lines if not ln.startswith(noise)]
+    return "; ".join(useful[:2] or lines[:1] or [type(e).__name__])[:500]
