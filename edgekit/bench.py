@@ -62,13 +62,26 @@ def measure(call: Callable[[], object], *, warmup: int = 3, runs: int = 20,
                   float(np.percentile(ms, 99)), float(ms.mean()), float(ms.min()))
 
 
-def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero."""
+def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
+                     warmup: dict | None = None) -> dict[str, np.ndarray]:
+    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero.
+
+    ``warmup`` (a package's ``warmup_inputs``, like Triton's model_warmup) gives, per input
+    name, ``{"shape": [...], "value": v}`` for models that need real sizes or values
+    (a streaming audio model needs a whole window and its sample rate).
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
+    warmup = warmup or {}
     for s in specs:
-        shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
-        if s.dtype.kind == "f":
+        given = warmup.get(s.name) or {}
+        if "shape" in given:
+            shape = tuple(int(d) for d in given["shape"])
+        else:
+            shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
+        if "value" in given:
+            feeds[s.name] = np.full(shape, given["value"], dtype=s.dtype)
+        elif s.dtype.kind == "f":
             feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
         elif s.dtype.kind == "O":
             feeds[s.name] = np.full(shape, "", dtype=object)
@@ -89,7 +102,7 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     t0 = time.perf_counter()
     model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
-    feeds = inputs if inputs is not None else synthetic_inputs(model.inputs)
+    feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=model.metadata.get("warmup_inputs"))
     t0 = time.perf_counter()
     model.run(feeds)
     first_ms = (time.perf_counter() - t0) * 1e3

@@ -7,6 +7,9 @@ artifact's checksum and lets selection pick artifact and device together.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,3 +103,40 @@ def verify(artifact: Artifact) -> None:
             raise ModelFileError(artifact.path, f"checksum mismatch: edgekit.json says "
                                                 f"{artifact.sha256[:12]}…, the file is {digest[:12]}…")
     formats.validate(artifact.path, artifact.format)
+
+
+def staging_dir(dest: Path) -> Path:
+    """A fresh temporary folder beside ``dest`` (same filesystem, so publishing is a rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+
+
+def publish(staging: Path, dest: Path, manifest: dict) -> Path:
+    """Finish a package built in ``staging`` and move it to ``dest`` in one rename.
+
+    Fills in each artifact's sha256 and size, writes edgekit.json last, then replaces
+    ``dest``. Readers never see a half-written package; on any error ``staging`` is removed
+    and ``dest`` is left as it was.
+    """
+    try:
+        for entry in manifest["artifacts"]:
+            path = staging / entry["path"]
+            fmt = Format(entry["format"])
+            files = formats.model_files(path, fmt)
+            entry["sha256"] = formats.sha256_files(files)
+            entry["size"] = sum(f.stat().st_size for f in files)
+        manifest.setdefault("schema_version", SCHEMA_VERSION)
+        tmp_manifest = staging / (formats.MANIFEST + ".tmp")
+        tmp_manifest.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp_manifest, staging / formats.MANIFEST)
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return dest
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -18,8 +18,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import backends, cache, formats, package
 from .bench import measure, synthetic_inputs
 from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
@@ -187,7 +185,7 @@ class _Opener:
         self.source, self.precision, self.verify = source, precision, verify
         self.bad_artifacts: dict[Path, ModelFileError] = {}
         self.checked: set[Path] = set()
-        self.feeds: list[np.ndarray] | None = None
+        self.warmup = source.package.manifest.get("warmup_inputs") if source.package else None
 
     def open(self, cand: Candidate):
         """Return an open, verified session, or raise (ModelFileError for a bad file)."""
@@ -204,7 +202,7 @@ class _Opener:
         backend = backends.get(cand.backend)
         session = backend.open(art.path, art.format, cand.device, self.precision)
         if self.verify:
-            feeds = list(synthetic_inputs(session.inputs).values())
+            feeds = list(synthetic_inputs(session.inputs, warmup=self.warmup).values())
             try:
                 session.run(feeds)
             except Exception as e:
@@ -310,7 +308,7 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
         if session is None:
             continue
         attempt = selection.attempts[-1]
-        feeds = list(synthetic_inputs(session.inputs).values())
+        feeds = list(synthetic_inputs(session.inputs, warmup=opener.warmup).values())
         try:
             timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
                              runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)

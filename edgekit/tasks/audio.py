@@ -1,0 +1,377 @@
+"""Audio: voice activity detection (streaming, with state) and clip classification.
+
+    from edgekit.tasks import VoiceActivityDetector
+    vad = VoiceActivityDetector("silero-vad/")
+    vad.detect("speech.wav")                 # [Segment(start_s=0.93, end_s=8.6, score=0.91)]
+    stream = vad.stream()                    # chunk by chunk, model state carried
+    for chunk in chunks: events = stream.feed(chunk)
+
+Audio is a path (WAV / FLAC / OGG via soundfile) or an array with its sample rate; it is
+down-mixed to mono and resampled to the model's rate with soxr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+from .base import Task
+from .results import Category, ClassifierOptions, Segment, softmax
+
+# Silero's get_speech_timestamps defaults.
+VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_duration_ms": 100,
+                "speech_pad_ms": 30, "max_speech_duration_s": float("inf"), "neg_threshold": None}
+
+
+def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name: str | None = None) -> np.ndarray:
+    """Mono float32 samples at ``target_rate``.
+
+    Args:
+        audio: a path (WAV/FLAC/OGG), or an array (samples, or samples x channels) with ``sample_rate``,
+            or a ``(array, sample_rate)`` tuple.
+
+    Raises:
+        InputError: unreadable/corrupt file, no samples, non-finite values, missing sample rate.
+    """
+    what = name or (str(audio) if isinstance(audio, (str, Path)) else "audio")
+    if isinstance(audio, tuple) and len(audio) == 2:
+        audio, sample_rate = audio
+    if isinstance(audio, (str, Path)):
+        import soundfile as sf
+
+        path = Path(audio)
+        if not path.is_file():
+            raise InputError(f"{path}: no such audio file")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file")
+        try:
+            data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+            raise InputError(f"{path}: cannot be read as audio ({' '.join(str(e).split())})") from e
+    else:
+        if sample_rate is None:
+            raise InputError(f"{what}: an array needs its sample rate (sample_rate=...)")
+        data = np.asarray(audio)
+        if data.dtype.kind not in "fiu":
+            raise InputError(f"{what}: expected numeric samples, got {data.dtype}")
+        if data.dtype.kind in "iu":  # PCM integers to [-1, 1)
+            data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+        data = data.astype(np.float32, copy=False)
+        if data.ndim == 1:
+            data = data[:, None]
+        elif data.ndim != 2:
+            raise InputError(f"{what}: expected samples or samples x channels, got shape {data.shape}")
+        elif data.shape[0] < data.shape[1]:  # channels x samples: the common other convention
+            data = data.T
+    if data.shape[0] == 0:
+        raise InputError(f"{what}: no samples (0-length audio)")
+    if not np.isfinite(data).all():
+        raise InputError(f"{what}: contains NaN or infinite samples")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise InputError(f"{what}: invalid sample rate {sample_rate!r}")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if sample_rate != target_rate:
+        import soxr
+
+        mono = soxr.resample(mono, int(sample_rate), int(target_rate), quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class VoiceActivityDetector(Task):
+    """Speech segments with Silero VAD: the same windows, context, state and thresholds as Silero's
+    own ``get_speech_timestamps``, so the segments match its reference utility.
+
+    Args:
+        threshold, min_speech_duration_ms, min_silence_duration_ms, speech_pad_ms,
+        max_speech_duration_s, neg_threshold: as in Silero's utility (defaults: the package's,
+        else Silero's).
+    """
+
+    task = "voice-activity-detection"
+
+    def __init__(self, source, *, device: str = "auto", **options) -> None:
+        known = set(VAD_DEFAULTS)
+        unknown = set(options) - known - {"precision", "strict", "verify", "cache"}
+        if unknown:
+            raise UsageError(f"unknown VAD options {sorted(unknown)}; known: {sorted(known)}")
+        load_opts = {k: options.pop(k) for k in list(options) if k not in known}
+        super().__init__(source, device=device, **load_opts)
+        pp = self.preprocess("audio")
+        self.sample_rate = int(pp.get("sample_rate", 16000))
+        self.window = int(pp.get("window", 512 if self.sample_rate == 16000 else 256))
+        self.context = int(pp.get("context", 64 if self.sample_rate == 16000 else 32))
+        self.params = {**VAD_DEFAULTS, **self.postprocess().get("vad", {}), **options}
+        names = [s.name for s in self.model.inputs]
+        if not {"input", "state", "sr"} <= set(names):
+            raise UsageError(f"{self.model.source}: not a Silero-style VAD (inputs {names}; expected input, state, sr)")
+        state_spec = next(s for s in self.model.inputs if s.name == "state")
+        self._state_shape = tuple(d if isinstance(d, int) else 1 for d in (state_spec.shape or (2, 1, 128)))
+        self._sr = np.array(self.sample_rate, dtype=np.int64)
+
+    def _step(self, window_with_context: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        out = self.model.run({"input": window_with_context[None], "state": state, "sr": self._sr})
+        prob, new_state = out["output"], out["stateN"]
+        return float(np.asarray(prob).reshape(-1)[0]), new_state
+
+    def probabilities(self, audio, sample_rate: int | None = None) -> np.ndarray:
+        """Speech probability of each ``window`` of samples (the last one zero-padded)."""
+        return self._probabilities(load_audio(audio, sample_rate, target_rate=self.sample_rate))
+
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        state = np.zeros(self._state_shape, np.float32)
+        context = np.zeros(self.context, np.float32)
+        n = -(-len(x) // self.window)
+        padded = np.zeros(n * self.window, np.float32)
+        padded[:len(x)] = x
+        probs = np.empty(n, np.float32)
+        for i in range(n):
+            chunk = np.concatenate([context, padded[i * self.window:(i + 1) * self.window]])
+            probs[i], state = self._step(chunk, state)
+            context = chunk[-self.context:]
+        return probs
+
+    def detect(self, audio, sample_rate: int | None = None) -> list[Segment]:
+        """Speech segments of a whole clip, in seconds, each with its mean speech probability."""
+        x = load_audio(audio, sample_rate, target_rate=self.sample_rate)
+        probs = self._probabilities(x)
+        spans = speech_spans(probs, sampling_rate=self.sample_rate, window=self.window,
+                             audio_length_samples=len(x), **self.params)
+        out = []
+        for start, end in spans:
+            a, b = start // self.window, max(start // self.window + 1, -(-end // self.window))
+            out.append(Segment(round(start / self.sample_rate, 3), round(end / self.sample_rate, 3),
+                               float(probs[a:b].mean())))
+        return out
+
+    def stream(self) -> VadStream:
+        """A streaming detector: feed chunks of any length; state and context carry over."""
+        return VadStream(self)
+
+
+@dataclass
+class VadStream:
+    """Chunk-by-chunk VAD (Silero's VADIterator logic) over a :class:`VoiceActivityDetector`.
+
+    ``feed(samples)`` takes mono float32 samples at the detector's rate and returns the
+    events completed by them: ``("start", t_s)`` and ``("end", t_s)``; ``probabilities``
+    keeps every window's probability. ``close()`` ends an open segment.
+    """
+
+    vad: VoiceActivityDetector
+    probabilities: list[float] = field(default_factory=list)
+    _buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    _state: np.ndarray | None = None
+    _context: np.ndarray | None = None
+    _samples: int = 0
+    _triggered: bool = False
+    _temp_end: int = 0
+
+    def feed(self, samples) -> list[tuple[str, float]]:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            raise InputError("audio chunk contains NaN or infinite samples")
+        v = self.vad
+        if self._state is None:
+            self._state = np.zeros(v._state_shape, np.float32)
+            self._context = np.zeros(v.context, np.float32)
+        self._buffer = np.concatenate([self._buffer, x])
+        events = []
+        p = v.params
+        neg = p["neg_threshold"] if p["neg_threshold"] is not None else max(p["threshold"] - 0.15, 0.01)
+        min_silence = v.sample_rate * p["min_silence_duration_ms"] / 1000
+        pad = v.sample_rate * p["speech_pad_ms"] / 1000
+        while len(self._buffer) >= v.window:
+            chunk = np.concatenate([self._context, self._buffer[:v.window]])
+            self._buffer = self._buffer[v.window:]
+            prob, self._state = v._step(chunk, self._state)
+            self._context = chunk[-v.context:]
+            self.probabilities.append(prob)
+            self._samples += v.window
+            if prob >= p["threshold"] and self._temp_end:
+                self._temp_end = 0
+            if prob >= p["threshold"] and not self._triggered:
+                self._triggered = True
+                start = max(0, self._samples - pad - v.window)
+                events.append(("start", round(start / v.sample_rate, 3)))
+            elif prob < neg and self._triggered:
+                if not self._temp_end:
+                    self._temp_end = self._samples
+                if self._samples - self._temp_end >= min_silence:
+                    end = self._temp_end + pad - v.window
+                    self._temp_end, self._triggered = 0, False
+                    events.append(("end", round(end / v.sample_rate, 3)))
+        return events
+
+    def close(self) -> list[tuple[str, float]]:
+        if self._triggered:
+            self._triggered = False
+            return [("end", round(self._samples / self.vad.sample_rate, 3))]
+        return []
+
+
+def speech_spans(speech_probs, *, sampling_rate: int, window: int, audio_length_samples: int,
+                 threshold: float, min_speech_duration_ms: float, min_silence_duration_ms: float,
+                 speech_pad_ms: float, max_speech_duration_s: float, neg_threshold: float | None,
+                 min_silence_at_max_speech: float = 98, use_max_poss_sil_at_max_speech: bool = True
+                 ) -> list[tuple[int, int]]:
+    """(start, end) sample spans from per-window probabilities.
+
+    A port of ``get_speech_timestamps_from_probs`` from silero-vad 6.2 (MIT licence,
+    Silero Team), kept line for line so results match the reference; importing silero-vad
+    itself would pull in PyTorch.
+    """
+    min_speech_samples = sampling_rate * min_speech_duration_ms / 1000
+    speech_pad_samples = sampling_rate * speech_pad_ms / 1000
+    max_speech_samples = sampling_rate * max_speech_duration_s - window - 2 * speech_pad_samples
+    min_silence_samples = sampling_rate * min_silence_duration_ms / 1000
+    min_silence_samples_at_max_speech = sampling_rate * min_silence_at_max_speech / 1000
+    triggered = False
+    speeches: list[dict] = []
+    current: dict = {}
+    if neg_threshold is None:
+        neg_threshold = max(threshold - 0.15, 0.01)
+    temp_end = 0
+    prev_end = next_start = 0
+    possible_ends: list[tuple[int, int]] = []
+    for i, prob in enumerate(speech_probs):
+        cur = window * i
+        if prob >= threshold and temp_end:
+            sil_dur = cur - temp_end
+            if sil_dur > min_silence_samples_at_max_speech:
+                possible_ends.append((temp_end, sil_dur))
+            temp_end = 0
+            if next_start < prev_end:
+                next_start = cur
+        if prob >= threshold and not triggered:
+            triggered = True
+            current["start"] = cur
+            continue
+        if triggered and cur - current["start"] > max_speech_samples:
+            if use_max_poss_sil_at_max_speech and possible_ends:
+                prev_end, dur = max(possible_ends, key=lambda x: x[1])
+                current["end"] = prev_end
+                speeches.append(current)
+                current = {}
+                next_start = prev_end + dur
+                if next_start < prev_end + cur:
+                    current["start"] = next_start
+                else:
+                    triggered = False
+                prev_end = next_start = temp_end = 0
+                possible_ends = []
+            elif prev_end:
+                current["end"] = prev_end
+                speeches.append(current)
+                current = {}
+                if next_start < prev_end:
+                    triggered = False
+                else:
+                    current["start"] = next_start
+                prev_end = next_start = temp_end = 0
+                possible_ends = []
+            else:
+                current["end"] = cur
+                speeches.append(current)
+                current = {}
+                prev_end = next_start = temp_end = 0
+                triggered = False
+                possible_ends = []
+                continue
+        if prob < neg_threshold and triggered:
+            if not temp_end:
+                temp_end = cur
+            sil_now = cur - temp_end
+            if not use_max_poss_sil_at_max_speech and sil_now > min_silence_samples_at_max_speech:
+                prev_end = temp_end
+            if sil_now < min_silence_samples:
+                continue
+            current["end"] = temp_end
+            if current["end"] - current["start"] > min_speech_samples:
+                speeches.append(current)
+            current = {}
+            prev_end = next_start = temp_end = 0
+            triggered = False
+            possible_ends = []
+            continue
+    if current and audio_length_samples - current["start"] > min_speech_samples:
+        current["end"] = audio_length_samples
+        speeches.append(current)
+    for i, sp in enumerate(speeches):
+        if i == 0:
+            sp["start"] = int(max(0, sp["start"] - speech_pad_samples))
+        if i != len(speeches) - 1:
+            silence = speeches[i + 1]["start"] - sp["end"]
+            if silence < 2 * speech_pad_samples:
+                sp["end"] += int(silence // 2)
+                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - silence // 2))
+            else:
+                sp["end"] = int(min(audio_length_samples, sp["end"] + speech_pad_samples))
+                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - speech_pad_samples))
+        else:
+            sp["end"] = int(min(audio_length_samples, sp["end"] + speech_pad_samples))
+    return [(int(sp["start"]), int(sp["end"])) for sp in speeches]
+
+
+class AudioClassifier(Task):
+    """Clip-level audio classification: waveform input, or log-mel as the package's metadata says.
+
+    Metadata ``preprocess.audio``: ``sample_rate``, ``clip_s`` (pad/crop to this length),
+    ``features`` ("waveform" or "log-mel" with ``n_mels``, ``n_fft``, ``hop``).
+    """
+
+    task = "audio-classification"
+
+    def __init__(self, source, *, device: str = "auto", labels=None, options: ClassifierOptions | None = None,
+                 preprocess: dict | None = None, **load_options) -> None:
+        super().__init__(source, device=device, **load_options)
+        self.pp = {**self.preprocess("audio"), **(preprocess or {})}
+        self.sample_rate = int(self.pp.get("sample_rate", 16000))
+        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
+        self.options = options or ClassifierOptions()
+        self.input_name = self.model.inputs[0].name
+
+    def features(self, audio, sample_rate: int | None = None) -> np.ndarray:
+        x = load_audio(audio, sample_rate, target_rate=self.sample_rate)
+        clip = self.pp.get("clip_s")
+        if clip:
+            n = int(round(clip * self.sample_rate))
+            x = np.pad(x, (0, max(0, n - len(x))))[:n]
+        if self.pp.get("features", "waveform") == "log-mel":
+            return log_mel(x, self.sample_rate, n_mels=int(self.pp.get("n_mels", 64)),
+                           n_fft=int(self.pp.get("n_fft", 400)), hop=int(self.pp.get("hop", 160)))[None]
+        return x[None]
+
+    def classify(self, audio, sample_rate: int | None = None, top_k: int | None = None, *,
+                 score_threshold: float | None = None, allow=None, deny=None) -> list[Category]:
+        out = next(iter(self.model.run({self.input_name: self.features(audio, sample_rate)}).values()))
+        scores = np.asarray(out, np.float32).reshape(-1)
+        if self.metadata.get("postprocess", {}).get("activation", "softmax") == "softmax":
+            scores = softmax(scores)
+        opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
+        return opts.select(scores, self.labels)
+
+
+def log_mel(x: np.ndarray, sr: int, *, n_mels: int, n_fft: int, hop: int) -> np.ndarray:
+    """Log-mel spectrogram (frames x n_mels), Hann window, HTK mel scale."""
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = 1 + (len(x) - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
+
+    def mel(f):
+        return 2595 * np.log10(1 + f / 700)
+
+    points = 700 * (10 ** (np.linspace(mel(0), mel(sr / 2), n_mels + 2) / 2595) - 1)
+    bins = np.floor((n_fft + 1) * points / sr).astype(int)
+    fb = np.zeros((n_mels, n_fft // 2 + 1), np.float32)
+    for m in range(1, n_mels + 1):
+        lo, c, hi = bins[m - 1], bins[m], bins[m + 1]
+        if c > lo:
+            fb[m - 1, lo:c] = (np.arange(lo, c) - lo) / (c - lo)
+        if hi > c:
+            fb[m - 1, c:hi] = (hi - np.arange(c, hi)) / (hi - c)
+    return np.log(spec @ fb.T + 1e-6).astype(np.float32)

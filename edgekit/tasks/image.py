@@ -1,0 +1,199 @@
+"""Image classification: decode any image safely, pre-process as the weights were trained, top-k.
+
+    from edgekit.tasks import ImageClassifier
+    clf = ImageClassifier("efficientnet-lite0/")
+    clf.classify("cat.jpg", top_k=3)       # [Category(index=282, label='tiger cat', score=0.47), ...]
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Task
+from .results import Category, ClassifierOptions, softmax
+
+# Images larger than this are refused before decoding (a 10000 x 10000 photo, 100 MP, is allowed;
+# decompression bombs declaring billions of pixels are not).
+MAX_PIXELS = 120_000_000
+
+
+def load_image(image, *, name: str | None = None):
+    """Decode ``image`` to an RGB PIL image, upright (EXIF orientation applied).
+
+    Accepts a path, bytes, a PIL image or an HxW / HxWxC uint8 array. Grayscale, 16-bit,
+    palette, CMYK and images with alpha (composited on white) become RGB.
+
+    Raises:
+        InputError: unreadable, empty, not an image, or over :data:`MAX_PIXELS`.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    what = name or _describe(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, what)
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if not len(image):
+                raise InputError(f"{what}: empty (0 bytes)")
+            stream = io.BytesIO(bytes(image))
+        elif isinstance(image, (str, Path)):
+            path = Path(image)
+            if not path.is_file():
+                raise InputError(f"{path}: no such image file")
+            if path.stat().st_size == 0:
+                raise InputError(f"{path}: empty file")
+            stream = path.open("rb")
+        else:
+            raise InputError(f"{what}: expected a path, bytes, a PIL image or a uint8 array")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size below
+                img = Image.open(stream)
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise InputError(f"{what}: {w}x{h} is {w * h / 1e6:.0f} MP, over the "
+                                     f"{MAX_PIXELS / 1e6:.0f} MP limit (decompression-bomb guard)")
+                img.load()
+        except InputError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise InputError(f"{what}: refused as a decompression bomb ({e})") from e
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise InputError(f"{what}: cannot be read as an image ({e})") from e
+    if img.width < 1 or img.height < 1:
+        raise InputError(f"{what}: image has no pixels")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the picture
+        pass
+    return _to_rgb(img)
+
+
+def _describe(image) -> str:
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"image ({type(image).__name__})"
+
+
+def _from_array(arr: np.ndarray, what: str):
+    from PIL import Image
+
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputError(f"{what}: expected an HxW or HxWx3/4 array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InputError(f"{what}: image has no pixels")
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.uint16:
+            arr = (arr // 257).astype(np.uint8)
+        else:
+            raise InputError(f"{what}: expected uint8 (or uint16) pixels, got {arr.dtype}")
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        img = Image.fromarray(((a - lo) / (hi - lo or 1) * 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
+    """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise, lay out (no batch dim)."""
+    from PIL import Image
+
+    crop = pp.get("crop") or pp.get("size") or 224
+    crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
+    resize = pp.get("resize") or max(crop_h, crop_w)
+    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+        pp.get("interpolation", "bilinear")]
+    w, h = img.size
+    scale = resize / min(w, h)
+    new_w, new_h = max(crop_w, round(w * scale)), max(crop_h, round(h * scale))
+    img = img.resize((new_w, new_h), interp)
+    left, top = (new_w - crop_w) // 2, (new_h - crop_h) // 2
+    img = img.crop((left, top, left + crop_w, top + crop_h))
+    arr = np.asarray(img, dtype=np.uint8)
+    if pp.get("color", "RGB").upper() == "BGR":
+        arr = arr[:, :, ::-1]
+    if np.dtype(dtype) == np.uint8:  # quantized models with uint8 input take raw pixels
+        x = np.ascontiguousarray(arr)
+    else:
+        x = arr.astype(np.float32) * float(pp.get("scale", 1.0))
+        x = (x - np.asarray(pp.get("mean", [0, 0, 0]), np.float32)) / np.asarray(pp.get("std", [1, 1, 1]), np.float32)
+        x = x.astype(dtype)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)) if layout == "NCHW" else x
+
+
+class ImageClassifier(Task):
+    """Top-k image classification from a package's labels and pre-processing.
+
+    Args:
+        source: package folder, model file or loaded Model.
+        device: as in :func:`edgekit.load`.
+        labels: class names (default: the package's).
+        preprocess: overrides of the package's image pre-processing (resize, crop, mean, std, ...).
+        options: default :class:`ClassifierOptions` (top_k, score_threshold, allow, deny).
+    """
+
+    task = "image-classification"
+
+    def __init__(self, source, *, device: str = "auto", labels=None, preprocess: dict | None = None,
+                 options: ClassifierOptions | None = None, **load_options) -> None:
+        super().__init__(source, device=device, **load_options)
+        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
+        self.pp = {**self.preprocess("image"), **(preprocess or {})}
+        self.options = options or ClassifierOptions()
+        spec = self.model.inputs[0]
+        self.input_name = spec.name
+        self.input_dtype = spec.dtype
+        # The running artifact's own layout wins (a TFLite sibling is NHWC), then the spec's.
+        self.layout = self.artifact_entry().get("layout") or spec.layout or self.pp.get("layout", "NCHW")
+        if "crop" not in self.pp and spec.shape is not None and len(spec.shape) == 4:
+            hw = spec.shape[2:4] if self.layout == "NCHW" else spec.shape[1:3]
+            if all(isinstance(d, int) for d in hw):
+                self.pp["crop"] = list(hw)
+        self.activation = self.postprocess().get("activation", "softmax")
+
+    def preprocess_input(self, image) -> np.ndarray:
+        """The model input for one image, batch dim included."""
+        return preprocess_image(load_image(image), self.pp, layout=self.layout, dtype=self.input_dtype)[None]
+
+    def scores(self, image) -> np.ndarray:
+        """Class probabilities (or raw scores when the package says no activation)."""
+        out = next(iter(self.model.run({self.input_name: self.preprocess_input(image)}).values()))
+        logits = np.asarray(out, dtype=np.float32).reshape(-1)
+        if self.activation == "softmax":
+            return softmax(logits)
+        if self.activation == "sigmoid":
+            return (1 / (1 + np.exp(-logits))).astype(np.float32)
+        return logits
+
+    def classify(self, image, top_k: int | None = None, *, score_threshold: float | None = None,
+                 allow=None, deny=None) -> list[Category]:
+        """Top categories of ``image`` (path, bytes, PIL image or HxWxC uint8 array), best first."""
+        opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
+        return opts.select(self.scores(image), self.labels)

