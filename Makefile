@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export QT_QPA_PLATFORM ?= offscreen
+# The sample packages live in the checkout (git-ignored), shared by demo and tests.
+export EDGEKIT_SAMPLES_DIR ?= $(CURDIR)/samples/build
 
 .PHONY: install demo test bench lint clean
 
@@ -11,23 +13,26 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Re-installs when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[gui,dev]"
+$(VENV)/.installed: pyproject.toml samples/sources.txt | $(BIN)/python
+	$(BIN)/pip install -q -e ".[gui,dev,samples]"
+	$(BIN)/pip install -q --no-deps -r samples/sources.txt
 	touch $@
 
 install: $(VENV)/.installed
 
-## demo: list devices, build small models in every format, run and benchmark them on each device
+## demo: build the sample packages, then classify images, compare sentences and find speech
 demo: install
-	$(BIN)/python -m samples.demo
+	$(BIN)/edgekit devices
+	$(BIN)/edgekit demo
 
 ## test: the whole test suite (real runtimes, no network)
 test: install
 	$(BIN)/python -m pytest
 
-## bench: Model.run overhead against each runtime's fastest direct call path
+## bench: Model.run overhead against each runtime's direct call path; task pre/post-processing cost
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/tasks.py
 
 lint: install
 	$(BIN)/ruff check edgekit gui converters samples tests benchmarks

@@ -1,4 +1,4 @@
-"""The ``edgekit`` command: devices, info, run, bench.
+"""The ``edgekit`` command: devices, info, run, bench (and samples, predict, demo in cli_tasks).
 
 Every command takes ``--json`` (one JSON document on stdout; logs and progress go
 to stderr). Errors print one line without a traceback: exit 2 for a bad file,
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_tasks
 from .errors import DeviceNotAvailableError, EdgekitError, InputError, UsageError
 
 log = logging.getLogger("edgekit")
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     b.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="inputs to time on (default: synthetic)")
+    cli_tasks.add_parsers(add)
     return p
 
 
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"devices": cmd_devices, "info": cmd_info, "run": cmd_run, "bench": cmd_bench}[args.command]
+    handler = {"devices": cmd_devices, "info": cmd_info, "run": cmd_run, "bench": cmd_bench,
+               "samples": _task_command(cli_tasks.cmd_samples), "predict": _task_command(cli_tasks.cmd_predict),
+               "demo": _task_command(cli_tasks.cmd_demo)}[args.command]
     try:
         return handler(args) or 0
     except UsageError as e:
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+
+
+def _task_command(fn):
+    return lambda args: fn(args, _emit_json, _table)
 
 
 def _setup_logging(verbosity: int) -> None:

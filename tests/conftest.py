@@ -54,3 +54,12 @@ def run_cli(*args: str, env: dict | None = None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
                           env=full_env, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, Path]:
+    """The real sample packages, built once (idempotent: reused when up to date)."""
+    from samples.build import build, sample_path
+
+    build()
+    return {kind: sample_path(kind) for kind in ("image", "text", "audio")}

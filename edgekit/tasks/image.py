@@ -49,7 +49,7 @@ def load_image(image, *, name: str | None = None):
                 raise InputError(f"{path}: no such image file")
             if path.stat().st_size == 0:
                 raise InputError(f"{path}: empty file")
-            stream = path.open("rb")
+            stream = str(path)  # PIL opens it, and closes it after load()
         else:
             raise InputError(f"{what}: expected a path, bytes, a PIL image or a uint8 array")
         try:

@@ -1,0 +1,413 @@
+"""Tasks on the real sample packages: images, text and audio in, typed results out."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import edgekit
+from edgekit.tasks import (
+    Category,
+    ClassifierOptions,
+    ImageClassifier,
+    Segment,
+    TextClassifier,
+    TextEmbedder,
+    VoiceActivityDetector,
+)
+from samples.build import INPUTS
+
+IMAGES = INPUTS / "images"
+AUDIO = INPUTS / "audio"
+CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}  # ImageNet 281-285
+
+
+@pytest.fixture(scope="module")
+def image_clf(samples):
+    with ImageClassifier(samples["image"]) as clf:
+        yield clf
+
+
+@pytest.fixture(scope="module")
+def embedder(samples):
+    with TextEmbedder(samples["text"]) as emb:
+        yield emb
+
+
+@pytest.fixture(scope="module")
+def vad(samples):
+    with VoiceActivityDetector(samples["audio"]) as v:
+        yield v
+
+
+# --- image ---------------------------------------------------------------------------------------
+
+def test_cat_top5_holds_a_cat_class(image_clf):
+    top = image_clf.classify(IMAGES / "cat.jpg")
+    assert len(top) == 5 and all(isinstance(c, Category) for c in top)
+    assert {c.label for c in top} & CAT_CLASSES
+    assert top[0].label in CAT_CLASSES
+    assert [c.score for c in top] == sorted((c.score for c in top), reverse=True)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("coffee.jpg", "espresso"), ("motorcycle.jpg", "moped"),
+                                                ("rocket.jpg", "missile")])
+def test_other_pictures(image_clf, name, expected):
+    assert expected in [c.label for c in image_clf.classify(IMAGES / name, top_k=3)]
+
+
+def test_every_image_form_gives_the_same_answer(image_clf):
+    from PIL import Image
+
+    path = IMAGES / "cat.jpg"
+    ref = image_clf.classify(path, top_k=3)
+    pil = Image.open(path)
+    forms = [str(path), path.read_bytes(), pil, np.asarray(pil.convert("RGB"))]
+    for form in forms:
+        got = image_clf.classify(form, top_k=3)
+        assert [c.index for c in got] == [c.index for c in ref]
+        np.testing.assert_allclose([c.score for c in got], [c.score for c in ref], atol=1e-5)
+
+
+def _write(path, data):
+    """Write bytes or text and return the path (for parametrized file makers)."""
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def _encode(img, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_honoured(image_clf):
+    from PIL import Image
+
+    upright = Image.open(IMAGES / "cat.jpg").convert("RGB")
+    stored_sideways = upright.transpose(Image.Transpose.ROTATE_90)  # camera wrote it rotated ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... and said "rotate 90 degrees clockwise to view"
+    data = _encode(stored_sideways, "PNG", exif=exif.tobytes())  # lossless: inputs must be identical
+    np.testing.assert_array_equal(image_clf.preprocess_input(data), image_clf.preprocess_input(upright))
+    plain = _encode(stored_sideways, "PNG")
+    assert not np.array_equal(image_clf.preprocess_input(plain), image_clf.preprocess_input(upright))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_any_image_mode_is_accepted(image_clf, mode):
+    from PIL import Image
+
+    img = Image.open(IMAGES / "cat.jpg").convert("RGB")
+    if mode == "I;16":
+        arr = (np.asarray(img.convert("L"), np.uint16) * 257)
+        img = Image.fromarray(arr)  # 16-bit grayscale
+        data = _encode(img, "PNG")
+    else:
+        img = img.convert(mode)
+        data = _encode(img, "TIFF" if mode == "CMYK" else "PNG")
+    top = image_clf.classify(data, top_k=5)
+    assert len(top) == 5
+    if mode in ("RGBA", "P", "CMYK"):  # colour kept: still a cat
+        assert {c.label for c in top} & CAT_CLASSES
+
+
+def test_grayscale_sample_file(image_clf):
+    assert image_clf.classify(IMAGES / "camera-gray.png", top_k=1)[0].label == "tripod"
+
+
+def test_tiny_and_huge_images_give_a_result(image_clf):
+    from PIL import Image
+
+    assert len(image_clf.classify(np.full((1, 1, 3), 128, np.uint8), top_k=3)) == 3  # upsampled
+    big = Image.new("RGB", (10000, 10000), (120, 90, 60))  # 100 MP: allowed
+    assert len(image_clf.classify(big, top_k=1)) == 1
+
+
+def test_decompression_bomb_is_refused_before_decoding(image_clf, tmp_path):
+    from PIL import Image
+
+    # A valid PNG header declaring 30000 x 30000 pixels (900 MP), followed by nothing.
+    png = _encode(Image.new("L", (1, 1)), "PNG")
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    import zlib
+
+    chunk = b"IHDR" + ihdr
+    bomb = png[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(edgekit.InputError, match="bomb"):
+        image_clf.classify(path)
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (lambda d: d / "missing.jpg", "no such image file"),
+    (lambda d: _write(d / "empty.jpg", b""), "empty file"),
+    (lambda d: _write(d / "text.jpg", "not an image"), "cannot be read as an image"),
+    (lambda d: _write(d / "trunc.jpg", (IMAGES / "cat.jpg").read_bytes()[:400]), "cannot be read as an image"),
+])
+def test_bad_image_files(image_clf, tmp_path, make, fragment):
+    path = make(tmp_path)
+    with pytest.raises(edgekit.InputError, match=fragment) as info:
+        image_clf.classify(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_image_values(image_clf):
+    with pytest.raises(edgekit.InputError, match="0 bytes"):
+        image_clf.classify(b"")
+    with pytest.raises(edgekit.InputError, match="expected an HxW"):
+        image_clf.classify(np.zeros((4, 4, 7), np.uint8))
+    with pytest.raises(edgekit.InputError, match="no pixels"):
+        image_clf.classify(np.zeros((0, 4, 3), np.uint8))
+    with pytest.raises(edgekit.InputError, match="expected uint8"):
+        image_clf.classify(np.zeros((4, 4, 3), np.float64))
+    with pytest.raises(edgekit.InputError, match="top_k"):
+        image_clf.classify(IMAGES / "cat.jpg", top_k=0)
+
+
+def test_classifier_options(image_clf):
+    top = image_clf.classify(IMAGES / "cat.jpg", top_k=10, deny=["tiger cat"])
+    assert "tiger cat" not in [c.label for c in top]
+    only = image_clf.classify(IMAGES / "cat.jpg", allow=["tabby", "espresso"], top_k=5)
+    assert [c.label for c in only] == ["tabby", "espresso"]
+    sure = image_clf.classify(IMAGES / "coffee.jpg", score_threshold=0.5, top_k=5)
+    assert [c.label for c in sure] == ["espresso"]
+    clf = ImageClassifier(image_clf.model, options=ClassifierOptions(top_k=2))
+    assert len(clf.classify(IMAGES / "cat.jpg")) == 2
+
+
+def test_image_results_agree_across_backends_and_layouts(samples, image_clf, tmp_path):
+    """The same package on OpenVINO, and an NHWC twin of the model, give the same answer."""
+    import onnx
+    from onnx import helper
+
+    ref = image_clf.scores(IMAGES / "cat.jpg")
+    ov = ImageClassifier(samples["image"], device="openvino")
+    assert ov.model.backend == "openvino"
+    np.testing.assert_allclose(ov.scores(IMAGES / "cat.jpg"), ref, atol=1e-4)
+    # NHWC twin: a Transpose in front, the package saying layout NHWC.
+    pkg = tmp_path / "nhwc"
+    shutil.copytree(samples["image"], pkg)
+    model = onnx.load(str(pkg / "model.onnx"))
+    inp = model.graph.input[0]
+    inp.name = "image_nchw"
+    model.graph.node[0].input[0] = "image_nchw" if model.graph.node[0].input[0] == "image" else \
+        model.graph.node[0].input[0]
+    for node in model.graph.node:
+        node.input[:] = ["image_nchw" if i == "image" else i for i in node.input]
+    nhwc = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 224, 224, 3])
+    model.graph.node.insert(0, helper.make_node("Transpose", ["image"], ["image_nchw"], perm=[0, 3, 1, 2]))
+    del model.graph.input[:]
+    model.graph.input.append(nhwc)
+    onnx.save(model, str(pkg / "model.onnx"))
+    manifest = json.loads((pkg / "edgekit.json").read_text())
+    manifest["artifacts"][0].update(layout="NHWC", sha256=None)
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    twin = ImageClassifier(pkg)
+    assert twin.layout == "NHWC"
+    np.testing.assert_allclose(twin.scores(IMAGES / "cat.jpg"), ref, atol=1e-5)
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+def test_paraphrase_scores_higher_than_unrelated(embedder):
+    lines = (INPUTS / "text.txt").read_text().splitlines()
+    sims = embedder.similarity(lines[0], [lines[1], lines[2], lines[3]])
+    assert sims[0, 0] > 0.6 and sims[0, 0] > sims[0, 1] + 0.3 and sims[0, 0] > sims[0, 2] + 0.3
+    assert embedder.similarity("A man is playing a guitar.", "Someone plays the guitar.") > 0.7
+
+
+def test_embeddings_are_unit_norm_and_batching_does_not_change_them(embedder):
+    lines = (INPUTS / "text.txt").read_text().splitlines()
+    one_by_one = np.stack([embedder.embed(t)[0] for t in lines])
+    batched = embedder.embed(lines, batch_size=4)
+    assert batched.shape == (len(lines), 384)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
+
+
+def test_long_text_is_truncated_at_the_model_limit(embedder):
+    long = "word " * 2000
+    assert embedder.tokenizer.count(long) == 256
+    assert embedder.embed(long).shape == (1, 384)
+
+
+def test_zero_shot_puts_a_sports_sentence_under_sports(embedder):
+    zs = TextClassifier(embedder.model, labels=["sports", "finance", "weather", "music", "technology"])
+    assert zs.classify("The striker scored twice in the second half of the match.", top_k=1)[0].label == "sports"
+    assert zs.classify("Interest rates rose and the stock market fell.", top_k=1)[0].label == "finance"
+    assert zs.classify("Heavy rain is expected tomorrow.", top_k=1)[0].label == "weather"
+
+
+def test_text_results_agree_across_backends(samples, embedder):
+    ov = TextEmbedder(samples["text"], device="openvino")
+    lines = (INPUTS / "text.txt").read_text().splitlines()
+    np.testing.assert_allclose(ov.embed(lines), embedder.embed(lines), atol=1e-4)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("", "text is empty"), ("   ", "text is empty"), ([], "no texts"),
+    (b"\xff\xfe\xfa", "not valid UTF-8"), (["ok", 5], "text #1: expected a string"),
+])
+def test_bad_text(embedder, text, fragment):
+    with pytest.raises(edgekit.InputError, match=fragment):
+        embedder.embed(text)
+
+
+def test_utf8_bytes_are_text(embedder):
+    np.testing.assert_allclose(embedder.embed("café".encode()), embedder.embed("café"), atol=1e-6)
+
+
+def test_task_refuses_a_package_of_another_task(samples):
+    with pytest.raises(edgekit.UsageError, match="voice-activity-detection.*VoiceActivityDetector"):
+        ImageClassifier(samples["audio"])
+
+
+# --- audio ---------------------------------------------------------------------------------------
+
+def _reference_segments(path) -> list[tuple[float, float]]:
+    """Silero's own utility on the same file and the same ONNX model."""
+    import warnings
+
+    import soundfile as sf
+    import torch
+    from silero_vad.utils_vad import OnnxWrapper, get_speech_timestamps
+
+    x, sr = sf.read(str(path), dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = OnnxWrapper(str(path_of_silero_onnx()), force_onnx_cpu=True)
+        spans = get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=sr, return_seconds=True,
+                                      time_resolution=3)
+    return [(s["start"], s["end"]) for s in spans]
+
+
+def path_of_silero_onnx():
+    import importlib.util
+    from pathlib import Path
+
+    return Path(next(iter(importlib.util.find_spec("silero_vad").submodule_search_locations))) / "data" / \
+        "silero_vad.onnx"
+
+
+def test_vad_finds_the_speech_like_silero_reference(vad):
+    segments = vad.detect(AUDIO / "speech.wav")
+    assert segments and all(isinstance(s, Segment) for s in segments)
+    reference = _reference_segments(AUDIO / "speech.wav")
+    assert len(segments) == len(reference)
+    for s, (start, end) in zip(segments, reference):
+        assert abs(s.start_s - start) <= 0.3 and abs(s.end_s - end) <= 0.3
+        assert s.score > 0.5
+    assert 0.8 <= segments[0].start_s <= 1.3 and 7.5 <= segments[-1].end_s <= 8.7  # speech sits at 1 s - ~8.5 s
+
+
+@pytest.mark.parametrize("name", ["silence.wav", "noise.wav", "tone-stereo-44k.flac"])
+def test_vad_finds_nothing_in_non_speech(vad, name):
+    assert vad.detect(AUDIO / name) == []
+
+
+def test_vad_resamples_and_downmixes(vad):
+    mono16k = vad.detect(AUDIO / "speech.wav")
+    stereo44k = vad.detect(AUDIO / "speech-stereo-44k.ogg")
+    assert abs(stereo44k[0].start_s - mono16k[0].start_s) < 0.1
+    assert abs(stereo44k[-1].end_s - mono16k[-1].end_s) < 0.1
+
+
+def test_vad_accepts_arrays_with_a_rate(vad):
+    import soundfile as sf
+
+    x, sr = sf.read(str(AUDIO / "speech.wav"), dtype="int16")
+    from_int = vad.detect(x, sample_rate=sr)
+    assert from_int == vad.detect(AUDIO / "speech.wav")
+    assert vad.detect((x.astype(np.float32) / 32768, sr)) == from_int
+
+
+def test_vad_stream_matches_whole_file(vad):
+    import soundfile as sf
+
+    x, _ = sf.read(str(AUDIO / "speech.wav"), dtype="float32")
+    stream = vad.stream()
+    events = []
+    for i in range(0, len(x), 777):  # odd chunk sizes: the stream re-windows
+        events += stream.feed(x[i:i + 777])
+    events += stream.close()
+    starts = [t for kind, t in events if kind == "start"]
+    ends = [t for kind, t in events if kind == "end"]
+    whole = vad.detect(AUDIO / "speech.wav")
+    assert len(starts) == len(ends) == len(whole)
+    for s, a, b in zip(whole, starts, ends):
+        assert abs(s.start_s - a) <= 0.032 and abs(s.end_s - b) <= 0.032  # within one window
+    np.testing.assert_allclose(stream.probabilities, vad.probabilities(x[: len(stream.probabilities) * 512], 16000),
+                               atol=1e-5)
+
+
+def _corrupt_wav_header(d):
+    data = bytearray((AUDIO / "speech.wav").read_bytes())
+    data[8:12] = b"XXXX"  # "WAVE" -> garbage
+    (d / "corrupt.wav").write_bytes(bytes(data))
+    return d / "corrupt.wav"
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (lambda d: d / "missing.wav", "no such audio file"),
+    (lambda d: _write(d / "empty.wav", b""), "empty file"),
+    (_corrupt_wav_header, "cannot be read as audio"),
+    (lambda d: _write(d / "notaudio.ogg", "hello"), "cannot be read as audio"),
+])
+def test_bad_audio_files(vad, tmp_path, make, fragment):
+    path = make(tmp_path)
+    with pytest.raises(edgekit.InputError, match=fragment) as info:
+        vad.detect(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_audio_values(vad, tmp_path):
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "zero.wav"), np.zeros(0, np.float32), 16000)
+    with pytest.raises(edgekit.InputError, match="no samples"):
+        vad.detect(tmp_path / "zero.wav")
+    with pytest.raises(edgekit.InputError, match="no samples"):
+        vad.detect(np.zeros(0, np.float32), sample_rate=16000)
+    with pytest.raises(edgekit.InputError, match="needs its sample rate"):
+        vad.detect(np.zeros(16000, np.float32))
+    with pytest.raises(edgekit.InputError, match="NaN"):
+        vad.detect(np.full(16000, np.nan, np.float32), sample_rate=16000)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def test_predict_dispatches_on_the_package_task(samples):
+    out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["task"] == "image-classification" and doc["results"][0]["categories"][0]["label"] in CAT_CLASSES
+    out = run_cli("predict", str(samples["text"]), "The goalkeeper saved a penalty.", "--labels",
+                  "sports,finance,cooking", "--json")
+    assert json.loads(out.stdout)["results"][0]["categories"][0]["label"] == "sports"
+    out = run_cli("predict", str(samples["audio"]), str(AUDIO / "speech.wav"))
+    assert out.returncode == 0 and "speech" in out.stdout
+
+
+def test_predict_bad_input_exits_2_without_traceback(samples):
+    out = run_cli("predict", str(samples["image"]), "README.md")
+    assert out.returncode == 2 and "cannot be read as an image" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_prints_all_three_modalities(samples):
+    out = run_cli("demo", "--json", env={"EDGEKIT_SAMPLES_DIR": str(samples["image"].parent)})
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["image"][0]["top3"][0]["label"] in CAT_CLASSES
+    assert doc["similarity"]["paraphrase"] > doc["similarity"]["unrelated"]
+    assert doc["vad"][0]["segments"] and not doc["vad"][1]["segments"]
