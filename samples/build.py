@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -37,7 +38,7 @@ from edgekit.errors import UsageError
 log = logging.getLogger("edgekit.samples")
 
 INPUTS = Path(__file__).parent / "inputs"
-OPSET = 17
+OPSET = 18
 
 
 class SourceMissingError(UsageError):
@@ -92,11 +93,25 @@ def _require_torch():
     return torch
 
 
-def _export(torch, module, args, path: Path, names_in, names_out, dynamic) -> None:
-    # The TorchScript exporter: deterministic, no onnxscript rewrite passes, opset pinned.
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+def _export(torch, module, args, path: Path, names_in, names_out, dynamic: dict[int, str]) -> None:
+    """torch.export-based ONNX export (the maintained exporter since PyTorch 2.9), opset pinned.
+
+    ``dynamic`` maps an axis to a dim name, the same for every input (batch, sequence).
+    """
+    dims = {axis: torch.export.Dim(name) for axis, name in dynamic.items()}
+    quiet = logging.getLogger("torch.onnx")  # it warns about every absent torchvision op
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own notices, not about this model: shared dim names merged, an internal deprecation
+            warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,
+                              dynamic_shapes=tuple(dims for _ in args), opset_version=OPSET, dynamo=True,
+                              verbose=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def _parity(reference: np.ndarray, exported: np.ndarray) -> dict:
@@ -139,8 +154,8 @@ def _build_image(staging: Path, _src: Path) -> dict:
 
     batch = np.stack([preprocess_image(load_image(p), IMAGE_PREPROCESS)
                       for p in sorted((INPUTS / "images").iterdir())])
-    _export(torch, model, (torch.from_numpy(batch[:1]),), staging / "model.onnx", ["image"], ["logits"],
-            {"image": {0: "batch"}, "logits": {0: "batch"}})
+    _export(torch, model, (torch.from_numpy(batch[:2]),), staging / "model.onnx", ["image"], ["logits"],
+            {0: "batch"})
     with torch.no_grad():
         reference = model(torch.from_numpy(batch)).numpy()
     exported = _run_onnx(staging / "model.onnx", {"image": batch})
@@ -190,9 +205,9 @@ def _build_text(staging: Path, _src: Path) -> dict:
     feeds = tok.encode(lines)
     embedder = SentenceEmbedder(bert).eval()
     args = tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-    dynamic = {k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dynamic["embedding"] = {0: "batch"}
-    _export(torch, embedder, args, staging / "model.onnx", list(dynamic)[:3], ["embedding"], dynamic)
+    # Output not named "embedding": the exporter already names an internal value so.
+    _export(torch, embedder, args, staging / "model.onnx", ["input_ids", "attention_mask", "token_type_ids"],
+            ["sentence_embedding"], {0: "batch", 1: "sequence"})
     with torch.no_grad():
         reference = embedder(*args).numpy()
     exported = _run_onnx(staging / "model.onnx", feeds)

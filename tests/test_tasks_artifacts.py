@@ -44,7 +44,7 @@ def test_text_classifier_with_a_sequence_classification_head(samples, tmp_path):
     protos = emb.embed([f"This text is about {x}." for x in labels]).T * 20.0  # [384, 3], temperature
     model = onnx.load(str(samples["text"] / "model.onnx"))
     model.graph.initializer.append(numpy_helper.from_array(protos.astype(np.float32), "head_w"))
-    model.graph.node.append(helper.make_node("MatMul", ["embedding", "head_w"], ["logits"]))
+    model.graph.node.append(helper.make_node("MatMul", [model.graph.output[0].name, "head_w"], ["logits"]))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]))
     pkg = tmp_path / "clf"
