@@ -90,6 +90,9 @@ def _require_torch():
     except ImportError:
         raise SourceMissingError("exporting the samples needs PyTorch: `pip install torch==2.13.0` "
                                  "(the CPU build; `make demo` installs it)") from None
+    if importlib.util.find_spec("onnxscript") is None:
+        raise SourceMissingError("exporting the samples needs onnxscript (torch's ONNX exporter): "
+                                 "`pip install onnxscript` (`make demo` installs it)")
     return torch
 
 
