@@ -127,16 +127,26 @@ def publish(staging: Path, dest: Path, manifest: dict) -> Path:
             entry["size"] = sum(f.stat().st_size for f in files)
         manifest.setdefault("schema_version", SCHEMA_VERSION)
         tmp_manifest = staging / (formats.MANIFEST + ".tmp")
-        tmp_manifest.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp_manifest.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False),
+                                encoding="utf-8")
         os.replace(tmp_manifest, staging / formats.MANIFEST)
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return dest
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700; a package is as readable as any folder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-old-")) / "pkg" if dest.exists() else None
+    try:
+        if old is not None:
+            os.replace(dest, old)
+        os.replace(staging, dest)
+    except BaseException:
+        if old is not None and old.exists() and not dest.exists():
+            os.replace(old, dest)  # put the previous package back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    return dest

@@ -176,3 +176,37 @@ def test_cli_out_path_problems_are_usage_errors(models, tmp_path):
 def test_bench_device_and_all_devices_are_exclusive(models):
     out = run_cli("bench", str(models["mlp.onnx"]), "--all-devices", "--device", "openvino")
     assert out.returncode == 2 and "not both" in out.stderr
+
+
+def test_publish_keeps_the_old_package_when_the_swap_fails(tmp_path, models, monkeypatch):
+    import os
+
+    from edgekit import package
+
+    def make(version):
+        staging = package.staging_dir(tmp_path / "pkg")
+        shutil.copy(models["mlp.onnx"], staging / "mlp.onnx")
+        return staging, {"name": "mlp", "version": version,
+                         "artifacts": [{"path": "mlp.onnx", "format": "onnx", "precision": "fp32"}]}
+
+    staging, manifest = make("1")
+    package.publish(staging, tmp_path / "pkg", manifest)
+    assert oct((tmp_path / "pkg").stat().st_mode & 0o777) != oct(0o700)  # readable like any folder
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):  # the swap of the new package into place fails, once
+        calls.append(dst)
+        if str(dst) == str(tmp_path / "pkg") and str(src).find("-old-") < 0 and not calls.count("failed"):
+            calls.append("failed")
+            raise OSError("disk full (simulated)")
+        return real_replace(src, dst)
+
+    staging, manifest = make("2")
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        package.publish(staging, tmp_path / "pkg", manifest)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert json.loads((tmp_path / "pkg" / "edgekit.json").read_text())["version"] == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no staging or old folders left
+    assert edgekit.load(tmp_path / "pkg").backend == "onnxruntime"

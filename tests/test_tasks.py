@@ -340,15 +340,18 @@ def test_vad_stream_matches_whole_file(vad):
     events = []
     for i in range(0, len(x), 777):  # odd chunk sizes: the stream re-windows
         events += stream.feed(x[i:i + 777])
+    probs = list(stream.probabilities)
     events += stream.close()
+    assert stream.probabilities == []  # reset by close(): reusable for a new recording
     starts = [t for kind, t in events if kind == "start"]
     ends = [t for kind, t in events if kind == "end"]
     whole = vad.detect(AUDIO / "speech.wav")
     assert len(starts) == len(ends) == len(whole)
     for s, a, b in zip(whole, starts, ends):
         assert abs(s.start_s - a) <= 0.032 and abs(s.end_s - b) <= 0.032  # within one window
-    np.testing.assert_allclose(stream.probabilities, vad.probabilities(x[: len(stream.probabilities) * 512], 16000),
-                               atol=1e-5)
+    np.testing.assert_allclose(probs, vad.probabilities(x[: len(probs) * 512], 16000), atol=1e-5)
+    again = vad.stream()
+    assert again.feed(np.stack([x, x], axis=1)[:4096]) == stream.feed(x[:4096])  # stereo chunk down-mixed
 
 
 def _corrupt_wav_header(d):
@@ -369,6 +372,38 @@ def test_bad_audio_files(vad, tmp_path, make, fragment):
     with pytest.raises(edgekit.InputError, match=fragment) as info:
         vad.detect(path)
     assert str(path) in str(info.value)
+
+
+def test_pcm_arrays_are_scaled_and_laid_out_right():
+    from edgekit.tasks.audio import load_audio
+
+    np.testing.assert_allclose(load_audio(np.full(100, 128, np.uint8), 16000, target_rate=16000), 0.0)  # u8 silence
+    np.testing.assert_allclose(load_audio(np.full(100, -16384, np.int16), 16000, target_rate=16000), -0.5)
+    assert load_audio(np.zeros((3, 4), np.float32), 16000, target_rate=16000).shape == (3,)  # 3 frames, 4 ch
+    assert load_audio(np.array([[0.5, -0.5]], np.float32), 16000, target_rate=16000).shape == (1,)
+    assert load_audio(np.zeros((2, 1000), np.float32), 16000, target_rate=16000).shape == (1000,)  # ch x samples
+
+
+def test_image_files_are_closed_even_on_errors(image_clf, tmp_path):
+    import gc
+    import warnings
+
+    trunc = _write(tmp_path / "trunc.jpg", (IMAGES / "cat.jpg").read_bytes()[:400])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for _ in range(3):
+            with pytest.raises(edgekit.InputError):
+                image_clf.classify(trunc)
+            image_clf.classify(IMAGES / "cat.jpg")
+        gc.collect()
+
+
+def test_premultiplied_alpha_image(image_clf):
+    from PIL import Image
+
+    img = Image.open(IMAGES / "cat.jpg").convert("RGBA").convert("RGBa")
+    assert len(image_clf.classify(img, top_k=1)) == 1
+    assert len(image_clf.classify(Image.new("La", (32, 32)), top_k=1)) == 1
 
 
 def test_bad_audio_values(vad, tmp_path):

@@ -21,9 +21,10 @@ from ..errors import InputError, UsageError
 from .base import Task
 from .results import Category, ClassifierOptions, Segment, softmax
 
-# Silero's get_speech_timestamps defaults.
+# Silero's get_speech_timestamps defaults (max_speech_duration_s None: no limit, JSON-safe).
 VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_duration_ms": 100,
-                "speech_pad_ms": 30, "max_speech_duration_s": float("inf"), "neg_threshold": None}
+                "speech_pad_ms": 30, "max_speech_duration_s": None, "neg_threshold": None}
+_MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
 
 
 def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name: str | None = None) -> np.ndarray:
@@ -57,14 +58,17 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         data = np.asarray(audio)
         if data.dtype.kind not in "fiu":
             raise InputError(f"{what}: expected numeric samples, got {data.dtype}")
-        if data.dtype.kind in "iu":  # PCM integers to [-1, 1)
+        if data.dtype.kind == "i":  # signed PCM to [-1, 1)
             data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+        elif data.dtype.kind == "u":  # unsigned PCM (8-bit WAV): silence sits at mid-scale
+            half = float(np.iinfo(data.dtype).max + 1) / 2
+            data = (data.astype(np.float32) - half) / half
         data = data.astype(np.float32, copy=False)
         if data.ndim == 1:
             data = data[:, None]
         elif data.ndim != 2:
             raise InputError(f"{what}: expected samples or samples x channels, got shape {data.shape}")
-        elif data.shape[0] < data.shape[1]:  # channels x samples: the common other convention
+        elif data.shape[0] <= _MAX_CHANNELS < data.shape[1]:  # channels x samples, the other convention
             data = data.T
     if data.shape[0] == 0:
         raise InputError(f"{what}: no samples (0-length audio)")
@@ -170,7 +174,11 @@ class VadStream:
     _temp_end: int = 0
 
     def feed(self, samples) -> list[tuple[str, float]]:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 2:  # samples x channels (or channels x samples): down-mix as load_audio does
+            x = (x.T if x.shape[0] <= _MAX_CHANNELS < x.shape[1] else x).mean(axis=1)
+        elif x.ndim != 1:
+            raise InputError(f"audio chunk: expected samples or samples x channels, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise InputError("audio chunk contains NaN or infinite samples")
         v = self.vad
@@ -206,15 +214,18 @@ class VadStream:
         return events
 
     def close(self) -> list[tuple[str, float]]:
-        if self._triggered:
-            self._triggered = False
-            return [("end", round(self._samples / self.vad.sample_rate, 3))]
-        return []
+        """End an open segment and reset, so the stream can start a new recording."""
+        events = [("end", round(self._samples / self.vad.sample_rate, 3))] if self._triggered else []
+        self._buffer = np.zeros(0, np.float32)
+        self._state = self._context = None
+        self._samples, self._triggered, self._temp_end = 0, False, 0
+        self.probabilities = []
+        return events
 
 
 def speech_spans(speech_probs, *, sampling_rate: int, window: int, audio_length_samples: int,
                  threshold: float, min_speech_duration_ms: float, min_silence_duration_ms: float,
-                 speech_pad_ms: float, max_speech_duration_s: float, neg_threshold: float | None,
+                 speech_pad_ms: float, max_speech_duration_s: float | None, neg_threshold: float | None,
                  min_silence_at_max_speech: float = 98, use_max_poss_sil_at_max_speech: bool = True
                  ) -> list[tuple[int, int]]:
     """(start, end) sample spans from per-window probabilities.
@@ -223,6 +234,8 @@ def speech_spans(speech_probs, *, sampling_rate: int, window: int, audio_length_
     Silero Team), kept line for line so results match the reference; importing silero-vad
     itself would pull in PyTorch.
     """
+    if max_speech_duration_s is None:
+        max_speech_duration_s = float("inf")
     min_speech_samples = sampling_rate * min_speech_duration_ms / 1000
     speech_pad_samples = sampling_rate * speech_pad_ms / 1000
     max_speech_samples = sampling_rate * max_speech_duration_s - window - 2 * speech_pad_samples
@@ -348,8 +361,11 @@ class AudioClassifier(Task):
                  score_threshold: float | None = None, allow=None, deny=None) -> list[Category]:
         out = next(iter(self.model.run({self.input_name: self.features(audio, sample_rate)}).values()))
         scores = np.asarray(out, np.float32).reshape(-1)
-        if self.metadata.get("postprocess", {}).get("activation", "softmax") == "softmax":
+        activation = self.postprocess().get("activation", "softmax")
+        if activation == "softmax":
             scores = softmax(scores)
+        elif activation == "sigmoid":  # multi-label heads
+            scores = (1 / (1 + np.exp(-scores))).astype(np.float32)
         opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
         return opts.select(scores, self.labels)
 

@@ -51,11 +51,11 @@ def load_image(image, *, name: str | None = None, min_size: int | None = None):
                 raise InputError(f"{path}: no such image file")
             if path.stat().st_size == 0:
                 raise InputError(f"{path}: empty file")
-            stream = str(path)  # PIL opens it, and closes it after load()
+            stream = path.open("rb")
         else:
             raise InputError(f"{what}: expected a path, bytes, a PIL image or a uint8 array")
         try:
-            with warnings.catch_warnings():
+            with stream, warnings.catch_warnings():  # closes the file on every path, errors included
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size below
                 img = Image.open(stream)
                 w, h = img.size
@@ -118,6 +118,8 @@ def _to_rgb(img):
         img = Image.fromarray(((a - lo) / (hi - lo or 1) * 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL un-premultiplies only to LA / RGBA
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
