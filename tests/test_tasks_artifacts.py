@@ -105,3 +105,35 @@ def test_audio_classifier_waveform_and_log_mel(tmp_path, features):
     assert clf.classify(audio / "tone-stereo-44k.flac", top_k=1)[0].label == "sound"  # resampled, down-mixed
     with pytest.raises(edgekit.InputError, match="no samples"):
         clf.classify(np.zeros(0, np.float32), sample_rate=16000)
+
+
+def test_image_task_on_an_int8_artifact(samples, tmp_path):
+    """A QDQ int8 twin (ORT quantize_static, uint8 activations / int8 weights, calibrated on the
+    sample images through the task's own pre-processing) agrees with fp32 on the top class."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    ref = ImageClassifier(samples["image"])
+    images = sorted((INPUTS / "images").iterdir())
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": ref.preprocess_input(p)} for p in images])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pkg = tmp_path / "int8"
+    staging = package.staging_dir(pkg)
+    quantize_static(str(samples["image"] / "model.onnx"), str(staging / "model.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+    manifest = json.loads((samples["image"] / "edgekit.json").read_text())
+    manifest["artifacts"] = [{"path": "model.onnx", "format": "onnx", "precision": "int8", "layout": "NCHW"}]
+    package.publish(staging, pkg, manifest)
+    for device in ("onnxruntime", "openvino"):
+        clf = ImageClassifier(pkg, device=device)
+        for name in ("coffee.jpg", "motorcycle.jpg"):
+            assert clf.classify(INPUTS / "images" / name, top_k=1)[0].index == \
+                ref.classify(INPUTS / "images" / name, top_k=1)[0].index
+        assert {c.label for c in clf.classify(INPUTS / "images" / "cat.jpg", top_k=5)} & {
+            "tabby", "tiger cat", "Egyptian cat"}
