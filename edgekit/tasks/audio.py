@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .base import Task
+from .base import Task, input_file
 from .results import Category, ClassifierOptions, Segment, softmax
 
 # Silero's get_speech_timestamps defaults (max_speech_duration_s None: no limit, JSON-safe).
@@ -43,11 +43,7 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
     if isinstance(audio, (str, Path)):
         import soundfile as sf
 
-        path = Path(audio)
-        if not path.is_file():
-            raise InputError(f"{path}: no such audio file")
-        if path.stat().st_size == 0:
-            raise InputError(f"{path}: empty file")
+        path = input_file(audio, "audio")
         try:
             data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
         except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers

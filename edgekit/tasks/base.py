@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..model import Model, load
+
+
+def input_file(path: str | Path, kind: str) -> Path:
+    """``path`` as a Path, or InputError naming it when it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such {kind} file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    return path
 
 
 class Task:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .base import Task
+from .base import Task, input_file
 from .results import Category, ClassifierOptions, softmax
 
 # Images larger than this are refused before decoding (a 10000 x 10000 photo, 100 MP, is allowed;
@@ -46,12 +46,7 @@ def load_image(image, *, name: str | None = None, min_size: int | None = None):
                 raise InputError(f"{what}: empty (0 bytes)")
             stream = io.BytesIO(bytes(image))
         elif isinstance(image, (str, Path)):
-            path = Path(image)
-            if not path.is_file():
-                raise InputError(f"{path}: no such image file")
-            if path.stat().st_size == 0:
-                raise InputError(f"{path}: empty file")
-            stream = path.open("rb")
+            stream = input_file(image, "image").open("rb")
         else:
             raise InputError(f"{what}: expected a path, bytes, a PIL image or a uint8 array")
         try:
