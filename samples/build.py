@@ -39,6 +39,8 @@ log = logging.getLogger("edgekit.samples")
 
 INPUTS = Path(__file__).parent / "inputs"
 OPSET = 18
+# Bump when a recipe changes what a package holds, so existing builds are redone.
+RECIPE = "2"
 
 
 class SourceMissingError(UsageError):
@@ -254,6 +256,8 @@ def _build_text(staging: Path, _src: Path) -> dict:
 def _build_vad(staging: Path, _src: Path) -> dict:
     data = _dist_dir("silero-vad", "silero_vad") / "data"
     shutil.copy(data / "silero_vad.onnx", staging / "model.onnx")  # the file Silero's own OnnxWrapper uses
+    # Silero's if-less opset-18 export of the same model: OpenVINO converts it (not the file above).
+    shutil.copy(data / "silero_vad_op18_ifless.onnx", staging / "model-ifless.onnx")
     from edgekit.tasks.audio import VAD_DEFAULTS
 
     return {
@@ -265,7 +269,10 @@ def _build_vad(staging: Path, _src: Path) -> dict:
         "warmup_inputs": {"input": {"shape": [1, 576]}, "state": {"shape": [2, 1, 128]},
                           "sr": {"shape": [], "value": 16000}},
         "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
-                       "parity": {"against": "silero-vad's own file (copied unchanged)"}}],
+                       "parity": {"against": "silero-vad's own file (copied unchanged)"}},
+                      {"path": "model-ifless.onnx", "format": "onnx", "precision": "fp32",
+                       "parity": {"against": "silero-vad's own file (copied unchanged)"},
+                       "note": "silero_vad_op18_ifless.onnx; the variant OpenVINO can convert"}],
     }
 
 
@@ -312,7 +319,7 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
             raise UsageError(f"unknown sample {kind!r}; choose from {', '.join(SAMPLES)}")
         sample = SAMPLES[kind]
         dest = out / sample.name
-        sources = _versions(sample.sources)
+        sources = {**_versions(sample.sources), "recipe": RECIPE}
         if not force and _up_to_date(dest, sources):
             results.append({"sample": kind, "name": sample.name, "path": str(dest), "status": "up to date"})
             continue
