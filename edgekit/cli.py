@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                "samples": _task_command(cli_tasks.cmd_samples), "predict": _task_command(cli_tasks.cmd_predict),
                "demo": _task_command(cli_tasks.cmd_demo)}[args.command]
     try:
-        return handler(args) or 0
+        code = handler(args) or 0
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
     except UsageError as e:
         print(f"edgekit: error: {e}", file=sys.stderr)
         return 2
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edgekit ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _task_command(fn):

@@ -79,7 +79,7 @@ def predict(task, inputs: list[str], *, top_k: int, labels: list[str] | None) ->
 
     results = []
     t0 = time.perf_counter()
-    if isinstance(task, ImageClassifier):
+    if isinstance(task, (ImageClassifier, TextClassifier, AudioClassifier)):
         for item in inputs:
             results.append({"input": item, "categories": [c.to_dict() for c in task.classify(item, top_k=top_k)]})
     elif isinstance(task, TextEmbedder) and labels:
@@ -93,15 +93,9 @@ def predict(task, inputs: list[str], *, top_k: int, labels: list[str] | None) ->
         if len(inputs) > 1:
             return {"results": results, "similarity": (vecs @ vecs.T).round(4).tolist(),
                     "seconds": time.perf_counter() - t0}
-    elif isinstance(task, TextClassifier):
-        for item in inputs:
-            results.append({"input": item, "categories": [c.to_dict() for c in task.classify(item, top_k=top_k)]})
     elif isinstance(task, VoiceActivityDetector):
         for item in inputs:
             results.append({"input": item, "segments": [s.to_dict() for s in task.detect(item)]})
-    elif isinstance(task, AudioClassifier):
-        for item in inputs:
-            results.append({"input": item, "categories": [c.to_dict() for c in task.classify(item, top_k=top_k)]})
     return {"results": results, "seconds": time.perf_counter() - t0}
 
 

@@ -143,3 +143,13 @@ def test_info_and_run_on_a_package(models, tmp_path):
     out = run_cli("run", str(pkg), "--synthetic", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["selection"]["attempts"][-1]["artifact"].startswith("mlp.tflite")
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly(models):
+    import subprocess
+    import sys
+
+    for reader in ("head -c 10", "true"):  # reads a little / reads nothing and exits
+        proc = subprocess.run(f"{sys.executable} -m edgekit devices --json | {reader}", shell=True,
+                              capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

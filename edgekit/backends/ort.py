@@ -129,7 +129,7 @@ class OnnxRuntimeBackend:
         if precision not in (Precision.STORED, Precision.ANY):
             raise BackendError(
                 f"onnxruntime:{device.id} runs a model at the precision it was stored in; "
-                f"for {precision.value}, convert the model (edgekit convert --precision {precision.value})"
+                f"for {precision.value}, load a model stored in {precision.value}"
             )
         so = ort.SessionOptions()
         so.log_severity_level = 4  # fatal only: edgekit reports failures itself, with ORT's message

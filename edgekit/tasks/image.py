@@ -187,12 +187,13 @@ class ImageClassifier(Task):
             if all(isinstance(d, int) for d in hw):
                 self.pp["crop"] = list(hw)
         self.activation = self.postprocess().get("activation", "softmax")
+        crop = self.pp.get("crop") or 224
+        # Smallest side a JPEG may be draft-decoded to without losing pixels the resize needs.
+        self.decode_min = max(int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
-        crop = self.pp.get("crop") or 224
-        need = max(int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
-        img = load_image(image, min_size=need)
+        img = load_image(image, min_size=self.decode_min)
         return preprocess_image(img, self.pp, layout=self.layout, dtype=self.input_dtype)[None]
 
     def scores(self, image) -> np.ndarray:
