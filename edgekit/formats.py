@@ -7,6 +7,7 @@ the problem; nothing imports a runtime.
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import xml.etree.ElementTree as ET
@@ -204,3 +205,39 @@ def _tflite_facts(path: Path) -> dict:
     except Exception as e:  # a damaged file is reported when it is opened
         return {"unreadable": str(e)}
     return facts
+
+
+CARD_KEY = "edgekit"  # ONNX metadata_props key, OpenVINO rt_info key, TFLite metadata name
+
+
+def read_card(path: Path, fmt: Format) -> dict:
+    """The edgekit card a converter embedded in a lone model file (task, labels, pre-processing), or {}.
+
+    A damaged or foreign card is ignored: it is a convenience, the model runs without it.
+    """
+    text = None
+    try:
+        if fmt is Format.ONNX:
+            props = {p.key: p.value for p in _parse_onnx(path).metadata_props}
+            text = props.get(CARD_KEY)
+        elif fmt is Format.OPENVINO:
+            text = _ir_rt_info(ET.parse(path).getroot()).get(CARD_KEY)
+        elif fmt is Format.TFLITE:
+            text = _tflite_metadata(path, CARD_KEY)
+        card = json.loads(text) if text else {}
+    except Exception:
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _tflite_metadata(path: Path, name: str) -> str | None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        m = schema.Model.GetRootAsModel(buf, 0)
+        for i in range(m.MetadataLength()):
+            md = m.Metadata(i)
+            if md.Name() and md.Name().decode() == name:
+                data = m.Buffers(md.Buffer()).DataAsNumpy()
+                return bytes(data).decode("utf-8") if not isinstance(data, int) else None
+    return None

@@ -1,0 +1,241 @@
+"""Calibration and check data: model inputs made from images, audio, text or arrays.
+
+Images go through the image task's own pre-processing for this model, audio through the
+audio task's loader (resampled, mono), text through the package's tokenizer: calibration
+sees what inference sees. Files that cannot be decoded are skipped with a warning and
+counted; data is never invented.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import InputError, UsageError
+from edgekit.types import TensorSpec
+
+log = logging.getLogger("edgekit.convert")
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXT = {".wav", ".flac", ".ogg"}
+ARRAY_EXT = {".npy", ".npz"}
+TEXT_EXT = {".txt"}
+KNOWN_EXT = IMAGE_EXT | AUDIO_EXT | ARRAY_EXT | TEXT_EXT
+HOW = ("give a folder or files of images, audio (WAV/FLAC/OGG), a .txt of lines, or .npy/.npz arrays "
+       "named after the model's inputs")
+
+
+@dataclass
+class Samples:
+    """Model inputs, one dict per sample (batch 1), and where they came from."""
+
+    feeds: list[dict[str, np.ndarray]]
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    kind: str = ""  # "images" | "audio" | "text" | "arrays" | "random"
+
+    def describe(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "samples": len(self.feeds),
+                "skipped": [list(s) for s in self.skipped]}
+
+
+def files_of(spec) -> list[Path]:
+    """The files named by ``spec``: a folder (sorted, non-recursive), a file, or a list of either."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+            if not found:
+                raise UsageError(f"calibration folder {p} is empty; {HOW}")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"calibration data {p}: no such file or folder")
+    return files
+
+
+def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | None = None,
+         what: str = "calibration") -> Samples:
+    """Model inputs from ``spec``: paths (see :func:`files_of`) or, from Python, a list of
+    feed dicts / arrays.
+
+    Raises:
+        UsageError: nothing usable (names the folder or files and what would do).
+    """
+    if isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (str, Path)):
+        feeds = [_as_feed(item, inputs, f"{what} sample #{i}") for i, item in enumerate(spec)]
+        return Samples([f for feed in feeds for f in _split(feed, inputs)], "python", kind="arrays")
+    files = files_of(spec)
+    label = str(spec) if isinstance(spec, (str, Path)) else f"{len(files)} files"
+    out = Samples([], label)
+    kinds = set()
+    for f in files:
+        ext = f.suffix.lower()
+        if ext not in KNOWN_EXT:
+            out.skipped.append((str(f), f"not a kind of file edgekit calibrates with ({ext or 'no extension'})"))
+            continue
+        try:
+            if ext in IMAGE_EXT:
+                new = [_image_feed(f, inputs, metadata)]
+                kinds.add("images")
+            elif ext in AUDIO_EXT:
+                new = _audio_feeds(f, inputs, metadata)
+                kinds.add("audio")
+            elif ext in TEXT_EXT:
+                new = _text_feeds(f, inputs, metadata, package_dir)
+                kinds.add("text")
+            else:
+                new = _array_feeds(f, inputs)
+                kinds.add("arrays")
+        except (InputError, _Undecodable) as e:  # this file is bad; the others may be fine
+            out.skipped.append((str(f), str(e)))
+            continue
+        out.feeds.extend(new)
+    for path, why in out.skipped:
+        log.warning("%s: skipped %s (%s)", what, path, why)
+    if not out.feeds:
+        raise UsageError(f"{what} data {label}: no usable samples ({len(out.skipped)} files skipped); {HOW}")
+    out.kind = "+".join(sorted(kinds))
+    return out
+
+
+class _Undecodable(UsageError):
+    pass
+
+
+def _single_input(inputs: list[TensorSpec], kind: str) -> TensorSpec:
+    if len(inputs) != 1:
+        names = ", ".join(s.name for s in inputs)
+        raise UsageError(f"{kind} calibration needs a model with one input; this one has {names}: "
+                         f"give .npz files with one array per input")
+    return inputs[0]
+
+
+def _image_feed(path: Path, inputs: list[TensorSpec], metadata: dict) -> dict:
+    from edgekit.tasks.image import load_image, preprocess_image
+
+    spec = _single_input(inputs, "image")
+    if spec.shape is None or len(spec.shape) != 4:
+        raise UsageError(f"{path}: an image calibrates a model whose input is an image batch (rank 4); "
+                         f"{spec.name!r} has shape {spec.shape}")
+    pp = image_preprocess(spec, metadata)
+    img = load_image(path)
+    return {spec.name: preprocess_image(img, pp, layout=pp["layout"], dtype=spec.dtype)[None]}
+
+
+def image_preprocess(spec: TensorSpec, metadata: dict) -> dict:
+    """The package's image pre-processing, completed from the input's shape (crop size, layout)."""
+    pp = dict((metadata.get("preprocess") or {}).get("image") or {})
+    shape = spec.shape
+    layout = pp.get("layout") or ("NHWC" if shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
+    pp["layout"] = layout
+    hw = shape[2:4] if layout == "NCHW" else shape[1:3]
+    if "crop" not in pp and all(isinstance(d, int) for d in hw):
+        pp["crop"] = list(hw)
+    if "mean" not in pp and "std" not in pp and "scale" not in pp:
+        # No pre-processing known: pixels in [0, 1], the commonest convention. Said out loud,
+        # since calibrating on the wrong range gives a bad int8 model.
+        log.warning("no image pre-processing given for %r: calibrating on pixels / 255; pass "
+                    "preprocess={'image': {...}} (mean, std, resize, crop) for the model's own", spec.name)
+        pp["scale"] = 1 / 255
+    return pp
+
+
+def _audio_feeds(path: Path, inputs: list[TensorSpec], metadata: dict) -> list[dict]:
+    from edgekit.tasks.audio import load_audio
+
+    spec = _single_input(inputs, "audio")
+    pp = (metadata.get("preprocess") or {}).get("audio") or {}
+    x = load_audio(path, target_rate=int(pp.get("sample_rate", 16000)))
+    length = spec.shape[-1] if spec.shape else None
+    if isinstance(length, int):  # a fixed window: cut the clip into windows (zero-padding the last)
+        n = max(1, -(-len(x) // length))
+        x = np.pad(x, (0, n * length - len(x)))
+        windows = x.reshape(n, length)
+    else:
+        windows = x[None]
+    rank = len(spec.shape) if spec.shape else 2
+    return [{spec.name: w.reshape((1,) * (rank - 1) + (-1,)).astype(spec.dtype)} for w in windows]
+
+
+def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_dir: Path | None) -> list[dict]:
+    from edgekit.tasks.text import Tokenizer
+
+    pp = (metadata.get("preprocess") or {}).get("text") or {}
+    if "tokenizer" not in pp or package_dir is None:
+        raise UsageError(f"{path}: text calibration needs the model's tokenizer (a Hugging Face folder or "
+                         f"a package whose edgekit.json names one)")
+    tok = Tokenizer(package_dir / pp["tokenizer"], max_length=int(pp.get("max_length", 512)))
+    try:
+        lines = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    except UnicodeDecodeError as e:
+        raise _Undecodable(f"not valid UTF-8 text ({e})") from e
+    feeds = []
+    for line in lines:
+        enc = tok.encode([line])
+        missing = [s.name for s in inputs if s.name not in enc]
+        if missing:
+            raise UsageError(f"{path}: the tokenizer gives no {', '.join(missing)} for this model")
+        feeds.append({s.name: enc[s.name].astype(s.dtype) for s in inputs})
+    return feeds
+
+
+def _array_feeds(path: Path, inputs: list[TensorSpec]) -> list[dict]:
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                feed = {k: z[k] for k in z.files}
+        else:
+            feed = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _Undecodable(f"cannot be read as a NumPy file ({e})") from e
+    return _split(_as_feed(feed, inputs, str(path)), inputs)
+
+
+def _as_feed(item, inputs: list[TensorSpec], what: str) -> dict:
+    if isinstance(item, dict):
+        names = {s.name for s in inputs}
+        if set(item) != names:
+            raise UsageError(f"{what}: arrays are named {sorted(item)}; the model's inputs are {sorted(names)}")
+        return {k: np.asarray(v) for k, v in item.items()}
+    return {_single_input(inputs, "array").name: np.asarray(item)}
+
+
+def _split(feed: dict, inputs: list[TensorSpec]) -> list[dict]:
+    """Batch-1 samples from a feed that may hold a batch (rank = the input's) or one sample (rank - 1)."""
+    by_name = {s.name: s for s in inputs}
+    arrays = {}
+    for name, a in feed.items():
+        spec = by_name[name]
+        rank = len(spec.shape) if spec.shape is not None else a.ndim
+        if a.ndim == rank - 1:
+            a = a[None]
+        elif a.ndim != rank:
+            raise UsageError(f"calibration array {name!r}: rank {a.ndim}, the input has rank {rank}")
+        arrays[name] = a.astype(spec.dtype, copy=False)
+    counts = {a.shape[0] for a in arrays.values()}
+    if len(counts) != 1:
+        raise UsageError(f"calibration arrays have different batch sizes {sorted(counts)}")
+    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(counts.pop())]
+
+
+def random_samples(inputs: list[TensorSpec], n: int, warmup: dict | None = None) -> Samples:
+    """Synthetic inputs, for checking fp32/fp16 parity when no data was given (never for calibration)."""
+    from edgekit.bench import synthetic_inputs
+
+    return Samples([synthetic_inputs(inputs, seed=i, warmup=warmup) for i in range(n)], "random", kind="random")
+
+
+def subset(samples: Sequence[dict], n: int) -> list[dict]:
+    """Up to ``n`` samples spread evenly over ``samples``."""
+    if len(samples) <= n:
+        return list(samples)
+    idx = np.linspace(0, len(samples) - 1, n).round().astype(int)
+    return [samples[i] for i in idx]

@@ -1,0 +1,131 @@
+"""Every artifact against its source: fidelity on real inputs, latency measured side by side."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.types import Format, TensorSpec
+
+from .report import ArtifactReport
+from .sources import RUNTIME_OF
+
+CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classification"}
+
+
+def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``x`` (laid out as the source wants) in the layout ``spec`` wants: NCHW -> NHWC, padded sequences."""
+    if spec.shape is None or len(spec.shape) != x.ndim:
+        return x
+    if _fits(x.shape, spec.shape):
+        return x
+    if x.ndim >= 3:
+        moved = np.moveaxis(x, 1, -1)  # channels first -> channels last (onnx2tf's NHWC)
+        if _fits(moved.shape, spec.shape):
+            return np.ascontiguousarray(moved)
+    return x
+
+
+def _fits(shape, want) -> bool:
+    return all(w is None or w == s for s, w in zip(shape, want))
+
+
+def align(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """An artifact's output in the source's layout (channels-last outputs moved back)."""
+    if y.shape == ref.shape:
+        return y
+    if y.ndim == ref.ndim and y.ndim >= 3:
+        moved = np.moveaxis(y, -1, 1)
+        if moved.shape == ref.shape:
+            return moved
+    if y.size == ref.size:
+        return y.reshape(ref.shape)
+    raise ValueError(f"output shape {y.shape} does not match the source's {ref.shape}")
+
+
+def outputs_of(model, feed: dict, names: list[str]) -> list[np.ndarray]:
+    """Run ``model`` on a source-layout ``feed``; outputs in the source's order (by name, else position)."""
+    by_name = {s.name: s for s in model.inputs}
+    feed = {k: adapt(v, by_name[k]) if k in by_name else v for k, v in feed.items()}
+    if set(feed) != set(by_name) and len(feed) == len(by_name):  # names differ: go by position
+        feed = dict(zip([s.name for s in model.inputs], (adapt(v, s) for v, s in zip(feed.values(), model.inputs))))
+    out = model.run(feed)
+    if all(n in out for n in names):
+        return [out[n] for n in names]
+    return list(out.values())
+
+
+def fidelity(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]], classifier: bool) -> dict:
+    """Max abs error and cosine over all outputs of all samples; top-1 agreement of the first output."""
+    a = np.concatenate([np.ravel(r).astype(np.float64) for sample in refs for r in sample])
+    b = np.concatenate([np.ravel(align(np.asarray(o), r)).astype(np.float64)
+                        for so, sr in zip(outs, refs) for o, r in zip(so, sr)])
+    result = {"max_abs_error": float(np.abs(a - b).max()) if a.size else 0.0,
+              "cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))}
+    if np.isnan(b).any():
+        result["cosine"] = float("nan")
+    if classifier:
+        agree = [np.argmax(np.ravel(sr[0])) == np.argmax(np.ravel(so[0])) for sr, so in zip(refs, outs)]
+        result["top1_agreement"] = float(np.mean(agree))
+    return result
+
+
+def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs: list[list[np.ndarray]],
+          output_names: list[str], *, classifier: bool, min_cosine: float, timing_feed: dict,
+          rounds: int = 5, runs: int = 10, progress=None) -> None:
+    """Fill in fidelity and p50 latency of each artifact (in place); mark failures.
+
+    Each artifact runs on its own runtime on the CPU. Latencies are taken in interleaved
+    rounds over all artifacts, so the ratios compare like with like on a noisy machine.
+    """
+    import edgekit
+    from edgekit.bench import measure
+
+    opened = []
+    for rep, path in artifacts:
+        fmt = Format(rep.format)
+        try:
+            model = edgekit.load(path, device=RUNTIME_OF[fmt])
+            outs = [outputs_of(model, f, output_names) for f in feeds]
+            rep.__dict__.update(fidelity(refs, outs, classifier))
+        except Exception as e:
+            rep.status, rep.reason = "failed", f"does not run: {_one_line(e)}"
+            continue
+        if not np.isfinite(rep.cosine) or rep.cosine < min_cosine:
+            rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {min_cosine}"
+        feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
+        opened.append((rep, model, feed))
+        if progress:
+            progress(f"checked {rep.path}: cosine {rep.cosine:.5f}, max abs error {rep.max_abs_error:.3g}")
+    samples: dict[int, list[float]] = {id(rep): [] for rep, _, _ in opened}
+    for _ in range(rounds):
+        for rep, model, feed in opened:
+            samples[id(rep)].append(measure(lambda m=model, f=feed: m.run(f), warmup=2, runs=runs).p50_ms)
+    for rep, model, _ in opened:
+        rep.p50_ms = statistics.median(samples[id(rep)])
+        model.close()
+    _speedups([rep for rep, _ in artifacts])
+
+
+def _ordered(feed: dict, model) -> list[np.ndarray]:
+    names = [s.name for s in model.inputs]
+    if all(n in feed for n in names):
+        return [feed[n] for n in names]
+    return list(feed.values())
+
+
+def _speedups(reports: list[ArtifactReport]) -> None:
+    """Speed of each artifact over its target's fp32 sibling; slower ones are flagged."""
+    base = {r.target: r.p50_ms for r in reports if r.precision == "fp32" and r.p50_ms}
+    for r in reports:
+        if r.p50_ms and r.target in base and r.precision != "fp32":
+            r.speedup = base[r.target] / r.p50_ms
+            if r.speedup < 0.95:
+                r.notes.append(f"slower than fp32 on this CPU ({r.speedup:.2f}x)")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

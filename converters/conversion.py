@@ -1,0 +1,350 @@
+"""``convert()``: one source to ONNX / OpenVINO IR / TFLite artifacts, each checked, as one package.
+
+    from converters import convert
+    report = convert("model.onnx", to=["onnx", "openvino", "tflite"], precisions=["fp32", "fp16", "int8"],
+                     calibration="images/", out="model-pkg")
+    print(report.table())
+
+Work happens in a temporary folder beside ``out``; the package moves into place in one
+rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgekit import __version__, package
+from edgekit.errors import BackendError, UsageError
+from edgekit.hostinfo import cpu_name
+from edgekit.types import Format
+
+from . import calibration as calib
+from . import card as cards
+from . import check as checks
+from . import onnx_target, openvino_target, sources, tflite_target
+from .report import ArtifactReport, ConversionReport
+
+log = logging.getLogger("edgekit.convert")
+
+TARGETS = ("onnx", "openvino", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+FORMAT_OF = {"onnx": Format.ONNX, "openvino": Format.OPENVINO, "tflite": Format.TFLITE}
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+MAX_CALIBRATION = 300  # samples used for calibration (more adds time, not accuracy)
+MAX_CHECK = 64  # samples the parity check runs on
+RANDOM_CHECK = 8  # random inputs checked when no data was given (fp32/fp16 parity only)
+
+
+class ConversionError(BackendError):
+    """The conversion produced nothing usable, or ``strict`` and something failed. Has ``.report``."""
+
+    def __init__(self, message: str, report: ConversionReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def parse_list(value, allowed: Sequence[str], what: str) -> list[str]:
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise UsageError(f"unknown {what} {', '.join(bad) or '(none given)'}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def default_out(source) -> Path:
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        return p.parent / f"{p.stem if p.is_file() else p.name}-edgekit"
+    raise UsageError("out= is required when converting a PyTorch module")
+
+
+def read_labels(labels) -> list[str] | None:
+    if labels is None or isinstance(labels, (list, tuple)):
+        return list(labels) if labels is not None else None
+    path = Path(labels)
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"labels file {path}: cannot be read ({e})") from e
+
+
+def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[str] | str = ("fp32", "fp16", "int8"),
+            calibration=None, check=None, out: str | Path | None = None, task: str | None = None,
+            labels=None, preprocess: dict | None = None, example_inputs=None, input_names=None,
+            output_names=None, name: str | None = None, min_cosine: float = 0.99, strict: bool = False,
+            progress: Callable[[str], None] | None = None) -> ConversionReport:
+    """Convert ``source`` to every target x precision, check each artifact, write a package at ``out``.
+
+    Args:
+        source: .onnx / .tflite / .xml file, Hugging Face model folder, edgekit package, or a
+            PyTorch ``nn.Module`` (then ``example_inputs`` and ``out`` are required).
+        to: targets, from ``onnx``, ``openvino``, ``tflite``.
+        precisions: from ``fp32``, ``fp16``, ``int8`` (calibrated; the fast recipe of each target),
+            ``int8-dynamic`` (weights only; no calibration; usually slower on CPUs).
+        calibration: folder or files of images / audio / a .txt of lines / .npy / .npz, or a list
+            of feed dicts. Required for ``int8``.
+        check: inputs to measure fidelity on (same kinds); default: the calibration data.
+        task, labels, preprocess: the package's task, class names (list or a file of lines) and
+            pre-processing (``{"image": {...}}``), overriding what the source carries.
+        min_cosine: an artifact whose outputs' cosine similarity to the source's is lower fails.
+        strict: any failed or skipped artifact fails the whole conversion (nothing is written).
+        progress: called with one line per step.
+
+    Returns:
+        The :class:`ConversionReport` (also written into the package's edgekit.json).
+
+    Raises:
+        UsageError: bad source, options or calibration data (names which and why).
+        ConversionError: nothing usable was produced, or ``strict`` and something failed.
+    """
+    t_start = time.perf_counter()
+    targets = parse_list(to, TARGETS, "target")
+    precs = parse_list(precisions, PRECISIONS, "precision")
+    out_dir = Path(out) if out is not None else default_out(source)
+    label_list = read_labels(labels)
+    say = _progress(progress, t_start)
+
+    staging = package.staging_dir(out_dir)
+    work = staging / ".work"
+    work.mkdir()
+    try:
+        say(f"reading {source if isinstance(source, (str, Path)) else type(source).__name__}")
+        prep = sources.prepare(source, work, example_inputs=example_inputs, input_names=input_names,
+                               output_names=output_names)
+        for note in prep.notes:
+            say(f"note: {note}")
+        metadata = _metadata(prep, name, task, label_list, preprocess)
+        cal = _load_data(calibration, prep, metadata, "calibration", say)
+        chk = _check_samples(check, cal, prep, metadata, say)
+        refs = [prep.reference(f) for f in chk.feeds]
+        report = ConversionReport(source=prep.label, out=str(out_dir), artifacts=[], host=cpu_name(),
+                                  calibration=cal.describe() if cal else {},
+                                  check={**chk.describe(), "against": prep.reference_label})
+        sources.copy_files(prep, staging)
+        cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
+        built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
+        if built:
+            say(f"checking {len(built)} artifacts on {len(chk.feeds)} inputs against {prep.reference_label}")
+            checks.check(built, chk.feeds, refs, prep.output_names,
+                         classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
+                         min_cosine=min_cosine, timing_feed=chk.feeds[0], progress=say)
+        report.seconds = round(time.perf_counter() - t_start, 1)
+        _finish_or_raise(report, strict)
+        shutil.rmtree(work)
+        manifest = _manifest(metadata, prep, report, min_cosine)
+        package.publish(staging, out_dir, manifest)
+        report.written = True
+        for a in report.artifacts:  # publish measured them
+            a.size = next((e["size"] for e in manifest["artifacts"] if e["path"] == a.path), a.size)
+        say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of {len(report.artifacts)} artifacts ok)")
+        return report
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _progress(progress, t0: float):
+    def say(line: str) -> None:
+        log.info("%s", line)
+        if progress is not None:
+            progress(f"[{time.perf_counter() - t0:6.1f}s] {line}")
+
+    return say
+
+
+def _metadata(prep, name, task, labels, preprocess) -> dict:
+    meta = dict(prep.metadata)
+    meta["name"] = name or meta.get("name") or prep.name
+    if task:
+        meta["task"] = task
+    if labels is not None:
+        meta["labels"] = labels
+    if preprocess:
+        merged = dict(meta.get("preprocess") or {})
+        for kind, values in preprocess.items():
+            merged[kind] = {**(merged.get(kind) or {}), **values}
+        meta["preprocess"] = merged
+    if meta.get("task") in ("image-classification", "text-classification") and meta.get("labels") is None:
+        log.info("no labels given: results will show class indices")
+    return meta
+
+
+def _load_data(spec, prep, metadata, what, say):
+    if spec is None:
+        return None
+    samples = calib.load(spec, prep.inputs, metadata, package_dir=prep.package_dir, what=what)
+    skipped = f", {len(samples.skipped)} files skipped" if samples.skipped else ""
+    say(f"{what}: {len(samples.feeds)} samples from {samples.source} ({samples.kind}){skipped}")
+    return samples
+
+
+def _check_samples(check, cal, prep, metadata, say):
+    if check is not None:
+        return _load_data(check, prep, metadata, "check", say)
+    if cal is not None:
+        return calib.Samples(calib.subset(cal.feeds, MAX_CHECK), f"{cal.source} (the calibration data)",
+                             kind=cal.kind)
+    feeds = [prep.example] if prep.example is not None else []
+    rnd = calib.random_samples(prep.inputs, RANDOM_CHECK, metadata.get("warmup_inputs"))
+    if prep.example is not None:  # random token ids mean nothing; the export's own example does
+        return calib.Samples(feeds, "the export's example inputs", kind="example")
+    say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")
+    return rnd
+
+
+def _plan(prep, target: str, precision: str, has_calibration: bool) -> str | None:
+    """Why this artifact cannot be made from this source (None: it can)."""
+    if precision == "int8" and not has_calibration:
+        return ("int8 needs calibration data: give --calib DIR|FILES (images, audio, a .txt of lines or "
+                ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
+    if prep.onnx is not None:
+        return None
+    if prep.native_format is Format.TFLITE:
+        if target == "onnx":
+            return "a TFLite source does not convert to ONNX here (no TFLite-to-ONNX converter is installed)"
+        if target == "tflite" and precision != "fp32":
+            return "re-quantizing a TFLite file needs its TensorFlow model: convert from ONNX or PyTorch instead"
+    if prep.native_format is Format.OPENVINO and target != "openvino":
+        return "OpenVINO IR converts only to OpenVINO IR (no IR-to-ONNX/TFLite converter exists)"
+    return None
+
+
+def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_feeds, refs, report, say):
+    built: list[tuple[ArtifactReport, Path]] = []
+    for target in targets:
+        todo = []
+        for precision in precs:
+            rep = ArtifactReport(target, precision, format=FORMAT_OF[target].value)
+            report.artifacts.append(rep)
+            why = _plan(prep, target, precision, bool(cal_feeds))
+            if why:
+                rep.status, rep.reason = "skipped", why
+                say(f"{target} {precision}: skipped ({why})")
+            else:
+                rep.path = f"model-{precision}{SUFFIX[target]}"
+                rep.layout = _layout(prep, target)
+                todo.append(rep)
+        if not todo:
+            continue
+        if target == "tflite":
+            built += _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say)
+            continue
+        for rep in todo:
+            say(f"{target} {rep.precision}: converting")
+            t0 = time.perf_counter()
+            dst = staging / rep.path
+            entry = rep.manifest_entry()
+            try:
+                if target == "onnx":
+                    rep.recipe = onnx_target.build(prep.onnx, rep.precision, dst, cal_feeds)
+                    cards.embed(dst, Format.ONNX, cards.make(metadata, entry))
+                else:
+                    src = prep.onnx if prep.onnx is not None else prep.native
+                    rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
+                                                       transformer=str(metadata.get("task", "")).startswith("text"))
+            except Exception as e:
+                _remove(dst)
+                rep.status, rep.reason, rep.path = "failed", f"conversion failed: {_one_line(e)}", None
+                say(f"{target} {rep.precision}: failed ({rep.reason})")
+                continue
+            rep.seconds = round(time.perf_counter() - t0, 1)
+            built.append((rep, dst))
+    return built
+
+
+def _layout(prep, target: str) -> str | None:
+    spec = prep.inputs[0] if prep.inputs else None
+    if spec is None or spec.shape is None or len(spec.shape) != 4:
+        return None
+    if target == "tflite" and prep.onnx is not None:
+        return "NHWC"  # onnx2tf moves channels last
+    return spec.layout
+
+
+def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say):
+    precisions = [r.precision for r in todo]
+    t0 = time.perf_counter()
+    if prep.onnx is None:  # a TFLite source: fp32 is the file itself
+        rep = todo[0]
+        dst = staging / rep.path
+        shutil.copy(prep.native, dst)
+        cards.embed(dst, Format.TFLITE, cards.make(metadata, rep.manifest_entry()))
+        rep.recipe, rep.layout = "the source file", prep.inputs[0].layout
+        return [(rep, dst)]
+    say(f"tflite {','.join(precisions)}: converting with onnx2tf (one run, TensorFlow starts first)")
+    try:
+        found = tflite_target.run_onnx2tf(prep.onnx, work / "onnx2tf", prep.inputs, precisions, cal_feeds, chk_feeds)
+    except Exception as e:
+        for rep in todo:
+            rep.status, rep.reason, rep.path = "failed", _one_line(e), None
+        say(f"tflite: failed ({_one_line(e)})")
+        return []
+    built = []
+    for rep in todo:
+        src = found.get(rep.precision)
+        if src is None:
+            rep.status, rep.reason, rep.path = "failed", "onnx2tf wrote no file for this precision", None
+            continue
+        dst = staging / rep.path
+        try:
+            tflite_target.finish(src, dst, [s.name for s in prep.inputs], prep.output_names, refs[0], chk_feeds[0],
+                                 cards.make(metadata, rep.manifest_entry()))
+        except Exception as e:
+            _remove(dst)
+            rep.status, rep.reason, rep.path = "failed", f"conversion failed: {_one_line(e)}", None
+            continue
+        rep.recipe = tflite_target.RECIPES[rep.precision]
+        rep.seconds = round(time.perf_counter() - t0, 1)
+        built.append((rep, dst))
+    return built
+
+
+def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
+    bad = [a for a in report.artifacts if not a.ok]
+    if strict and bad:
+        what = "; ".join(f"{a.target} {a.precision}: {a.status} ({a.reason})" for a in bad)
+        raise ConversionError(f"--strict: {len(bad)} artifacts not ok, nothing written: {what}", report)
+    if not any(a.ok for a in report.artifacts):
+        what = "; ".join(f"{a.target} {a.precision}: {a.reason}" for a in report.artifacts)
+        raise ConversionError(f"no artifact could be made, nothing written: {what}", report)
+
+
+def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float) -> dict:
+    manifest = dict(metadata)
+    manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
+    manifest["conversion"] = {
+        "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,
+        "edgekit": __version__, "tools": _tool_versions(), "host": report.host,
+        "calibration": report.calibration, "check": report.check, "min_cosine": min_cosine,
+        "seconds": report.seconds, "notes": prep.notes,
+        "not_produced": [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.reason}
+                         for a in report.artifacts if not a.path],
+    }
+    return manifest
+
+
+def _tool_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "onnx2tf", "tensorflow-cpu", "torch"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_suffix(".bin")):
+        if p.exists():
+            p.unlink()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

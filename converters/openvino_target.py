@@ -1,0 +1,42 @@
+"""OpenVINO IR artifacts: fp32, fp16 (compressed weights), int8 (NNCF post-training quantization).
+
+OpenVINO reads ONNX and TFLite directly, so the source here is the fp32 ONNX hub or a
+TFLite/IR source file as given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.formats import CARD_KEY
+
+RECIPES = {
+    "fp32": "openvino.convert_model, fp32 weights",
+    "fp16": "fp16-compressed weights (ov.save_model compress_to_fp16)",
+    "int8": "NNCF post-training quantization, MinMax/FastBiasCorrection on the calibration data",
+    "int8-dynamic": "NNCF int8 weight compression (activations stay float)",
+}
+
+
+def build(source: Path, precision: str, dst: Path, calibration: list[dict] | None, card: str,
+          *, transformer: bool = False) -> str:
+    """Write the ``precision`` IR of ``source`` to ``dst`` (.xml + .bin); returns the recipe in words."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
+    if precision == "int8":
+        import nncf
+
+        if not calibration:
+            raise ValueError("int8 needs calibration data")
+        model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+    elif precision == "int8-dynamic":
+        import nncf
+
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    elif precision not in ("fp32", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}")
+    model.set_rt_info(card, [CARD_KEY])
+    ov.save_model(model, str(dst), compress_to_fp16=precision == "fp16")
+    return RECIPES[precision]

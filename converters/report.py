@@ -1,0 +1,103 @@
+"""What a conversion produced: one row per artifact, as data (the CLI prints it, edgekit.json keeps it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ArtifactReport:
+    """One artifact (or one target that produced none).
+
+    ``status`` is "ok", "failed" (conversion or parity failed: never chosen by
+    :func:`edgekit.load`) or "skipped" (not possible from this source, or not asked
+    with what it needs); ``reason`` says why in one line.
+    """
+
+    target: str  # "onnx" | "openvino" | "tflite"
+    precision: str  # "fp32" | "fp16" | "int8" | "int8-dynamic"
+    path: str | None = None  # relative to the package
+    format: str | None = None
+    recipe: str = ""
+    layout: str | None = None
+    size: int | None = None
+    p50_ms: float | None = None
+    speedup: float | None = None  # over the fp32 artifact of the same target, measured in the same run
+    max_abs_error: float | None = None
+    cosine: float | None = None
+    top1_agreement: float | None = None
+    status: str = "ok"
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def manifest_entry(self) -> dict:
+        """The artifact's entry in edgekit.json (sha256 and size are added when published)."""
+        entry = {"path": self.path, "format": self.format, "precision": self.precision, "recipe": self.recipe,
+                 "layout": self.layout, "status": self.status}
+        if self.reason:
+            entry["reason"] = self.reason
+        parity = {k: v for k, v in (("max_abs_error", self.max_abs_error), ("cosine", self.cosine),
+                                    ("top1_agreement", self.top1_agreement)) if v is not None}
+        if parity:
+            entry["parity"] = parity
+        if self.p50_ms is not None:
+            entry["latency_ms"] = {"p50": round(self.p50_ms, 4)}
+        if self.speedup is not None:
+            entry["speedup_vs_fp32"] = round(self.speedup, 3)
+        if self.notes:
+            entry["notes"] = list(self.notes)
+        return {k: v for k, v in entry.items() if v is not None}
+
+
+@dataclass
+class ConversionReport:
+    source: str
+    out: str | None
+    artifacts: list[ArtifactReport]
+    calibration: dict = field(default_factory=dict)  # {"source", "samples", "skipped": [[path, why], ...]}
+    check: dict = field(default_factory=dict)  # what parity was measured on, and against what
+    host: str = ""
+    seconds: float = 0.0
+    written: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every artifact asked for was produced and passed its checks."""
+        return bool(self.artifacts) and all(a.ok for a in self.artifacts)
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["ok"] = self.ok
+        return doc
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the final table the CLI prints."""
+        header = ["artifact", "format", "precision", "size", "p50 ms", "vs fp32", "max abs err", "cosine",
+                  "top-1", "status"]
+        rows = []
+        for a in self.artifacts:
+            status = a.status if not a.reason else f"{a.status}: {a.reason}"
+            if a.ok and a.notes:
+                status = f"ok ({'; '.join(a.notes)})"
+            rows.append([a.path or "-", a.format or a.target, a.precision, _size(a.size), _num(a.p50_ms, 2),
+                         f"{a.speedup:.2f}x" if a.speedup is not None else "-", _num(a.max_abs_error, 3, sci=True),
+                         _num(a.cosine, 5), f"{a.top1_agreement:.0%}" if a.top1_agreement is not None else "-",
+                         status])
+        return header, rows
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _num(x: float | None, digits: int, *, sci: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if sci else f"{x:.{digits}f}"

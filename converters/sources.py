@@ -1,0 +1,393 @@
+"""Conversion sources, each turned into the fp32 ONNX "hub" model (or used as is) plus a reference.
+
+A source is an ONNX file, a PyTorch ``nn.Module`` with example inputs, a Hugging Face
+model folder, an edgekit package (its fp32 ONNX artifact, with its task and labels), or
+a TFLite / OpenVINO IR file (converted only where the tools allow). The reference is
+what every artifact is checked against: the PyTorch module itself for PyTorch and
+Hugging Face sources, the source file on its own runtime otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import formats, package
+from edgekit.errors import ModelFileError, UsageError
+from edgekit.types import Format, TensorSpec
+
+log = logging.getLogger("edgekit.convert")
+
+OPSET = 18  # what the exporters write; older ONNX files are upgraded to it when below MIN_OPSET
+MIN_OPSET = 13  # per-channel QDQ and onnx2tf's best-supported range start here
+RUNTIME_OF = {Format.ONNX: "onnxruntime", Format.OPENVINO: "openvino", Format.TFLITE: "litert"}
+
+
+@dataclass
+class Prepared:
+    """A source made ready: the fp32 ONNX hub (if any), the native file (TFLite/IR), a reference."""
+
+    kind: str  # "onnx" | "pytorch" | "huggingface" | "package" | "tflite" | "openvino"
+    label: str
+    name: str
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    reference: Callable[[dict], list[np.ndarray]]
+    reference_label: str
+    onnx: Path | None = None
+    native: Path | None = None
+    native_format: Format | None = None
+    metadata: dict = field(default_factory=dict)  # task, labels, preprocess, postprocess, warmup_inputs, ...
+    files: dict[str, Path] = field(default_factory=dict)  # package-relative name -> file to copy in
+    notes: list[str] = field(default_factory=list)
+    example: dict | None = None  # one real input (PyTorch / Hugging Face sources)
+
+    @property
+    def package_dir(self) -> Path | None:
+        """Where the metadata's relative files (tokenizer) are found before they are copied."""
+        if "tokenizer.json" in self.files:
+            return self.files["tokenizer.json"].parent
+        return None
+
+
+def prepare(source, work: Path, *, example_inputs=None, input_names=None, output_names=None) -> Prepared:
+    """Turn ``source`` into a :class:`Prepared` inside the temporary folder ``work``."""
+    if _is_torch_module(source):
+        if example_inputs is None:
+            raise UsageError("a PyTorch module needs example_inputs=(tensor, ...) to be exported")
+        return _from_torch(source, example_inputs, work, input_names, output_names)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelFileError(path, "no such file or folder")
+    if path.is_dir():
+        if (path / formats.MANIFEST).is_file():
+            return _from_package(path, work)
+        if (path / "config.json").is_file():
+            return _from_huggingface(path, work)
+        raise ModelFileError(path, f"a folder converts only as a Hugging Face model (config.json) or an edgekit "
+                                   f"package ({formats.MANIFEST}); this one has neither")
+    fmt = formats.detect(path)
+    formats.validate(path, fmt)
+    if fmt is Format.ONNX:
+        return _from_onnx(path, work)
+    return _from_native(path, fmt)
+
+
+# --- ONNX -------------------------------------------------------------------------------------------
+
+def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
+    """Upgrade an old opset, simplify and constant-fold (onnxslim), save self-contained at ``dst``.
+
+    Weights computed by nodes become initializers, shapes are folded: what onnx2tf and the
+    quantizers need from graphs as older exporters wrote them. Each step that cannot be
+    done is noted and skipped; the graph is never made worse.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < MIN_OPSET:
+        try:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, OPSET)
+            notes.append(f"opset {opset} upgraded to {OPSET}")
+        except Exception as e:
+            notes.append(f"opset {opset} kept (upgrade failed: {_one_line(e)})")
+    try:
+        import onnxslim
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slim = onnxslim.slim(model)
+        if slim is not None:
+            model = slim
+    except ImportError:
+        notes.append("not simplified: onnxslim is not installed (pip install 'edgekit[convert]')")
+    except Exception as e:
+        notes.append(f"not simplified (onnxslim: {_one_line(e)})")
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _from_onnx(path: Path, work: Path) -> Prepared:
+    notes: list[str] = []
+    hub = prepare_onnx(path, work / "hub.onnx", notes)
+    card = formats.read_card(path, Format.ONNX)
+    ref, inputs, outputs = _runtime_reference(path, Format.ONNX)
+    return Prepared("onnx", str(path), card.get("name") or path.stem, inputs, outputs, ref,
+                    f"{path.name} on ONNX Runtime", onnx=hub, metadata=_carried(card), notes=notes)
+
+
+def _runtime_reference(path: Path, fmt: Format):
+    import edgekit
+
+    model = edgekit.load(path, device=RUNTIME_OF[fmt])
+    names = [s.name for s in model.outputs]
+
+    def reference(feed: dict) -> list[np.ndarray]:
+        out = model.run(feed)
+        return [out[n] for n in names]
+
+    return reference, list(model.inputs), names
+
+
+def _carried(meta: dict) -> dict:
+    keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def _from_package(path: Path, work: Path) -> Prepared:
+    pkg = package.read(path)
+    src = next((a for a in pkg.artifacts if a.format is Format.ONNX and a.precision in ("fp32", "stored")
+                and a.status == "ok"), None)
+    if src is None:
+        raise ModelFileError(path, "the package has no fp32 ONNX artifact to convert from")
+    package.verify(src)
+    prep = _from_onnx(src.path, work)
+    prep.kind, prep.label, prep.name = "package", str(path), pkg.name
+    prep.metadata = _carried(pkg.manifest)
+    tok = (prep.metadata.get("preprocess") or {}).get("text", {}).get("tokenizer")
+    if tok:
+        prep.files[tok] = path / tok
+    return prep
+
+
+def _from_native(path: Path, fmt: Format) -> Prepared:
+    ref, inputs, outputs = _runtime_reference(path, fmt)
+    card = formats.read_card(path, fmt)
+    runtime = {Format.TFLITE: "LiteRT", Format.OPENVINO: "OpenVINO"}[fmt]
+    return Prepared(fmt.value if fmt is Format.TFLITE else "openvino", str(path), card.get("name") or path.stem,
+                    inputs, outputs, ref, f"{path.name} on {runtime}", native=path, native_format=fmt,
+                    metadata=_carried(card))
+
+
+# --- PyTorch ----------------------------------------------------------------------------------------
+
+def _is_torch_module(obj) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def export_torch(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                 dynamic: dict[int, str] | None, notes: list[str], *, prefer_legacy: bool = False) -> None:
+    """``torch.onnx.export`` with a dynamic batch (and any other ``dynamic`` axes) where the model allows.
+
+    Tries torch.export's exporter (the maintained one) first, then the TorchScript exporter,
+    then each without dynamic axes; what had to give is noted.
+    """
+    import torch
+
+    dynamic = dynamic if dynamic is not None else {0: "batch"}
+    attempts = [("dynamo", dynamic), ("torchscript", dynamic), ("dynamo", {}), ("torchscript", {})]
+    if prefer_legacy:
+        attempts = [attempts[1], attempts[0], attempts[3], attempts[2]]
+    errors = []
+    for exporter, axes in attempts:
+        try:
+            _export_once(torch, module, args, path, input_names, output_names, axes, exporter)
+        except Exception as e:
+            errors.append(f"{exporter}{' (dynamic)' if axes else ''}: {_one_line(e)}")
+            log.debug("export with %s failed: %s", exporter, e)
+            for p in path.parent.glob(path.name + "*"):
+                p.unlink()
+            continue
+        if exporter != attempts[0][0] or axes != attempts[0][1]:
+            notes.append(f"exported with the {exporter} exporter{'' if axes else ', static shapes'} "
+                         f"({errors[0]})")
+        _inline_weights(path)
+        return
+    raise UsageError("the PyTorch module cannot be exported to ONNX: " + "; ".join(errors))
+
+
+def _export_once(torch, module, args, path, input_names, output_names, axes, exporter) -> None:
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                dims = {axis: torch.export.Dim(name) for axis, name in axes.items()}
+                shapes = tuple({a: d for a, d in dims.items() if a < t.ndim} for t in args) if axes else None
+                torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                                  dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
+            else:
+                dyn = {n: dict(axes) for n in input_names}
+                dyn.update({n: {0: axes[0]} for n in output_names if 0 in axes})
+                torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                                  dynamic_axes=dyn or None, opset_version=OPSET, dynamo=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def _inline_weights(path: Path) -> None:
+    """One self-contained .onnx (< 2 GB) instead of an .onnx + .onnx.data pair."""
+    import onnx
+
+    sidecars = [p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
+    if sidecars:
+        onnx.save(onnx.load(str(path)), str(path))
+        for p in sidecars:
+            p.unlink()
+
+
+def _torch_reference(module, input_names: list[str]):
+    import torch
+
+    def reference(feed: dict) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().numpy() for o in outs]
+
+    return reference
+
+
+def _specs_of(args, names) -> list[TensorSpec]:
+    import edgekit.types as t
+
+    return [TensorSpec(n, (None, *a.shape[1:]), np.dtype(str(a.numpy().dtype)), t.guess_layout((None, *a.shape[1:])))
+            for n, a in zip(names, args)]
+
+
+def _from_torch(module, example_inputs, work: Path, input_names=None, output_names=None) -> Prepared:
+    import torch
+
+    module = module.eval()
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    args = tuple(torch.as_tensor(a) for a in args)
+    names_in = list(input_names or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]))
+    with torch.no_grad():
+        out = module(*args)
+    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+    names_out = list(output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
+    notes: list[str] = []
+    raw = work / "export.onnx"
+    export_torch(module, args, raw, names_in, names_out, {0: "batch"}, notes)
+    hub = prepare_onnx(raw, work / "hub.onnx", notes)
+    example = {n: a.numpy() for n, a in zip(names_in, args)}
+    return Prepared("pytorch", type(module).__name__, type(module).__name__.lower(), _hub_inputs(hub),
+                    names_out, _torch_reference(module, names_in), "the PyTorch module", onnx=hub, notes=notes,
+                    example=example)
+
+
+def _hub_inputs(path: Path) -> list[TensorSpec]:
+    import edgekit
+
+    with edgekit.load(path, device="onnxruntime") as m:
+        return list(m.inputs)
+
+
+# --- Hugging Face folders -------------------------------------------------------------------------
+
+def sentence_embedder(encoder):
+    """BERT-style encoder + mean pooling over real tokens + L2 normalisation (sentence-transformers' recipe)."""
+    import torch
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    return SentenceEmbedder(encoder).eval()
+
+
+def sequence_logits(model):
+    """A sequence classifier whose graph returns plain logits."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+
+    return Logits(model).eval()
+
+
+def max_length_of(folder: Path, config: dict) -> int:
+    """The model's token limit: sentence-transformers' max_seq_length, the tokenizer's, or the positions."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int) and 0 < value < 100_000:
+            return value
+    return int(config.get("max_position_embeddings", 512))
+
+
+def _from_huggingface(folder: Path, work: Path) -> Prepared:
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoModel, AutoModelForSequenceClassification
+    except ImportError:
+        raise UsageError("converting a Hugging Face folder needs torch and transformers: "
+                         "pip install 'edgekit[samples]'") from None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelFileError(folder, "no tokenizer.json (the fast tokenizer file edgekit's text tasks read)")
+    arch = (config.get("architectures") or [""])[0]
+    classify = arch.endswith("ForSequenceClassification")
+    loader = AutoModelForSequenceClassification if classify else AutoModel
+    try:
+        hf = loader.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
+    except Exception as e:
+        raise ModelFileError(folder, f"transformers cannot load it ({_one_line(e)})") from e
+    module = sequence_logits(hf) if classify else sentence_embedder(hf)
+    forward = inspect.signature(hf.forward).parameters
+    names_in = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward else [])
+    out_name = "logits" if classify else "sentence_embedding"
+    limit = max_length_of(folder, config)
+    from edgekit.tasks.text import Tokenizer
+
+    tok = Tokenizer(folder / "tokenizer.json", max_length=limit)
+    enc = tok.encode(["edgekit exports this model to ONNX.", "A second, longer example sentence for the export."])
+    import torch
+
+    args = tuple(torch.from_numpy(enc[n]) for n in names_in)
+    notes: list[str] = []
+    raw = work / "export.onnx"
+    # The TorchScript exporter first: ONNX Runtime ran its BERT graph 5-9 % faster than torch.export's.
+    export_torch(module, args, raw, names_in, [out_name], {0: "batch", 1: "sequence"}, notes, prefer_legacy=True)
+    hub = prepare_onnx(raw, work / "hub.onnx", notes)
+    meta = {"name": folder.name, "task": "text-classification" if classify else "text-embedding",
+            "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": limit}}}
+    if classify:
+        id2label = config.get("id2label") or {}
+        meta["labels"] = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+        meta["postprocess"] = {"activation": "softmax"}
+    else:
+        meta["postprocess"] = {"pooling": "mean (in graph)", "normalized": True}
+    return Prepared("huggingface", str(folder), folder.name, _hub_inputs(hub), [out_name],
+                    _torch_reference(module, names_in), f"{arch or 'the model'} in PyTorch (transformers)",
+                    onnx=hub, metadata=meta, files={"tokenizer.json": folder / "tokenizer.json"}, notes=notes,
+                    example={n: enc[n] for n in names_in})
+
+
+def copy_files(prep: Prepared, staging: Path) -> None:
+    for rel, src in prep.files.items():
+        shutil.copy(src, staging / rel)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,185 @@
+"""TFLite artifacts through onnx2tf, run offline in a child process: fp32, fp16, int8, int8-dynamic.
+
+What onnx2tf needs, and gets here:
+- a *copy* of the model (it rewrites its input file in place), with static shapes (batch 1;
+  it mis-infers layouts on dynamic graphs from torch.export) and simplified again;
+- ``-osd`` so the TFLite file has a signature with the ONNX input names;
+- calibration arrays in TF layout (NHWC) through ``-cind`` for full int8, and the sample-image
+  .npy it would otherwise download from GitHub for image-like inputs, written from our own
+  data into its working folder. Nothing is fetched from the network.
+Its quantized outputs are named ``Identity`` / ``output_0``; the signatures are renamed to the
+ONNX output names, matched by value against the source. The card goes in as TFLite metadata.
+One onnx2tf run writes every precision at once (TensorFlow's import alone takes seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.types import TensorSpec
+
+log = logging.getLogger("edgekit.convert")
+
+RECIPES = {
+    "fp32": "onnx2tf, NHWC, batch 1",
+    "fp16": "onnx2tf float16 weights (float32 compute on CPU)",
+    "int8": "onnx2tf full integer quantization, per-channel, calibrated; float32 inputs/outputs",
+    "int8-dynamic": "onnx2tf dynamic-range quantization (int8 weights)",
+}
+_SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "integer_quant", "int8-dynamic": "dynamic_range_quant"}
+# onnx2tf looks for this file in its working folder before downloading it (utils/common_functions.py).
+_ONNX2TF_TEST_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+TIMEOUT_S = 1800
+
+
+class Onnx2TfError(RuntimeError):
+    pass
+
+
+def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict) -> dict[str, tuple]:
+    """``hub`` with every dynamic input dim fixed (batch 1, others from ``sample``), re-simplified."""
+    import onnx
+
+    model = onnx.load(str(hub))
+    shapes = {}
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if not len(dims):
+            continue
+        given = sample.get(inp.name)
+        for i, d in enumerate(dims):
+            if not d.dim_value:
+                value = 1 if i == 0 or given is None else int(given.shape[i])
+                d.ClearField("dim_param")
+                d.dim_value = value
+        shapes[inp.name] = tuple(d.dim_value for d in dims)
+    for out in model.graph.output:  # let shape inference recompute them
+        for d in out.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.ClearField("dim_param")
+    del model.graph.value_info[:]
+    try:
+        import onnxslim
+
+        model = onnxslim.slim(model) or model
+    except Exception as e:  # the static graph still converts more often than not
+        log.info("onnxslim on the static copy failed: %s", e)
+    onnx.save(model, str(dst))
+    return shapes
+
+
+def _tf_layout(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)) if x.ndim == 4 else x
+
+
+def _fit(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """Pad (zeros) or cut a sample to a static shape (sequence models calibrated on varied lengths)."""
+    if x.shape == shape:
+        return x
+    out = np.zeros(shape, x.dtype)
+    region = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))
+    out[region] = x[region]
+    return out
+
+
+def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: list[str],
+                calibration: list[dict] | None, samples: list[dict]) -> dict[str, Path]:
+    """Convert in ``work``; returns precision -> .tflite path for each file onnx2tf wrote."""
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model.onnx"
+    shapes = static_copy(hub, model, inputs, samples[0])
+    cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error"]
+    if "int8" in precisions or "int8-dynamic" in precisions:
+        cmd.append("-oiqt")
+    if "int8" in precisions:
+        if not calibration:
+            raise ValueError("full int8 needs calibration data")
+        for name, shape in shapes.items():
+            arr = np.concatenate([_tf_layout(_fit(c[name], shape)) for c in calibration]).astype(np.float32)
+            np.save(work / f"calib_{len(cmd)}.npy", arr)
+            zeros = "[" * arr.ndim + "0.0" + "]" * arr.ndim
+            ones = "[" * arr.ndim + "1.0" + "]" * arr.ndim
+            cmd += ["-cind", name, f"calib_{len(cmd)}.npy", zeros, ones]
+    image_like = [n for n, s in shapes.items() if len(s) == 4]
+    if image_like:  # what onnx2tf would download to validate image-like inputs
+        data = calibration or samples
+        test = np.concatenate([_tf_layout(_fit(d[image_like[0]], shapes[image_like[0]])) for d in data[:20]])
+        np.save(work / _ONNX2TF_TEST_IMAGES, test.astype(np.float32))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1", "TF_ENABLE_ONEDNN_OPTS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    log_path = work / "onnx2tf.log"
+    with log_path.open("w") as logf:
+        try:
+            proc = subprocess.run(cmd, cwd=work, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise Onnx2TfError(f"onnx2tf ran past {TIMEOUT_S} s") from None
+    found = {p: work / "tf" / f"model_{s}.tflite" for p, s in _SUFFIX.items() if p in precisions}
+    found = {p: f for p, f in found.items() if f.is_file()}
+    if proc.returncode != 0 or not found:
+        raise Onnx2TfError(f"onnx2tf failed: {tool_reason(log_path.read_text(errors='replace'))}")
+    return found
+
+
+def tool_reason(log_text: str) -> str:
+    """The line of onnx2tf's log that says why it failed."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(("ValueError", "TypeError", "RuntimeError", "NotImplementedError", "KeyError",
+                          "IndexError", "AssertionError", "Exception", "ModuleNotFoundError", "ImportError",
+                          "requests.exceptions", "tensorflow.", "onnx.")):
+            return ln[:400]
+    errors = [ln for ln in lines if "ERROR" in ln]
+    return (errors[0] if errors else (lines[-1] if lines else "no output"))[:400]
+
+
+def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], reference_out: list[np.ndarray],
+           feed: dict, card: str) -> None:
+    """Rename the signature's tensors to the ONNX names (outputs matched by value), embed the card."""
+    import edgekit
+    from ai_edge_litert import schema_py_generated as s
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    from .card import _set_metadata
+    from .check import adapt, align
+
+    with edgekit.load(src, device="litert") as m:
+        in_specs = list(m.inputs)
+        ordered = [feed[n] for n in names_in] if all(n in feed for n in names_in) else list(feed.values())
+        out = m.run({spec.name: adapt(x, spec) for spec, x in zip(in_specs, ordered)})
+    rename: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, ref in zip(names_out, reference_out):
+        best, best_cos = None, -2.0
+        for art_name, y in out.items():
+            if art_name in taken:
+                continue
+            try:
+                a, b = np.ravel(align(y, ref)).astype(np.float64), np.ravel(ref).astype(np.float64)
+            except ValueError:
+                continue
+            cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+            if cos > best_cos:
+                best, best_cos = art_name, cos
+        if best is not None:
+            rename[best] = name
+            taken.add(best)
+    in_rename = {spec.name: n for spec, n in zip(in_specs, names_in) if spec.name != n}
+    model = fu.read_model(str(src))
+    for sig in model.signatureDefs or []:
+        for tm in sig.inputs or []:
+            tm.name = in_rename.get(_text(tm.name), _text(tm.name))
+        for tm in sig.outputs or []:
+            tm.name = rename.get(_text(tm.name), _text(tm.name))
+    _set_metadata(s, model, card)
+    fu.write_model(model, str(dst))
+
+
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else x
