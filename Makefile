@@ -13,9 +13,9 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Re-installs when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml samples/sources.txt | $(BIN)/python
-	$(BIN)/pip install -q -e ".[gui,dev,samples]"
-	$(BIN)/pip install -q --no-deps -r samples/sources.txt
+$(VENV)/.installed: pyproject.toml samples/sources.txt converters/onnx2tf.txt | $(BIN)/python
+	$(BIN)/pip install -q -e ".[gui,dev,samples,convert]"
+	$(BIN)/pip install -q --no-deps -r samples/sources.txt -r converters/onnx2tf.txt
 	touch $@
 
 install: $(VENV)/.installed

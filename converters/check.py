@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,7 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
     samples: dict[int, list[float]] = {id(rep): [] for rep, _, _ in opened}
     for _ in range(rounds):
         for rep, model, feed in opened:
+            time.sleep(0.05)  # let the previous runtime's worker threads stop spinning: they would steal a core
             samples[id(rep)].append(measure(lambda m=model, f=feed: m.run(f), warmup=2, runs=runs).p50_ms)
     for rep, model, _ in opened:
         rep.p50_ms = statistics.median(samples[id(rep)])

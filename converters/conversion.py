@@ -201,6 +201,10 @@ def _plan(prep, target: str, precision: str, has_calibration: bool) -> str | Non
     if precision == "int8" and not has_calibration:
         return ("int8 needs calibration data: give --calib DIR|FILES (images, audio, a .txt of lines or "
                 ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
+    if target == "tflite" and precision == "int8" and any(s.dtype.kind != "f" for s in prep.inputs):
+        return ("onnx2tf calibrates full int8 with float inputs only; this model takes "
+                + ", ".join(f"{s.name} ({s.dtype})" for s in prep.inputs if s.dtype.kind != "f")
+                + ": use int8-dynamic for TFLite")
     if prep.onnx is not None:
         return None
     if prep.native_format is Format.TFLITE:
@@ -310,7 +314,7 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         raise ConversionError(f"--strict: {len(bad)} artifacts not ok, nothing written: {what}", report)
     if not any(a.ok for a in report.artifacts):
         what = "; ".join(f"{a.target} {a.precision}: {a.reason}" for a in report.artifacts)
-        raise ConversionError(f"no artifact could be made, nothing written: {what}", report)
+        raise ConversionError(f"no usable artifact, nothing written: {what}", report)
 
 
 def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float) -> dict:
@@ -331,7 +335,7 @@ def _tool_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "onnx2tf", "tensorflow-cpu", "torch"):
+    for dist in ("onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "onnx2tf", "tensorflow", "torch"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -340,7 +344,7 @@ def _tool_versions() -> dict:
 
 
 def _remove(path: Path) -> None:
-    for p in (path, path.with_suffix(".bin")):
+    for p in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
         if p.exists():
             p.unlink()
 

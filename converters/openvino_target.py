@@ -6,6 +6,8 @@ TFLite/IR source file as given.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 from edgekit.formats import CARD_KEY
@@ -24,6 +26,14 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
     import openvino as ov
 
     model = ov.Core().read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout; keep it for --json
+        model = _compress(model, precision, calibration, transformer)
+    model.set_rt_info(card, [CARD_KEY])
+    ov.save_model(model, str(dst), compress_to_fp16=precision == "fp16")
+    return RECIPES[precision]
+
+
+def _compress(model, precision: str, calibration: list[dict] | None, transformer: bool):
     if precision == "int8":
         import nncf
 
@@ -37,6 +47,4 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     elif precision not in ("fp32", "fp16"):
         raise ValueError(f"unknown precision {precision!r}")
-    model.set_rt_info(card, [CARD_KEY])
-    ov.save_model(model, str(dst), compress_to_fp16=precision == "fp16")
-    return RECIPES[precision]
+    return model

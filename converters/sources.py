@@ -120,9 +120,9 @@ def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
 
 def _from_onnx(path: Path, work: Path) -> Prepared:
     notes: list[str] = []
+    ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
     hub = prepare_onnx(path, work / "hub.onnx", notes)
     card = formats.read_card(path, Format.ONNX)
-    ref, inputs, outputs = _runtime_reference(path, Format.ONNX)
     return Prepared("onnx", str(path), card.get("name") or path.stem, inputs, outputs, ref,
                     f"{path.name} on ONNX Runtime", onnx=hub, metadata=_carried(card), notes=notes)
 
@@ -302,7 +302,9 @@ def sentence_embedder(encoder):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+            # = F.normalize(pooled, dim=1), written without ReduceL2, which onnx2tf cannot convert
+            norm = (pooled * pooled).sum(1, keepdim=True).sqrt().clamp(min=1e-12)
+            return pooled / norm
 
     return SentenceEmbedder(encoder).eval()
 

@@ -3,6 +3,7 @@
 What onnx2tf needs, and gets here:
 - a *copy* of the model (it rewrites its input file in place), with static shapes (batch 1;
   it mis-infers layouts on dynamic graphs from torch.export) and simplified again;
+- ``-rtpo Erf GeLU`` so transformers need no Flex ops LiteRT lacks;
 - ``-osd`` so the TFLite file has a signature with the ONNX input names;
 - calibration arrays in TF layout (NHWC) through ``-cind`` for full int8, and the sample-image
   .npy it would otherwise download from GitHub for image-like inputs, written from our own
@@ -94,14 +95,17 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.onnx"
     shapes = static_copy(hub, model, inputs, samples[0])
-    cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error"]
-    if "int8" in precisions or "int8-dynamic" in precisions:
-        cmd.append("-oiqt")
+    # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
+    # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
+    cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
+    if "int8-dynamic" in precisions and "int8" not in precisions:
+        cmd.append("-odrqt")  # dynamic range only: -oiqt would need float inputs to calibrate
     if "int8" in precisions:
+        cmd.append("-oiqt")  # writes the dynamic-range file too
         if not calibration:
             raise ValueError("full int8 needs calibration data")
         for name, shape in shapes.items():
-            arr = np.concatenate([_tf_layout(_fit(c[name], shape)) for c in calibration]).astype(np.float32)
+            arr = np.concatenate([_tf_layout(_fit(c[name], shape)) for c in calibration])
             np.save(work / f"calib_{len(cmd)}.npy", arr)
             zeros = "[" * arr.ndim + "0.0" + "]" * arr.ndim
             ones = "[" * arr.ndim + "1.0" + "]" * arr.ndim

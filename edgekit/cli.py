@@ -1,4 +1,4 @@
-"""The ``edgekit`` command: devices, info, run, bench (and samples, predict, demo in cli_tasks).
+"""The ``edgekit`` command: devices, info, run, bench (samples, predict, demo in cli_tasks; convert in converters.cli).
 
 Every command takes ``--json`` (one JSON document on stdout; logs and progress go
 to stderr). Errors print one line without a traceback: exit 2 for a bad file,
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="inputs to time on (default: synthetic)")
     cli_tasks.add_parsers(add)
+    _add_convert(add)
     return p
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"devices": cmd_devices, "info": cmd_info, "run": cmd_run, "bench": cmd_bench,
                "samples": _task_command(cli_tasks.cmd_samples), "predict": _task_command(cli_tasks.cmd_predict),
-               "demo": _task_command(cli_tasks.cmd_demo)}[args.command]
+               "demo": _task_command(cli_tasks.cmd_demo), "convert": _task_command(_cmd_convert)}[args.command]
     try:
         code = handler(args) or 0
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
@@ -92,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edgekit ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _add_convert(add) -> None:
+    try:
+        from converters.cli import add_parser
+    except ImportError:  # edgekit installed without its converters package
+        return
+    add_parser(add)
+
+
+def _cmd_convert(args, emit_json, table) -> int:
+    from converters.cli import cmd_convert
+
+    return cmd_convert(args, emit_json, table)
 
 
 def _task_command(fn):

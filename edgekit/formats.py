@@ -238,6 +238,8 @@ def _tflite_metadata(path: Path, name: str) -> str | None:
         for i in range(m.MetadataLength()):
             md = m.Metadata(i)
             if md.Name() and md.Name().decode() == name:
-                data = m.Buffers(md.Buffer()).DataAsNumpy()
-                return bytes(data).decode("utf-8") if not isinstance(data, int) else None
+                b = m.Buffers(md.Buffer())
+                n = b.DataLength()
+                start = b._tab.Vector(b._tab.Offset(4)) if n else 0  # no numpy view: it would pin the mmap
+                return bytes(buf[start:start + n]).decode("utf-8") if n else None
     return None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import formats
 from .errors import BackendError, EdgekitError, InputError
 from .selection import parse_policy, resolve_source, select
 from .types import Precision, Selection, TensorSpec
@@ -113,11 +114,17 @@ class Model:
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
+        self._card: dict | None = None
 
     @property
     def metadata(self) -> dict:
-        """The package manifest (task, labels, pre-processing), or {} for a lone file."""
-        return dict(self.package.manifest) if self.package is not None else {}
+        """The package manifest (task, labels, pre-processing); for a lone file, the card the
+        converter embedded in it, or {}."""
+        if self.package is not None:
+            return dict(self.package.manifest)
+        if self._card is None:
+            self._card = formats.read_card(self.path, formats.detect(self.path))
+        return dict(self._card)
 
     def run(self, inputs: Mapping[str, object] | Sequence[object] | np.ndarray) -> dict[str, np.ndarray]:
         """Run the model once.

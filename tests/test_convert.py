@@ -1,0 +1,382 @@
+"""The converter layer, end to end: real exports, real quantizers, real onnx2tf, real runtimes.
+
+Conversions are shared across tests (module-scoped fixtures): TensorFlow alone takes seconds
+to start, so onnx2tf runs once per source kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+torch = pytest.importorskip("torch", reason="the PyTorch sources need torch (make test installs it)")
+
+import edgekit  # noqa: E402
+from converters import ConversionError, convert  # noqa: E402
+from edgekit import formats  # noqa: E402
+from edgekit.errors import ModelFileError, UsageError  # noqa: E402
+from edgekit.types import Format  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "samples" / "inputs" / "images"
+PP = {"image": {"resize": 40, "crop": 32, "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0]}}
+LABELS = [f"class {i}" for i in range(10)]
+ALL = ("onnx", "openvino", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class TinyCnn(torch.nn.Module):
+    """Conv-BN-ReLU x2, global pool, linear: the shape of a real image classifier, in 0.1 MB."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU())
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _example() -> torch.Tensor:
+    return torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(tmp_path_factory) -> Path:
+    """The CNN as a plain ONNX file (old TorchScript exporter, opset 13), as a user would bring it."""
+    path = tmp_path_factory.mktemp("src") / "tiny.onnx"
+    torch.onnx.export(TinyCnn().eval(), (_example(),), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=13, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def offline_cli_package(cnn_onnx, tmp_path_factory):
+    """`edgekit convert` on the ONNX file, every target and precision, with the network unreachable."""
+    d = tmp_path_factory.mktemp("offline")
+    site = d / "site"
+    site.mkdir()
+    attempts = d / "network-attempts.log"
+    (site / "sitecustomize.py").write_text(_NO_NETWORK.format(log=str(attempts)))
+    labels = d / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    out = d / "pkg"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    r = run_cli("convert", str(cnn_onnx), "--to", ",".join(ALL), "--precision", ",".join(PRECISIONS),
+                "--calib", str(IMAGES), "--task", "image-classification", "--labels", str(labels),
+                "--preprocess", json.dumps(PP), "--min-cosine", "0.98", "--out", str(out), "--json", env=env)
+    return r, out, attempts
+
+
+_NO_NETWORK = '''
+import socket
+
+def _refuse(what):
+    with open({log!r}, "a") as f:
+        f.write(what + "\\n")
+    raise OSError(101, "network is unreachable (edgekit test)")
+
+_connect = socket.socket.connect
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+        _refuse(f"connect {{address}}")
+    return _connect(self, address)
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in ("localhost", "127.0.0.1", "::1", None):
+        _refuse(f"resolve {{host}}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+_getaddrinfo = socket.getaddrinfo
+socket.socket.connect = connect
+socket.getaddrinfo = getaddrinfo
+'''
+
+
+def test_offline_cli_conversion_makes_every_artifact(offline_cli_package):
+    r, out, attempts = offline_cli_package
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert not attempts.exists(), f"the conversion reached for the network: {attempts.read_text()}"
+    rows = {(a["target"], a["precision"]): a for a in report["artifacts"]}
+    assert set(rows) == {(t, p) for t in ALL for p in PRECISIONS}
+    for (target, precision), a in rows.items():
+        assert a["status"] == "ok", (target, precision, a["reason"])
+        assert a["cosine"] >= 0.98 and a["p50_ms"] > 0 and a["size"] > 0
+        assert a["top1_agreement"] is not None
+        if precision == "fp16":
+            assert a["cosine"] >= 0.999, (target, a["cosine"])
+    assert rows[("tflite", "fp32")]["layout"] == "NHWC" and rows[("onnx", "fp32")]["layout"] == "NCHW"
+    assert report["calibration"]["samples"] == len(list(IMAGES.iterdir()))
+    assert "step" not in r.stdout and "[" in r.stderr  # progress lines on stderr, JSON alone on stdout
+
+
+def test_offline_package_loads_and_classifies_on_every_runtime(offline_cli_package):
+    _, out, _ = offline_cli_package
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["task"] == "image-classification" and manifest["labels"] == LABELS
+    assert manifest["preprocess"]["image"]["crop"] == 32
+    assert "onnx2tf" in manifest["conversion"]["tools"]
+    for entry in manifest["artifacts"]:
+        assert len(entry["sha256"]) == 64 and entry["parity"]["cosine"] > 0.98 and entry["latency_ms"]["p50"] > 0
+    from edgekit.tasks import ImageClassifier
+
+    results = {}
+    for device in ("onnxruntime", "openvino", "litert"):
+        with ImageClassifier(out, device=device) as clf:
+            results[device] = clf.classify(IMAGES / "cat.jpg", top_k=3)
+            assert clf.model.backend == device
+    assert all(len(v) == 3 and v[0].label in LABELS for v in results.values())
+    assert len({v[0].index for v in results.values()}) == 1  # every runtime agrees on the top class
+    with edgekit.load(out) as m:  # the package picks artifact and device itself
+        assert m.run({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)
+
+
+def test_lone_artifacts_carry_their_card(offline_cli_package):
+    _, out, _ = offline_cli_package
+    for name, fmt in (("model-int8.onnx", Format.ONNX), ("model-fp16.xml", Format.OPENVINO),
+                      ("model-int8.tflite", Format.TFLITE)):
+        card = formats.read_card(out / name, fmt)
+        assert card["labels"] == LABELS and card["task"] == "image-classification", name
+        assert card["preprocess"]["image"]["mean"] == [127.0, 127.0, 127.0]
+    assert formats.read_card(out / "model-int8.tflite", Format.TFLITE)["artifacts"][0]["layout"] == "NHWC"
+
+
+def test_tflite_outputs_keep_the_onnx_names(offline_cli_package):
+    _, out, _ = offline_cli_package
+    for precision in PRECISIONS:
+        with edgekit.load(out / f"model-{precision}.tflite", device="litert") as m:
+            assert [s.name for s in m.inputs] == ["image"] and [s.name for s in m.outputs] == ["logits"]
+
+
+@pytest.fixture(scope="module")
+def torch_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch") / "pkg"
+    module = TinyCnn().eval()
+    report = convert(module, example_inputs=(_example(),), input_names=["image"], output_names=["logits"],
+                     to=ALL, precisions=PRECISIONS, calibration=IMAGES, preprocess=PP, labels=LABELS,
+                     task="image-classification", out=out, min_cosine=0.98)
+    return module, report, out
+
+
+def test_pytorch_module_converts_to_every_format_and_matches_pytorch(torch_report):
+    module, report, out = torch_report
+    assert report.ok, [(a.target, a.precision, a.reason) for a in report.artifacts]
+    assert report.check["against"] == "the PyTorch module"
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    for name, device, layout in (("model-fp32.onnx", "onnxruntime", "NCHW"), ("model-fp32.xml", "openvino", "NCHW"),
+                                 ("model-fp32.tflite", "litert", "NHWC")):
+        with edgekit.load(out / name, device=device) as m:
+            feed = x if layout == "NCHW" else x.transpose(0, 2, 3, 1).copy()
+            np.testing.assert_allclose(m.run({"image": feed})["logits"], expected, atol=1e-4)
+    with edgekit.load(out / "model-fp32.onnx", device="onnxruntime") as m:  # dynamic batch where the model allows
+        assert not isinstance(m.inputs[0].shape[0], int)
+        assert m.run({"image": np.zeros((4, 3, 32, 32), np.float32)})["logits"].shape == (4, 10)
+
+
+def test_int8_is_faster_than_fp32_and_slow_artifacts_are_flagged(torch_report):
+    _, report, _ = torch_report
+    for a in report.artifacts:
+        assert a.p50_ms and a.p50_ms > 0
+        if a.precision != "fp32":
+            assert a.speedup is not None
+            assert (a.speedup < 0.95) == any("slower than fp32" in n for n in a.notes)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A tiny BERT sentence encoder saved as a Hugging Face folder (config, safetensors, tokenizer.json)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    d = tmp_path_factory.mktemp("hf") / "tiny-bert"
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *"abcdefghijklmnopqrstuvwxyz.,!?"])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64, architectures=["BertModel"])
+    torch.manual_seed(0)
+    transformers.BertModel(config).eval().save_pretrained(str(d))
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32}))
+    return d
+
+
+def test_hugging_face_folder_converts_to_every_format(hf_folder, tmp_path):
+    lines = tmp_path / "calib.txt"
+    lines.write_text("\n".join(["hello world.", "the quick brown fox!", "edge inference, on device?"] * 4))
+    out = tmp_path / "pkg"
+    report = convert(hf_folder, to=ALL, precisions=(*PRECISIONS, "int8-dynamic"), calibration=lines, out=out,
+                     min_cosine=0.95)
+    rows = {(a.target, a.precision): a for a in report.artifacts}
+    # onnx2tf's full-int8 calibration takes float inputs only; token ids are int64 (said, not hidden)
+    assert rows.pop(("tflite", "int8")).status == "skipped"
+    assert all(a.ok for a in rows.values()), [(k, a.reason) for k, a in rows.items() if not a.ok]
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["task"] == "text-embedding" and (out / "tokenizer.json").is_file()
+    assert manifest["preprocess"]["text"]["max_length"] == 32
+    from edgekit.tasks import TextEmbedder
+
+    with TextEmbedder(out, device="onnxruntime") as e:
+        v = e.embed(["hello world.", "edge inference"])
+    assert v.shape == (2, 32) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+
+
+# --- sources the tools allow, and ones they do not -------------------------------------------------------
+
+def test_tflite_and_ir_sources_convert_where_the_tools_allow(models, tmp_path):
+    report = convert(models["mlp.tflite"], to=ALL, precisions=["fp32", "fp16"], out=tmp_path / "from-tflite")
+    rows = {(a.target, a.precision): a for a in report.artifacts}
+    assert rows[("openvino", "fp32")].ok and rows[("openvino", "fp16")].ok and rows[("tflite", "fp32")].ok
+    assert rows[("onnx", "fp32")].status == "skipped" and "TFLite" in rows[("onnx", "fp32")].reason
+    assert rows[("tflite", "fp16")].status == "skipped"
+    report = convert(models["mlp.xml"], to=["openvino"], precisions=["fp32", "fp16", "int8-dynamic"],
+                     out=tmp_path / "from-ir")
+    assert report.ok and report.check["kind"] == "random"
+
+
+def test_old_opset_is_upgraded(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "old",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    src = tmp_path / "old.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=7), str(src))
+    report = convert(src, to=["onnx"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok
+    upgraded = onnx.load(str(tmp_path / "pkg" / "model-fp32.onnx"))
+    assert next(o.version for o in upgraded.opset_import if o.domain == "") >= 13
+
+
+# --- bad inputs -------------------------------------------------------------------------------------------
+
+def test_not_a_model_is_a_clear_cli_error(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    r = run_cli("convert", str(bad), "--to", "onnx", "--out", str(tmp_path / "pkg"))
+    assert r.returncode == 2 and "broken.onnx" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "pkg").exists() and not list(tmp_path.glob(".pkg-*"))
+
+
+def test_int8_without_calibration_is_refused_with_the_way_to_give_it(cnn_onnx, tmp_path):
+    report = convert(cnn_onnx, to=["onnx", "openvino"], precisions=["fp32", "int8"], out=tmp_path / "pkg")
+    skipped = [a for a in report.artifacts if a.precision == "int8"]
+    assert all(a.status == "skipped" and "--calib" in a.reason for a in skipped)
+    assert report.check["kind"] == "random"  # said, not silent
+    with pytest.raises(ConversionError, match="int8 needs calibration"):
+        convert(cnn_onnx, to=["onnx"], precisions=["fp32", "int8"], out=tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="empty"):
+        convert(cnn_onnx, to=["onnx"], precisions=["int8"], calibration=empty, out=tmp_path / "a", preprocess=PP)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in sorted(IMAGES.iterdir())[:3]:
+        (mixed / p.name).write_bytes(p.read_bytes())
+    (mixed / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    report = convert(cnn_onnx, to=["onnx"], precisions=["int8"], calibration=mixed, out=tmp_path / "b",
+                     preprocess=PP, min_cosine=0.9)
+    assert report.calibration["samples"] == 3
+    assert [Path(p).name for p, _ in report.calibration["skipped"]] == ["broken.jpg"]
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "int8", "--calib", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ops_a_target_cannot_take_fail_that_target_only(tmp_path):
+    from onnx import TensorProto, helper
+
+    # StringNormalizer: ONNX Runtime runs it; OpenVINO has no such op.
+    graph = helper.make_graph(
+        [helper.make_node("StringNormalizer", ["s"], ["t"], case_change_action="UPPER", locale="C")], "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, [2])])
+    import onnx
+
+    src = tmp_path / "strings.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(src))
+    with pytest.raises(ConversionError) as e:
+        convert(src, to=["openvino"], precisions=["fp32"], out=tmp_path / "pkg")
+    row = e.value.report.artifacts[0]
+    assert row.status == "failed" and row.reason
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_bad_options_are_usage_errors(cnn_onnx, tmp_path):
+    with pytest.raises(UsageError, match="unknown target"):
+        convert(cnn_onnx, to=["coreml"], out=tmp_path / "x")
+    with pytest.raises(UsageError, match="unknown precision"):
+        convert(cnn_onnx, precisions=["int4"], out=tmp_path / "x")
+    with pytest.raises(ModelFileError, match="no such file"):
+        convert(tmp_path / "missing.onnx", out=tmp_path / "x")
+    r = run_cli("convert", str(cnn_onnx), "--preprocess", "{not json", "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "--preprocess" in r.stderr
+
+
+# --- atomicity --------------------------------------------------------------------------------------------
+
+def test_a_failing_step_leaves_the_destination_as_it_was(cnn_onnx, tmp_path, monkeypatch):
+    from converters import conversion
+
+    out = tmp_path / "pkg"
+    convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*a, **k):
+        raise RuntimeError("injected failure in the check step")
+
+    monkeypatch.setattr(conversion.checks, "check", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        convert(cnn_onnx, to=["onnx", "openvino"], precisions=["fp32", "fp16"], out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no temporary folder left behind
+
+
+def test_sigint_leaves_nothing_behind(cnn_onnx, tmp_path):
+    out = tmp_path / "pkg"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "convert", str(cnn_onnx), "--to", "openvino,onnx",
+                             "--precision", "fp32,fp16,int8-dynamic", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # wait until it is converting, then interrupt as Ctrl-C would
+        seen.append(line)
+        if "converting" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lone_converted_file_classifies_with_its_own_labels(offline_cli_package, tmp_path):
+    _, out, _ = offline_cli_package
+    lone = tmp_path / "alone.tflite"
+    lone.write_bytes((out / "model-int8.tflite").read_bytes())
+    from edgekit.tasks import ImageClassifier
+
+    with ImageClassifier(lone) as clf:
+        assert clf.layout == "NHWC" and clf.classify(IMAGES / "cat.jpg", top_k=1)[0].label in LABELS
