@@ -26,6 +26,8 @@ def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
         moved = np.moveaxis(x, 1, -1)  # channels first -> channels last (onnx2tf's NHWC)
         if _fits(moved.shape, spec.shape):
             return np.ascontiguousarray(moved)
+    if x.ndim == 2 and isinstance(spec.shape[1], int) and x.shape[1] < spec.shape[1]:
+        return np.pad(x, ((0, 0), (0, spec.shape[1] - x.shape[1])))  # token ids padded (mask 0) to a static length
     return x
 
 

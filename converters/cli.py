@@ -7,7 +7,7 @@ import sys
 
 from edgekit.errors import UsageError
 
-from .conversion import PRECISIONS, TARGETS
+from .report import PRECISIONS, TARGETS
 
 
 def add_parser(add) -> None:

@@ -26,12 +26,10 @@ from . import calibration as calib
 from . import card as cards
 from . import check as checks
 from . import onnx_target, openvino_target, sources, tflite_target
-from .report import ArtifactReport, ConversionReport
+from .report import PRECISIONS, TARGETS, ArtifactReport, ConversionReport
 
 log = logging.getLogger("edgekit.convert")
 
-TARGETS = ("onnx", "openvino", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 FORMAT_OF = {"onnx": Format.ONNX, "openvino": Format.OPENVINO, "tflite": Format.TFLITE}
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 MAX_CALIBRATION = 300  # samples used for calibration (more adds time, not accuracy)
@@ -281,7 +279,10 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
         return [(rep, dst)]
     say(f"tflite {','.join(precisions)}: converting with onnx2tf (one run, TensorFlow starts first)")
     try:
-        found = tflite_target.run_onnx2tf(prep.onnx, work / "onnx2tf", prep.inputs, precisions, cal_feeds, chk_feeds)
+        # TFLite wants static shapes: batch 1, and a text model's sequence at its token limit
+        length = (metadata.get("preprocess") or {}).get("text", {}).get("max_length")
+        found = tflite_target.run_onnx2tf(prep.onnx, work / "onnx2tf", prep.inputs, precisions, cal_feeds, chk_feeds,
+                                          length)
     except Exception as e:
         for rep in todo:
             rep.status, rep.reason, rep.path = "failed", _one_line(e), None

@@ -43,8 +43,9 @@ class Onnx2TfError(RuntimeError):
     pass
 
 
-def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict) -> dict[str, tuple]:
-    """``hub`` with every dynamic input dim fixed (batch 1, others from ``sample``), re-simplified."""
+def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict,
+                length: int | None = None) -> dict[str, tuple]:
+    """``hub`` with every dynamic input dim fixed (batch 1, others ``length`` or from ``sample``), re-simplified."""
     import onnx
 
     model = onnx.load(str(hub))
@@ -56,7 +57,7 @@ def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict) ->
         given = sample.get(inp.name)
         for i, d in enumerate(dims):
             if not d.dim_value:
-                value = 1 if i == 0 or given is None else int(given.shape[i])
+                value = 1 if i == 0 else length or (int(given.shape[i]) if given is not None else 1)
                 d.ClearField("dim_param")
                 d.dim_value = value
         shapes[inp.name] = tuple(d.dim_value for d in dims)
@@ -90,11 +91,11 @@ def _fit(x: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: list[str],
-                calibration: list[dict] | None, samples: list[dict]) -> dict[str, Path]:
+                calibration: list[dict] | None, samples: list[dict], length: int | None = None) -> dict[str, Path]:
     """Convert in ``work``; returns precision -> .tflite path for each file onnx2tf wrote."""
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.onnx"
-    shapes = static_copy(hub, model, inputs, samples[0])
+    shapes = static_copy(hub, model, inputs, samples[0], length)
     # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
     # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
     cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]

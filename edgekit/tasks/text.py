@@ -88,7 +88,13 @@ class _TextTask(Task):
         if missing:
             raise UsageError(f"{self.model.source}: model inputs {missing} are not produced by the tokenizer "
                              f"(it gives input_ids, attention_mask, token_type_ids)")
-        return {n: enc[n] for n in self.input_names}
+        feeds = {n: enc[n] for n in self.input_names}
+        for spec in self.model.inputs:  # a static sequence length (TFLite): pad with mask 0
+            length = spec.shape[1] if spec.shape is not None and len(spec.shape) == 2 else None
+            x = feeds[spec.name]
+            if isinstance(length, int) and x.shape[1] < length:
+                feeds[spec.name] = np.pad(x, ((0, 0), (0, length - x.shape[1])))
+        return feeds
 
     def _embed(self, items: list[str], batch_size: int = 32) -> np.ndarray:
         if batch_size < 1:
