@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 __all__ = ["convert", "ConversionReport", "ArtifactReport", "ConversionError", "TARGETS", "PRECISIONS"]
 
-_LAZY = {"convert": ".conversion", "ConversionError": ".conversion", "TARGETS": ".conversion", "PRECISIONS": ".conversion",
+_LAZY = {"convert": ".conversion", "ConversionError": ".conversion", "TARGETS": ".report", "PRECISIONS": ".report",
          "ConversionReport": ".report", "ArtifactReport": ".report"}
 
 
@@ -28,5 +28,5 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from .conversion import PRECISIONS, TARGETS, ConversionError, convert
-    from .report import ArtifactReport, ConversionReport
+    from .conversion import ConversionError, convert
+    from .report import PRECISIONS, TARGETS, ArtifactReport, ConversionReport

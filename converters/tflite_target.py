@@ -147,9 +147,10 @@ def tool_reason(log_text: str) -> str:
 def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], reference_out: list[np.ndarray],
            feed: dict, card: str) -> None:
     """Rename the signature's tensors to the ONNX names (outputs matched by value), embed the card."""
-    import edgekit
     from ai_edge_litert import schema_py_generated as s
     from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    import edgekit
 
     from .card import _set_metadata
     from .check import adapt, align

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 torch = pytest.importorskip("torch", reason="the PyTorch sources need torch (make test installs it)")
