@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekit.types import Format, TensorSpec
 
-from .report import ArtifactReport
+from .report import ArtifactReport, one_line
 from .sources import RUNTIME_OF
 
 CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classification"}
@@ -94,7 +94,7 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
             outs = [outputs_of(model, f, output_names) for f in feeds]
             rep.__dict__.update(fidelity(refs, outs, classifier))
         except Exception as e:
-            rep.status, rep.reason = "failed", f"does not run: {_one_line(e)}"
+            rep.status, rep.reason = "failed", f"does not run: {one_line(e)}"
             continue
         if not np.isfinite(rep.cosine) or rep.cosine < min_cosine:
             rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {min_cosine}"
@@ -128,8 +128,3 @@ def _speedups(reports: list[ArtifactReport]) -> None:
             r.speedup = base[r.target] / r.p50_ms
             if r.speedup < 0.95:
                 r.notes.append(f"slower than fp32 on this CPU ({r.speedup:.2f}x)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]

@@ -26,7 +26,7 @@ from . import calibration as calib
 from . import card as cards
 from . import check as checks
 from . import onnx_target, openvino_target, sources, tflite_target
-from .report import PRECISIONS, TARGETS, ArtifactReport, ConversionReport
+from .report import PRECISIONS, TARGETS, ArtifactReport, ConversionReport, one_line
 
 log = logging.getLogger("edgekit.convert")
 
@@ -186,12 +186,10 @@ def _check_samples(check, cal, prep, metadata, say):
     if cal is not None:
         return calib.Samples(calib.subset(cal.feeds, MAX_CHECK), f"{cal.source} (the calibration data)",
                              kind=cal.kind)
-    feeds = [prep.example] if prep.example is not None else []
-    rnd = calib.random_samples(prep.inputs, RANDOM_CHECK, metadata.get("warmup_inputs"))
     if prep.example is not None:  # random token ids mean nothing; the export's own example does
-        return calib.Samples(feeds, "the export's example inputs", kind="example")
+        return calib.Samples([prep.example], "the export's example inputs", kind="example")
     say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")
-    return rnd
+    return calib.random_samples(prep.inputs, RANDOM_CHECK, metadata.get("warmup_inputs"))
 
 
 def _plan(prep, target: str, precision: str, has_calibration: bool) -> str | None:
@@ -250,7 +248,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                                                        transformer=str(metadata.get("task", "")).startswith("text"))
             except Exception as e:
                 _remove(dst)
-                rep.status, rep.reason, rep.path = "failed", f"conversion failed: {_one_line(e)}", None
+                rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
                 say(f"{target} {rep.precision}: failed ({rep.reason})")
                 continue
             rep.seconds = round(time.perf_counter() - t0, 1)
@@ -285,8 +283,8 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
                                           length)
     except Exception as e:
         for rep in todo:
-            rep.status, rep.reason, rep.path = "failed", _one_line(e), None
-        say(f"tflite: failed ({_one_line(e)})")
+            rep.status, rep.reason, rep.path = "failed", one_line(e), None
+        say(f"tflite: failed ({one_line(e)})")
         return []
     built = []
     for rep in todo:
@@ -300,7 +298,7 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
                                  cards.make(metadata, rep.manifest_entry()))
         except Exception as e:
             _remove(dst)
-            rep.status, rep.reason, rep.path = "failed", f"conversion failed: {_one_line(e)}", None
+            rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
             continue
         rep.recipe = tflite_target.RECIPES[rep.precision]
         rep.seconds = round(time.perf_counter() - t0, 1)
@@ -348,8 +346,3 @@ def _remove(path: Path) -> None:
     for p in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
         if p.exists():
             p.unlink()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]

@@ -104,3 +104,11 @@ def _num(x: float | None, digits: int, *, sci: bool = False) -> str:
     if x is None:
         return "-"
     return f"{x:.{digits}g}" if sci else f"{x:.{digits}f}"
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line for a report row; for "no candidate could run it", the runtime's own reason."""
+    attempts = getattr(getattr(e, "selection", None), "attempts", None) or []
+    failed = [a for a in attempts if a.status == "failed" and a.reason]
+    text = (failed[-1].reason if failed else str(e)).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

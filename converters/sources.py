@@ -24,6 +24,8 @@ from edgekit import formats, package
 from edgekit.errors import ModelFileError, UsageError
 from edgekit.types import Format, TensorSpec
 
+from .report import one_line
+
 log = logging.getLogger("edgekit.convert")
 
 OPSET = 18  # what the exporters write; older ONNX files are upgraded to it when below MIN_OPSET
@@ -101,7 +103,7 @@ def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
             model = version_converter.convert_version(model, OPSET)
             notes.append(f"opset {opset} upgraded to {OPSET}")
         except Exception as e:
-            notes.append(f"opset {opset} kept (upgrade failed: {_one_line(e)})")
+            notes.append(f"opset {opset} kept (upgrade failed: {one_line(e)})")
     try:
         import onnxslim
 
@@ -113,7 +115,7 @@ def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
     except ImportError:
         notes.append("not simplified: onnxslim is not installed (pip install 'edgekit[convert]')")
     except Exception as e:
-        notes.append(f"not simplified (onnxslim: {_one_line(e)})")
+        notes.append(f"not simplified (onnxslim: {one_line(e)})")
     onnx.save(model, str(dst))
     return dst
 
@@ -194,7 +196,7 @@ def export_torch(module, args: tuple, path: Path, input_names: list[str], output
         try:
             _export_once(torch, module, args, path, input_names, output_names, axes, exporter)
         except Exception as e:
-            errors.append(f"{exporter}{' (dynamic)' if axes else ''}: {_one_line(e)}")
+            errors.append(f"{exporter}{' (dynamic)' if axes else ''}: {one_line(e)}")
             log.debug("export with %s failed: %s", exporter, e)
             for p in path.parent.glob(path.name + "*"):
                 p.unlink()
@@ -202,7 +204,7 @@ def export_torch(module, args: tuple, path: Path, input_names: list[str], output
         if exporter != attempts[0][0] or axes != attempts[0][1]:
             notes.append(f"exported with the {exporter} exporter{'' if axes else ', static shapes'} "
                          f"({errors[0]})")
-        _inline_weights(path)
+        inline_weights(path)
         return
     raise UsageError("the PyTorch module cannot be exported to ONNX: " + "; ".join(errors))
 
@@ -228,7 +230,7 @@ def _export_once(torch, module, args, path, input_names, output_names, axes, exp
         quiet.setLevel(level)
 
 
-def _inline_weights(path: Path) -> None:
+def inline_weights(path: Path) -> None:
     """One self-contained .onnx (< 2 GB) instead of an .onnx + .onnx.data pair."""
     import onnx
 
@@ -353,7 +355,7 @@ def _from_huggingface(folder: Path, work: Path) -> Prepared:
     try:
         hf = loader.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
     except Exception as e:
-        raise ModelFileError(folder, f"transformers cannot load it ({_one_line(e)})") from e
+        raise ModelFileError(folder, f"transformers cannot load it ({one_line(e)})") from e
     module = sequence_logits(hf) if classify else sentence_embedder(hf)
     forward = inspect.signature(hf.forward).parameters
     names_in = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward else [])
@@ -388,8 +390,3 @@ def _from_huggingface(folder: Path, work: Path) -> Prepared:
 def copy_files(prep: Prepared, staging: Path) -> None:
     for rel, src in prep.files.items():
         shutil.copy(src, staging / rel)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

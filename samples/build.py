@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.sources import inline_weights
 from edgekit import package
 from edgekit.errors import UsageError
 
@@ -127,20 +128,7 @@ def _export(torch, module, args, path: Path, names_in, names_out, dynamic: dict[
                               verbose=False)
     finally:
         quiet.setLevel(level)
-    _inline_weights(path)
-
-
-def _inline_weights(path: Path) -> None:
-    """One self-contained .onnx (< 2 GB) instead of the exporter's .onnx + .onnx.data pair."""
-    import onnx
-
-    sidecars = [p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
-    if not sidecars:
-        return
-    model = onnx.load(str(path))  # pulls the external data in
-    onnx.save(model, str(path))
-    for p in sidecars:
-        p.unlink()
+    inline_weights(path)
 
 
 def _parity(reference: np.ndarray, exported: np.ndarray) -> dict:
