@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekit.types import Format, TensorSpec
 
-from .report import ArtifactReport, one_line
+from .report import MIN_COSINE, ArtifactReport, one_line
 from .sources import RUNTIME_OF
 
 CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classification"}
@@ -76,9 +76,11 @@ def fidelity(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]], classif
 
 
 def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs: list[list[np.ndarray]],
-          output_names: list[str], *, classifier: bool, min_cosine: float, timing_feed: dict,
+          output_names: list[str], *, classifier: bool, min_cosine: float | None, timing_feed: dict,
           rounds: int = 5, runs: int = 10, progress=None) -> None:
     """Fill in fidelity and p50 latency of each artifact (in place); mark failures.
+
+    An artifact fails below ``min_cosine``, or when None below its precision's ``MIN_COSINE``.
 
     Each artifact runs on its own runtime on the CPU. Latencies are taken in interleaved
     rounds over all artifacts, so the ratios compare like with like on a noisy machine.
@@ -96,8 +98,9 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
         except Exception as e:
             rep.status, rep.reason = "failed", f"does not run: {one_line(e)}"
             continue
-        if not np.isfinite(rep.cosine) or rep.cosine < min_cosine:
-            rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {min_cosine}"
+        floor = min_cosine if min_cosine is not None else MIN_COSINE[rep.precision]
+        if not np.isfinite(rep.cosine) or rep.cosine < floor:
+            rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {floor}"
         feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
         opened.append((rep, model, feed))
         if progress:

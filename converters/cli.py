@@ -26,8 +26,9 @@ def add_parser(add) -> None:
                    help='pre-processing, e.g. \'{"image": {"mean": [127, 127, 127], "std": [128, 128, 128]}}\'')
     c.add_argument("--out", metavar="PKG", help="package folder to write (default: SOURCE-edgekit beside it)")
     c.add_argument("--name", help="package name (default: from the source)")
-    c.add_argument("--min-cosine", type=float, default=0.99,
-                   help="an artifact whose cosine similarity to the source is lower fails (default 0.99)")
+    c.add_argument("--min-cosine", type=float,
+                   help="an artifact whose outputs' cosine similarity to the source's is lower fails "
+                        "(default: 0.999 for fp32/fp16, 0.98 for int8)")
     c.add_argument("--strict", action="store_true", help="fail, writing nothing, if any artifact is not ok")
 
 

@@ -26,7 +26,7 @@ from . import calibration as calib
 from . import card as cards
 from . import check as checks
 from . import onnx_target, openvino_target, sources, tflite_target
-from .report import PRECISIONS, TARGETS, ArtifactReport, ConversionReport, one_line
+from .report import MIN_COSINE, PRECISIONS, TARGETS, ArtifactReport, ConversionReport, one_line
 
 log = logging.getLogger("edgekit.convert")
 
@@ -73,7 +73,7 @@ def read_labels(labels) -> list[str] | None:
 def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[str] | str = ("fp32", "fp16", "int8"),
             calibration=None, check=None, out: str | Path | None = None, task: str | None = None,
             labels=None, preprocess: dict | None = None, example_inputs=None, input_names=None,
-            output_names=None, name: str | None = None, min_cosine: float = 0.99, strict: bool = False,
+            output_names=None, name: str | None = None, min_cosine: float | None = None, strict: bool = False,
             progress: Callable[[str], None] | None = None) -> ConversionReport:
     """Convert ``source`` to every target x precision, check each artifact, write a package at ``out``.
 
@@ -88,7 +88,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
         check: inputs to measure fidelity on (same kinds); default: the calibration data.
         task, labels, preprocess: the package's task, class names (list or a file of lines) and
             pre-processing (``{"image": {...}}``), overriding what the source carries.
-        min_cosine: an artifact whose outputs' cosine similarity to the source's is lower fails.
+        min_cosine: an artifact whose outputs' cosine similarity to the source's is lower fails
+            (default: per precision, ``report.MIN_COSINE``: 0.999 for fp32/fp16, 0.98 for int8).
         strict: any failed or skipped artifact fails the whole conversion (nothing is written).
         progress: called with one line per step.
 
@@ -316,13 +317,15 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         raise ConversionError(f"no usable artifact, nothing written: {what}", report)
 
 
-def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float) -> dict:
+def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None) -> dict:
     manifest = dict(metadata)
     manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
     manifest["conversion"] = {
         "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,
         "edgekit": __version__, "tools": _tool_versions(), "host": report.host,
-        "calibration": report.calibration, "check": report.check, "min_cosine": min_cosine,
+        "calibration": report.calibration, "check": report.check,
+        "min_cosine": {p: min_cosine if min_cosine is not None else MIN_COSINE[p]
+                       for p in dict.fromkeys(a.precision for a in report.artifacts)},
         "seconds": report.seconds, "notes": prep.notes,
         "not_produced": [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.reason}
                          for a in report.artifacts if not a.path],

@@ -15,7 +15,7 @@ from edgekit.formats import CARD_KEY
 RECIPES = {
     "fp32": "openvino.convert_model, fp32 weights",
     "fp16": "fp16-compressed weights (ov.save_model compress_to_fp16)",
-    "int8": "NNCF post-training quantization, MinMax/FastBiasCorrection on the calibration data",
+    "int8": "NNCF post-training quantization, per-tensor activations, per-channel weights, FastBiasCorrection",
     "int8-dynamic": "NNCF int8 weight compression (activations stay float)",
 }
 
@@ -36,11 +36,18 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
 def _compress(model, precision: str, calibration: list[dict] | None, transformer: bool):
     if precision == "int8":
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
         if not calibration:
             raise ValueError("int8 needs calibration data")
+        # NNCF's CPU default gives depthwise convolutions per-channel *activation* ranges; measured on
+        # EfficientNet-Lite0 calibrated on 39 photos and checked on others, those ranges did not carry
+        # over (cosine 0.961, per-tensor 0.986) and were no faster.
+        per_tensor = QuantizationParameters(per_channel=False)
+        advanced = AdvancedQuantizationParameters(activations_quantization_params=per_tensor)
         model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
-                              model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                              advanced_parameters=advanced)
     elif precision == "int8-dynamic":
         import nncf
 
