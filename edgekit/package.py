@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import formats
 from .errors import ModelFileError
+from .hostinfo import cpu_name
 from .types import Format
 
 SCHEMA_VERSION = 1
@@ -29,6 +30,7 @@ class Artifact:
     layout: str | None = None
     status: str = "ok"  # "ok" | "failed" (parity or conversion failed; never chosen)
     reason: str | None = None
+    latency_ms: float | None = None  # p50 measured by the converter on its own runtime, on this CPU only
 
     @property
     def label(self) -> str:
@@ -67,6 +69,7 @@ def read(folder: Path) -> Package:
         raise ModelFileError(manifest_path, f"schema_version {version!r} is newer than this edgekit "
                                             f"reads ({SCHEMA_VERSION}); upgrade edgekit")
     root = folder.resolve()
+    measured_here = _measured_on_this_host(manifest)
     artifacts = []
     for i, entry in enumerate(manifest["artifacts"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
@@ -89,10 +92,23 @@ def read(folder: Path) -> Package:
             raise ModelFileError(manifest_path, f"artifact {entry['path']!r}: sha256 must be 64 hex digits")
         artifacts.append(Artifact(path=path, format=fmt, precision=str(entry.get("precision", "fp32")),
                                   sha256=sha.lower() if sha else None, layout=entry.get("layout"),
-                                  status=str(entry.get("status", "ok")), reason=entry.get("reason")))
+                                  status=str(entry.get("status", "ok")), reason=entry.get("reason"),
+                                  latency_ms=_p50(entry) if measured_here else None))
     if not artifacts:
         raise ModelFileError(manifest_path, "the package lists no artifacts")
     return Package(folder, manifest, artifacts)
+
+
+def _measured_on_this_host(manifest: dict) -> bool:
+    """Whether the converter's latencies in ``manifest`` were measured on a CPU like this one."""
+    conversion = manifest.get("conversion")
+    return isinstance(conversion, dict) and conversion.get("host") == cpu_name()
+
+
+def _p50(entry: dict) -> float | None:
+    latency = entry.get("latency_ms")
+    p50 = latency.get("p50") if isinstance(latency, dict) else None
+    return float(p50) if isinstance(p50, (int, float)) and p50 > 0 else None
 
 
 def verify(artifact: Artifact) -> None:

@@ -130,6 +130,14 @@ def _artifact_rank(artifact: Artifact, device: Device) -> int:
     return prefs.index(artifact.precision) if artifact.precision in prefs else len(prefs)
 
 
+def measured_latency(cand: Candidate) -> float | None:
+    """The converter's p50 for this candidate, if it was measured on this CPU by this runtime."""
+    art = cand.artifact
+    if cand.device.kind is DeviceKind.CPU and art.format in backends.get(cand.backend).native:
+        return art.latency_ms
+    return None
+
+
 def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], list[Attempt]]:
     """Ranked usable candidates, plus 'skipped' attempts for known-but-unusable ones."""
     show = source.package is not None
@@ -158,8 +166,12 @@ def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], l
                     skipped.append(cand.attempt("skipped", f"artifact marked {artifact.status}: "
                                                 f"{artifact.reason or 'no reason given'}", show_artifact=show))
                 else:
-                    rank = (KIND_RANK[device.kind], _artifact_rank(artifact, device),
-                            0 if artifact.format in backend.native else 1, order, dev_order)
+                    # Latencies the converter measured side by side on this CPU decide first; then
+                    # the precision this device runs best, the runtime native to the format.
+                    latency = measured_latency(cand)
+                    rank = (KIND_RANK[device.kind], (0, latency) if latency else (1, 0.0),
+                            _artifact_rank(artifact, device), 0 if artifact.format in backend.native else 1,
+                            order, dev_order)
                     ranked.append((rank, cand))
     ranked.sort(key=lambda rc: rc[0])
     if policy.backend and readers == 0:
@@ -247,7 +259,9 @@ def _try(cand: Candidate, opener: _Opener, selection: Selection, show: bool, str
             raise BackendError(f"{cand.backend}:{cand.device.id} failed ({_one_line(e)}) and strict "
                                f"mode does not fall back") from e
         return None
-    attempt = cand.attempt("opened", "", show_artifact=show)
+    latency = measured_latency(cand) if show else None
+    reason = f"ranked by the latency measured on this CPU at conversion ({latency:.2f} ms p50)" if latency else ""
+    attempt = cand.attempt("opened", reason, show_artifact=show)
     attempt.precision = session.precision
     selection.attempts.append(attempt)
     return session

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,8 +142,27 @@ def test_offline_package_loads_and_classifies_on_every_runtime(offline_cli_packa
             assert clf.model.backend == device
     assert all(len(v) == 3 and v[0].label in LABELS for v in results.values())
     assert len({v[0].index for v in results.values()}) == 1  # every runtime agrees on the top class
-    with edgekit.load(out) as m:  # the package picks artifact and device itself
-        assert m.run({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)
+    with edgekit.load(out) as m:  # the package picks artifact and device itself; its specs say the layout
+        shape = (1, 32, 32, 3) if m.inputs[0].layout == "NHWC" else (1, 3, 32, 32)
+        assert m.run({"image": np.zeros(shape, np.float32)})["logits"].shape == (1, 10)
+
+
+def test_auto_ranks_artifacts_by_the_latency_measured_on_this_cpu(offline_cli_package, tmp_path):
+    _, out, _ = offline_cli_package
+    manifest = json.loads((out / "edgekit.json").read_text())
+    fastest = min(manifest["artifacts"], key=lambda e: e["latency_ms"]["p50"])
+    with edgekit.load(out) as m:
+        opened = [a for a in m.selection.attempts if a.status == "opened"]
+    assert opened[0].artifact.split()[0] == fastest["path"]
+    assert f"{fastest['latency_ms']['p50']:.2f} ms" in opened[0].reason
+    # measured on another CPU: the numbers say nothing about this one; precision preference decides
+    copy = tmp_path / "pkg"
+    shutil.copytree(out, copy)
+    manifest["conversion"]["host"] = "another CPU"
+    (copy / "edgekit.json").write_text(json.dumps(manifest))
+    with edgekit.load(copy) as m:
+        opened = [a for a in m.selection.attempts if a.status == "opened"]
+    assert opened[0].reason == "" and opened[0].backend == "onnxruntime"
 
 
 def test_lone_artifacts_carry_their_card(offline_cli_package):
