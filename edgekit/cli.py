@@ -164,7 +164,8 @@ def cmd_info(args) -> int:
         doc = {"package": str(path), "name": pkg.name, "task": pkg.task,
                "manifest": {k: v for k, v in pkg.manifest.items() if k != "artifacts"},
                "artifacts": [{"path": a.path.name, "format": a.format.value, "precision": a.precision,
-                              "layout": a.layout, "status": a.status} for a in pkg.artifacts]}
+                              "layout": a.layout, "status": a.status, **_measured(entry)}
+                             for a, entry in zip(pkg.artifacts, pkg.manifest["artifacts"])]}
     else:
         fmt = formats.detect(path)
         formats.validate(path, fmt)
@@ -186,16 +187,30 @@ def cmd_info(args) -> int:
                 layout = f"  {s['layout']}" if s["layout"] else ""
                 print(f"  {s['name']}: {s['dtype']}[{dims}]{layout}")
         elif key == "artifacts":
+            rows = [[a["path"], a["format"], a["precision"], a["layout"] or "-",
+                     f"{a['size'] / 1e6:.1f} MB" if a.get("size") else "-",
+                     f"{a['cosine']:.5f}" if a.get("cosine") is not None else "-",
+                     f"{a['p50_ms']:.2f}" if a.get("p50_ms") else "-",
+                     a["status"] + (f": {a['reason']}" if a.get("reason") else "")] for a in value]
             print("artifacts:")
-            for a in value:
-                print(f"  {a['path']}: {a['format']} {a['precision']} {a['layout'] or ''} {a['status']}")
+            print(_table(rows, ["path", "format", "precision", "layout", "size", "cosine", "p50 ms", "status"]))
         elif isinstance(value, dict):
             print(f"{key}:" + ("" if value else " -"))
             for k, v in value.items():
+                if k == "labels" and isinstance(v, list) and len(v) > 8:
+                    v = f"{len(v)} classes ({', '.join(map(str, v[:5]))}, ...)"
                 print(f"  {k}: {v}")
         else:
             print(f"{key}: {value}")
     return 0
+
+
+def _measured(entry: dict) -> dict:
+    """Size, parity and converter latency of a manifest artifact entry, where recorded."""
+    parity, latency = entry.get("parity") or {}, entry.get("latency_ms") or {}
+    out = {"size": entry.get("size"), "cosine": parity.get("cosine"), "p50_ms": latency.get("p50"),
+           "reason": entry.get("reason")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 # --- run ----------------------------------------------------------------------------------

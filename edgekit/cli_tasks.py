@@ -61,7 +61,7 @@ def cmd_samples(args, emit_json, table) -> int:
         return 0
     kinds = [k.strip() for k in args.only.split(",")] if args.only else None
     print(f"building samples into {out}", file=sys.stderr)
-    results = build(out, kinds=kinds, force=args.force)
+    results = build(out, kinds=kinds, force=args.force, progress=_stderr)
     if args.json:
         emit_json({"out": str(out), "samples": results})
     else:
@@ -69,6 +69,10 @@ def cmd_samples(args, emit_json, table) -> int:
             took = f" in {r['seconds']} s" if "seconds" in r else ""
             print(f"{r['name']}: {r['status']}{took} -> {r['path']}")
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def predict(task, inputs: list[str], *, top_k: int, labels: list[str] | None) -> dict:
@@ -141,13 +145,15 @@ def cmd_demo(args, emit_json, table) -> int:
     from .tasks.text import TextClassifier, TextEmbedder
 
     print(f"building samples into {default_dir()} (skipped when up to date)", file=sys.stderr)
-    build()
+    build(progress=_stderr)
     doc: dict = {}
     lines: list[str] = []
 
     def head(title: str, model) -> None:
         chosen = model.selection.chosen
-        why = "first usable candidate under 'auto'" if not model.selection.fell_back else "after a fallback"
+        why = chosen.reason or "first usable candidate under 'auto'"
+        if model.selection.fell_back:
+            why += ", after a fallback"
         others = sum(1 for a in model.selection.attempts if a.status == "skipped")
         lines.append(f"\n== {title}: {model.path.parent.name} on {model.backend}:{model.device} ({model.precision})")
         lines.append(f"   why: {why}; {others} other known devices are unavailable here (`edgekit devices`)")

