@@ -241,12 +241,13 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
             entry = rep.manifest_entry()
             try:
                 if target == "onnx":
-                    rep.recipe = onnx_target.build(prep.onnx, rep.precision, dst, cal_feeds)
+                    rep.recipe = onnx_target.build(prep.onnx, rep.precision, dst, cal_feeds,
+                                                   transformer=_is_transformer(metadata))
                     cards.embed(dst, Format.ONNX, cards.make(metadata, entry))
                 else:
                     src = prep.onnx if prep.onnx is not None else prep.native
                     rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
-                                                       transformer=str(metadata.get("task", "")).startswith("text"))
+                                                       transformer=_is_transformer(metadata))
             except Exception as e:
                 _remove(dst)
                 rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
@@ -255,6 +256,11 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
             rep.seconds = round(time.perf_counter() - t0, 1)
             built.append((rep, dst))
     return built
+
+
+def _is_transformer(metadata: dict) -> bool:
+    """Text models here are transformers; their int8 recipes differ from a CNN's (see the targets)."""
+    return str(metadata.get("task", "")).startswith("text")
 
 
 def _layout(prep, target: str) -> str | None:

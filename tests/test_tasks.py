@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
 
 import numpy as np
@@ -30,13 +29,13 @@ CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat
 
 @pytest.fixture(scope="module")
 def image_clf(samples):
-    with ImageClassifier(samples["image"]) as clf:
+    with ImageClassifier(samples["image"] / "model-fp32.onnx") as clf:  # the reference artifact
         yield clf
 
 
 @pytest.fixture(scope="module")
 def embedder(samples):
-    with TextEmbedder(samples["text"]) as emb:
+    with TextEmbedder(samples["text"] / "model-fp32.onnx") as emb:
         yield emb
 
 
@@ -192,13 +191,13 @@ def test_image_results_agree_across_backends_and_layouts(samples, image_clf, tmp
     from onnx import helper
 
     ref = image_clf.scores(IMAGES / "cat.jpg")
-    ov = ImageClassifier(samples["image"], device="openvino")
+    ov = ImageClassifier(samples["image"] / "model-fp32.xml", device="openvino")
     assert ov.model.backend == "openvino"
     np.testing.assert_allclose(ov.scores(IMAGES / "cat.jpg"), ref, atol=1e-4)
     # NHWC twin: a Transpose in front, the package saying layout NHWC.
     pkg = tmp_path / "nhwc"
-    shutil.copytree(samples["image"], pkg)
-    model = onnx.load(str(pkg / "model.onnx"))
+    pkg.mkdir()
+    model = onnx.load(str(samples["image"] / "model-fp32.onnx"))
     inp = model.graph.input[0]
     inp.name = "image_nchw"
     model.graph.node[0].input[0] = "image_nchw" if model.graph.node[0].input[0] == "image" else \
@@ -210,8 +209,8 @@ def test_image_results_agree_across_backends_and_layouts(samples, image_clf, tmp
     del model.graph.input[:]
     model.graph.input.append(nhwc)
     onnx.save(model, str(pkg / "model.onnx"))
-    manifest = json.loads((pkg / "edgekit.json").read_text())
-    manifest["artifacts"][0].update(layout="NHWC", sha256=None)
+    manifest = json.loads((samples["image"] / "edgekit.json").read_text())
+    manifest["artifacts"] = [{"path": "model.onnx", "format": "onnx", "precision": "fp32", "layout": "NHWC"}]
     (pkg / "edgekit.json").write_text(json.dumps(manifest))
     twin = ImageClassifier(pkg)
     assert twin.layout == "NHWC"
@@ -250,7 +249,7 @@ def test_zero_shot_puts_a_sports_sentence_under_sports(embedder):
 
 
 def test_text_results_agree_across_backends(samples, embedder):
-    ov = TextEmbedder(samples["text"], device="openvino")
+    ov = TextEmbedder(samples["text"] / "model-fp32.xml", device="openvino")
     lines = (INPUTS / "text.txt").read_text().splitlines()
     np.testing.assert_allclose(ov.embed(lines), embedder.embed(lines), atol=1e-4)
 

@@ -75,7 +75,10 @@ class _TextTask(Task):
                  max_length: int | None = None, **load_options) -> None:
         super().__init__(source, device=device, **load_options)
         pp = self.preprocess("text")
-        tok_path = tokenizer or (Path(self.model.source) / pp["tokenizer"] if "tokenizer" in pp else None)
+        # beside the package's edgekit.json, or beside a lone artifact that carries the package's card
+        src = Path(self.model.source)
+        folder = src if src.is_dir() else src.parent
+        tok_path = tokenizer or (folder / pp["tokenizer"] if "tokenizer" in pp else None)
         if tok_path is None:
             raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
         limit = max_length or pp.get("max_length") or 512
