@@ -72,8 +72,28 @@ def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict,
         model = onnxslim.slim(model) or model
     except Exception as e:  # the static graph still converts more often than not
         log.info("onnxslim on the static copy failed: %s", e)
+    _reduce_l2_as_sum_square(model)
     onnx.save(model, str(dst))
     return shapes
+
+
+def _reduce_l2_as_sum_square(model) -> None:
+    """ReduceL2 -> Sqrt(ReduceSumSquare): onnx2tf 1.29 hands tf.norm an np.int64 axis when the axes are an
+    input (opset 18+) and fails ("'axis' must be None, an integer, or a tuple of 2 unique integers")."""
+    from onnx import helper
+
+    nodes = []
+    for n in model.graph.node:
+        if n.op_type != "ReduceL2":
+            nodes.append(n)
+            continue
+        squares = n.output[0] + "_sum_square"
+        nodes.append(helper.make_node("ReduceSumSquare", list(n.input), [squares], name=n.name + "_sum_square",
+                                      **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+        nodes.append(helper.make_node("Sqrt", [squares], list(n.output), name=n.name + "_sqrt"))
+    if len(nodes) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
 
 
 def _tf_layout(x: np.ndarray) -> np.ndarray:
@@ -111,6 +131,15 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
             zeros = "[" * arr.ndim + "0.0" + "]" * arr.ndim
             ones = "[" * arr.ndim + "1.0" + "]" * arr.ndim
             cmd += ["-cind", name, f"calib_{len(cmd)}.npy", zeros, ones]
+    real = [d for d in samples if all(n in d for n in shapes)]
+    if "int8" not in precisions and real and any(s.dtype.kind != "f" for s in inputs):
+        # onnx2tf picks each op's layout by comparing with ONNX Runtime on dummy inputs, all ones unless
+        # -cind gives data: an all-ones attention mask cannot tell [1, L, 1] from [1, 1, L], and the
+        # mask-weighted pooling goes silently wrong when L == hidden size. Give it a real, padded sample.
+        feed = max(real, key=lambda d: sum(int(np.count_nonzero(_fit(d[n], s) == 0)) for n, s in shapes.items()))
+        for i, (name, shape) in enumerate(shapes.items()):
+            np.save(work / f"sample_{i}.npy", _fit(feed[name], shape))
+            cmd += ["-cind", name, f"sample_{i}.npy"]
     image_like = [n for n, s in shapes.items() if len(s) == 4]
     if image_like:  # what onnx2tf would download to validate image-like inputs
         data = calibration or samples
@@ -157,6 +186,8 @@ def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], refe
 
     with edgekit.load(src, device="litert") as m:
         in_specs = list(m.inputs)
+        if {s.name for s in in_specs} == set(names_in):  # -osd signature: ONNX names, sorted by name
+            in_specs = sorted(in_specs, key=lambda s: names_in.index(s.name))
         ordered = [feed[n] for n in names_in] if all(n in feed for n in names_in) else list(feed.values())
         out = m.run({spec.name: adapt(x, spec) for spec, x in zip(in_specs, ordered)})
     rename: dict[str, str] = {}

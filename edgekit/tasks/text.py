@@ -84,6 +84,9 @@ class _TextTask(Task):
         limit = max_length or pp.get("max_length") or 512
         self.tokenizer = Tokenizer(tok_path, max_length=int(limit))
         self.input_names = [s.name for s in self.model.inputs]
+        # a static batch dimension (TFLite from onnx2tf: 1) caps how many texts go in one run
+        fixed = [s.shape[0] for s in self.model.inputs if s.shape and isinstance(s.shape[0], int)]
+        self.max_batch = min(fixed) if fixed else None
 
     def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.encode(texts)
@@ -103,6 +106,7 @@ class _TextTask(Task):
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         order = sorted(range(len(items)), key=lambda i: len(items[i]))  # similar lengths pad less
+        batch_size = min(batch_size, self.max_batch or batch_size)
         out: np.ndarray | None = None
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
