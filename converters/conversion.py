@@ -198,10 +198,6 @@ def _plan(prep, target: str, precision: str, has_calibration: bool) -> str | Non
     if precision == "int8" and not has_calibration:
         return ("int8 needs calibration data: give --calib DIR|FILES (images, audio, a .txt of lines or "
                 ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
-    if target == "tflite" and precision == "int8" and any(s.dtype.kind != "f" for s in prep.inputs):
-        return ("onnx2tf calibrates full int8 with float inputs only; this model takes "
-                + ", ".join(f"{s.name} ({s.dtype})" for s in prep.inputs if s.dtype.kind != "f")
-                + ": use int8-dynamic for TFLite")
     if prep.onnx is not None:
         return None
     if prep.native_format is Format.TFLITE:
@@ -307,7 +303,7 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
             _remove(dst)
             rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
             continue
-        rep.recipe = tflite_target.RECIPES[rep.precision]
+        rep.recipe = tflite_target.recipe(rep.precision, prep.inputs)
         rep.seconds = round(time.perf_counter() - t0, 1)
         built.append((rep, dst))
     return built

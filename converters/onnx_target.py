@@ -82,7 +82,7 @@ def _preprocessed(hub: Path, tmp: Path) -> Path:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = tmp / "pre.onnx"
+    hub, pre = hub.resolve(), tmp.resolve() / "pre.onnx"  # absolute: the working folder changes
     with contextlib.chdir(tmp):
         for symbolic in (True, False):
             try:

@@ -33,6 +33,11 @@ RECIPES = {
     "int8": "onnx2tf full integer quantization, per-channel, calibrated; float32 inputs/outputs",
     "int8-dynamic": "onnx2tf dynamic-range quantization (int8 weights)",
 }
+# Token-id models: int8 is dynamic-range. onnx2tf's full-integer calibration casts inputs to float
+# (int64 token ids fail), and a full-int8 MiniLM built with TFLiteConverter directly was unusable
+# (cosine 0.27: the -3.4e38 attention-mask constant takes the whole int8 range) and slower than fp32.
+TOKEN_INT8 = ("onnx2tf dynamic-range quantization (int8 weights): the int8 that keeps a token-id model "
+              "faithful (full-integer calibration takes float inputs only)")
 _SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "integer_quant", "int8-dynamic": "dynamic_range_quant"}
 # onnx2tf looks for this file in its working folder before downloading it (utils/common_functions.py).
 _ONNX2TF_TEST_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -110,6 +115,14 @@ def _fit(x: np.ndarray, shape: tuple) -> np.ndarray:
     return out
 
 
+def recipe(precision: str, inputs: list[TensorSpec]) -> str:
+    return TOKEN_INT8 if precision == "int8" and _token_ids(inputs) else RECIPES[precision]
+
+
+def _token_ids(inputs: list[TensorSpec]) -> bool:
+    return any(s.dtype.kind != "f" for s in inputs)
+
+
 def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: list[str],
                 calibration: list[dict] | None, samples: list[dict], length: int | None = None) -> dict[str, Path]:
     """Convert in ``work``; returns precision -> .tflite path for each file onnx2tf wrote."""
@@ -119,9 +132,11 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
     # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
     cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
-    if "int8-dynamic" in precisions and "int8" not in precisions:
+    full_int8 = "int8" in precisions and not _token_ids(inputs)
+    suffix = dict(_SUFFIX, int8=_SUFFIX["int8" if full_int8 else "int8-dynamic"])
+    if not full_int8 and ("int8-dynamic" in precisions or "int8" in precisions):
         cmd.append("-odrqt")  # dynamic range only: -oiqt would need float inputs to calibrate
-    if "int8" in precisions:
+    if full_int8:
         cmd.append("-oiqt")  # writes the dynamic-range file too
         if not calibration:
             raise ValueError("full int8 needs calibration data")
@@ -132,7 +147,7 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
             ones = "[" * arr.ndim + "1.0" + "]" * arr.ndim
             cmd += ["-cind", name, f"calib_{len(cmd)}.npy", zeros, ones]
     real = [d for d in samples if all(n in d for n in shapes)]
-    if "int8" not in precisions and real and any(s.dtype.kind != "f" for s in inputs):
+    if not full_int8 and real and _token_ids(inputs):
         # onnx2tf picks each op's layout by comparing with ONNX Runtime on dummy inputs, all ones unless
         # -cind gives data: an all-ones attention mask cannot tell [1, L, 1] from [1, 1, L], and the
         # mask-weighted pooling goes silently wrong when L == hidden size. Give it a real, padded sample.
@@ -154,7 +169,7 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise Onnx2TfError(f"onnx2tf ran past {TIMEOUT_S} s") from None
-    found = {p: work / "tf" / f"model_{s}.tflite" for p, s in _SUFFIX.items() if p in precisions}
+    found = {p: work / "tf" / f"model_{s}.tflite" for p, s in suffix.items() if p in precisions}
     found = {p: f for p, f in found.items() if f.is_file()}
     if proc.returncode != 0 or not found:
         raise Onnx2TfError(f"onnx2tf failed: {tool_reason(log_path.read_text(errors='replace'))}")
