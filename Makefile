@@ -29,10 +29,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-## bench: Model.run overhead against each runtime's direct call path; task pre/post-processing cost
+## bench: Model.run overhead against each runtime's direct call path; task pre/post-processing cost; conversion
 bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/tasks.py
+	$(BIN)/python benchmarks/convert.py
 
 lint: install
 	$(BIN)/ruff check edgekit gui converters samples tests benchmarks

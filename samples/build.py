@@ -22,10 +22,12 @@ left alone. A missing source package is named with the command that installs it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -168,8 +170,9 @@ def _build_image(staging: Path, _src: Path) -> dict:
     _dist_dir("efficientnet-lite-pytorch", "efficientnet_lite_pytorch")
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=str(weights / "models" / "efficientnet-lite0-57934424.pth")).eval()
+    with contextlib.redirect_stdout(sys.stderr):  # it prints "Loaded pretrained weights"; stdout is for --json
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=str(weights / "models" / "efficientnet-lite0-57934424.pth")).eval()
     labels = imagenet_labels()
     from edgekit.tasks.image import load_image, preprocess_image
 
