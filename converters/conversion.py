@@ -193,9 +193,18 @@ def _check_samples(check, cal, prep, metadata, say):
     return calib.random_samples(prep.inputs, RANDOM_CHECK, metadata.get("warmup_inputs"))
 
 
-def _plan(prep, target: str, precision: str, has_calibration: bool) -> str | None:
+def _int8_is_dynamic(prep, target: str, transformer: bool) -> bool:
+    """Whether this target's int8 recipe for this model is weights-only (then the same as int8-dynamic)."""
+    return (target == "onnx" and transformer) or (target == "tflite" and tflite_target.token_ids(prep.inputs))
+
+
+def _plan(prep, target: str, precision: str, precisions: list[str], has_calibration: bool,
+          transformer: bool) -> str | None:
     """Why this artifact cannot be made from this source (None: it can)."""
-    if precision == "int8" and not has_calibration:
+    dynamic = _int8_is_dynamic(prep, target, transformer)
+    if precision == "int8-dynamic" and dynamic and "int8" in precisions:
+        return "the same file as int8 for this model (its int8 recipe is dynamic)"
+    if precision == "int8" and not has_calibration and not dynamic:
         return ("int8 needs calibration data: give --calib DIR|FILES (images, audio, a .txt of lines or "
                 ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
     if prep.onnx is not None:
@@ -217,7 +226,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
         for precision in precs:
             rep = ArtifactReport(target, precision, format=FORMAT_OF[target].value)
             report.artifacts.append(rep)
-            why = _plan(prep, target, precision, bool(cal_feeds))
+            why = _plan(prep, target, precision, precs, bool(cal_feeds), _is_transformer(metadata))
             if why:
                 rep.status, rep.reason = "skipped", why
                 say(f"{target} {precision}: skipped ({why})")

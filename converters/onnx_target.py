@@ -3,15 +3,16 @@
 The int8 default is the recipe that is fast on CPUs: static QDQ with uint8 activations and
 int8 per-channel weights. ORT's own default (int8 activations) left 14 of 49 convolutions
 of EfficientNet-Lite0 in fp32 (1.16x over fp32 against 2.09x), and dynamic quantization ran
-slower than fp32 (see FIELD-NOTES), so it is offered only when asked for as ``int8-dynamic``.
+slower than fp32 (measured here), so it is offered only when asked for as ``int8-dynamic``.
 Transformers are the other way round: their int8 is dynamic (see ``TRANSFORMER_INT8``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ RECIPES = {
 }
 # ONNX Runtime's own advice is dynamic quantization for transformers and static for CNNs. Measured on
 # all-MiniLM-L6-v2 against fp32: static QDQ cosine 0.85 (0.94 on MatMuls alone), dynamic per-channel
-# 0.993 and the fastest of them.
+# 0.993-0.994 and the fastest of them.
 TRANSFORMER_INT8 = "dynamic quantization, int8 per-channel weights: ONNX Runtime's recipe for transformers " \
                    "(static QDQ lost too much: cosine 0.85 on MiniLM)"
 
@@ -77,20 +78,21 @@ def _dynamic_int8(hub: Path, dst: Path) -> None:
 def _preprocessed(hub: Path, tmp: Path) -> Path:
     """ORT's recommended pre-processing: symbolic shape inference + graph optimisation.
 
-    Where the symbolic inference cannot finish it dumps sym_shape_infer_temp.onnx into the working
-    folder: run it in the temporary one, and try again without that step.
+    Run as ORT's own command in a child process whose working folder is ``tmp``: where the symbolic
+    inference cannot finish (transformers, often) it dumps sym_shape_infer_temp.onnx and its data
+    into the working folder, and this process's folder is not ours to change. Tried again without
+    that step; if both fail, the model is quantized as it is.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    hub, pre = hub.resolve(), tmp.resolve() / "pre.onnx"  # absolute: the working folder changes
-    with contextlib.chdir(tmp):
-        for symbolic in (True, False):
-            try:
-                quant_pre_process(str(hub), str(pre), skip_symbolic_shape=not symbolic)
-                return pre
-            except Exception as e:
-                log.info("quantization pre-processing%s failed (%s)",
-                         "" if symbolic else " without symbolic shape inference", e)
+    pre = tmp.resolve() / "pre.onnx"
+    for symbolic in (True, False):
+        cmd = [sys.executable, "-m", "onnxruntime.quantization.preprocess", "--input", str(hub.resolve()),
+               "--output", str(pre), "--skip_symbolic_shape", str(not symbolic)]
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode == 0 and pre.is_file():
+            return pre
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        log.info("quantization pre-processing%s failed (%s)", "" if symbolic else " without symbolic shape inference",
+                 why)
     shutil.copy(hub, pre)
     return pre
 

@@ -304,7 +304,8 @@ def sentence_embedder(encoder):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            # = F.normalize(pooled, dim=1), written without ReduceL2, which onnx2tf cannot convert
+            # = F.normalize(pooled, dim=1), written without ReduceL2 (onnx2tf 1.29 fails on it at opset 18;
+            # tflite_target rewrites it for graphs from elsewhere)
             norm = (pooled * pooled).sum(1, keepdim=True).sqrt().clamp(min=1e-12)
             return pooled / norm
 

@@ -93,9 +93,9 @@ def _reduce_l2_as_sum_square(model) -> None:
             nodes.append(n)
             continue
         squares = n.output[0] + "_sum_square"
-        nodes.append(helper.make_node("ReduceSumSquare", list(n.input), [squares], name=n.name + "_sum_square",
+        nodes.append(helper.make_node("ReduceSumSquare", list(n.input), [squares], name=squares,
                                       **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
-        nodes.append(helper.make_node("Sqrt", [squares], list(n.output), name=n.name + "_sqrt"))
+        nodes.append(helper.make_node("Sqrt", [squares], list(n.output), name=n.output[0] + "_sqrt"))
     if len(nodes) != len(model.graph.node):
         del model.graph.node[:]
         model.graph.node.extend(nodes)
@@ -116,10 +116,11 @@ def _fit(x: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def recipe(precision: str, inputs: list[TensorSpec]) -> str:
-    return TOKEN_INT8 if precision == "int8" and _token_ids(inputs) else RECIPES[precision]
+    return TOKEN_INT8 if precision == "int8" and token_ids(inputs) else RECIPES[precision]
 
 
-def _token_ids(inputs: list[TensorSpec]) -> bool:
+def token_ids(inputs: list[TensorSpec]) -> bool:
+    """Integer inputs (token ids, masks): onnx2tf cannot calibrate full int8 for them."""
     return any(s.dtype.kind != "f" for s in inputs)
 
 
@@ -132,7 +133,7 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
     # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
     cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
-    full_int8 = "int8" in precisions and not _token_ids(inputs)
+    full_int8 = "int8" in precisions and not token_ids(inputs)
     suffix = dict(_SUFFIX, int8=_SUFFIX["int8" if full_int8 else "int8-dynamic"])
     if not full_int8 and ("int8-dynamic" in precisions or "int8" in precisions):
         cmd.append("-odrqt")  # dynamic range only: -oiqt would need float inputs to calibrate
@@ -147,7 +148,7 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
             ones = "[" * arr.ndim + "1.0" + "]" * arr.ndim
             cmd += ["-cind", name, f"calib_{len(cmd)}.npy", zeros, ones]
     real = [d for d in samples if all(n in d for n in shapes)]
-    if not full_int8 and real and _token_ids(inputs):
+    if not full_int8 and real and token_ids(inputs):
         # onnx2tf picks each op's layout by comparing with ONNX Runtime on dummy inputs, all ones unless
         # -cind gives data: an all-ones attention mask cannot tell [1, L, 1] from [1, 1, L], and the
         # mask-weighted pooling goes silently wrong when L == hidden size. Give it a real, padded sample.

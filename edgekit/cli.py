@@ -194,6 +194,12 @@ def cmd_info(args) -> int:
                      a["status"] + (f": {a['reason']}" if a.get("reason") else "")] for a in value]
             print("artifacts:")
             print(_table(rows, ["path", "format", "precision", "layout", "size", "cosine", "p50 ms", "status"]))
+            host = (doc.get("manifest", {}).get("conversion") or {}).get("host")
+            if host and any(a.get("p50_ms") for a in value):
+                from .hostinfo import cpu_name
+
+                here = "this CPU" if host == cpu_name() else f"{host}, not this CPU"
+                print(f"  (p50: measured by the converter on {here})")
         elif isinstance(value, dict):
             print(f"{key}:" + ("" if value else " -"))
             for k, v in value.items():
@@ -206,10 +212,14 @@ def cmd_info(args) -> int:
 
 
 def _measured(entry: dict) -> dict:
-    """Size, parity and converter latency of a manifest artifact entry, where recorded."""
-    parity, latency = entry.get("parity") or {}, entry.get("latency_ms") or {}
-    out = {"size": entry.get("size"), "cosine": parity.get("cosine"), "p50_ms": latency.get("p50"),
-           "reason": entry.get("reason")}
+    """Size, parity and converter latency of a manifest artifact entry, where recorded and well-formed."""
+    def number(x):
+        return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    parity = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
+    latency = entry.get("latency_ms") if isinstance(entry.get("latency_ms"), dict) else {}
+    out = {"size": number(entry.get("size")), "cosine": number(parity.get("cosine")),
+           "p50_ms": number(latency.get("p50")), "reason": entry.get("reason")}
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -326,24 +326,31 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
 
 
 def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress) -> None:
-    """The exported package in ``staging`` through the converter into ``dest``, every step atomic."""
+    """The exported package in ``staging`` through the converter into ``dest``, every step atomic.
+
+    An artifact that failed is reported and left out; the package is then not marked up to date
+    (no ``built_from``), so the next build tries again.
+    """
     from converters import convert
 
-    exported = package.staging_dir(dest)
-    converted = package.staging_dir(dest)
+    exported = converted = None
     try:
+        exported, converted = package.staging_dir(dest), package.staging_dir(dest)
         exported.rmdir(), converted.rmdir()  # publish and convert each want to create their folder
         package.publish(staging, exported, manifest)
         report = convert(exported, to=("onnx", "openvino", "tflite"), precisions=("fp32", "fp16", "int8"),
                          out=converted, progress=progress, **options)
         result = package.read(converted).manifest
-        result["built_from"] = manifest["built_from"]
         result["conversion"]["source"] = f"{dest.name}'s ONNX export (samples/build.py)"
         result["export"] = {"exporter": "torch.onnx", "parity": manifest["artifacts"][0].get("parity")}
+        if report.ok:
+            result["built_from"] = manifest["built_from"]
         for a in report.artifacts:
             if not a.ok:
-                log.warning("%s %s %s: %s (%s)", dest.name, a.target, a.precision, a.status, a.reason)
+                log.warning("%s %s %s: %s (%s); the next build tries again", dest.name, a.target, a.precision,
+                            a.status, a.reason)
         package.publish(converted, dest, result)
     finally:
         for d in (staging, exported, converted):
-            shutil.rmtree(d, ignore_errors=True)
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)

@@ -81,12 +81,15 @@ class _TextTask(Task):
         tok_path = tokenizer or (folder / pp["tokenizer"] if "tokenizer" in pp else None)
         if tok_path is None:
             raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
-        limit = max_length or pp.get("max_length") or 512
-        self.tokenizer = Tokenizer(tok_path, max_length=int(limit))
+        limit = int(max_length or pp.get("max_length") or 512)
+        # static shapes (TFLite from onnx2tf): the sequence length caps the token limit, and the
+        # batch dimension is what every run must be filled to
+        static = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
+        lengths = [sh[1] for sh in static if isinstance(sh[1], int)]
+        batches = [sh[0] for sh in static if isinstance(sh[0], int)]
+        self.tokenizer = Tokenizer(tok_path, max_length=min([limit, *lengths]))
         self.input_names = [s.name for s in self.model.inputs]
-        # a static batch dimension (TFLite from onnx2tf: 1) caps how many texts go in one run
-        fixed = [s.shape[0] for s in self.model.inputs if s.shape and isinstance(s.shape[0], int)]
-        self.max_batch = min(fixed) if fixed else None
+        self.static_batch = min(batches) if batches else None
 
     def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.encode(texts)
@@ -106,11 +109,15 @@ class _TextTask(Task):
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         order = sorted(range(len(items)), key=lambda i: len(items[i]))  # similar lengths pad less
-        batch_size = min(batch_size, self.max_batch or batch_size)
+        batch_size = self.static_batch or batch_size
         out: np.ndarray | None = None
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            vecs = np.asarray(next(iter(self.model.run(self._feeds([items[i] for i in idx])).values())), np.float32)
+            texts = [items[i] for i in idx]
+            if self.static_batch:  # fill a static batch with copies; their rows are dropped
+                texts += texts[:1] * (self.static_batch - len(texts))
+            result = next(iter(self.model.run(self._feeds(texts)).values()))
+            vecs = np.asarray(result, np.float32)[:len(idx)]
             if out is None:
                 out = np.empty((len(items), vecs.shape[-1]), np.float32)
             out[idx] = vecs
@@ -167,7 +174,7 @@ class TextClassifier(_TextTask):
         (item,) = _as_texts(text)
         if self.zero_shot:
             return (self._embed([item]) @ self._label_vecs.T)[0]
-        logits = next(iter(self.model.run(self._feeds([item])).values()))
+        logits = next(iter(self.model.run(self._feeds([item] * (self.static_batch or 1))).values()))[:1]
         return softmax(np.asarray(logits, np.float32).reshape(-1))
 
     def classify(self, text: str, top_k: int | None = None, *, score_threshold: float | None = None,
