@@ -208,22 +208,37 @@ def _as_feed(item, inputs: list[TensorSpec], what: str) -> dict:
     return {_single_input(inputs, "array").name: np.asarray(item)}
 
 
+def batch_axis(spec: TensorSpec) -> int:
+    """The axis of ``spec`` that counts samples: its first dim that is dynamic or 1, else 0.
+
+    Usually 0; a recurrent state laid out ``[layers, batch, hidden]`` (Silero VAD's ``[2, batch, 128]``,
+    or ``[2, 1, 128]`` once made static) has it at 1.
+    """
+    return next((i for i, d in enumerate(spec.shape or ()) if not isinstance(d, int) or d == 1), 0)
+
+
+def state_inputs(inputs: list[TensorSpec]) -> list[str]:
+    """Inputs whose batch is not their first axis: the recurrent state of a streaming model."""
+    return [s.name for s in inputs if s.shape is not None and batch_axis(s) != 0]
+
+
 def _split(feed: dict, inputs: list[TensorSpec]) -> list[dict]:
     """Batch-1 samples from a feed that may hold a batch (rank = the input's) or one sample (rank - 1)."""
     by_name = {s.name: s for s in inputs}
-    arrays = {}
+    arrays, axes = {}, {}
     for name, a in feed.items():
         spec = by_name[name]
         rank = len(spec.shape) if spec.shape is not None else a.ndim
+        axes[name] = axis = batch_axis(spec) if spec.shape is not None else 0
         if a.ndim == rank - 1:
-            a = a[None]
+            a = np.expand_dims(a, axis)
         elif a.ndim != rank:
             raise UsageError(f"calibration array {name!r}: rank {a.ndim}, the input has rank {rank}")
         arrays[name] = a.astype(spec.dtype, copy=False)
-    counts = {a.shape[0] for a in arrays.values()}
+    counts = {a.shape[axes[k]] for k, a in arrays.items()}
     if len(counts) != 1:
         raise UsageError(f"calibration arrays have different batch sizes {sorted(counts)}")
-    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(counts.pop())]
+    return [{k: np.take(v, [i], axis=axes[k]) for k, v in arrays.items()} for i in range(counts.pop())]
 
 
 def random_samples(inputs: list[TensorSpec], n: int, warmup: dict | None = None) -> Samples:

@@ -194,8 +194,12 @@ def _check_samples(check, cal, prep, metadata, say):
 
 
 def _int8_is_dynamic(prep, target: str, transformer: bool) -> bool:
-    """Whether this target's int8 recipe for this model is weights-only (then the same as int8-dynamic)."""
-    return (target == "onnx" and transformer) or (target == "tflite" and tflite_target.token_ids(prep.inputs))
+    """Whether this target's int8 recipe for this model is weights-only (then the same as int8-dynamic).
+
+    Streaming models (a state input) are weights-only on every target: see the targets' STATEFUL_INT8.
+    """
+    return (_is_stateful(prep) or (target == "onnx" and transformer)
+            or (target == "tflite" and tflite_target.dynamic_int8(prep.inputs) is not None))
 
 
 def _plan(prep, target: str, precision: str, precisions: list[str], has_calibration: bool,
@@ -247,12 +251,13 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
             try:
                 if target == "onnx":
                     rep.recipe = onnx_target.build(prep.onnx, rep.precision, dst, cal_feeds,
-                                                   transformer=_is_transformer(metadata))
+                                                   transformer=_is_transformer(metadata), stateful=_is_stateful(prep))
                     cards.embed(dst, Format.ONNX, cards.make(metadata, entry))
                 else:
                     src = prep.onnx if prep.onnx is not None else prep.native
                     rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
-                                                       transformer=_is_transformer(metadata))
+                                                       transformer=_is_transformer(metadata),
+                                                       stateful=_is_stateful(prep))
             except Exception as e:
                 _remove(dst)
                 rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
@@ -266,6 +271,11 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
 def _is_transformer(metadata: dict) -> bool:
     """Text models here are transformers; their int8 recipes differ from a CNN's (see the targets)."""
     return str(metadata.get("task", "")).startswith("text")
+
+
+def _is_stateful(prep) -> bool:
+    """A streaming model that takes its own state back (Silero VAD's ``state``): int8 is weights-only."""
+    return bool(calib.state_inputs(prep.inputs))
 
 
 def _layout(prep, target: str) -> str | None:

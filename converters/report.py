@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 TARGETS = ("onnx", "openvino", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-# Default parity floor (cosine similarity of outputs to the source's) per precision. Float artifacts
+# Default parity floor (cosine similarity to the source's outputs, of the worst output) per precision. Float artifacts
 # should match to rounding; a good int8 recipe lands at 0.985-0.995 on CNN logits (top-1 agreement
 # ~95 %), so 0.98 separates a working quantization from a broken one (ORT with per-tensor weights: 0.89).
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.999, "int8": 0.98, "int8-dynamic": 0.98}

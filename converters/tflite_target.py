@@ -5,6 +5,8 @@ What onnx2tf needs, and gets here:
   it mis-infers layouts on dynamic graphs from torch.export) and simplified again;
 - ``-rtpo Erf GeLU`` so transformers need no Flex ops LiteRT lacks;
 - ``-osd`` so the TFLite file has a signature with the ONNX input names;
+- ``-kat`` for a recurrent state (an input whose batch is not its first axis, ``[2, 1, 128]``),
+  which onnx2tf would otherwise read as NCW and transpose;
 - calibration arrays in TF layout (NHWC) through ``-cind`` for full int8, and the sample-image
   .npy it would otherwise download from GitHub for image-like inputs, written from our own
   data into its working folder. Nothing is fetched from the network.
@@ -25,6 +27,8 @@ import numpy as np
 
 from edgekit.types import TensorSpec
 
+from .calibration import state_inputs
+
 log = logging.getLogger("edgekit.convert")
 
 RECIPES = {
@@ -38,6 +42,10 @@ RECIPES = {
 # (cosine 0.27: the -3.4e38 attention-mask constant takes the whole int8 range) and slower than fp32.
 TOKEN_INT8 = ("onnx2tf dynamic-range quantization (int8 weights): the int8 that keeps a token-id model "
               "faithful (full-integer calibration takes float inputs only)")
+# Stateful models: onnx2tf's calibration cuts every input's data along its first axis, one sample per slice,
+# which cannot feed a state whose batch is its second axis.
+STATE_INT8 = ("onnx2tf dynamic-range quantization (int8 weights): onnx2tf's full-integer calibration slices "
+              "every input along its first axis, and a recurrent state's batch is not its first axis")
 _SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "integer_quant", "int8-dynamic": "dynamic_range_quant"}
 # onnx2tf looks for this file in its working folder before downloading it (utils/common_functions.py).
 _ONNX2TF_TEST_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -116,12 +124,21 @@ def _fit(x: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def recipe(precision: str, inputs: list[TensorSpec]) -> str:
-    return TOKEN_INT8 if precision == "int8" and token_ids(inputs) else RECIPES[precision]
+    return (dynamic_int8(inputs) or RECIPES[precision]) if precision == "int8" else RECIPES[precision]
 
 
 def token_ids(inputs: list[TensorSpec]) -> bool:
     """Integer inputs (token ids, masks): onnx2tf cannot calibrate full int8 for them."""
     return any(s.dtype.kind != "f" for s in inputs)
+
+
+def dynamic_int8(inputs: list[TensorSpec]) -> str | None:
+    """Why int8 is dynamic-range (weights only) for this model, in words; None where it is full integer."""
+    if token_ids(inputs):
+        return TOKEN_INT8
+    if state_inputs(inputs):
+        return STATE_INT8
+    return None
 
 
 def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: list[str],
@@ -133,10 +150,13 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
     # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
     cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
-    full_int8 = "int8" in precisions and not token_ids(inputs)
+    kept = state_inputs(inputs)
+    if kept:
+        cmd += ["-kat", *kept]
+    full_int8 = "int8" in precisions and not dynamic_int8(inputs)
     suffix = dict(_SUFFIX, int8=_SUFFIX["int8" if full_int8 else "int8-dynamic"])
     if not full_int8 and ("int8-dynamic" in precisions or "int8" in precisions):
-        cmd.append("-odrqt")  # dynamic range only: -oiqt would need float inputs to calibrate
+        cmd.append("-odrqt")  # dynamic range only: -oiqt cannot calibrate these inputs (see dynamic_int8)
     if full_int8:
         cmd.append("-oiqt")  # writes the dynamic-range file too
         if not calibration:

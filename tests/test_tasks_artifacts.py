@@ -13,10 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgekit
 from edgekit import package
-from edgekit.tasks import AudioClassifier, ImageClassifier, TextClassifier, TextEmbedder
+from edgekit.tasks import AudioClassifier, ImageClassifier, TextClassifier, TextEmbedder, VoiceActivityDetector
 from samples.build import INPUTS
 
 IMAGE_ARTIFACTS = [f"model-{p}{ext}" for ext in (".onnx", ".xml", ".tflite") for p in ("fp32", "fp16", "int8")]
+VAD_ARTIFACTS = IMAGE_ARTIFACTS  # the same nine, from the 16 kHz graph; model.onnx is Silero's own file
+AUDIO = INPUTS / "audio"
+WINDOW_S = 0.032  # one 512-sample window at 16 kHz
 RUNTIME = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -45,6 +48,45 @@ def test_image_task_on_every_converted_artifact(samples, fp32_scores, artifact):
         assert cos > 0.98 and agree >= 0.75 and {c.label for c in top} & CAT_CLASSES, (cos, agree)
     else:
         assert cos > 0.9999 and agree == 1.0, (cos, agree)
+
+
+@pytest.fixture(scope="module")
+def silero(samples):
+    """Silero's own file in the package (model.onnx) on ONNX Runtime: the reference of every VAD artifact.
+    verify=False: alone, its first inference would get a synthetic sr of 0 Hz."""
+    with VoiceActivityDetector(samples["audio"] / "model.onnx", device="onnxruntime", verify=False) as vad:
+        yield vad
+
+
+@pytest.mark.parametrize("artifact", VAD_ARTIFACTS)
+def test_vad_on_every_converted_artifact(samples, silero, artifact):
+    """Each VAD artifact as a lone file with its card, on its own runtime (none has an sr input; TFLite
+    takes its inputs in its own order and returns the state in another layout): the speech segments
+    of Silero's own file within one window, and nothing in silence or noise."""
+    path = samples["audio"] / artifact
+    expected = silero.detect(AUDIO / "speech.wav")
+    with VoiceActivityDetector(path, device=RUNTIME[path.suffix]) as vad:
+        assert vad.model.backend == RUNTIME[path.suffix] and vad.sample_rate == 16000
+        assert {s.name for s in vad.model.inputs} == {"input", "state"}
+        got = vad.detect(AUDIO / "speech.wav")
+        assert expected and len(got) == len(expected), (got, expected)
+        for s, e in zip(got, expected):
+            assert abs(s.start_s - e.start_s) <= WINDOW_S and abs(s.end_s - e.end_s) <= WINDOW_S, (got, expected)
+        assert vad.detect(AUDIO / "silence.wav") == [] and vad.detect(AUDIO / "noise.wav") == []
+        if "fp32" in artifact:  # the 16 kHz graph is Silero's to rounding, carrying its own state
+            np.testing.assert_allclose(vad.probabilities(AUDIO / "speech.wav"),
+                                       silero.probabilities(AUDIO / "speech.wav"), atol=1e-4)
+
+
+def test_vad_package_records_the_fold_and_every_artifact(samples):
+    manifest = json.loads((samples["audio"] / "edgekit.json").read_text())
+    fold = manifest["export"]["parity"]
+    assert fold["max_abs_error"] < 1e-4 and fold["cosine"] > 0.999999 and "silero_vad.onnx" in fold["against"]
+    ok = {a["path"] for a in manifest["artifacts"] if a["status"] == "ok"}
+    assert ok == {*VAD_ARTIFACTS, "model.onnx"}
+    assert manifest["conversion"]["check"]["samples"] > 300  # real streaming steps, not random inputs
+    with edgekit.load(samples["audio"]) as m:  # whichever artifact it picks runs the package's warm-up
+        assert m.path.name in ok
 
 
 def test_text_classifier_with_a_sequence_classification_head(samples, tmp_path):

@@ -84,6 +84,12 @@ class VoiceActivityDetector(Task):
     """Speech segments with Silero VAD: the same windows, context, state and thresholds as Silero's
     own ``get_speech_timestamps``, so the segments match its reference utility.
 
+    The model takes ``input`` (window plus context) and ``state``, and ``sr`` where it has one (a
+    graph made for one rate has none); it returns the probability and ``stateN``, in that order
+    (OpenVINO may report the first under another name its tensor had, such as ``mean``). The state
+    is carried as the model returns it, reshaped to its input's shape where they differ (onnx2tf's
+    TFLite takes ``[2, 1, 128]`` and returns ``[1, 2, 128]``).
+
     Args:
         threshold, min_speech_duration_ms, min_silence_duration_ms, speech_pad_ms,
         max_speech_duration_s, neg_threshold: as in Silero's utility (defaults: the package's,
@@ -105,22 +111,43 @@ class VoiceActivityDetector(Task):
         self.context = int(pp.get("context", 64 if self.sample_rate == 16000 else 32))
         self.params = {**VAD_DEFAULTS, **self.postprocess().get("vad", {}), **options}
         names = [s.name for s in self.model.inputs]
-        if not {"input", "state", "sr"} <= set(names):
-            raise UsageError(f"{self.model.source}: not a Silero-style VAD (inputs {names}; expected input, state, sr)")
+        outputs = [s.name for s in self.model.outputs]
+        if not ({"input", "state"} <= set(names) <= {"input", "state", "sr"} and len(outputs) == 2):
+            raise UsageError(f"{self.model.source}: not a Silero-style VAD (inputs {names}, outputs {outputs}; "
+                             f"expected input, state and optionally sr in, a probability and stateN out)")
+        self._state_out = "stateN" if "stateN" in outputs else outputs[1]
+        self._prob_out = next(n for n in outputs if n != self._state_out)
         state_spec = next(s for s in self.model.inputs if s.name == "state")
         self._state_shape = tuple(d if isinstance(d, int) else 1 for d in (state_spec.shape or (2, 1, 128)))
-        self._sr = np.array(self.sample_rate, dtype=np.int64)
+        self._sr = {"sr": np.array(self.sample_rate, dtype=np.int64)} if "sr" in names else {}
 
-    def _step(self, window_with_context: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        out = self.model.run({"input": window_with_context[None], "state": state, "sr": self._sr})
-        prob, new_state = out["output"], out["stateN"]
+    def _step(self, window_with_context: np.ndarray, state: np.ndarray,
+              record: list | None = None) -> tuple[float, np.ndarray]:
+        feed = {"input": window_with_context[None], "state": state, **self._sr}
+        if record is not None:
+            record.append(feed)
+        out = self.model.run(feed)
+        prob, new_state = out[self._prob_out], out[self._state_out]
+        if new_state.shape != self._state_shape:  # batch 1: the same values in another layout
+            if new_state.size != state.size:
+                raise UsageError(f"{self.model.path.name}: returns a state of shape {new_state.shape}, "
+                                 f"its state input is {self._state_shape}")
+            new_state = new_state.reshape(self._state_shape)
         return float(np.asarray(prob).reshape(-1)[0]), new_state
 
     def probabilities(self, audio, sample_rate: int | None = None) -> np.ndarray:
         """Speech probability of each ``window`` of samples (the last one zero-padded)."""
         return self._probabilities(load_audio(audio, sample_rate, target_rate=self.sample_rate))
 
-    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+    def feeds(self, audio, sample_rate: int | None = None) -> list[dict[str, np.ndarray]]:
+        """The model's inputs at each window of a clip, as this detector feeds them (window plus
+        context, the state the previous window returned): calibration and check data for converting
+        the model, which random inputs cannot stand in for."""
+        record: list[dict] = []
+        self._probabilities(load_audio(audio, sample_rate, target_rate=self.sample_rate), record)
+        return record
+
+    def _probabilities(self, x: np.ndarray, record: list | None = None) -> np.ndarray:
         state = np.zeros(self._state_shape, np.float32)
         context = np.zeros(self.context, np.float32)
         n = -(-len(x) // self.window)
@@ -129,7 +156,7 @@ class VoiceActivityDetector(Task):
         probs = np.empty(n, np.float32)
         for i in range(n):
             chunk = np.concatenate([context, padded[i * self.window:(i + 1) * self.window]])
-            probs[i], state = self._step(chunk, state)
+            probs[i], state = self._step(chunk, state, record)
             context = chunk[-self.context:]
         return probs
 
