@@ -138,12 +138,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # --- devices ------------------------------------------------------------------------------
 
 def cmd_devices(args) -> int:
-    from .devices import devices, runtime_versions
+    from .devices import devices, diagnostics
 
     devs = devices(available_only=args.available)
     if args.json:
-        _emit_json({"edgekit": __version__, "runtimes": runtime_versions(),
-                    "devices": [d.to_dict() for d in devs]})
+        _emit_json(diagnostics(devs))
         return 0
     rows = [[d.spec, d.kind.value, "yes" if d.available else "no",
              (f"{d.name}" + (f" [{', '.join(d.capabilities)}]" if d.capabilities else ""))
@@ -164,7 +163,7 @@ def cmd_info(args) -> int:
         doc = {"package": str(path), "name": pkg.name, "task": pkg.task,
                "manifest": {k: v for k, v in pkg.manifest.items() if k != "artifacts"},
                "artifacts": [{"path": a.path.name, "format": a.format.value, "precision": a.precision,
-                              "layout": a.layout, "status": a.status, **_measured(entry)}
+                              "layout": a.layout, "status": a.status, **package.measured(entry)}
                              for a, entry in zip(pkg.artifacts, pkg.manifest["artifacts"])]}
     else:
         fmt = formats.detect(path)
@@ -209,18 +208,6 @@ def cmd_info(args) -> int:
         else:
             print(f"{key}: {value}")
     return 0
-
-
-def _measured(entry: dict) -> dict:
-    """Size, parity and converter latency of a manifest artifact entry, where recorded and well-formed."""
-    def number(x):
-        return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-    parity = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
-    latency = entry.get("latency_ms") if isinstance(entry.get("latency_ms"), dict) else {}
-    out = {"size": number(entry.get("size")), "cosine": number(parity.get("cosine")),
-           "p50_ms": number(latency.get("p50")), "reason": entry.get("reason")}
-    return {k: v for k, v in out.items() if v is not None}
 
 
 # --- run ----------------------------------------------------------------------------------

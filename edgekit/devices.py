@@ -24,3 +24,11 @@ def runtime_versions() -> dict[str, str | None]:
         st = backends.get(name).status()
         out[name] = st.version if st.available else f"unavailable: {st.reason}"
     return out
+
+
+def diagnostics(devs: list[Device] | None = None) -> dict:
+    """What ``edgekit devices --json`` prints: edgekit's version, each runtime's, every device."""
+    from . import __version__
+
+    devs = devices() if devs is None else devs
+    return {"edgekit": __version__, "runtimes": runtime_versions(), "devices": [d.to_dict() for d in devs]}

@@ -111,6 +111,18 @@ def _p50(entry: dict) -> float | None:
     return float(p50) if isinstance(p50, (int, float)) and p50 > 0 else None
 
 
+def measured(entry: dict) -> dict:
+    """Size, parity and converter latency of a manifest artifact entry, where recorded and well-formed."""
+    def number(x):
+        return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    parity = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
+    latency = entry.get("latency_ms") if isinstance(entry.get("latency_ms"), dict) else {}
+    out = {"size": number(entry.get("size")), "cosine": number(parity.get("cosine")),
+           "p50_ms": number(latency.get("p50")), "reason": entry.get("reason")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def verify(artifact: Artifact) -> None:
     """Compare the artifact's checksum with the manifest's, then validate the file."""
     if artifact.sha256 and artifact.path.is_file():

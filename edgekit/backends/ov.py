@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ def _spec(port) -> TensorSpec:
 
 
 class _Request:
-    """One infer request with the input tensors it owns (one per thread)."""
+    """One infer request with the input tensors it owns (used by one thread at a time)."""
 
     def __init__(self, compiled, ov) -> None:
         self.req = compiled.create_infer_request()
@@ -75,16 +74,22 @@ class OvSession:
         self.inputs = [_spec(p) for p in compiled.inputs]
         self.outputs = [_spec(p) for p in compiled.outputs]
         self.precision = precision
-        self._local = threading.local()
-
-    def _request(self) -> _Request:
-        r = getattr(self._local, "r", None)
-        if r is None:
-            r = self._local.r = _Request(self._compiled, self._ov)
-        return r
+        # Idle requests, taken by a run and given back after it: as many as runs ever overlapped.
+        # (Not a threading.local: requests kept in a thread's state are destroyed when that thread
+        # ends, and for threads Python did not start, e.g. Qt's pool, that crashes the interpreter.)
+        self._idle: list[_Request] = []
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        r = self._request()
+        try:
+            r = self._idle.pop()  # atomic under the GIL
+        except IndexError:
+            r = _Request(self._compiled, self._ov)
+        try:
+            return self._run(r, arrays)
+        finally:
+            self._idle.append(r)
+
+    def _run(self, r: _Request, arrays: list[np.ndarray]) -> list[np.ndarray]:
         req = r.req
         for i, x in enumerate(arrays):
             own = r.own[i]
@@ -109,7 +114,7 @@ class OvSession:
 
     def close(self) -> None:
         self._compiled = None
-        self._local = threading.local()
+        self._idle = []
 
 
 class OpenVinoBackend:

@@ -74,6 +74,11 @@ _TASK_CLASSES = {
 }
 
 
+def is_known_task(task: str | None) -> bool:
+    """Whether edgekit has a task object for ``task`` (an edgekit.json "task")."""
+    return task in _TASK_CLASSES
+
+
 def task_class_name(task: str) -> str:
     return _TASK_CLASSES.get(task, ("", "a task of its own"))[1]
 

@@ -1,0 +1,79 @@
+"""The error dialog (message, details to copy) and the About box (versions, diagnostics)."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+)
+
+
+def error_message(exc: BaseException) -> str:
+    """What the user reads: edgekit's own errors already name the file or input and the problem."""
+    from edgekit.errors import EdgekitError
+
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {text}"
+
+
+def show_error(parent, title: str, message: str, details: str = "") -> QMessageBox:
+    """A window-modal error box that does not block the caller; "Copy details" copies everything."""
+    box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Close, parent)
+    box.setObjectName("errorDialog")
+    if details:
+        box.setDetailedText(details)
+    copy = box.addButton("Copy details", QMessageBox.ButtonRole.ActionRole)
+    copy.clicked.disconnect()  # an action button would close the box; copying should not
+    copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(f"{title}\n{message}\n\n{details}".strip()))
+    box.open()
+    return box
+
+
+def versions() -> dict:
+    import PySide6
+    from PySide6.QtCore import qVersion
+
+    import edgekit
+    from edgekit.devices import runtime_versions
+
+    return {"edgekit": edgekit.__version__, "Qt": qVersion(), "PySide6": PySide6.__version__,
+            "Python": platform.python_version(), **runtime_versions()}
+
+
+class AboutDialog(QDialog):
+    """Versions of edgekit, Qt and each runtime; "Copy diagnostics" copies `edgekit devices --json`."""
+
+    def __init__(self, parent=None) -> None:
+        from edgekit.devices import diagnostics
+
+        super().__init__(parent)
+        self.setObjectName("aboutDialog")
+        self.setWindowTitle("About edgekit")
+        self.diagnostics = json.dumps(diagnostics(), indent=2)
+        layout = QVBoxLayout(self)
+        title = QLabel("<h2>edgekit</h2><p>Run machine-learning models on the device in front of you: "
+                       "ONNX Runtime, OpenVINO and LiteRT behind one API.</p>")
+        title.setWordWrap(True)
+        layout.addWidget(title)
+        rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in versions().items())
+        self.versions_label = QLabel(f"<table>{rows}</table>")
+        self.versions_label.setWordWrap(True)
+        layout.addWidget(self.versions_label)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.copy_button = QPushButton("Copy diagnostics")
+        self.copy_button.setToolTip("Copies the output of `edgekit devices --json`")
+        buttons.addButton(self.copy_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.copy_button.clicked.connect(self.copy)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.diagnostics)

@@ -1,0 +1,436 @@
+"""The Run page: one view per kind of task (image, text, audio) and a generic view for models
+without a task. Each view gathers its input, runs a job from ``gui.work`` and draws the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QStackedWidget,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import work
+from ..widgets import BarChart, Picture, Waveform, table
+
+IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
+AUDIO_FILTER = "Audio (*.wav *.flac *.ogg);;All files (*)"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+
+
+def _latency_text(result) -> str:
+    return f"{result.latency_ms:.1f} ms on {result.where} (pre-processing, inference and post-processing)"
+
+
+class _TaskView(QWidget):
+    """Shared by the views: the window (jobs, session, errors), a status line, a Run button."""
+
+    kind = ""
+
+    def __init__(self, window) -> None:
+        super().__init__()
+        self.window_ = window
+        self.status = QLabel("")
+        self.status.setObjectName("runStatus")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the model (Ctrl+R)")
+        self.run_button.clicked.connect(self.run)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, name: str, fn, on_result) -> None:
+        loaded = self.window_.session.loaded
+        if loaded is None:
+            return
+        self.status.setText("running…")
+        self.run_button.setEnabled(False)
+
+        def done(result) -> None:
+            self.window_.session.set_result(result)
+            on_result(result)
+            self.status.setText(_latency_text(result))
+
+        def failed(exc, details) -> None:
+            self.status.setText("failed: see the message")
+            self.window_.show_exception(f"{name} failed", exc, details)
+
+        self.window_.jobs.submit(lambda job: fn(loaded), name=name, on_result=done, on_error=failed,
+                                 on_finished=lambda _c: self.run_button.setEnabled(True))
+
+    def model_changed(self, loaded) -> None:
+        self.status.setText("")
+
+    def accepts_file(self, path: Path) -> bool:
+        return False
+
+    def open_file(self, path: Path) -> None:
+        pass
+
+
+class ImageTaskView(_TaskView):
+    kind = "image"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.image_path: Path | None = None
+        self.picture = Picture()
+        self.picture.setObjectName("picture")
+        open_button = QPushButton("Open picture…")
+        open_button.clicked.connect(self.choose)
+        self.top_k = QSpinBox(minimum=1, maximum=20, value=5)
+        self.top_k.setPrefix("top ")
+        self.bars = BarChart()
+        self.bars.setObjectName("imageBars")
+        controls = QHBoxLayout()
+        for w in (open_button, self.top_k, self.run_button):
+            controls.addWidget(w)
+        controls.addStretch(1)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.addWidget(self.bars)
+        rl.addWidget(self.status)
+        rl.addStretch(1)
+        split = QSplitter()
+        split.addWidget(self.picture)
+        split.addWidget(right)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.addLayout(controls)
+        layout.addWidget(split, 1)
+
+    def choose(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a picture", "", IMAGE_FILTER)
+        if path:
+            self.open_file(Path(path))
+
+    def accepts_file(self, path: Path) -> bool:
+        return path.suffix.lower() in IMAGE_SUFFIXES
+
+    def open_file(self, path: Path) -> None:
+        self.image_path = Path(path)
+        self.picture.set_image(path)  # Qt may not decode every format PIL does; the model still runs
+        self.run()
+
+    def run(self) -> None:
+        if self.image_path is None:
+            self.status.setText("Open or drop a picture first.")
+            return
+        path, k = self.image_path, self.top_k.value()
+        self.submit("Classifying the picture", lambda loaded: work.run_image(loaded, path, top_k=k), self.show)
+
+    def show(self, result: work.ImageResult) -> None:
+        self.bars.set_items([(c.label, c.score) for c in result.categories], maximum=1.0,
+                            title=f"Top {len(result.categories)}: {result.image.name}")
+
+    def model_changed(self, loaded) -> None:
+        super().model_changed(loaded)
+        self.bars.set_items([])
+
+
+class TextTaskView(_TaskView):
+    kind = "text"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.editor = QPlainTextEdit()
+        self.editor.setObjectName("textInput")
+        self.editor.setPlaceholderText("One sentence per line")
+        self.labels = QLineEdit()
+        self.labels.setObjectName("zeroShotLabels")
+        self.labels.setPlaceholderText("Zero-shot labels, comma-separated (e.g. sports, finance, weather)")
+        self.labels_label = QLabel("Labels:")
+        self.results = QWidget()
+        self.results_layout = QVBoxLayout(self.results)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.results)
+        self.similarity = QTableWidget()
+        self.similarity.setObjectName("similarityTable")
+        self.results_layout.addWidget(self.similarity)
+        self.results_layout.addStretch(1)
+        row = QHBoxLayout()
+        row.addWidget(self.labels_label)
+        row.addWidget(self.labels, 1)
+        row.addWidget(self.run_button)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(self.editor, 1)
+        ll.addLayout(row)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(left)
+        split.addWidget(scroll)
+        split.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.addWidget(split, 1)
+        layout.addWidget(self.status)
+
+    def model_changed(self, loaded) -> None:
+        super().model_changed(loaded)
+        from edgekit.tasks import TextEmbedder
+
+        embedder = loaded is not None and isinstance(loaded.task, TextEmbedder)
+        self.labels.setVisible(embedder)
+        self.labels_label.setVisible(embedder)
+        self._clear()
+        if loaded is not None and not self.editor.toPlainText().strip():
+            self.editor.setPlainText(_sample_text())
+
+    def _clear(self) -> None:
+        while self.results_layout.count() > 2:  # keep the similarity table and the stretch
+            item = self.results_layout.takeAt(1)
+            if item.widget():
+                item.widget().deleteLater()
+        self.similarity.clear()
+        self.similarity.setRowCount(0)
+        self.similarity.setColumnCount(0)
+
+    def run(self) -> None:
+        texts = self.editor.toPlainText().splitlines()
+        labels = [s.strip() for s in self.labels.text().split(",") if s.strip()] if not self.labels.isHidden() else []
+        self.submit("Running the text model", lambda loaded: work.run_text(loaded, texts, labels=labels), self.show)
+
+    def show(self, result: work.TextResult) -> None:
+        self._clear()
+        if result.similarity is not None:
+            self.similarity.setVisible(True)
+            n = len(result.texts)
+            short = [t if len(t) <= 40 else t[:39] + "…" for t in result.texts]
+            rows = [[short[i], *(round(float(result.similarity[i, j]), 3) for j in range(n))] for i in range(n)]
+            table(["cosine similarity", *(f"{j + 1}" for j in range(n))], rows, widget=self.similarity)
+            for i in range(n):
+                for j in range(n):
+                    item = self.similarity.item(i, j + 1)
+                    item.setToolTip(f"{result.texts[i]}\n{result.texts[j]}")
+            self.similarity.setMinimumHeight(min(400, 30 + 30 * n))
+            return
+        self.similarity.setVisible(False)
+        for i, (text, cats) in enumerate(zip(result.texts, result.categories)):
+            chart = BarChart()
+            chart.setObjectName(f"textBars{i}")
+            chart.set_items([(c.label, c.score) for c in cats], maximum=1.0, title=text)
+            self.results_layout.insertWidget(self.results_layout.count() - 1, chart)
+
+
+def _sample_text() -> str:
+    return ("A man is playing a guitar on stage.\nSomeone performs music with a guitar.\n"
+            "The stock market fell sharply today.\nThe team won the championship final.")
+
+
+class AudioTaskView(_TaskView):
+    kind = "audio"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.audio_path: Path | None = None
+        self.recorded: tuple[np.ndarray, int] | None = None
+        open_button = QPushButton("Open audio…")
+        open_button.clicked.connect(self.choose)
+        from ..recorder import Recorder
+
+        self.recorder = Recorder(self)
+        self.record_button = QPushButton("Record")
+        self.record_button.setObjectName("recordButton")
+        self.record_button.setCheckable(True)
+        available, why = self.recorder.available()
+        self.record_button.setEnabled(available)
+        self.record_button.setToolTip("Record from the microphone; press again to stop" if available
+                                      else f"Recording is unavailable: {why}")
+        self.record_button.toggled.connect(self.toggle_recording)
+        self.recorder.finished.connect(self.recorded_audio)
+        self.record_note = QLabel("" if available else f"Recording unavailable: {why}")
+        self.record_note.setObjectName("recordNote")
+        self.record_note.setWordWrap(True)
+        self.waveform = Waveform()
+        self.waveform.setObjectName("waveform")
+        self.bars = BarChart()
+        self.summary = QLabel("")
+        self.summary.setObjectName("audioSummary")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        controls = QHBoxLayout()
+        for w in (open_button, self.record_button, self.run_button):
+            controls.addWidget(w)
+        controls.addWidget(self.record_note, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(controls)
+        layout.addWidget(self.waveform, 2)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.bars)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def choose(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open audio", "", AUDIO_FILTER)
+        if path:
+            self.open_file(Path(path))
+
+    def accepts_file(self, path: Path) -> bool:
+        return path.suffix.lower() in AUDIO_SUFFIXES
+
+    def open_file(self, path: Path) -> None:
+        self.audio_path, self.recorded = Path(path), None
+        self.run()
+
+    def toggle_recording(self, on: bool) -> None:
+        if on:
+            self.record_button.setText("Stop")
+            self.recorder.start()
+        else:
+            self.record_button.setText("Record")
+            self.recorder.stop()
+
+    def recorded_audio(self, samples: np.ndarray, rate: int) -> None:
+        self.recorded, self.audio_path = (samples, rate), None
+        self.run()
+
+    def run(self) -> None:
+        if self.recorded is not None:
+            samples, rate = self.recorded
+            fn = lambda loaded: work.run_audio(loaded, samples, rate, name="recording")  # noqa: E731
+        elif self.audio_path is not None:
+            path = self.audio_path
+            fn = lambda loaded: work.run_audio(loaded, path, name=path.name)  # noqa: E731
+        else:
+            self.status.setText("Open or drop a WAV, FLAC or OGG file first.")
+            return
+        self.submit("Running the audio model", fn, self.show)
+
+    def show(self, result: work.AudioResult) -> None:
+        spans = [(s.start_s, s.end_s) for s in result.segments or []]
+        self.waveform.set_waveform(result.envelope, result.duration_s, spans)
+        if result.segments is not None:
+            found = "; ".join(f"{s.start_s:.2f}–{s.end_s:.2f} s (p {s.score:.2f})" for s in result.segments)
+            self.summary.setText(f"{result.audio}, {result.duration_s:.2f} s: " +
+                                 (f"speech at {found}" if result.segments else "no speech found"))
+            self.bars.set_items([])
+        else:
+            self.summary.setText(f"{result.audio}, {result.duration_s:.2f} s")
+            self.bars.set_items([(c.label, c.score) for c in result.categories or []], maximum=1.0)
+
+    def model_changed(self, loaded) -> None:
+        super().model_changed(loaded)
+        self.summary.setText("")
+        self.bars.set_items([])
+        self.waveform.set_waveform(None, 0)
+
+
+class GenericTaskView(_TaskView):
+    """Models without a known task: inputs from .npy files (synthetic where none is chosen)."""
+
+    kind = "generic"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.files: dict[str, str | None] = {}
+        self.inputs = QTableWidget()
+        self.inputs.setObjectName("genericInputs")
+        self.outputs = QTableWidget()
+        self.outputs.setObjectName("genericOutputs")
+        note = QLabel("This model declares no task: give each input a .npy file (Choose…), or run it on "
+                      "synthetic inputs. Outputs are shown as shape, dtype, statistics and first values.")
+        note.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(note)
+        layout.addWidget(QLabel("Inputs"))
+        layout.addWidget(self.inputs, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.run_button)
+        row.addWidget(self.status, 1)
+        layout.addLayout(row)
+        layout.addWidget(QLabel("Outputs"))
+        layout.addWidget(self.outputs, 2)
+
+    def model_changed(self, loaded) -> None:
+        super().model_changed(loaded)
+        self.files = {}
+        specs = loaded.model.inputs if loaded is not None else []
+        table(["input", "shape", "dtype", "data", ""], [[s.name, _dims(s.shape), str(s.dtype), "synthetic", ""]
+                                                        for s in specs], widget=self.inputs)
+        for r, spec in enumerate(specs):
+            button = QPushButton("Choose .npy…")
+            button.clicked.connect(lambda _=False, n=spec.name, row=r: self.choose(n, row))
+            self.inputs.setCellWidget(r, 4, button)
+        table(["output", "shape", "dtype", "min", "max", "mean", "std", "first values"], [], widget=self.outputs)
+
+    def choose(self, name: str, row: int) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, f"Data for input {name}", "", "NumPy arrays (*.npy)")
+        if path:
+            self.set_file(name, path)
+
+    def set_file(self, name: str, path: str) -> None:
+        self.files[name] = path
+        for r in range(self.inputs.rowCount()):
+            if self.inputs.item(r, 0).text() == name:
+                self.inputs.item(r, 3).setText(Path(path).name)
+
+    def run(self) -> None:
+        files = dict(self.files)
+        self.submit("Running the model", lambda loaded: work.run_generic(loaded, files), self.show)
+
+    def show(self, result: work.GenericResult) -> None:
+        rows = [[o.name, _dims(o.shape), o.dtype, *(_num(o.stats.get(k)) for k in ("min", "max", "mean", "std")),
+                 ", ".join(_num(v) for v in o.head) + (" …" if len(o.head) == 8 else "")] for o in result.outputs]
+        table(["output", "shape", "dtype", "min", "max", "mean", "std", "first values"], rows, widget=self.outputs)
+
+
+def _dims(shape) -> str:
+    return "any" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+class RunPage(QStackedWidget):
+    """Shows the view that fits the loaded model's task."""
+
+    VIEW_OF_TASK = {"image-classification": "image", "text-embedding": "text", "text-classification": "text",
+                    "voice-activity-detection": "audio", "audio-classification": "audio"}
+
+    def __init__(self, window) -> None:
+        super().__init__()
+        self.empty = QLabel("Open a model (File ▸ Open, or one of the samples in the toolbar) to run it here.")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.views = {"image": ImageTaskView(window), "text": TextTaskView(window), "audio": AudioTaskView(window),
+                      "generic": GenericTaskView(window)}
+        self.addWidget(self.empty)
+        for v in self.views.values():
+            self.addWidget(v)
+
+    @property
+    def current(self) -> _TaskView | None:
+        w = self.currentWidget()
+        return w if isinstance(w, _TaskView) else None
+
+    def model_changed(self, loaded) -> None:
+        if loaded is None:
+            self.setCurrentWidget(self.empty)
+            return
+        view = self.views[self.VIEW_OF_TASK.get(loaded.info.task or "", "generic") if loaded.task else "generic"]
+        view.model_changed(loaded)
+        self.setCurrentWidget(view)

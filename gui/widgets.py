@@ -1,0 +1,197 @@
+"""Small drawing widgets: labelled bars, a waveform with segments, a picture, a read-only table.
+
+They paint with the palette's roles (text, highlight, mid), so they read in light and dark
+themes, and size their text from the widget font, so they scale on high-DPI screens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QPainter, QPalette, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
+
+
+class BarChart(QWidget):
+    """Horizontal bars, one per (label, value), each with its value written beside it.
+
+    ``maximum`` fixes the scale (1.0 for probabilities); by default the largest value fills it.
+    """
+
+    def __init__(self, parent=None, *, value_format: str = "{:.3f}") -> None:
+        super().__init__(parent)
+        self.items: list[tuple[str, float]] = []
+        self.maximum: float | None = None
+        self.value_format = value_format
+        self.title = ""
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def set_items(self, items: Sequence[tuple[str, float]], *, maximum: float | None = None, title: str = "") -> None:
+        self.items, self.maximum, self.title = [(str(k), float(v)) for k, v in items], maximum, title
+        self.updateGeometry()
+        self.update()
+
+    def _row_height(self) -> int:
+        return int(self.fontMetrics().height() * 1.7)
+
+    def sizeHint(self) -> QSize:
+        rows = len(self.items) + (1 if self.title else 0)
+        return QSize(420, max(1, rows) * self._row_height() + 8)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(200, self.sizeHint().height())
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pal = self.palette()
+        fm = self.fontMetrics()
+        row = self._row_height()
+        y = 4
+        if self.title:
+            p.setPen(pal.color(QPalette.ColorRole.WindowText))
+            p.drawText(QRectF(4, y, self.width() - 8, row), Qt.AlignmentFlag.AlignVCenter, self.title)
+            y += row
+        if not self.items:
+            return
+        label_w = min(max(fm.horizontalAdvance(k) for k, _ in self.items) + 12, self.width() * 0.45)
+        value_w = max(fm.horizontalAdvance(self.value_format.format(v)) for _, v in self.items) + 12
+        bar_w = max(10.0, self.width() - label_w - value_w - 8)
+        top = self.maximum or max((v for _, v in self.items), default=1.0) or 1.0
+        bar_color = pal.color(QPalette.ColorRole.Highlight)
+        track = pal.color(QPalette.ColorRole.Mid)
+        track.setAlpha(60)
+        for label, value in self.items:
+            p.setPen(pal.color(QPalette.ColorRole.WindowText))
+            text = fm.elidedText(label, Qt.TextElideMode.ElideRight, int(label_w - 8))
+            right = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight
+            p.drawText(QRectF(4, y, label_w - 8, row), right, text)
+            bar = QRectF(label_w, y + row * 0.2, bar_w, row * 0.6)
+            p.fillRect(bar, track)
+            frac = max(0.0, min(1.0, value / top))
+            p.fillRect(QRectF(bar.left(), bar.top(), bar_w * frac, bar.height()), bar_color)
+            p.drawText(QRectF(label_w + bar_w + 6, y, value_w, row), Qt.AlignmentFlag.AlignVCenter,
+                       self.value_format.format(value))
+            y += row
+        p.end()
+
+
+class Waveform(QWidget):
+    """A waveform (min/max envelope) with shaded spans, e.g. detected speech."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.envelope = None
+        self.duration_s = 0.0
+        self.spans: list[tuple[float, float]] = []
+        self.setMinimumHeight(120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_waveform(self, envelope, duration_s: float, spans: Sequence[tuple[float, float]] = ()) -> None:
+        self.envelope, self.duration_s, self.spans = envelope, float(duration_s), list(spans)
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(600, 160)
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        pal = self.palette()
+        w, h = self.width(), self.height()
+        axis_h = self.fontMetrics().height() + 4
+        plot_h = h - axis_h
+        p.fillRect(0, 0, w, plot_h, pal.color(QPalette.ColorRole.Base))
+        if self.envelope is None or not len(self.envelope) or self.duration_s <= 0:
+            p.setPen(pal.color(QPalette.ColorRole.PlaceholderText))
+            p.drawText(QRectF(0, 0, w, plot_h), Qt.AlignmentFlag.AlignCenter, "open an audio file")
+            p.end()
+            return
+        shade = QColor(pal.color(QPalette.ColorRole.Highlight))
+        shade.setAlpha(70)
+        for start, end in self.spans:
+            x0, x1 = start / self.duration_s * w, end / self.duration_s * w
+            p.fillRect(QRectF(x0, 0, max(1.0, x1 - x0), plot_h), shade)
+        p.setPen(pal.color(QPalette.ColorRole.Text))
+        mid, half = plot_h / 2, plot_h / 2 - 4
+        n = len(self.envelope)
+        peak = max(1e-6, float(abs(self.envelope).max()))
+        for x in range(w):
+            lo, hi = self.envelope[min(n - 1, int(x / w * n))]
+            p.drawLine(x, int(mid - hi / peak * half), x, int(mid - lo / peak * half))
+        p.setPen(pal.color(QPalette.ColorRole.WindowText))
+        step = _tick_step(self.duration_s)
+        t = 0.0
+        while t <= self.duration_s + 1e-9:
+            x = t / self.duration_s * w
+            p.drawLine(int(x), plot_h, int(x), plot_h + 3)
+            p.drawText(QRectF(x + 2, plot_h, 60, axis_h), Qt.AlignmentFlag.AlignVCenter, f"{t:g} s")
+            t += step
+        p.end()
+
+
+def _tick_step(duration: float) -> float:
+    for step in (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300):
+        if duration / step <= 10:
+            return step
+    return 600.0
+
+
+class Picture(QLabel):
+    """A picture scaled to fit, keeping its aspect ratio."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._pixmap: QPixmap | None = None
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(200, 200)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setText("Open or drop a picture")
+
+    def set_image(self, path) -> bool:
+        pixmap = QPixmap(str(path))
+        self._pixmap = None if pixmap.isNull() else pixmap
+        self._rescale()
+        return self._pixmap is not None
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self._pixmap is None:
+            self.setPixmap(QPixmap())
+            return
+        self.setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                           Qt.TransformationMode.SmoothTransformation))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence], parent=None, *, widget: QTableWidget | None = None
+          ) -> QTableWidget:
+    """A read-only, sortable-looking table filled with ``rows`` (strings or numbers)."""
+    t = widget or QTableWidget(parent)
+    t.clear()
+    t.setColumnCount(len(headers))
+    t.setRowCount(len(rows))
+    t.setHorizontalHeaderLabels(list(headers))
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.verticalHeader().setVisible(False)
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            item = QTableWidgetItem("" if value is None else str(value))
+            if isinstance(value, (int, float)):
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            t.setItem(r, c, item)
+    header = t.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setStretchLastSection(True)
+    return t

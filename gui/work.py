@@ -1,0 +1,367 @@
+"""What the app's buttons do, as plain functions that run in a job: each calls edgekit or
+the converter and returns a result object for a widget to draw. No Qt, no model logic.
+
+    result = run_image(loaded, "cat.jpg", top_k=5)      # ImageResult(categories, latency_ms, ...)
+    rows = benchmark(candidates, iterations=50, progress=job.progress)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .state import Loaded
+
+Progress = Callable[[int, int, str], None]
+
+
+# --- running a task ------------------------------------------------------------------------
+
+@dataclass
+class ImageResult:
+    image: Path
+    categories: list  # edgekit.tasks.Category
+    latency_ms: float
+    where: str
+
+
+@dataclass
+class TextResult:
+    texts: list[str]
+    latency_ms: float
+    where: str
+    similarity: np.ndarray | None = None  # n x n cosine similarity (embedders)
+    categories: list[list] = field(default_factory=list)  # per text (classifiers, zero-shot)
+
+
+@dataclass
+class AudioResult:
+    audio: str
+    duration_s: float
+    envelope: np.ndarray  # k x 2 (min, max) of the mono waveform, for drawing
+    latency_ms: float
+    where: str
+    segments: list | None = None  # edgekit.tasks.Segment (voice activity)
+    categories: list | None = None  # clip classifiers
+
+
+@dataclass
+class OutputSummary:
+    name: str
+    shape: tuple
+    dtype: str
+    stats: dict  # min, max, mean, std
+    head: list  # the first values
+
+
+@dataclass
+class GenericResult:
+    inputs: dict[str, str]  # input name -> where it came from
+    outputs: list[OutputSummary]
+    latency_ms: float
+    where: str
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return value, (time.perf_counter() - t0) * 1e3
+
+
+def run_image(loaded: Loaded, image: str | Path, *, top_k: int = 5) -> ImageResult:
+    cats, ms = _timed(lambda: loaded.task.classify(image, top_k=top_k))
+    return ImageResult(Path(image), cats, ms, loaded.where)
+
+
+def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = (), top_k: int = 5) -> TextResult:
+    """Embedders: the similarity of every pair of lines, or zero-shot over ``labels``.
+    Classifiers: label scores per line."""
+    from edgekit.errors import InputError
+    from edgekit.tasks import TextClassifier, TextEmbedder
+
+    texts = [t for t in (s.strip() for s in texts) if t]
+    if not texts:
+        raise InputError("no text: type one or more lines")
+    task = loaded.task
+    if isinstance(task, TextEmbedder) and labels:
+        zero_shot = TextClassifier(loaded.model, labels=list(labels))
+        cats, ms = _timed(lambda: [zero_shot.classify(t, top_k=top_k) for t in texts])
+        return TextResult(texts, ms, loaded.where, categories=cats)
+    if isinstance(task, TextEmbedder):
+        vecs, ms = _timed(lambda: task.embed(texts))
+        return TextResult(texts, ms, loaded.where, similarity=vecs @ vecs.T)
+    cats, ms = _timed(lambda: [task.classify(t, top_k=top_k) for t in texts])
+    return TextResult(texts, ms, loaded.where, categories=cats)
+
+
+def run_audio(loaded: Loaded, audio, sample_rate: int | None = None, *, name: str | None = None,
+              top_k: int = 5) -> AudioResult:
+    """Voice activity (segments) or clip classification of a file or an array at ``sample_rate``."""
+    from edgekit.tasks import VoiceActivityDetector
+    from edgekit.tasks.audio import load_audio
+
+    task = loaded.task
+    rate = int(getattr(task, "sample_rate", 16000))
+    x = load_audio(audio, sample_rate, target_rate=rate, name=name)
+    label = name or str(audio)
+    if isinstance(task, VoiceActivityDetector):
+        segs, ms = _timed(lambda: task.detect(x, rate))
+        return AudioResult(label, len(x) / rate, envelope(x), ms, loaded.where, segments=segs)
+    cats, ms = _timed(lambda: task.classify(x, rate, top_k=top_k))
+    return AudioResult(label, len(x) / rate, envelope(x), ms, loaded.where, categories=cats)
+
+
+def envelope(x: np.ndarray, points: int = 1200) -> np.ndarray:
+    """Min and max of ``x`` over ``points`` equal slices: a waveform a widget can draw at any width."""
+    if len(x) == 0:
+        return np.zeros((0, 2), np.float32)
+    points = min(points, len(x))
+    edges = np.linspace(0, len(x), points + 1).astype(int)
+    return np.stack([np.minimum.reduceat(x, edges[:-1]), np.maximum.reduceat(x, edges[:-1])], axis=1)
+
+
+def run_generic(loaded: Loaded, files: dict[str, str | None]) -> GenericResult:
+    """Run a model without a task: each input from a .npy file, or synthetic where none is given."""
+    from edgekit.bench import synthetic_inputs
+    from edgekit.errors import InputError
+
+    model = loaded.model
+    synthetic = synthetic_inputs(model.inputs, warmup=model.metadata.get("warmup_inputs"))
+    feeds, came_from = {}, {}
+    for spec in model.inputs:
+        path = files.get(spec.name)
+        if path:
+            try:
+                feeds[spec.name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{path}: cannot be read as a .npy array for input {spec.name!r} ({e})") from e
+            came_from[spec.name] = Path(path).name
+        else:
+            feeds[spec.name] = synthetic[spec.name]
+            came_from[spec.name] = "synthetic " + "x".join(map(str, feeds[spec.name].shape))
+    out, ms = _timed(lambda: model.run(feeds))
+    return GenericResult(came_from, [summarize(k, v) for k, v in out.items()], ms, loaded.where)
+
+
+def summarize(name: str, a: np.ndarray, head: int = 8) -> OutputSummary:
+    a = np.asarray(a)
+    flat = a.reshape(-1)
+    if a.dtype.kind in "fiub" and flat.size:
+        f = flat.astype(np.float64)
+        stats = {"min": float(f.min()), "max": float(f.max()), "mean": float(f.mean()), "std": float(f.std())}
+    else:
+        stats = {}
+    return OutputSummary(name, tuple(a.shape), str(a.dtype), stats, flat[:head].tolist())
+
+
+# --- benchmark -------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One artifact on one device, as the Benchmark page lists it."""
+
+    artifact: Path
+    device: str  # "backend:device"
+    label: str  # "model-int8.xml on openvino:CPU"
+
+
+@dataclass
+class BenchRow:
+    label: str
+    artifact: str
+    device: str
+    status: str  # "ok" | "failed" | "cancelled"
+    reason: str = ""
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    throughput: float | None = None  # runs per second at batch 1
+
+
+def candidates(info, devices) -> list[Candidate]:
+    """Every (artifact, device) pair that can run: the package's usable artifacts (or the one file)
+    on each available device of a backend that reads its format."""
+    from edgekit import backends
+    from edgekit.types import Format
+
+    if info.is_package:
+        files = [(info.path / a["path"], Format(a["format"])) for a in info.artifacts if a.get("status") == "ok"]
+    else:
+        files = [(info.path, Format(info.format))]
+    out = []
+    for path, fmt in files:
+        for d in devices:
+            if d.available and fmt in backends.get(d.backend).formats:
+                out.append(Candidate(path, d.spec, f"{path.name} on {d.spec}"))
+    return out
+
+
+def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, progress: Progress) -> list[BenchRow]:
+    """Time each candidate for ``iterations`` runs on synthetic inputs; a failure is a row, not an error."""
+    import edgekit
+    from edgekit.bench import measure, synthetic_inputs
+
+    rows, total = [], len(chosen) * iterations
+    for i, cand in enumerate(chosen):
+        base = i * iterations
+        progress(base, total, f"loading {cand.label}")
+        try:
+            with edgekit.load(cand.artifact, device=cand.device, strict=True, verify=False, cache=False) as m:
+                feeds = synthetic_inputs(m.inputs, warmup=m.metadata.get("warmup_inputs"))
+                t = measure(lambda m=m, f=feeds: m.run(f), warmup=warmup, runs=iterations,
+                            progress=lambda done, n, b=base, c=cand: progress(b + done, total, c.label))
+        except edgekit.EdgekitError as e:
+            rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "failed", str(e)))
+            continue
+        rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "ok", "", t.p50_ms, t.p90_ms,
+                             t.p99_ms, t.throughput))
+    progress(total, total, "done")
+    return rows
+
+
+def bench_csv(rows: Sequence[BenchRow]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["artifact", "device", "status", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "reason"])
+    for r in rows:
+        w.writerow([r.artifact, r.device, r.status, *(f"{v:.4f}" if v is not None else "" for v in
+                                                         (r.p50_ms, r.p90_ms, r.p99_ms, r.throughput)), r.reason])
+    return buf.getvalue()
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- converting --------------------------------------------------------------------------
+
+@dataclass
+class ConvertOptions:
+    source: str
+    out: str
+    targets: list[str]
+    precisions: list[str]
+    calibration: str | None = None
+
+
+def convert(options: ConvertOptions, *, progress: Progress, cancelled: Callable[[], bool] = lambda: False):
+    """Run the converter in a child process; each of its step lines is a progress step.
+
+    A child process, because TensorFlow's and NNCF's imports hold the GIL for hundreds of
+    milliseconds and would freeze the window. Cancelling asks the child to stop at its next
+    step: the converter then removes its temporary folder, so nothing half-written is left.
+
+    Returns:
+        The ConversionReport, or None when cancelled.
+
+    Raises:
+        The converter's error (ConversionError with ``.report``, UsageError, ...), with the
+        child's traceback as ``.details``.
+    """
+    import multiprocessing
+    import queue as queues
+
+    from edgekit.errors import BackendError
+
+    ctx = multiprocessing.get_context("spawn")
+    messages, stop = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=_convert_in_child, args=(options, messages, stop), daemon=True,
+                        name="edgekit-convert")
+    child.start()
+    total, done = expected_steps(options), 0
+    progress(0, total, f"starting the converter for {Path(options.source).name}")
+    try:
+        while True:
+            try:
+                kind, payload = messages.get(timeout=0.1)
+            except queues.Empty:
+                if cancelled():
+                    stop.set()
+                if not child.is_alive() and messages.empty():
+                    raise BackendError(f"the converter process ended unexpectedly (exit code {child.exitcode})"
+                                       ) from None
+                continue
+            if kind == "progress":
+                done += 1
+                progress(min(done, total - 1), total, payload)
+            elif kind == "result":
+                progress(total, total, f"wrote {options.out}")
+                return payload
+            elif kind == "cancelled":
+                return None
+            else:
+                raise _rebuilt(*payload)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.terminate()
+
+
+def _convert_in_child(options: ConvertOptions, messages, stop) -> None:
+    import traceback
+
+    from converters import convert as run_converter
+
+    class Stop(BaseException):
+        pass
+
+    def step(line: str) -> None:
+        if stop.is_set():
+            raise Stop
+        messages.put(("progress", line))
+
+    try:
+        report = run_converter(options.source, to=options.targets, precisions=options.precisions,
+                               calibration=options.calibration or None, out=options.out, progress=step)
+        messages.put(("result", report))
+    except Stop:
+        messages.put(("cancelled", None))
+    except BaseException as e:  # noqa: BLE001 - every failure goes back to the window
+        messages.put(("error", (type(e).__name__, str(e), getattr(e, "report", None), traceback.format_exc())))
+
+
+def _rebuilt(name: str, message: str, report, details: str) -> Exception:
+    """The child's exception, as the same edgekit error class where there is one."""
+    from edgekit import errors
+
+    if report is not None:
+        from converters.conversion import ConversionError
+
+        exc = ConversionError(message, report)
+    else:
+        cls = getattr(errors, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.EdgekitError)):
+            exc = RuntimeError(f"{name}: {message}")
+        else:
+            try:
+                exc = cls(message)
+            except TypeError:  # a class with more constructor arguments (ModelFileError)
+                exc = (errors.UsageError if issubclass(cls, errors.UsageError) else errors.BackendError)(message)
+    exc.details = details
+    return exc
+
+
+def expected_steps(options: ConvertOptions) -> int:
+    """About how many progress lines a conversion prints (reading, data, one build and one check
+    per artifact, writing); the bar uses it as its length."""
+    n = len(options.targets) * len(options.precisions)
+    return 4 + 2 * n + (1 if options.calibration else 0)

@@ -1,0 +1,345 @@
+"""The desktop app, driven through its real main window (pytest-qt, QT_QPA_PLATFORM=offscreen).
+
+Each page is saved as a screenshot into test-artifacts/gui/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6", reason="the GUI extra (pyside6) is part of `make install`")
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent, QGuiApplication  # noqa: E402
+
+from gui.widgets import BarChart  # noqa: E402
+from samples.build import INPUTS  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("EDGEKIT_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")) / "gui"
+LOAD_TIMEOUT = 120_000
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, samples):
+    from gui.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, samples_dir=samples["image"].parent)
+    qtbot.addWidget(w)
+    w.resize(1180, 780)
+    w.show()
+    qtbot.waitUntil(lambda: w.devices_known, timeout=60_000)
+    yield w
+    w.jobs.cancel_all()
+    w.jobs.wait(60_000)
+
+
+def idle(qtbot, w, timeout=LOAD_TIMEOUT) -> None:
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=timeout)
+
+
+def open_and_wait(qtbot, w, path: Path) -> None:
+    w.open_path(path)
+    qtbot.waitUntil(lambda: w.session.loaded is not None and w.session.loaded.info.path == Path(path)
+                    or w.last_error is not None, timeout=LOAD_TIMEOUT)
+    assert w.last_error is None, w.last_error.text()
+    idle(qtbot, w)
+
+
+def screenshot(w, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    QGuiApplication.processEvents()
+    path = ARTIFACTS / name
+    assert w.grab().save(str(path))
+    return path
+
+
+class LoopDelay:
+    """How late a 10 ms timer fires on the UI thread: the event loop's worst stall."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        self.interval = interval_ms
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.start(interval_ms)
+
+    def stop(self) -> float:
+        """The largest delay beyond the interval, in ms."""
+        self.timer.stop()
+        gaps = [(b - a) * 1e3 for a, b in zip(self.ticks, self.ticks[1:])]
+        return max(gaps) - self.interval if gaps else float("inf")
+
+
+def test_qt_signals_keep_python_refcounts_intact():
+    """PySide6 6.12.0 dropped a reference to True on every emit, aborting the app after a few
+    hundred (pyproject.toml excludes it); this fails fast if a future release does the same."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Source(QObject):
+        fired = Signal(int, int, str)
+
+    source = Source()
+    source.fired.connect(lambda *_: None)
+    before = sys.getrefcount(True)
+    for _ in range(200):
+        source.fired.emit(1, 2, "step")
+    assert sys.getrefcount(True) >= before - 10
+
+
+# --- opening and seeing a model ----------------------------------------------------------------
+
+def test_image_sample_opens_in_one_click_and_classifies_the_cat(qtbot, window):
+    window.sample_actions["image"].trigger()
+    qtbot.waitUntil(lambda: window.session.loaded is not None, timeout=LOAD_TIMEOUT)
+    idle(qtbot, window)
+    loaded = window.session.loaded
+    assert loaded.info.task == "image-classification" and loaded.info.is_package
+    # The Model page: the package's artifacts with parity, and what runs it in words.
+    assert window.model_page.artifacts.rowCount() == len(loaded.info.artifacts) >= 3
+    assert "Running" in window.model_page.running.text() and loaded.where in window.model_page.running.text()
+    window.tabs.setCurrentWidget(window.model_page)
+    screenshot(window, "model-page.png")
+
+    view = window.run_page.views["image"]
+    assert window.run_page.currentWidget() is view
+    view.open_file(INPUTS / "images" / "cat.jpg")
+    qtbot.waitUntil(lambda: bool(view.bars.items), timeout=60_000)
+    labels = [label for label, _ in view.bars.items]
+    assert len(labels) == 5 and any(c in " ".join(labels) for c in ("tabby", "tiger cat", "Egyptian cat"))
+    assert all(0 <= score <= 1 for _, score in view.bars.items)
+    assert " ms on " in view.status.text()
+    window.tabs.setCurrentWidget(window.run_page)
+    screenshot(window, "run-image.png")
+
+
+def test_text_sample_shows_similarity_and_zero_shot_labels(qtbot, window, samples):
+    open_and_wait(qtbot, window, samples["text"])
+    view = window.run_page.views["text"]
+    assert window.run_page.currentWidget() is view and not view.labels.isHidden()
+    view.editor.setPlainText("A man is playing a guitar.\nSomeone plays the guitar.\nThe bank raised interest rates.")
+    view.run()
+    qtbot.waitUntil(lambda: view.similarity.rowCount() == 3, timeout=60_000)
+    sim = [[float(view.similarity.item(i, j + 1).text()) for j in range(3)] for i in range(3)]
+    assert sim[0][1] > sim[0][2] + 0.2  # the paraphrase is closer than the unrelated sentence
+    screenshot(window, "run-text-similarity.png")
+
+    view.editor.setPlainText("The striker scored twice in the cup final.")
+    view.labels.setText("sports, finance, weather")
+    view.run()
+    qtbot.waitUntil(lambda: not window.jobs.running and bool(view.results.findChildren(BarChart)), timeout=60_000)
+    bars = view.results.findChildren(BarChart)[0]
+    assert bars.items[0][0] == "sports"
+    screenshot(window, "run-text-zero-shot.png")
+
+
+def test_audio_sample_draws_the_waveform_with_speech_and_finds_none_in_silence(qtbot, window, samples):
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    assert window.run_page.currentWidget() is view
+    view.open_file(INPUTS / "audio" / "speech.wav")
+    qtbot.waitUntil(lambda: view.waveform.envelope is not None and not window.jobs.running, timeout=60_000)
+    assert view.waveform.spans and view.waveform.duration_s > 1
+    assert "speech at" in view.summary.text()
+    # Without a microphone the Record control is disabled and says why.
+    if not view.record_button.isEnabled():
+        assert "unavailable" in view.record_button.toolTip() and view.record_note.text()
+    screenshot(window, "run-audio.png")
+    view.open_file(INPUTS / "audio" / "silence.wav")
+    qtbot.waitUntil(lambda: "no speech found" in view.summary.text(), timeout=60_000)
+    assert view.waveform.spans == []
+
+
+def test_switching_device_reopens_the_model_there_and_says_why(qtbot, window, samples):
+    open_and_wait(qtbot, window, samples["image"])
+    combo = window.device_combo
+    disabled = [i for i in range(combo.count()) if not combo.model().item(i).isEnabled()]
+    for i in disabled:  # unavailable devices are listed, disabled, with the reason
+        assert "(unavailable)" in combo.itemText(i)
+        assert combo.itemData(i, Qt.ItemDataRole.ToolTipRole).startswith("unavailable:")
+    window.set_device("onnxruntime:CPUExecutionProvider")
+    qtbot.waitUntil(lambda: window.session.loaded is not None and window.session.loaded.model.backend == "onnxruntime"
+                    and not window.jobs.running, timeout=LOAD_TIMEOUT)
+    assert "onnxruntime:CPUExecutionProvider" in window.where_label.text()
+    assert "onnxruntime:CPUExecutionProvider" in window.model_page.running.text()
+    view = window.run_page.views["image"]
+    view.open_file(INPUTS / "images" / "coffee.jpg")
+    qtbot.waitUntil(lambda: bool(view.bars.items), timeout=60_000)
+    assert "onnxruntime" in view.status.text()
+
+
+# --- generic models, bad files and errors -----------------------------------------------------
+
+def test_model_without_task_runs_in_the_generic_view_from_npy(qtbot, window, models, tmp_path):
+    import numpy as np
+
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    view = window.run_page.views["generic"]
+    assert window.run_page.currentWidget() is view
+    spec = window.session.loaded.model.inputs[0]
+    x = np.ones([d if isinstance(d, int) else 2 for d in spec.shape], dtype=spec.dtype)
+    np.save(tmp_path / "x.npy", x)
+    view.set_file(spec.name, str(tmp_path / "x.npy"))
+    view.run()
+    qtbot.waitUntil(lambda: view.outputs.rowCount() > 0, timeout=60_000)
+    assert view.outputs.item(0, 1).text().startswith("[2")
+    expected = window.session.loaded.model.run({spec.name: x})
+    first = next(iter(expected.values())).reshape(-1)[0]
+    assert view.outputs.item(0, 7).text().startswith(f"{first:.5g}"[:4])
+
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    view.set_file(spec.name, str(tmp_path / "bad.npy"))
+    view.run()
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
+    assert "bad.npy" in window.last_error.text()
+
+
+def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, models, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    window.open_path(bad)
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=60_000)
+    box = window.last_error
+    assert box.isVisible() and "broken.onnx" in box.text()
+    assert "Traceback" not in box.text() and box.detailedText()  # details to copy, not in the message
+    screenshot(window, "error-dialog.png")
+    box.close()
+    window.last_error = None
+    open_and_wait(qtbot, window, models["mlp.onnx"])  # still works
+    assert window.session.loaded.info.path == models["mlp.onnx"]
+
+
+def test_dropping_a_model_opens_it_and_a_strange_file_is_refused(qtbot, window, models, tmp_path):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(models["mlp.xml"]))])
+    event = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: window.session.loaded is not None, timeout=LOAD_TIMEOUT)
+    idle(qtbot, window)
+    assert window.session.loaded.info.format == "openvino"
+    assert str(models["mlp.xml"].resolve()) in window.session.recent
+    assert [a.text() for a in window.recent_menu.actions()][0] == str(models["mlp.xml"].resolve())
+    odd = tmp_path / "notes.txt"
+    odd.write_text("hello")
+    window.open_dropped(odd)
+    assert window.last_error is not None and "notes.txt" in window.last_error.text()
+
+
+@pytest.mark.qt_no_exception_capture
+def test_an_exception_escaping_a_slot_becomes_a_dialog(qtbot, window):
+    import sys
+    import threading
+
+    from gui.app import install_excepthooks
+
+    hooks = sys.excepthook, threading.excepthook
+    try:
+        install_excepthooks(window)
+
+        def boom() -> None:
+            raise RuntimeError("a bug in a slot")
+
+        QTimer.singleShot(0, boom)
+        qtbot.waitUntil(lambda: window.last_error is not None, timeout=10_000)
+        assert "a bug in a slot" in window.last_error.text() and window.isVisible()
+    finally:
+        sys.excepthook, threading.excepthook = hooks
+
+
+def test_about_box_shows_versions_and_copies_diagnostics(qtbot, window):
+    window.show_about()
+    about = window.about
+    text = about.versions_label.text()
+    for name in ("edgekit", "Qt", "onnxruntime", "openvino", "litert"):
+        assert name in text
+    about.copy_button.click()
+    doc = json.loads(QGuiApplication.clipboard().text())
+    assert doc["edgekit"] and any(d["backend"] == "openvino" for d in doc["devices"])
+    about.close()
+
+
+# --- benchmark and convert --------------------------------------------------------------------
+
+def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window, samples, tmp_path):
+    open_and_wait(qtbot, window, samples["image"])
+    page = window.bench_page
+    labels = [page.candidates.item(i).text() for i in range(page.candidates.count())]
+    wanted = ["model-fp32.onnx on onnxruntime:CPUExecutionProvider", "model-int8.xml on openvino:CPU"]
+    assert set(wanted) <= set(labels)
+    page.set_checked(wanted)
+    page.iterations.setValue(20)
+    window.tabs.setCurrentWidget(page)
+    delay = LoopDelay()
+    page.run_button.click()
+    qtbot.waitUntil(lambda: bool(page.rows) and page.run_button.isEnabled(), timeout=120_000)
+    stall = delay.stop()
+    assert [r.status for r in page.rows] == ["ok", "ok"]
+    assert all(r.p50_ms > 0 and r.p99_ms >= r.p50_ms and r.throughput > 0 for r in page.rows)
+    assert len(page.chart.items) == 2 and page.results.rowCount() == 2
+    assert stall <= 100, f"the UI stalled {stall:.0f} ms during the benchmark"
+    screenshot(window, "benchmark.png")
+    out = tmp_path / "bench.csv"
+    page.export(str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["artifact"] for r in rows] == ["model-fp32.onnx", "model-int8.xml"] and float(rows[0]["p50_ms"]) > 0
+
+
+def test_benchmark_can_be_cancelled(qtbot, window, models):
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    page = window.bench_page
+    page.iterations.setValue(100_000)
+    page.run_button.click()
+    qtbot.waitUntil(lambda: page.progress.value() > 10, timeout=60_000)
+    page.cancel_button.click()
+    qtbot.waitUntil(lambda: page.run_button.isEnabled(), timeout=30_000)
+    assert page.step.text() == "cancelled" and not window.jobs.running
+
+
+def test_convert_a_small_model_with_progress_then_open_the_package(qtbot, window, models, tmp_path):
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    page = window.convert_page
+    assert page.source.text() == str(models["mlp.onnx"])
+    out = tmp_path / "mlp-pkg"
+    page.out.setText(str(out))
+    for cb in page.targets.values():
+        cb.setChecked(True)
+    page.precisions["fp16"].setChecked(True)
+    page.precisions["int8-dynamic"].setChecked(True)
+    window.tabs.setCurrentWidget(page)
+    delay = LoopDelay()
+    page.convert_button.click()
+    qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
+    stall = delay.stop()
+    assert window.last_error is None, window.last_error.text()
+    assert page.report is not None and page.report.written and out.is_dir()
+    assert page.results.rowCount() == len(page.report.artifacts) >= 6
+    assert page.log.toPlainText().count("\n") >= 4 and page.progress.value() == page.progress.maximum()
+    assert stall <= 100, f"the UI stalled {stall:.0f} ms during the conversion"
+    screenshot(window, "convert.png")
+    page.open_button.click()
+    qtbot.waitUntil(lambda: window.session.loaded is not None and window.session.loaded.info.path == out,
+                    timeout=LOAD_TIMEOUT)
+    idle(qtbot, window)
+    assert window.session.loaded.info.is_package
+
+
+def test_cancelling_a_conversion_leaves_nothing_behind(qtbot, window, models, tmp_path):
+    page = window.convert_page
+    page.source.setText(str(models["mlp.onnx"]))
+    out = tmp_path / "never"
+    page.out.setText(str(out))
+    page.convert_button.click()
+    qtbot.waitUntil(lambda: "reading" in page.log.toPlainText(), timeout=120_000)  # the converter is at work
+    page.cancel_button.click()
+    qtbot.waitUntil(lambda: page.job is None, timeout=300_000)
+    assert "cancelled" in page.step.text()
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
