@@ -108,28 +108,33 @@ def open_model(path: str | Path, device: str = "auto") -> Loaded:
 
 
 def selection_in_words(selection) -> list[str]:
-    """The selection record as sentences a person reads: what runs, why, what was passed over."""
+    """The selection record as sentences a person reads: what runs, why, what failed before it,
+    and how many candidates could not run here (the full record is ``str(selection)``)."""
     chosen = selection.chosen
     lines = []
     if chosen is not None:
-        what = f" the {chosen.artifact} artifact" if chosen.artifact else ""
-        lines.append(f"Running{what} on {chosen.spec} ({chosen.kind.value}, computing at {chosen.precision}).")
+        what = f"{chosen.artifact} on " if chosen.artifact else ""
+        lines.append(f"Running {what}{chosen.spec} ({chosen.kind.value}, computing at {chosen.precision}).")
         if chosen.reason:
             lines.append(f"Why: {chosen.reason}.")
     policy = {"auto": "the best device available", "fastest": "the fastest device measured"}.get(
         selection.policy, f"'{selection.policy}'")
     lines.append(f"You asked for {policy}." + (" The measured choice came from the cache." if selection.cache == "hit"
                                                   else ""))
+    skipped = 0
     for a in selection.attempts:
+        where = a.spec + (f" [{a.artifact}]" if a.artifact else "")
         if a is chosen:
             continue
-        where = a.spec + (f" [{a.artifact}]" if a.artifact else "")
         if a.status == "failed":
             lines.append(f"Fell back: {where} failed: {a.reason}.")
-        elif a.status == "skipped":
-            lines.append(f"Skipped {where}: {a.reason}.")
         elif a.status == "not tried" and a.latency_ms is not None:
             lines.append(f"Measured {where} at {a.latency_ms:.2f} ms (slower).")
+        elif a.status == "skipped":
+            skipped += 1
+    if skipped:
+        lines.append(f"{skipped} other candidates cannot run here (device absent or not in this build): "
+                     "see all candidates.")
     return lines
 
 

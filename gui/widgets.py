@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -30,13 +30,17 @@ class BarChart(QWidget):
     def __init__(self, parent=None, *, value_format: str = "{:.3f}") -> None:
         super().__init__(parent)
         self.items: list[tuple[str, float]] = []
+        self.whiskers: list[tuple[float, ...]] = []
         self.maximum: float | None = None
         self.value_format = value_format
         self.title = ""
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
-    def set_items(self, items: Sequence[tuple[str, float]], *, maximum: float | None = None, title: str = "") -> None:
+    def set_items(self, items: Sequence[tuple[str, float]], *, maximum: float | None = None, title: str = "",
+                  whiskers: Sequence[tuple[float, ...]] = ()) -> None:
+        """``whiskers``: per item, further values (e.g. p90, p99) drawn as a line with ticks past the bar."""
         self.items, self.maximum, self.title = [(str(k), float(v)) for k, v in items], maximum, title
+        self.whiskers = [tuple(float(x) for x in w) for w in whiskers]
         self.updateGeometry()
         self.update()
 
@@ -66,11 +70,11 @@ class BarChart(QWidget):
         label_w = min(max(fm.horizontalAdvance(k) for k, _ in self.items) + 12, self.width() * 0.45)
         value_w = max(fm.horizontalAdvance(self.value_format.format(v)) for _, v in self.items) + 12
         bar_w = max(10.0, self.width() - label_w - value_w - 8)
-        top = self.maximum or max((v for _, v in self.items), default=1.0) or 1.0
+        top = self.maximum or max([v for _, v in self.items] + [x for w in self.whiskers for x in w]) or 1.0
         bar_color = pal.color(QPalette.ColorRole.Highlight)
         track = pal.color(QPalette.ColorRole.Mid)
         track.setAlpha(60)
-        for label, value in self.items:
+        for i, (label, value) in enumerate(self.items):
             p.setPen(pal.color(QPalette.ColorRole.WindowText))
             text = fm.elidedText(label, Qt.TextElideMode.ElideRight, int(label_w - 8))
             right = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight
@@ -79,6 +83,14 @@ class BarChart(QWidget):
             p.fillRect(bar, track)
             frac = max(0.0, min(1.0, value / top))
             p.fillRect(QRectF(bar.left(), bar.top(), bar_w * frac, bar.height()), bar_color)
+            marks = self.whiskers[i] if len(self.whiskers) == len(self.items) else ()
+            if marks:
+                p.setPen(pal.color(QPalette.ColorRole.WindowText))
+                mid = bar.center().y()
+                xs = [bar.left() + bar_w * max(0.0, min(1.0, m / top)) for m in marks]
+                p.drawLine(QPointF(bar.left() + bar_w * frac, mid), QPointF(xs[-1], mid))
+                for x in xs:
+                    p.drawLine(QPointF(x, bar.top()), QPointF(x, bar.bottom()))
             p.drawText(QRectF(label_w + bar_w + 6, y, value_w, row), Qt.AlignmentFlag.AlignVCenter,
                        self.value_format.format(value))
             y += row
@@ -151,7 +163,7 @@ class Picture(QLabel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
-        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
         self.setMinimumSize(200, 200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setText("Open or drop a picture")

@@ -36,6 +36,7 @@ class TextResult:
     where: str
     similarity: np.ndarray | None = None  # n x n cosine similarity (embedders)
     categories: list[list] = field(default_factory=list)  # per text (classifiers, zero-shot)
+    zero_shot: bool = False  # categories scored by cosine similarity to each label
 
 
 @dataclass
@@ -90,7 +91,7 @@ def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = ()
     if isinstance(task, TextEmbedder) and labels:
         zero_shot = TextClassifier(loaded.model, labels=list(labels))
         cats, ms = _timed(lambda: [zero_shot.classify(t, top_k=top_k) for t in texts])
-        return TextResult(texts, ms, loaded.where, categories=cats)
+        return TextResult(texts, ms, loaded.where, categories=cats, zero_shot=True)
     if isinstance(task, TextEmbedder):
         vecs, ms = _timed(lambda: task.embed(texts))
         return TextResult(texts, ms, loaded.where, similarity=vecs @ vecs.T)

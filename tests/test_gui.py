@@ -210,7 +210,7 @@ def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, m
     box = window.last_error
     assert box.isVisible() and "broken.onnx" in box.text()
     assert "Traceback" not in box.text() and box.detailedText()  # details to copy, not in the message
-    screenshot(window, "error-dialog.png")
+    screenshot(box, "error-dialog.png")
     box.close()
     window.last_error = None
     open_and_wait(qtbot, window, models["mlp.onnx"])  # still works

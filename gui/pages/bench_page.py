@@ -134,7 +134,8 @@ class BenchPage(QWidget):
     def show(self, rows: list[work.BenchRow]) -> None:
         self.rows = rows
         ok = [r for r in rows if r.status == "ok"]
-        self.chart.set_items([(r.label, r.p50_ms) for r in ok], title="p50 latency (lower is better)")
+        self.chart.set_items([(r.label, r.p50_ms) for r in ok], whiskers=[(r.p90_ms, r.p99_ms) for r in ok],
+                             title="Latency: p50 bar, p90 and p99 ticks (lower is better)")
         self.throughput.set_items([(r.label, r.throughput) for r in ok], title="Throughput at batch 1")
         body = [[r.artifact, r.device, r.status, *(round(v, 3) if v is not None else "-" for v in
                                                     (r.p50_ms, r.p90_ms, r.p99_ms)),

@@ -4,7 +4,17 @@ artifacts with their precision and parity) and what runs it, in words."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QScrollArea, QTableWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QPlainTextEdit,
+    QScrollArea,
+    QTableWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..state import selection_in_words
 from ..widgets import table
@@ -42,6 +52,19 @@ class ModelPage(QScrollArea):
         self.running.setWordWrap(True)
         self.running.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         rl.addWidget(self.running)
+        self.record_toggle = QToolButton()
+        self.record_toggle.setText("Show all candidates")
+        self.record_toggle.setCheckable(True)
+        self.record = QPlainTextEdit()
+        self.record.setObjectName("selectionRecord")
+        self.record.setReadOnly(True)
+        self.record.setVisible(False)
+        self.record.setMinimumHeight(160)
+        self.record_toggle.toggled.connect(self.record.setVisible)
+        self.record_toggle.toggled.connect(
+            lambda on: self.record_toggle.setText("Hide the candidates" if on else "Show all candidates"))
+        rl.addWidget(self.record_toggle)
+        rl.addWidget(self.record)
         layout.addWidget(self.running_box)
 
         self.io_box = QGroupBox("Inputs and outputs")
@@ -86,12 +109,13 @@ class ModelPage(QScrollArea):
                 rows.append((key.replace("_", " ").capitalize(), str(info.facts[key])))
         for k, v in rows:
             value = QLabel(v)
-            value.setWordWrap(True)
+            value.setWordWrap(k == "Description")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             self.facts.addRow(f"{k}:", value)
         words = selection_in_words(model.selection)
         words.append(f"Opened in {loaded.load_ms:.0f} ms.")
         self.running.setText("\n".join(words))
+        self.record.setPlainText(str(model.selection))
         io_rows = [[("input" if i < len(model.inputs) else "output"), s.name, _dims(s.shape), str(s.dtype),
                     s.layout or "-"] for i, s in enumerate([*model.inputs, *model.outputs])]
         table(["", "name", "shape", "dtype", "layout"], io_rows, widget=self.io)

@@ -227,7 +227,9 @@ class TextTaskView(_TaskView):
         for i, (text, cats) in enumerate(zip(result.texts, result.categories)):
             chart = BarChart()
             chart.setObjectName(f"textBars{i}")
-            chart.set_items([(c.label, c.score) for c in cats], maximum=1.0, title=text)
+            probabilities = all(0.0 <= c.score <= 1.0 for c in cats) and not result.zero_shot
+            chart.set_items([(c.label, c.score) for c in cats], maximum=1.0 if probabilities else None,
+                            title=text if probabilities else f"{text}   (cosine similarity to each label)")
             self.results_layout.insertWidget(self.results_layout.count() - 1, chart)
 
 
