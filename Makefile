@@ -6,7 +6,7 @@ export QT_QPA_PLATFORM ?= offscreen
 # The sample packages live in the checkout (git-ignored), shared by demo and tests.
 export EDGEKIT_SAMPLES_DIR ?= $(CURDIR)/samples/build
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo gui test bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/edgekit devices
 	$(BIN)/edgekit demo
+
+## gui: the desktop app, on the real display (the offscreen platform above is for the tests)
+gui: install
+	env -u QT_QPA_PLATFORM $(BIN)/edgekit-gui
 
 ## test: the whole test suite (real runtimes, no network)
 test: install

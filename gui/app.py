@@ -22,17 +22,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from .main_window import MainWindow
-
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("edgekit")
     app.setOrganizationName("edgekit")
-    window = MainWindow()
+    window = create_window(args.model)  # noqa: F841 - kept alive while the app runs
+    return app.exec()
+
+
+def create_window(model: str | None = None, **options):
+    """The shown main window, with the exception hooks installed and ``model`` opening."""
+    from .main_window import MainWindow
+
+    window = MainWindow(**options)
     install_excepthooks(window)
     window.show()
-    if args.model:
-        window.open_path(Path(args.model))
-    return app.exec()
+    if model:
+        window.open_path(Path(model))
+    return window
 
 
 def install_excepthooks(window) -> None:

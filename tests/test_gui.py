@@ -255,6 +255,28 @@ def test_an_exception_escaping_a_slot_becomes_a_dialog(qtbot, window):
         sys.excepthook, threading.excepthook = hooks
 
 
+@pytest.mark.qt_no_exception_capture
+def test_a_path_on_the_command_line_opens_at_start(qtbot, models, tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    from gui.app import create_window
+
+    hooks = sys.excepthook, threading.excepthook
+    try:
+        w = create_window(str(models["mlp.tflite"]),
+                          settings=QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat))
+        qtbot.addWidget(w)
+        qtbot.waitUntil(lambda: w.session.loaded is not None, timeout=LOAD_TIMEOUT)
+        idle(qtbot, w)
+        assert w.session.loaded.info.format == "tflite" and "litert" in w.where_label.text()
+    finally:
+        sys.excepthook, threading.excepthook = hooks
+    usage = subprocess.run([sys.executable, "-m", "gui", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "edgekit-gui" in usage.stdout
+
+
 def test_about_box_shows_versions_and_copies_diagnostics(qtbot, window):
     window.show_about()
     about = window.about
