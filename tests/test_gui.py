@@ -119,6 +119,22 @@ def test_image_sample_opens_in_one_click_and_classifies_the_cat(qtbot, window):
     assert " ms on " in view.status.text()
     window.tabs.setCurrentWidget(window.run_page)
     screenshot(window, "run-image.png")
+    light = window.palette()
+    window.setPalette(dark_palette())  # the drawing widgets follow the palette
+    screenshot(window, "run-image-dark.png")
+    window.setPalette(light)
+
+
+def dark_palette():
+    from PySide6.QtGui import QColor, QPalette
+
+    p = QPalette()
+    for role, color in ((QPalette.ColorRole.Window, "#2b2b2b"), (QPalette.ColorRole.WindowText, "#e8e8e8"),
+                        (QPalette.ColorRole.Base, "#1e1e1e"), (QPalette.ColorRole.Text, "#e8e8e8"),
+                        (QPalette.ColorRole.Button, "#3a3a3a"), (QPalette.ColorRole.ButtonText, "#e8e8e8"),
+                        (QPalette.ColorRole.Highlight, "#3d8ee0"), (QPalette.ColorRole.Mid, "#5a5a5a")):
+        p.setColor(role, QColor(color))
+    return p
 
 
 def test_text_sample_shows_similarity_and_zero_shot_labels(qtbot, window, samples):
