@@ -211,7 +211,11 @@ def tool_reason(log_text: str) -> str:
 
 def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], reference_out: list[np.ndarray],
            feed: dict, card: str) -> None:
-    """Rename the signature's tensors to the ONNX names (outputs matched by value), embed the card."""
+    """Rename the signature's tensors to the ONNX names (outputs matched by value), embed the card.
+
+    onnx2tf's dynamic-range file has no signature: there the graph's own input and output tensors are
+    renamed (else its outputs are ``Identity``, ``Identity_1``).
+    """
     from ai_edge_litert import schema_py_generated as s
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
@@ -250,6 +254,11 @@ def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], refe
             tm.name = in_rename.get(_text(tm.name), _text(tm.name))
         for tm in sig.outputs or []:
             tm.name = rename.get(_text(tm.name), _text(tm.name))
+    if not model.signatureDefs:
+        graph = model.subgraphs[0]
+        for i in (*graph.inputs, *graph.outputs):
+            name = _text(graph.tensors[i].name)
+            graph.tensors[i].name = in_rename.get(name) or rename.get(name) or name
     _set_metadata(s, model, card)
     fu.write_model(model, str(dst))
 
