@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -90,8 +91,22 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     return feeds
 
 
+def targets(path) -> list[tuple[Path, str]]:
+    """Every (file, "backend:device") that can run ``path``, best-ranked first: each artifact of a
+    package as a lone file (its checksum verified here), on every available device that reads it."""
+    from . import package
+    from .selection import build_candidates, parse_policy, resolve_source
+
+    source = resolve_source(path)
+    cands, _ = build_candidates(source, parse_policy("auto"))
+    if source.package is not None:
+        for artifact in {c.artifact.path: c.artifact for c in cands}.values():
+            package.verify(artifact)
+    return [(c.artifact.path if source.package else source.path, f"{c.backend}:{c.device.id}") for c in cands]
+
+
 def bench_model(path: str, device: str, *, precision: str | None, runs: int, warmup: int,
-                inputs: dict | None = None) -> dict:
+                inputs: dict | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Load ``path`` on exactly ``device`` and measure it the way ``edgekit bench`` reports.
 
     Meant to run in a fresh process per candidate, so ``peak_rss_mb`` is that
@@ -102,15 +117,18 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     t0 = time.perf_counter()
     model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
-    feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=model.metadata.get("warmup_inputs"))
-    t0 = time.perf_counter()
-    model.run(feeds)
-    first_ms = (time.perf_counter() - t0) * 1e3
-    timing = measure(lambda: model.run(feeds), warmup=warmup, runs=runs)
+    try:
+        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs,
+                                                                   warmup=model.metadata.get("warmup_inputs"))
+        t0 = time.perf_counter()
+        model.run(feeds)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        timing = measure(lambda: model.run(feeds), warmup=warmup, runs=runs, progress=progress)
+    finally:
+        model.close()
     row = {"backend": model.backend, "device": model.device, "precision": model.precision,
            "artifact": model.path.name, "load_ms": load_ms, "first_inference_ms": first_ms,
            **timing.to_dict(), "peak_rss_mb": peak_rss_mb()}
-    model.close()
     return row
 
 

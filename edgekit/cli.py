@@ -315,22 +315,15 @@ def cmd_bench(args) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from . import package
+    from .bench import targets as bench_targets
     from .model import load
-    from .selection import build_candidates, parse_policy, resolve_source
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     if args.all_devices and args.device != "auto":
         raise UsageError("give either --device or --all-devices, not both")
-    source = resolve_source(args.model)
     if args.all_devices:
-        cands, _ = build_candidates(source, parse_policy("auto"))
-        if source.package is not None:  # each artifact is benchmarked as a lone file: check it here
-            for artifact in {c.artifact.path: c.artifact for c in cands}.values():
-                package.verify(artifact)
-        targets = [(str(c.artifact.path if source.package else source.path), f"{c.backend}:{c.device.id}")
-                   for c in cands]
+        targets = [(str(path), spec) for path, spec in bench_targets(args.model)]
         if not targets:
             raise DeviceNotAvailableError(f"{args.model}: no usable device can run it (see `edgekit devices`)")
     else:

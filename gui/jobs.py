@@ -108,9 +108,11 @@ class Job(QRunnable):
     def run(self) -> None:  # on the worker thread
         cancelled = False
         try:
+            self.check()  # cancelled while queued (the window is closing)
             value = self.fn(self)
-            self.check()
-            self.signals.result.emit(value)
+            if value is None and self.cancelled:  # stopped early with nothing to show
+                raise Cancelled(self.name)
+            self.signals.result.emit(value)  # a result, even one that came in just as Cancel was pressed
         except Cancelled:
             cancelled = True
         except BaseException as e:  # noqa: BLE001 - every failure must reach the user, not kill the thread
@@ -127,7 +129,7 @@ class Jobs(QObject):
     busy_changed = Signal(bool)
     failed = Signal(str, object, str)  # job name, exception, details: for jobs without on_error
 
-    def __init__(self, max_threads: int = 2) -> None:
+    def __init__(self, max_threads: int = 4) -> None:  # a benchmark and a conversion leave room to open and run
         super().__init__()
         self.pool = QThreadPool()
         self.pool.setMaxThreadCount(max_threads)
@@ -156,6 +158,7 @@ class Jobs(QObject):
                 self.busy_changed.emit(False)
 
     def cancel_all(self) -> None:
+        self.pool.clear()  # drop jobs that have not started
         for job in list(self.running):
             job.cancel()
 

@@ -79,6 +79,8 @@ class MainWindow(QMainWindow):
         self.samples_dir = samples_dir
         self.last_error = None
         self.devices_known = False
+        self._opening = 0  # the number of the latest Open: results of earlier ones are dropped
+        self._building: set[str] = set()
 
         self.model_page = ModelPage()
         self.run_page = RunPage(self)
@@ -161,9 +163,10 @@ class MainWindow(QMainWindow):
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        for path in self.session.recent:
+        recent = [p for p in self.session.recent if Path(p).exists()]  # moved or deleted ones drop out
+        for path in recent:
             self.recent_menu.addAction(path, lambda p=path: self.open_path(Path(p)))
-        self.recent_menu.setEnabled(bool(self.session.recent))
+        self.recent_menu.setEnabled(bool(recent))
 
     # --- devices ---
     def load_devices(self) -> None:
@@ -192,17 +195,26 @@ class MainWindow(QMainWindow):
             if not d.available:
                 combo.model().item(i).setEnabled(False)
         index = combo.findData(self.session.device)
-        combo.setCurrentIndex(max(0, index))
+        if index < 0 or not combo.model().item(index).isEnabled():  # a saved device that is gone
+            index = 0
+            self.session.set_device("auto")
+        combo.setCurrentIndex(index)
         combo.blockSignals(False)
         self.devices_known = True
 
     def _device_picked(self, index: int) -> None:
-        device = self.device_combo.itemData(index)
-        if not device or device == self.session.device:
+        device, previous = self.device_combo.itemData(index), self.session.device
+        if not device or device == previous:
             return
         self.session.set_device(device)
         if self.session.loaded is not None:
-            self.open_path(self.session.loaded.info.path)
+            self.open_path(self.session.loaded.info.path, fallback_device=previous)
+
+    def _revert_device(self, device: str) -> None:
+        self.session.set_device(device)
+        self.device_combo.blockSignals(True)
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(device)))
+        self.device_combo.blockSignals(False)
 
     def set_device(self, spec: str) -> None:
         """Pick ``spec`` in the device box (as a person would)."""
@@ -222,12 +234,18 @@ class MainWindow(QMainWindow):
         if path:
             self.open_path(Path(path))
 
-    def open_path(self, path: Path) -> None:
-        """Open a model file or package on the chosen device, in the background."""
+    def open_path(self, path: Path, *, fallback_device: str | None = None) -> None:
+        """Open a model file or package on the chosen device, in the background. Only the latest
+        Open counts; if it was a device switch that failed, the previous device comes back."""
         path, device = Path(path), self.session.device
+        self._opening += 1
+        number = self._opening
         self.statusBar().showMessage(f"opening {path.name} on {device}…")
 
         def opened(loaded) -> None:
+            if number != self._opening:  # the user opened something else meanwhile
+                loaded.close()
+                return
             previous = self.session.loaded
             self.session.set_loaded(loaded)
             if previous is None or previous.info.path != loaded.info.path:  # a new model: go and run it
@@ -235,8 +253,12 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"opened {path.name} in {loaded.load_ms:.0f} ms", 5000)
 
         def failed(exc, details) -> None:
+            if number != self._opening:
+                return
             self.statusBar().clearMessage()
-            self.show_exception(f"Cannot open {path.name}", exc, details)
+            if fallback_device is not None:
+                self._revert_device(fallback_device)
+            self.show_exception(f"Cannot open {path.name} on {device}", exc, details)
 
         self.jobs.submit(lambda job: open_model(path, device), name=f"Opening {path.name}",
                          on_result=opened, on_error=failed)
@@ -250,12 +272,21 @@ class MainWindow(QMainWindow):
         try:
             package.read(path)
         except Exception:  # noqa: BLE001 - not built (or broken): build it
+            if kind in self._building:
+                return
+            self._building.add(kind)
             self.statusBar().showMessage(f"building the {kind} sample (once; a few minutes)…")
+
+            def failed(exc, details) -> None:
+                self.statusBar().clearMessage()
+                self.show_exception(f"Cannot build the {kind} sample", exc, details)
+
             self.jobs.submit(lambda job: build(self.samples_dir, kinds=[kind],
-                                               progress=lambda line: job.progress(0, 0, line)),
+                                               progress=lambda line: job.report(0, 0, line)),
                              name=f"Building the {kind} sample",
                              on_progress=lambda _d, _t, line: self.statusBar().showMessage(line),
-                             on_result=lambda _r: self.open_path(path))
+                             on_result=lambda _r: self.open_path(path), on_error=failed,
+                             on_finished=lambda _c: self._building.discard(kind))
             return
         self.open_path(path)
 
@@ -270,6 +301,7 @@ class MainWindow(QMainWindow):
             self.setWindowTitle("edgekit")
             return
         self.where_label.setText(f"{loaded.info.name}: {loaded.model.path.name} on {loaded.where}")
+        self.bench_page.find_candidates(loaded)
         self.setWindowTitle(f"{loaded.info.name} — edgekit")
 
     # --- running ---
@@ -315,7 +347,10 @@ class MainWindow(QMainWindow):
         self.about.open()
 
     def closeEvent(self, event) -> None:
-        self.jobs.cancel_all()
-        self.jobs.wait(30_000)
-        self.session.close()
+        self.hide()
+        self.jobs.cancel_all()  # running jobs stop at their next step; a conversion cleans up after itself
+        if not self.jobs.wait(60_000):
+            log.warning("background work did not stop within 60 s; models stay open until it does")
+        else:
+            self.session.close()
         super().closeEvent(event)

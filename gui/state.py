@@ -60,13 +60,16 @@ class Loaded:
     task: object | None  # edgekit.tasks.Task
     device: str  # what was asked for
     load_ms: float
+    cache: dict = field(default_factory=dict)  # per-model objects the runs reuse (zero-shot label vectors)
 
     @property
     def where(self) -> str:
         return f"{self.model.backend}:{self.model.device}"
 
     def close(self) -> None:
-        (self.task or self.model).close()
+        if self.task is not None:
+            self.task.close()
+        self.model.close()  # the task does not own a model it was given
 
 
 def is_model_path(path: Path) -> bool:

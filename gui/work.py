@@ -89,11 +89,14 @@ def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = ()
         raise InputError("no text: type one or more lines")
     task = loaded.task
     if isinstance(task, TextEmbedder) and labels:
-        zero_shot = TextClassifier(loaded.model, labels=list(labels))
+        key = ("zero-shot", tuple(labels))
+        if key not in loaded.cache:  # embedding the labels once, not in every run's latency
+            loaded.cache[key] = TextClassifier(loaded.model, labels=list(labels))
+        zero_shot = loaded.cache[key]
         cats, ms = _timed(lambda: [zero_shot.classify(t, top_k=top_k) for t in texts])
         return TextResult(texts, ms, loaded.where, categories=cats, zero_shot=True)
     if isinstance(task, TextEmbedder):
-        vecs, ms = _timed(lambda: task.embed(texts))
+        vecs, ms = _timed(lambda: task.embed(texts))  # unit vectors: their dot products are the cosines
         return TextResult(texts, ms, loaded.where, similarity=vecs @ vecs.T)
     cats, ms = _timed(lambda: [task.classify(t, top_k=top_k) for t in texts])
     return TextResult(texts, ms, loaded.where, categories=cats)
@@ -183,43 +186,49 @@ class BenchRow:
     throughput: float | None = None  # runs per second at batch 1
 
 
-def candidates(info, devices) -> list[Candidate]:
-    """Every (artifact, device) pair that can run: the package's usable artifacts (or the one file)
-    on each available device of a backend that reads its format."""
-    from edgekit import backends
-    from edgekit.types import Format
+def candidates(path) -> list[Candidate]:
+    """What `edgekit bench --all-devices` measures: every artifact on every device that can run it,
+    best-ranked first (package checksums verified). Slow for big packages: call it in a job."""
+    from edgekit.bench import targets
 
-    if info.is_package:
-        files = [(info.path / a["path"], Format(a["format"])) for a in info.artifacts if a.get("status") == "ok"]
-    else:
-        files = [(info.path, Format(info.format))]
-    out = []
-    for path, fmt in files:
-        for d in devices:
-            if d.available and fmt in backends.get(d.backend).formats:
-                out.append(Candidate(path, d.spec, f"{path.name} on {d.spec}"))
-    return out
+    return [Candidate(Path(file), spec, f"{Path(file).name} on {spec}") for file, spec in targets(path)]
 
 
 def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, progress: Progress) -> list[BenchRow]:
-    """Time each candidate for ``iterations`` runs on synthetic inputs; a failure is a row, not an error."""
-    import edgekit
-    from edgekit.bench import measure, synthetic_inputs
+    """Time each candidate for ``iterations`` runs on synthetic inputs (``edgekit.bench.bench_model``).
+
+    A failure is a row, not an error. When ``progress`` raises (the user cancelled), the rows
+    measured so far come back, with the interrupted one marked "cancelled".
+    """
+    from edgekit.bench import bench_model
+    from edgekit.errors import EdgekitError
 
     rows, total = [], len(chosen) * iterations
+    last = [0.0]
+
+    def tick(base: int, done: int, n: int, label: str) -> None:
+        now = time.perf_counter()
+        if done == n or now - last[0] > 0.05:  # at most ~20 updates a second reach the window
+            last[0] = now
+            progress(base + done, total, label)
+
     for i, cand in enumerate(chosen):
         base = i * iterations
-        progress(base, total, f"loading {cand.label}")
         try:
-            with edgekit.load(cand.artifact, device=cand.device, strict=True, verify=False, cache=False) as m:
-                feeds = synthetic_inputs(m.inputs, warmup=m.metadata.get("warmup_inputs"))
-                t = measure(lambda m=m, f=feeds: m.run(f), warmup=warmup, runs=iterations,
-                            progress=lambda done, n, b=base, c=cand: progress(b + done, total, c.label))
-        except edgekit.EdgekitError as e:
+            progress(base, total, f"loading {cand.label}")
+            row = bench_model(str(cand.artifact), cand.device, precision=None, runs=iterations, warmup=warmup,
+                              progress=lambda done, n, b=base, c=cand: tick(b, done, n, c.label))
+        except EdgekitError as e:
             rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "failed", str(e)))
             continue
-        rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "ok", "", t.p50_ms, t.p90_ms,
-                             t.p99_ms, t.throughput))
+        except Exception as e:  # noqa: BLE001 - the job's cancellation, or a runtime's own error
+            if type(e).__name__ != "Cancelled":
+                rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "failed", f"{type(e).__name__}: {e}"))
+                continue
+            rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "cancelled", "cancelled by the user"))
+            return rows
+        rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "ok", "", row["p50_ms"], row["p90_ms"],
+                             row["p99_ms"], row["throughput_per_s"]))
     progress(total, total, "done")
     return rows
 

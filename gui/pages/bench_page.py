@@ -78,17 +78,27 @@ class BenchPage(QWidget):
         layout.addWidget(split)
 
     def model_changed(self, loaded) -> None:
-        import edgekit
-
         self.candidates.clear()
-        if loaded is None:
-            return
+
+    def find_candidates(self, loaded) -> None:
+        """List what can run the model (in a job: it verifies a package's checksums)."""
+        self.step.setText("finding what can run this model…")
         running = f"{loaded.model.path.name} on {loaded.where}"
-        for cand in work.candidates(loaded.info, edgekit.devices()):
-            item = QListWidgetItem(cand.label)
-            item.setData(Qt.ItemDataRole.UserRole, cand)
-            item.setCheckState(Qt.CheckState.Checked if cand.label == running else Qt.CheckState.Unchecked)
-            self.candidates.addItem(item)
+
+        def fill(cands) -> None:
+            if self.window_.session.loaded is not loaded:
+                return
+            self.candidates.clear()
+            for cand in cands:
+                item = QListWidgetItem(cand.label)
+                item.setData(Qt.ItemDataRole.UserRole, cand)
+                item.setCheckState(Qt.CheckState.Checked if cand.label == running else Qt.CheckState.Unchecked)
+                self.candidates.addItem(item)
+            self.step.setText(f"{len(cands)} artifact/device pairs can run this model")
+
+        self.window_.jobs.submit(lambda job: work.candidates(loaded.info.path), name="Listing devices",
+                                 on_result=fill,
+                                 on_error=lambda e, d: self.window_.show_exception("Cannot list devices", e, d))
 
     def chosen(self) -> list[work.Candidate]:
         return [self.candidates.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.candidates.count())
@@ -143,7 +153,8 @@ class BenchPage(QWidget):
         table(["artifact", "device", "status", "p50 ms", "p90 ms", "p99 ms", "runs/s", "reason"], body,
               widget=self.results)
         self.export_button.setEnabled(bool(rows))
-        self.step.setText(f"{len(ok)} of {len(rows)} measured")
+        stopped = any(r.status == "cancelled" for r in rows)
+        self.step.setText(f"cancelled: {len(ok)} measured before" if stopped else f"{len(ok)} of {len(rows)} measured")
 
     def export(self, path: str | None = None) -> None:
         if path is None:

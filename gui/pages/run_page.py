@@ -45,6 +45,7 @@ class _TaskView(QWidget):
     def __init__(self, window) -> None:
         super().__init__()
         self.window_ = window
+        self.busy = False
         self.status = QLabel("")
         self.status.setObjectName("runStatus")
         self.status.setWordWrap(True)
@@ -58,22 +59,34 @@ class _TaskView(QWidget):
 
     def submit(self, name: str, fn, on_result) -> None:
         loaded = self.window_.session.loaded
-        if loaded is None:
+        if loaded is None or self.busy:  # one run at a time (Ctrl+R and drops included)
             return
+        self.busy = True
         self.status.setText("running…")
         self.run_button.setEnabled(False)
 
+        def current() -> bool:  # the model this run started on is still the one shown
+            return self.window_.session.loaded is loaded
+
         def done(result) -> None:
+            if not current():
+                return
             self.window_.session.set_result(result)
             on_result(result)
             self.status.setText(_latency_text(result))
 
         def failed(exc, details) -> None:
+            if not current():  # the model was replaced (and closed) under this run
+                return
             self.status.setText("failed: see the message")
             self.window_.show_exception(f"{name} failed", exc, details)
 
+        def finished(_cancelled) -> None:
+            self.busy = False
+            self.run_button.setEnabled(True)
+
         self.window_.jobs.submit(lambda job: fn(loaded), name=name, on_result=done, on_error=failed,
-                                 on_finished=lambda _c: self.run_button.setEnabled(True))
+                                 on_finished=finished)
 
     def model_changed(self, loaded) -> None:
         self.status.setText("")
@@ -245,6 +258,7 @@ class AudioTaskView(_TaskView):
         super().__init__(window)
         self.audio_path: Path | None = None
         self.recorded: tuple[np.ndarray, int] | None = None
+        self.discard_recording = False
         open_button = QPushButton("Open audio…")
         open_button.clicked.connect(self.choose)
         from ..recorder import Recorder
@@ -302,6 +316,13 @@ class AudioTaskView(_TaskView):
             self.recorder.stop()
 
     def recorded_audio(self, samples: np.ndarray, rate: int) -> None:
+        self.record_button.blockSignals(True)  # the recorder may have stopped itself (time limit)
+        self.record_button.setChecked(False)
+        self.record_button.setText("Record")
+        self.record_button.blockSignals(False)
+        if self.discard_recording:
+            self.discard_recording = False
+            return
         self.recorded, self.audio_path = (samples, rate), None
         self.run()
 
@@ -331,6 +352,9 @@ class AudioTaskView(_TaskView):
 
     def model_changed(self, loaded) -> None:
         super().model_changed(loaded)
+        if self.record_button.isChecked():
+            self.discard_recording = True  # it was for the previous model
+            self.record_button.setChecked(False)  # stops the recording
         self.summary.setText("")
         self.bars.set_items([])
         self.waveform.set_waveform(None, 0)
