@@ -1,8 +1,11 @@
 """Task pipeline costs on the sample packages (issue 5), medians in one process.
 
-    python benchmarks/tasks.py [--json]
+    python benchmarks/tasks.py [--json] [--image-only] [--resize-study]
 
-- image: decode + pre-process and post-process time against inference, batch 1 (goal: <= 25 %);
+- image: decode, pre-process, inference and post-process at batch 1 on the artifact ``auto`` picks
+  and on fp32 ONNX, each stage timed alone and inside a decode-to-result loop; the goal is
+  pre + post <= 25 % of inference, given with and without the decode. ``--resize-study`` adds
+  faster resizers' fidelity (pixels, fp32 logits) and time against the one in use (needs OpenCV);
 - text: sentences per second at batch 1 and batch 32;
 - VAD: real-time factor (processing time / audio duration) with the process pinned to one core.
 """
@@ -17,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,36 +38,185 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def image(runs: int) -> dict:
-    from edgekit.tasks import ImageClassifier
+STAGES = ("decode", "preprocess", "inference", "postprocess")
+GOAL_PCT = 25
+
+
+def _stage_fns(clf, path) -> dict:
+    """``classify``'s four stages as separate calls, each given what the stage before it produces."""
     from edgekit.tasks.image import load_image, preprocess_image
     from edgekit.tasks.results import softmax
 
-    clf = ImageClassifier(sample_path("image"))
+    img = load_image(path, min_size=clf.decode_min)
+    x = preprocess_image(img, clf.pp, layout=clf.layout, dtype=clf.input_dtype)[None]
+    logits = np.asarray(next(iter(clf.model.run({clf.input_name: x}).values())), np.float32).reshape(-1)
+    return {
+        "decode": lambda: load_image(path, min_size=clf.decode_min),
+        "preprocess": lambda: preprocess_image(img, clf.pp, layout=clf.layout, dtype=clf.input_dtype),
+        "inference": lambda: clf.model.run({clf.input_name: x}),
+        "postprocess": lambda: clf.options.select(softmax(logits), clf.labels),
+    }
+
+
+def _in_loop_ms(fns: dict, runs: int) -> dict:
+    """Stage medians timed inside one decode-to-result loop: caches and runtime threads as a caller has them."""
+    times = {k: [] for k in STAGES}
+    for i in range(runs + 1):
+        t = [time.perf_counter()]
+        for k in STAGES:  # one pass of classify, stage by stage
+            fns[k]()
+            t.append(time.perf_counter())
+        if i:
+            for k, a, b in zip(STAGES, t, t[1:]):
+                times[k].append((b - a) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _ratios(ms: dict) -> dict:
+    inf = ms["inference"]
+    return {"pct_with_decode": (ms["decode"] + ms["preprocess"] + ms["postprocess"]) / inf * 100,
+            "pct_without_decode": (ms["preprocess"] + ms["postprocess"]) / inf * 100}
+
+
+def image(runs: int) -> dict:
+    """Stage times on the auto-picked artifact and on fp32 ONNX, three interleaved rounds."""
+    from edgekit.tasks import ImageClassifier
+    from edgekit.tasks.image import load_image
+
+    package = sample_path("image")
     path = INPUTS / "images" / "cat.jpg"
-    x = clf.preprocess_input(path)
-    logits = next(iter(clf.model.run({clf.input_name: x}).values()))[0]
-    rows = {}
-    for _ in range(3):  # interleave the three parts so noise hits all alike
-        rows.setdefault("decode", []).append(median_ms(lambda: load_image(path), runs))
-        img = load_image(path)
-        rows.setdefault("preprocess", []).append(
-            median_ms(lambda img=img: preprocess_image(img, clf.pp, layout=clf.layout), runs))
-        rows.setdefault("inference", []).append(median_ms(lambda: clf.model.run({clf.input_name: x}), runs))
-        rows.setdefault("postprocess", []).append(
-            median_ms(lambda: clf.options.select(softmax(logits), clf.labels), runs))
-        rows.setdefault("classify", []).append(median_ms(lambda: clf.classify(path), runs))
+    clfs = {"auto": ImageClassifier(package), "fp32-onnx": ImageClassifier(package / "model-fp32.onnx")}
+    fns = {name: _stage_fns(clf, path) for name, clf in clfs.items()}
+    rounds: dict = {name: {"apart": [], "in_loop": [], "classify": []} for name in clfs}
+    load_before = os.getloadavg()[0]
+    for _ in range(3):  # interleaved, so the shared machine's noise hits every figure alike
+        for name, clf in clfs.items():
+            rounds[name]["apart"].append({k: median_ms(fn, runs) for k, fn in fns[name].items()})
+            rounds[name]["in_loop"].append(_in_loop_ms(fns[name], runs))
+            rounds[name]["classify"].append(median_ms(lambda clf=clf: clf.classify(path), runs))
+    # Inference uses both cores, pre-processing one: other work on the machine slows inference more
+    # and flatters the ratio, so the load is part of the result.
+    out: dict = {"image": path.name, "goal_pct": GOAL_PCT, "load_avg_1min": [load_before, os.getloadavg()[0]]}
+    for name, clf in clfs.items():
+        entry = clf.artifact_entry()
+        r = {"artifact": f"{clf.model.path.name} ({entry.get('format')} {entry.get('precision')}, "
+                         f"{clf.model.backend}:{clf.model.device})",
+             "classify_ms": statistics.median(rounds[name]["classify"])}
+        for how in ("apart", "in_loop"):
+            per_round = [{**ms, **_ratios(ms)} for ms in rounds[name][how]]
+            r[how] = {k: {"median": statistics.median(d[k] for d in per_round),
+                          "min": min(d[k] for d in per_round), "max": max(d[k] for d in per_round)}
+                      for k in per_round[0]}
+        out[name] = r
     from PIL import Image
 
     big = Path(os.environ.get("TMPDIR", "/tmp")) / "edgekit-bench-12mp.jpg"
     if not big.exists():  # a 12 MP camera-sized JPEG made from the sample
         Image.open(path).convert("RGB").resize((4000, 3000), Image.BICUBIC).save(big, quality=90)
-    rows["classify_12mp"] = [median_ms(lambda: clf.classify(big), max(5, runs // 5))]
-    rows["decode_12mp_full"] = [median_ms(lambda: load_image(big), max(5, runs // 5))]
-    r = {k: statistics.median(v) for k, v in rows.items()}
-    r["pre_post_over_inference_pct"] = (r["decode"] + r["preprocess"] + r["postprocess"]) / r["inference"] * 100
-    r["device"] = f"{clf.model.backend}:{clf.model.device}"
-    return r
+    clf = clfs["auto"]
+    out["classify_12mp_ms"] = median_ms(lambda: clf.classify(big), max(5, runs // 5))
+    out["decode_12mp_full_ms"] = median_ms(lambda: load_image(big), max(5, runs // 5))
+    return out
+
+
+def _warp(cv2, a, size, box, prefilter: bool):
+    """The crop box sampled bilinearly by warpAffine (MediaPipe's ImageToTensor). With ``prefilter``,
+    a blur with the triangle's weights at whole-pixel offsets first: PIL's antialiasing filter except
+    where its support ends between two pixels."""
+    s = size[0] / (box[2] - box[0])
+    margin = int(np.ceil(max(1 / s, 1))) + 1  # only what the filter and the warp read
+    x0, y0 = max(int(box[0]) - margin, 0), max(int(box[1]) - margin, 0)
+    a = a[y0:int(box[3]) + margin + 1, x0:int(box[2]) + margin + 1]
+    m = np.array([[1 / s, 0, box[0] - x0 - 0.5 + 0.5 / s], [0, 1 / s, box[1] - y0 - 0.5 + 0.5 / s]])
+    if prefilter and s < 1:
+        k = np.maximum(0, 1 - np.abs(np.arange(1 - np.ceil(1 / s), np.ceil(1 / s))) * s).astype(np.float32)
+        a = cv2.sepFilter2D(a, cv2.CV_8U, k / k.sum(), k / k.sum(), borderType=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(a, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _resizers(cv2) -> dict:
+    """Candidate ways from a decoded image to the 224x224 crop, each (PIL image, its pixels, pp) -> HxWx3."""
+    from PIL import Image
+
+    from edgekit.tasks.image import crop_box
+
+    def pil(img, a, pp):
+        size, box = crop_box(img.size, pp)
+        return np.asarray(img.resize(size, Image.BILINEAR, box=box))
+
+    def area(img, a, pp):  # Ultralytics-style: cv2.resize INTER_AREA of the box rounded to whole pixels
+        size, (x0, y0, x1, y1) = crop_box(img.size, pp)
+        return cv2.resize(a[round(y0):round(y1), round(x0):round(x1)], size, interpolation=cv2.INTER_AREA)
+
+    def torchvision(img, a, pp):  # Resize(256) + CenterCrop(224) on a PIL image, as torchvision does it
+        w, h = img.size
+        r = pp["resize"]
+        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+        c = pp["crop"]
+        top, left = int(round((nh - c) / 2)), int(round((nw - c) / 2))
+        return np.asarray(img.resize((nw, nh), Image.BILINEAR).crop((left, top, left + c, top + c)))
+
+    return {
+        "PIL antialiased bilinear of the crop box (reference, in use)": pil,
+        "OpenCV warpAffine bilinear, no antialiasing (MediaPipe-style)":
+            lambda img, a, pp: _warp(cv2, a, *crop_box(img.size, pp), prefilter=False),
+        "OpenCV INTER_AREA, box rounded to whole pixels (Ultralytics-style)": area,
+        "triangle pre-filter + OpenCV warpAffine (closest approximation found)":
+            lambda img, a, pp: _warp(cv2, a, *crop_box(img.size, pp), prefilter=True),
+        "yardstick: torchvision Resize(256)+CenterCrop(224), PIL": torchvision,
+    }
+
+
+def resize_study(runs: int) -> dict:
+    """Faster resizers against the one in use, on the 8 sample and 39 calibration photos: pixel
+    difference after normalisation, the fp32 model's logits, and time on cat.jpg. Needs OpenCV."""
+    import cv2
+
+    from edgekit.tasks import ImageClassifier
+    from edgekit.tasks.image import load_image, normalise
+
+    cv2.setNumThreads(1)  # one core, like PIL: the other is the runtime's
+
+    clf = ImageClassifier(sample_path("image") / "model-fp32.onnx")
+    pp = clf.pp
+    resizers = _resizers(cv2)
+    levels = float(np.mean(pp.get("std", [1, 1, 1]))) / float(pp.get("scale", 1.0))  # normalised units per level
+    ref_fn = next(iter(resizers.values()))
+
+    def logits(x):
+        return np.asarray(next(iter(clf.model.run({clf.input_name: x[None]}).values())), np.float64).reshape(-1)
+
+    sets = {"8 sample photos": sorted((INPUTS / "images").iterdir()),
+            "39 calibration photos": sorted((INPUTS / "calibration").iterdir())}
+    out: dict = {}
+    for set_name, paths in sets.items():
+        imgs = [load_image(p) for p in paths]
+        refs = []
+        for img in imgs:
+            x = normalise(ref_fn(img, np.asarray(img), pp), pp)
+            refs.append((x, logits(x)))
+        for name, fn in resizers.items():
+            rows = []
+            for img, (x, lx) in zip(imgs, refs):
+                y = normalise(fn(img, np.asarray(img), pp), pp)
+                ly = logits(y)
+                top5 = set(np.argsort(-lx)[:5]) == set(np.argsort(-ly)[:5])
+                rows.append((np.abs(y - x).max(), np.abs(y - x).mean(),
+                             lx @ ly / np.linalg.norm(lx) / np.linalg.norm(ly), lx.argmax() == ly.argmax(), top5))
+            m = np.array(rows, np.float64)
+            out.setdefault(name, {})[set_name] = {
+                "max_abs": float(m[:, 0].max()), "max_levels": float(m[:, 0].max() * levels),
+                "mean_levels": float(m[:, 1].mean() * levels), "cosine_min": float(m[:, 2].min()),
+                "top1_agreement": float(m[:, 3].mean()), "top5_agreement": float(m[:, 4].mean())}
+    img = load_image(INPUTS / "images" / "cat.jpg")
+    a = np.asarray(img)
+    times: dict = {name: [] for name in resizers}
+    for _ in range(3):
+        for name, fn in resizers.items():
+            times[name].append(median_ms(lambda fn=fn: fn(img, a, pp), runs))
+    for name in resizers:
+        out[name]["resize_ms"] = statistics.median(times[name])
+    return out
 
 
 def text(runs: int) -> dict:
@@ -101,29 +255,76 @@ def vad_one_core() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _fmt(stat: dict, digits: int = 2, unit: str = "") -> str:
+    lo, hi = (f"{stat[k]:.{digits}f}" for k in ("min", "max"))
+    return f"{lo}{unit}" if lo == hi else f"{lo}-{hi}{unit}"
+
+
+def print_image(i: dict) -> None:
+    print(f"\nImage pipeline on {i['image']}, batch 1, ms (ranges over 3 interleaved rounds; goal: pre + post "
+          f"<= {i['goal_pct']} % of inference; 1-min load average {i['load_avg_1min'][0]:.1f} before, "
+          f"{i['load_avg_1min'][1]:.1f} after)\n")
+    print("| artifact | timed | decode | pre-process | inference | post-process "
+          "| (decode + pre + post) / inference | (pre + post) / inference |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in ("auto", "fp32-onnx"):
+        r = i[name]
+        label = ("auto-picked: " if name == "auto" else "") + r["artifact"]
+        for how, what in (("apart", "each stage alone"), ("in_loop", "inside the decode-to-result loop")):
+            d = r[how]
+            print(f"| {label} | {what} | {_fmt(d['decode'])} | {_fmt(d['preprocess'])} | {_fmt(d['inference'])} "
+                  f"| {_fmt(d['postprocess'], 3)} | {_fmt(d['pct_with_decode'], 0, ' %')} "
+                  f"| {_fmt(d['pct_without_decode'], 0, ' %')} |")
+            label = ""
+    print(f"\n`classify(path)` end to end: {i['auto']['classify_ms']:.2f} ms auto-picked, "
+          f"{i['fp32-onnx']['classify_ms']:.2f} ms fp32 ONNX. A 12 MP JPEG (draft decode): "
+          f"{i['classify_12mp_ms']:.1f} ms; a full decode alone: {i['decode_12mp_full_ms']:.1f} ms")
+
+
+def print_study(study: dict) -> None:
+    print("\nResizers against the one in use (fp32 ONNX logits; a level is 1/255 of the pixel range)\n")
+    print("| resize | photos | max diff | mean diff | logits cosine, min | top-1 same | top-5 same | resize, cat.jpg |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in study.items():
+        sets = [k for k in r if k != "resize_ms"]
+        for n, set_name in enumerate(sets):
+            m = r[set_name]
+            first = (name, f"{r['resize_ms']:.3f} ms") if n == 0 else ("", "")
+            print(f"| {first[0]} | {set_name} | {m['max_levels']:.0f} levels ({m['max_abs']:.3f}) "
+                  f"| {m['mean_levels']:.2f} levels | {m['cosine_min']:.4f} | {m['top1_agreement']:.0%} "
+                  f"| {m['top5_agreement']:.0%} | {first[1]} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--image-only", action="store_true", help="skip the text and VAD figures")
+    ap.add_argument("--resize-study", action="store_true",
+                    help="also compare faster resizers with the one in use (needs opencv-python-headless)")
     args = ap.parse_args()
     build()
-    doc = {"image": image(args.runs), "text": text(args.runs), "vad": vad_one_core()}
+    doc = {"image": image(args.runs)}
+    if args.resize_study:
+        try:
+            doc["resize_study"] = resize_study(args.runs)
+        except ImportError as e:
+            print(f"resize study skipped: it needs OpenCV (pip install opencv-python-headless): {e}", file=sys.stderr)
+    if not args.image_only:
+        doc.update(text=text(args.runs), vad=vad_one_core())
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    i, t, v = doc["image"], doc["text"], doc["vad"]
-    print("\n| task | measure | value |\n| --- | --- | ---: |")
-    print(f"| image ({i['device']}) | decode + pre-process, cat.jpg | {i['decode']:.2f} + {i['preprocess']:.2f} ms |")
-    print(f"| | inference, batch 1 | {i['inference']:.2f} ms |")
-    print(f"| | post-process (softmax, top-5) | {i['postprocess']:.3f} ms |")
-    print(f"| | pre + post over inference (goal <= 25 %) | {i['pre_post_over_inference_pct']:.1f} % |")
-    print(f"| | `classify(path)` end to end | {i['classify']:.2f} ms |")
-    print(f"| | `classify` of a 12 MP JPEG (draft decode) | {i['classify_12mp']:.1f} ms "
-          f"(full decode alone: {i['decode_12mp_full']:.1f} ms) |")
-    print(f"| text ({t['device']}) | sentences/s, batch 1 | {t['per_s_batch1']:.0f} |")
-    print(f"| | sentences/s, batch 32 | {t['per_s_batch32']:.0f} |")
-    print(f"| VAD ({v['device']}, {v['cores']} core) | real-time factor, {v['audio_s']:.1f} s of speech | "
-          f"{v['rtf']:.4f} ({v['x_realtime']:.0f}x faster than real time) |")
+    print_image(doc["image"])
+    if "resize_study" in doc:
+        print_study(doc["resize_study"])
+    if "text" in doc:
+        t, v = doc["text"], doc["vad"]
+        print("\n| task | measure | value |\n| --- | --- | ---: |")
+        print(f"| text ({t['device']}) | sentences/s, batch 1 | {t['per_s_batch1']:.0f} |")
+        print(f"| | sentences/s, batch 32 | {t['per_s_batch32']:.0f} |")
+        print(f"| VAD ({v['device']}, {v['cores']} core) | real-time factor, {v['audio_s']:.1f} s of speech | "
+              f"{v['rtf']:.4f} ({v['x_realtime']:.0f}x faster than real time) |")
     return 0
 
 

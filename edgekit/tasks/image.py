@@ -69,7 +69,9 @@ def load_image(image, *, name: str | None = None, min_size: int | None = None):
     if img.width < 1 or img.height < 1:
         raise InputError(f"{what}: image has no pixels")
     try:
-        img = ImageOps.exif_transpose(img)
+        # In place on images decoded here (no copy when upright); a caller's image is left alone.
+        upright = ImageOps.exif_transpose(img, in_place=img is not image)
+        img = img if upright is None else upright
     except Exception:  # a broken EXIF block must not lose the picture
         pass
     return _to_rgb(img)
@@ -125,23 +127,36 @@ def _to_rgb(img):
 def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
     """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise, lay out (no batch dim).
 
-    The crop is taken in source coordinates and resized once (PIL's ``box``), and
-    normalisation is one fused multiply-add on the transposed uint8 view: together ~3x faster
-    than resize-then-crop and separate float passes.
+    The crop is taken in source coordinates and resized once (PIL's ``box``): ~3x faster than
+    resize-then-crop, same antialiased bilinear filter. That resize is most of the cost (0.57 ms
+    for a 451x300 photo); no faster resampler available here gives its pixels (see the resize
+    study in benchmarks/tasks.py), so it stays.
     """
     from PIL import Image
 
+    (crop_w, crop_h), box = crop_box(img.size, pp)
+    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+        pp.get("interpolation", "bilinear")]
+    return normalise(np.asarray(img.resize((crop_w, crop_h), interp, box=box), dtype=np.uint8), pp,
+                     layout=layout, dtype=dtype)
+
+
+def crop_box(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+    """The crop's (width, height) and the source box (left, top, right, bottom) it is resized from:
+    the shorter side scaled to ``resize``, centred, never outside the image."""
     crop = pp.get("crop") or pp.get("size") or 224
     crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
     resize = pp.get("resize") or max(crop_h, crop_w)
-    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
-        pp.get("interpolation", "bilinear")]
-    w, h = img.size
-    scale = max(resize / min(w, h), crop_w / w, crop_h / h)  # never crop outside the image
+    w, h = size
+    scale = max(resize / min(w, h), crop_w / w, crop_h / h)
     box_w, box_h = crop_w / scale, crop_h / scale
     left, top = (w - box_w) / 2, (h - box_h) / 2
-    img = img.resize((crop_w, crop_h), interp, box=(left, top, left + box_w, top + box_h))
-    arr = np.asarray(img, dtype=np.uint8)
+    return (crop_w, crop_h), (left, top, left + box_w, top + box_h)
+
+
+def normalise(arr: np.ndarray, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels in the model's channel order, layout and range: one fused
+    multiply-add reading the transposed uint8 view, no intermediate float copies."""
     if pp.get("color", "RGB").upper() == "BGR":
         arr = arr[:, :, ::-1]
     if layout == "NCHW":
