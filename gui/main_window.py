@@ -266,7 +266,9 @@ class MainWindow(QMainWindow):
     def open_sample(self, kind: str) -> None:
         """Open a sample package, building it first (once, a few minutes) if it is not there."""
         from edgekit import package
-        from samples.build import build, sample_path
+        from samples.build import sample_path
+
+        from .work import build_sample
 
         path = sample_path(kind, self.samples_dir)
         try:
@@ -281,8 +283,8 @@ class MainWindow(QMainWindow):
                 self.statusBar().clearMessage()
                 self.show_exception(f"Cannot build the {kind} sample", exc, details)
 
-            self.jobs.submit(lambda job: build(self.samples_dir, kinds=[kind],
-                                               progress=lambda line: job.report(0, 0, line)),
+            self.jobs.submit(lambda job: build_sample(kind, self.samples_dir, progress=job.report,
+                                                      cancelled=lambda: job.cancelled),
                              name=f"Building the {kind} sample",
                              on_progress=lambda _d, _t, line: self.statusBar().showMessage(line),
                              on_result=lambda _r: self.open_path(path), on_error=failed,

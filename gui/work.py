@@ -262,6 +262,46 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+# --- building a sample ---------------------------------------------------------------------
+
+def build_sample(kind: str, out: Path | None, *, progress: Progress, cancelled: Callable[[], bool]) -> str | None:
+    """``edgekit samples build --only KIND`` in a child process (PyTorch's and TensorFlow's imports
+    would freeze the window); its step lines are the progress. Returns the package path, or None
+    when cancelled (the child is interrupted and removes its temporary folder)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from edgekit.errors import BackendError
+
+    cmd = [sys.executable, "-m", "edgekit", "samples", "build", "--only", kind, "--json"]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+
+    def watch() -> None:  # stop the child when the user cancels, even while it prints nothing
+        while child.poll() is None:
+            if cancelled():
+                child.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    for line in child.stderr:
+        tail = (tail + [line.rstrip()])[-20:]
+        progress(0, 0, line.strip())
+    stdout = child.stdout.read()
+    if child.wait() != 0:
+        if cancelled():
+            return None
+        raise BackendError(f"building the {kind} sample failed: " + (tail[-1] if tail else f"exit {child.returncode}"))
+    return json.loads(stdout)["samples"][0]["path"]
+
+
 # --- converting --------------------------------------------------------------------------
 
 @dataclass

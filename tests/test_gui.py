@@ -165,6 +165,24 @@ def dark_palette():
     return p
 
 
+def test_a_sample_not_built_yet_is_built_in_the_background_then_opened(qtbot, tmp_path):
+    from gui.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, samples_dir=tmp_path / "samples")
+    qtbot.addWidget(w)
+    w.show()
+    delay = LoopDelay()
+    w.sample_actions["audio"].trigger()
+    w.sample_actions["audio"].trigger()  # a second click does not start a second build
+    qtbot.waitUntil(lambda: w.session.loaded is not None or w.last_error is not None, timeout=300_000)
+    stall = delay.stop()
+    assert w.last_error is None, w.last_error.text()
+    assert w.session.loaded.info.path == tmp_path / "samples" / "silero-vad"
+    assert stall <= 100, f"the UI stalled {stall:.0f} ms while the sample was built"
+    idle(qtbot, w)
+
+
 def test_text_sample_shows_similarity_and_zero_shot_labels(qtbot, window, samples):
     open_and_wait(qtbot, window, samples["text"])
     view = window.run_page.views["text"]
