@@ -17,7 +17,7 @@ import numpy as np
 from . import formats
 from .errors import BackendError, EdgekitError, InputError
 from .selection import parse_policy, resolve_source, select
-from .types import Precision, Selection, TensorSpec
+from .types import Precision, Selection, TensorSpec, shape_text
 
 log = logging.getLogger("edgekit")
 
@@ -41,11 +41,11 @@ class _InputCheck:
             x = self._convert(x)
         if self.rank is not None and x.ndim != self.rank:
             raise InputError(f"input {self.spec.name!r}: expected rank {self.rank} "
-                             f"{_shape_str(self.spec.shape)}, got shape {x.shape}")
+                             f"{shape_text(self.spec.shape)}, got shape {x.shape}")
         shape = x.shape
         for i, d in self.static:
             if shape[i] != d:
-                raise InputError(f"input {self.spec.name!r}: expected shape {_shape_str(self.spec.shape)}, "
+                raise InputError(f"input {self.spec.name!r}: expected shape {shape_text(self.spec.shape)}, "
                                  f"got {x.shape} (dim {i} must be {d})")
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
@@ -73,12 +73,6 @@ class _InputCheck:
                              f"(edgekit casts only without loss, and float64 to float32; "
                              f"convert with .astype(np.{dst}))")
         return arr.astype(dst)
-
-
-def _shape_str(shape) -> str:
-    if shape is None:
-        return "[any rank]"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _closed(arrays):

@@ -116,11 +116,15 @@ class TensorSpec:
         }
 
     def __str__(self) -> str:
-        if self.shape is None:
-            return f"{self.name}: {self.dtype}[any rank]"
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         layout = f" {self.layout}" if self.layout else ""
-        return f"{self.name}: {self.dtype}[{dims}]{layout}"
+        return f"{self.name}: {self.dtype}{shape_text(self.shape)}{layout}"
+
+
+def shape_text(shape: tuple[Dim, ...] | None) -> str:
+    """A shape as people read it: ``[?, 3, 224, 224]``, or ``[any rank]``."""
+    if shape is None:
+        return "[any rank]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def guess_layout(shape: tuple[Dim, ...] | None) -> str | None:

@@ -16,6 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from edgekit.types import shape_text
+
 from ..state import selection_in_words
 from ..widgets import table
 
@@ -25,9 +27,6 @@ def _size(n: int | None) -> str:
         return "-"
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
-
-def _dims(shape) -> str:
-    return "any rank" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 class ModelPage(QScrollArea):
@@ -116,7 +115,7 @@ class ModelPage(QScrollArea):
         words.append(f"Opened in {loaded.load_ms:.0f} ms.")
         self.running.setText("\n".join(words))
         self.record.setPlainText(str(model.selection))
-        io_rows = [[("input" if i < len(model.inputs) else "output"), s.name, _dims(s.shape), str(s.dtype),
+        io_rows = [[("input" if i < len(model.inputs) else "output"), s.name, shape_text(s.shape), str(s.dtype),
                     s.layout or "-"] for i, s in enumerate([*model.inputs, *model.outputs])]
         table(["", "name", "shape", "dtype", "layout"], io_rows, widget=self.io)
         self.io.setMinimumHeight(min(300, 36 + 28 * len(io_rows)))

@@ -24,13 +24,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from edgekit.types import shape_text
+
 from .. import work
 from ..widgets import BarChart, Picture, Waveform, table
 
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
 AUDIO_FILTER = "Audio (*.wav *.flac *.ogg);;All files (*)"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg"})
 
 
 def _latency_text(result) -> str:
@@ -91,8 +93,16 @@ class _TaskView(QWidget):
     def model_changed(self, loaded) -> None:
         self.status.setText("")
 
+    # Views that take files (pictures, sounds) set these.
+    file_title, file_filter, file_suffixes = "", "", frozenset()
+
+    def choose(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.file_title, "", self.file_filter)
+        if path:
+            self.open_file(Path(path))
+
     def accepts_file(self, path: Path) -> bool:
-        return False
+        return path.suffix.lower() in self.file_suffixes
 
     def open_file(self, path: Path) -> None:
         pass
@@ -100,6 +110,7 @@ class _TaskView(QWidget):
 
 class ImageTaskView(_TaskView):
     kind = "image"
+    file_title, file_filter, file_suffixes = "Open a picture", IMAGE_FILTER, IMAGE_SUFFIXES
 
     def __init__(self, window) -> None:
         super().__init__(window)
@@ -129,14 +140,6 @@ class ImageTaskView(_TaskView):
         layout = QVBoxLayout(self)
         layout.addLayout(controls)
         layout.addWidget(split, 1)
-
-    def choose(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a picture", "", IMAGE_FILTER)
-        if path:
-            self.open_file(Path(path))
-
-    def accepts_file(self, path: Path) -> bool:
-        return path.suffix.lower() in IMAGE_SUFFIXES
 
     def open_file(self, path: Path) -> None:
         self.image_path = Path(path)
@@ -253,6 +256,7 @@ def _sample_text() -> str:
 
 class AudioTaskView(_TaskView):
     kind = "audio"
+    file_title, file_filter, file_suffixes = "Open audio", AUDIO_FILTER, AUDIO_SUFFIXES
 
     def __init__(self, window) -> None:
         super().__init__(window)
@@ -294,14 +298,6 @@ class AudioTaskView(_TaskView):
         layout.addWidget(self.bars)
         layout.addWidget(self.status)
         layout.addStretch(1)
-
-    def choose(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open audio", "", AUDIO_FILTER)
-        if path:
-            self.open_file(Path(path))
-
-    def accepts_file(self, path: Path) -> bool:
-        return path.suffix.lower() in AUDIO_SUFFIXES
 
     def open_file(self, path: Path) -> None:
         self.audio_path, self.recorded = Path(path), None
@@ -390,7 +386,7 @@ class GenericTaskView(_TaskView):
         super().model_changed(loaded)
         self.files = {}
         specs = loaded.model.inputs if loaded is not None else []
-        table(["input", "shape", "dtype", "data", ""], [[s.name, _dims(s.shape), str(s.dtype), "synthetic", ""]
+        table(["input", "shape", "dtype", "data", ""], [[s.name, shape_text(s.shape), str(s.dtype), "synthetic", ""]
                                                         for s in specs], widget=self.inputs)
         for r, spec in enumerate(specs):
             button = QPushButton("Choose .npy…")
@@ -414,13 +410,10 @@ class GenericTaskView(_TaskView):
         self.submit("Running the model", lambda loaded: work.run_generic(loaded, files), self.show)
 
     def show(self, result: work.GenericResult) -> None:
-        rows = [[o.name, _dims(o.shape), o.dtype, *(_num(o.stats.get(k)) for k in ("min", "max", "mean", "std")),
+        rows = [[o.name, shape_text(o.shape), o.dtype, *(_num(o.stats.get(k)) for k in ("min", "max", "mean", "std")),
                  ", ".join(_num(v) for v in o.head) + (" …" if len(o.head) == 8 else "")] for o in result.outputs]
         table(["output", "shape", "dtype", "min", "max", "mean", "std", "first values"], rows, widget=self.outputs)
 
-
-def _dims(shape) -> str:
-    return "any" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _num(v) -> str:
