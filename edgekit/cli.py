@@ -1,4 +1,5 @@
-"""The ``edgekit`` command: devices, info, run, bench (samples, predict, demo in cli_tasks; convert in converters.cli).
+"""The ``edgekit`` command: devices, info, run, bench (samples, predict, demo in cli_tasks; serve, repo in
+cli_serve; convert in converters.cli).
 
 Every command takes ``--json`` (one JSON document on stdout; logs and progress go
 to stderr). Errors print one line without a traceback: exit 2 for a bad file,
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__, cli_tasks
+from . import __version__, cli_serve, cli_tasks
 from .errors import DeviceNotAvailableError, EdgekitError, InputError, UsageError
 
 log = logging.getLogger("edgekit")
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="inputs to time on (default: synthetic)")
     cli_tasks.add_parsers(add)
+    cli_serve.add_parsers(add)
     _add_convert(add)
     return p
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"devices": cmd_devices, "info": cmd_info, "run": cmd_run, "bench": cmd_bench,
                "samples": _task_command(cli_tasks.cmd_samples), "predict": _task_command(cli_tasks.cmd_predict),
-               "demo": _task_command(cli_tasks.cmd_demo), "convert": _task_command(_cmd_convert)}[args.command]
+               "demo": _task_command(cli_tasks.cmd_demo), "convert": _task_command(_cmd_convert),
+               "serve": _task_command(cli_serve.cmd_serve), "repo": _task_command(cli_serve.cmd_repo)}[args.command]
     try:
         code = handler(args) or 0
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit

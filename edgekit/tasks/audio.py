@@ -12,6 +12,7 @@ down-mixed to mono and resampled to the model's rate with soxr.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,8 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
     """Mono float32 samples at ``target_rate``.
 
     Args:
-        audio: a path (WAV/FLAC/OGG), or an array (samples, or samples x channels) with ``sample_rate``,
-            or a ``(array, sample_rate)`` tuple.
+        audio: a path (WAV/FLAC/OGG) or such a file's bytes, or an array (samples, or samples x
+            channels) with ``sample_rate``, or a ``(array, sample_rate)`` tuple.
 
     Raises:
         InputError: unreadable/corrupt file, no samples, non-finite values, missing sample rate.
@@ -40,14 +41,21 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
     what = name or (str(audio) if isinstance(audio, (str, Path)) else "audio")
     if isinstance(audio, tuple) and len(audio) == 2:
         audio, sample_rate = audio
-    if isinstance(audio, (str, Path)):
+    if isinstance(audio, (str, Path, bytes, bytearray, memoryview)):
         import soundfile as sf
 
-        path = input_file(audio, "audio")
+        if isinstance(audio, (str, Path)):
+            source = input_file(audio, "audio")
+            what = str(source)
+        elif len(audio) == 0:
+            raise InputError(f"{what}: empty (0 bytes)")
+        else:  # an encoded file held in memory (an upload)
+            source = io.BytesIO(bytes(audio))
         try:
-            data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+            data, sample_rate = sf.read(source if isinstance(source, io.BytesIO) else str(source),
+                                        dtype="float32", always_2d=True)
         except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
-            raise InputError(f"{path}: cannot be read as audio ({' '.join(str(e).split())})") from e
+            raise InputError(f"{what}: cannot be read as audio ({' '.join(str(e).split())})") from e
     else:
         if sample_rate is None:
             raise InputError(f"{what}: an array needs its sample rate (sample_rate=...)")

@@ -1,0 +1,112 @@
+"""``edgekit serve`` and ``edgekit repo add|list``: the local model service and its repository."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from .errors import UsageError
+
+
+def add_parsers(add) -> None:
+    s = add("serve", "Serve model repositories or packages over the Open Inference Protocol (KServe v2 / Triton "
+                     "HTTP), with task endpoints, versions, metrics and an optional API key.")
+    s.add_argument("sources", nargs="+", metavar="REPO|PKG",
+                   help="a repository (REPO/<name>/<version>/ packages), a package folder or a model file")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this device only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    s.add_argument("--device", default="auto", help="where models run, as for `edgekit run` (default auto)")
+    s.add_argument("--api-key-file", metavar="F", help="require 'Authorization: Bearer <key>' with the key in F")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve on a non-loopback address without an API key")
+    s.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
+    s.add_argument("--max-batch-size", type=int, default=0,
+                   help="dynamic batching: join concurrent requests into runs of up to this many rows (default off)")
+    s.add_argument("--max-queue-delay-ms", type=float, default=2.0,
+                   help="dynamic batching: how long a request may wait for others (default 2)")
+    s.add_argument("--instances", type=int, default=1, help="worker threads per model version (default 1)")
+    s.add_argument("--poll-interval", type=float, default=2.0,
+                   help="seconds between repository scans for new versions (0: only the repository API)")
+    s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
+                   help="one log line per request on stderr (default text)")
+
+    r = add("repo", "Manage a model repository: add a package as a new version, list models and versions.")
+    r.add_argument("action", choices=["add", "list"])
+    r.add_argument("target", nargs="?", help="add: the package folder; list: the repository")
+    r.add_argument("--repository", help="add: the repository folder")
+    r.add_argument("--name", help="add: model name (default: the package folder's name)")
+    r.add_argument("--version", type=int, help="add: version number (default: the next one)")
+
+
+def cmd_serve(args, emit_json, table) -> int:
+    from .serve import serve
+    from .serve.repository import Batching
+    from .serve.server import JsonLogFormatter
+
+    if args.max_batch_size < 0 or args.instances < 1 or args.max_body_mb <= 0:
+        raise UsageError("--max-batch-size must be >= 0, --instances >= 1 and --max-body-mb > 0")
+    _serve_logging(args.access_log, JsonLogFormatter)
+
+    def ready(url: str) -> None:
+        if args.json:  # one line a supervisor (or a test) can wait for
+            print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
+        else:
+            print(f"edgekit serve: listening on {url} (Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
+
+    batching = Batching(args.max_batch_size, args.max_queue_delay_ms) if args.max_batch_size else None
+    return serve(args.sources, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
+                 allow_unauthenticated=args.allow_unauthenticated, max_body=int(args.max_body_mb * 1024 * 1024),
+                 batching=batching, instances=args.instances, poll_interval=args.poll_interval, on_ready=ready)
+
+
+def _serve_logging(access: str, json_formatter) -> None:
+    """Server events at INFO on stderr (the CLI's default is WARNING), and the access log as asked."""
+    serve_log = logging.getLogger("edgekit.serve")
+    if serve_log.getEffectiveLevel() > logging.INFO:
+        serve_log.setLevel(logging.INFO)
+    access_log = logging.getLogger("edgekit.serve.access")
+    if access == "off":
+        access_log.setLevel(logging.WARNING)
+    elif access == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(json_formatter())
+        access_log.handlers[:] = [handler]
+        access_log.propagate = False
+
+
+def cmd_repo(args, emit_json, table) -> int:
+    from pathlib import Path
+
+    from .serve import repository
+
+    if args.action == "add":
+        if not args.target or not args.repository:
+            raise UsageError("usage: edgekit repo add PKG --repository REPO [--name N] [--version V]")
+        dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
+        doc = {"name": dest.parent.name, "version": int(dest.name), "path": str(dest)}
+        if args.json:
+            emit_json(doc)
+        else:
+            print(f"added {doc['name']} version {doc['version']} -> {dest}")
+        return 0
+    repo = args.target or args.repository
+    if not repo:
+        raise UsageError("usage: edgekit repo list REPO")
+    models = repository.scan(Path(repo))
+    if args.json:
+        emit_json({"repository": str(repo), "models": [m.to_dict() for m in models]})
+        return 0
+    rows = []
+    for m in models:
+        chosen = set(m.config.chosen([v.version for v in m.versions if not v.problem]))
+        for v in m.versions or [None]:
+            if v is None:
+                rows.append([m.name, "-", "-", "-", m.problem or "no versions"])
+                continue
+            status = (f"invalid: {v.problem}" if v.problem else "served" if v.version in chosen
+                      else "not in the version policy")
+            rows.append([m.name, str(v.version), v.task or "-", ", ".join(v.formats) or "-", status])
+    print(table(rows, ["model", "version", "task", "formats", "status"]) if rows else f"{repo}: no models")
+    return 0

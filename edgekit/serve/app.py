@@ -1,0 +1,450 @@
+"""The HTTP side: the Open Inference Protocol (KServe v2 / Triton) on Starlette, plus task endpoints.
+
+    from edgekit.serve import create_app
+    app = create_app(["models/"], api_key="...")     # any ASGI server runs it; `edgekit serve` uses uvicorn
+
+Routes (``{model}`` may be followed by ``/versions/{v}``; without it the newest ready version):
+
+    GET  /v2/health/live | /v2/health/ready | /v2              server liveness, readiness, metadata
+    GET  /v2/models/{model}[/ready]                            model metadata, readiness
+    POST /v2/models/{model}/infer                              tensors: JSON or the binary extension
+    POST /v2/models/{model}/classify | embed | detect          the package's task: a file or JSON text in,
+                                                               its typed result as JSON out
+    POST /v2/repository/index | /v2/repository/models/{name}/load | /unload
+    GET  /metrics                                              Prometheus
+
+Every error is ``{"error": "..."}`` with 400 (bad request), 401 (API key), 404 (unknown
+model or version), 405, 413 (body over the limit), 503 (not ready); never a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hmac
+import json
+import logging
+import time
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import EdgekitError, InputError, UsageError
+from ..types import TensorSpec
+from . import protocol
+from .metrics import Metrics
+from .models import ModelManager, NotFound, NotReady, Version
+from .repository import Batching
+
+log = logging.getLogger("edgekit.serve")
+access_log = logging.getLogger("edgekit.serve.access")
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no key; they reveal nothing
+_TEXT_INPUT = [TensorSpec("text", (None,), np.dtype(object))]
+_TASK_VERBS = {  # the SDK method each task endpoint runs
+    "image-classification": ("classify",), "audio-classification": ("classify",),
+    "text-classification": ("classify",), "text-embedding": ("embed", "classify"),  # classify: zero-shot
+    "voice-activity-detection": ("detect",),
+}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(sources, *, device: str = "auto", api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+               batching: Batching | None = None, instances: int = 1, poll_interval: float = 2.0) -> Starlette:
+    """An ASGI app serving the repositories, packages and model files in ``sources``.
+
+    Args:
+        sources: repository folders (``REPO/<name>/<version>/``), package folders or model files.
+        device: where models run unless a model's config.json says otherwise (as ``edgekit.load``).
+        api_key: when set, every request but the health probes needs ``Authorization: Bearer <key>``.
+        max_body: requests with a larger body get 413 before it is read.
+        batching: dynamic batching for every model that can batch (config.json may set its own).
+        instances: worker threads per model version.
+        poll_interval: seconds between repository scans for new versions (0: only the repository API).
+    """
+    metrics = Metrics()
+    manager = ModelManager(sources, metrics=metrics, device=device, batching=batching, instances=instances,
+                           poll_interval=poll_interval)
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await manager.start()
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await manager.stop()
+
+    api = _Api(manager, metrics, state)
+    m, mv = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", api.live, methods=["GET"]),
+        Route("/v2/health/ready", api.ready, methods=["GET"]),
+        Route("/v2", api.server_metadata, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/v2/repository/index", api.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", api.load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", api.unload, methods=["POST"]),
+    ]
+    for prefix in (m, mv):
+        routes += [
+            Route(prefix, api.model_metadata, methods=["GET"]),
+            Route(prefix + "/ready", api.model_ready, methods=["GET"]),
+            Route(prefix + "/infer", api.infer, methods=["POST"]),
+            Route(prefix + "/{verb:str}", api.task, methods=["POST"]),
+        ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error})
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+    return app
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own 404 (no such route) and 405 (wrong method), as protocol errors."""
+    text = "no such endpoint" if exc.status_code == 404 else exc.detail
+    return error(exc.status_code, f"{request.method} {request.url.path}: {text}", getattr(exc, "headers", None))
+
+
+def _endpoint(route: str):
+    """Map edgekit's exceptions to status codes and count the outcome per model."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def handler(self, request: Request) -> Response:
+            request.scope["edgekit.route"] = route
+            try:
+                response = await fn(self, request)
+                outcome = "success"
+            except BodyTooLarge as e:
+                response, outcome = error(413, str(e)), "bad_request"
+            except NotFound as e:
+                response, outcome = error(404, str(e)), "bad_request"
+            except NotReady as e:
+                response, outcome = error(503, str(e)), "unavailable"
+            except (InputError, UsageError) as e:
+                response, outcome = error(400, str(e)), "bad_request"
+            except EdgekitError as e:  # the runtime failed: the server's fault, not the caller's
+                log.error("%s %s: %s", request.method, request.url.path, e)
+                response, outcome = error(500, str(e)), "error"
+            except Exception as e:
+                log.exception("%s %s failed", request.method, request.url.path)
+                response, outcome = error(500, f"internal error ({type(e).__name__})"), "error"
+            served = request.scope.get("edgekit.model")
+            if served is not None:
+                self.metrics.requests.labels(*served, route, outcome).inc()
+            return response
+        return handler
+    return wrap
+
+
+class _Api:
+    def __init__(self, manager: ModelManager, metrics: Metrics, state: dict) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.state = state
+
+    def _version(self, request: Request) -> Version:
+        p = request.path_params
+        v = self.manager.get(p["model"], p.get("version"))
+        request.scope["edgekit.model"] = (v.name, str(v.version))
+        return v
+
+    # -- health and metadata --------------------------------------------------------------------
+
+    @_endpoint("health")
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    @_endpoint("health")
+    async def ready(self, request: Request) -> Response:
+        ok = self.state["ready"] and self.manager.ready()
+        return Response(status_code=200) if ok else error(503, "not ready: no model is ready to serve")
+
+    @_endpoint("metadata")
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "edgekit", "version": __version__,
+                             "extensions": ["binary_tensor_data", "model_repository", "edgekit_tasks"]})
+
+    @_endpoint("metrics")
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    @_endpoint("metadata")
+    async def model_metadata(self, request: Request) -> Response:
+        v = self._version(request)
+        model = v.model
+        served = self.manager.models[v.name].ready()
+        doc = {
+            "name": v.name,
+            "versions": [str(x.version) for x in served],
+            "platform": f"edgekit_{model.backend}",
+            "inputs": [protocol.tensor_metadata(s) for s in model.inputs],
+            "outputs": [protocol.tensor_metadata(s) for s in model.outputs],
+            "edgekit": {"version": str(v.version), "backend": model.backend, "device": model.device,
+                        "artifact": model.path.name, "precision": model.precision, "task": v.task,
+                        "task_endpoints": list(_TASK_VERBS.get(v.task, ())), "batching": v.batching},
+        }
+        if v.task in ("text-embedding", "text-classification"):
+            doc["edgekit"]["task_inputs"] = [protocol.tensor_metadata(s) for s in _TEXT_INPUT]
+        return JSONResponse(doc)
+
+    @_endpoint("ready")
+    async def model_ready(self, request: Request) -> Response:
+        self._version(request)  # 404 unknown, 503 not ready
+        return Response(status_code=200)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    @_endpoint("infer")
+    async def infer(self, request: Request) -> Response:
+        v = self._version(request)
+        header = request.headers.get("inference-header-content-length")
+        try:
+            header_length = int(header) if header is not None else None
+        except ValueError:
+            raise protocol.ProtocolError(f"Inference-Header-Content-Length {header!r} is not an integer") from None
+        body = await _body(request)
+        text_task = v.task in ("text-embedding", "text-classification")
+        req = protocol.parse_request(body, header_length, v.model.inputs,
+                                     alternative=_TEXT_INPUT if text_task else None)
+        if req.alternative:
+            outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
+        else:
+            outputs = await v.runner.infer(req.inputs)
+        payload, json_length = protocol.encode_response(req, v.name, str(v.version), outputs)
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
+    @_endpoint("task")
+    async def task(self, request: Request) -> Response:
+        v = self._version(request)
+        verb = request.path_params["verb"]
+        verbs = _TASK_VERBS.get(v.task)
+        if verbs is None:
+            raise NotFound(f"model {v.name!r} declares no task edgekit knows (task={v.task!r}); "
+                           f"use /infer with tensors")
+        if verb not in verbs:
+            raise NotFound(f"model {v.name!r} is a {v.task} model: its task endpoint is "
+                           f"{' or '.join('/' + x for x in verbs)}, not /{verb}")
+        if v.task.startswith("text-"):
+            doc = _json(await _body(request))
+            result = await v.runner.call(_text_task, v, verb, doc)
+        else:
+            data = await _upload(request)
+            top_k = _top_k(request.query_params.get("top_k"))
+            result = await v.runner.call(_file_task, v, data, top_k)
+        return JSONResponse({"model_name": v.name, "model_version": str(v.version), "task": v.task, **result})
+
+    # -- repository extension ------------------------------------------------------------------
+
+    @_endpoint("repository")
+    async def repository_index(self, request: Request) -> Response:
+        body = await _body(request)
+        doc = _json(body) if body.strip() else {}
+        rows = self.manager.index()
+        if doc.get("ready"):
+            rows = [r for r in rows if r["state"] == "READY"]
+        return JSONResponse(rows)
+
+    @_endpoint("repository")
+    async def load(self, request: Request) -> Response:
+        body = await _body(request)
+        doc = _json(body) if body.strip() else {}
+        if doc.get("parameters"):
+            raise InputError("a load request cannot carry a config or files: edgekit serves only what is in "
+                             "its repository (add versions with `edgekit repo add`)")
+        await self.manager.load_model(request.path_params["model"])
+        return Response(status_code=200)
+
+    @_endpoint("repository")
+    async def unload(self, request: Request) -> Response:
+        await _body(request)
+        await self.manager.unload_model(request.path_params["model"])
+        return Response(status_code=200)
+
+
+# -- request bodies -----------------------------------------------------------------------------
+
+async def _body(request: Request) -> bytes:
+    return await request.body()  # the guard below has already refused an oversized one
+
+
+def _json(body: bytes) -> dict:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"the request is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise InputError("the request must be a JSON object")
+    return doc
+
+
+async def _upload(request: Request) -> bytes:
+    """A file sent as the raw body, or as the one file of a multipart form (``curl -F file=@x.jpg``)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=8)
+        files = [f for f in form.values() if not isinstance(f, str)]
+        if not files:
+            raise InputError("the form holds no file (send it as a file field, e.g. curl -F file=@cat.jpg)")
+        return await files[0].read()
+    return await _body(request)
+
+
+def _top_k(text: str | None) -> int:
+    if text is None:
+        return 5
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise InputError(f"top_k must be an integer from 1 to 1000, got {text!r}")
+    return int(text)
+
+
+# -- task work, on the model's worker thread ---------------------------------------------------
+
+def _file_task(v: Version, data: bytes, top_k: int) -> dict:
+    if not data:
+        raise InputError("the uploaded file is empty (0 bytes)")
+    if v.task == "voice-activity-detection":
+        return {"segments": [s.to_dict() for s in v.task_object().detect(data)]}
+    return {"categories": [c.to_dict() for c in v.task_object().classify(data, top_k=top_k)]}
+
+
+def _texts(value, key: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+        raise InputError(f"'{key}' must be a string or a non-empty list of strings")
+    return items
+
+
+def _text_task(v: Version, verb: str, doc: dict) -> dict:
+    if verb == "embed":
+        texts = _texts(doc.get("texts", doc.get("text")), "texts")
+        vectors = v.task_object().embed(texts)
+        return {"embeddings": vectors.tolist(), "shape": list(vectors.shape)}
+    text = doc.get("text")
+    if not isinstance(text, str):
+        raise InputError("'text' must be a string")
+    top_k = doc.get("top_k", 5)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 1000:
+        raise InputError("'top_k' must be an integer from 1 to 1000")
+    labels = doc.get("labels")
+    if v.task == "text-embedding":  # zero-shot: the labels come with the request
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+            raise InputError(f"{v.name!r} is an embedder: zero-shot classification needs 'labels', "
+                             f"a non-empty list of strings")
+        from ..tasks.text import TextClassifier
+
+        clf = v.task_object(("zero-shot", *labels), lambda model: TextClassifier(model, labels=labels))
+    elif labels is not None:
+        raise InputError(f"{v.name!r} classifies into its own labels; 'labels' is only for zero-shot embedders")
+    else:
+        clf = v.task_object()
+    return {"categories": [c.to_dict() for c in clf.classify(text, top_k=top_k)]}
+
+
+def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
+    """The BYTES form of a text task on /infer: strings in, the task's output tensor out."""
+    items = []
+    for i, b in enumerate(texts.reshape(-1)):
+        try:
+            items.append(b.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"input 'text' element {i} is not UTF-8") from None
+    if v.task == "text-embedding":
+        return {"embedding": v.task_object().embed(items)}
+    clf = v.task_object()
+    return {"scores": np.stack([clf.scores(t) for t in items]).astype(np.float32)}
+
+
+# -- the guard: API key, body limit, access log ----------------------------------------------------
+
+class _Guard:
+    """Pure ASGI middleware: it sees every request, before routing and before any body is read."""
+
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.max_body = max_body
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = [0]
+
+        async def send_counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refuse(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_counted)
+            else:
+                await self.app(scope, self._limited(receive), send_counted)
+        finally:
+            self._log(scope, status[0], start)
+
+    def _refuse(self, scope) -> Response | None:
+        headers = dict(scope["headers"])
+        if self.key is not None and scope["path"] not in _OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                return error(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                             {"WWW-Authenticate": "Bearer"})
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return error(400, "Content-Length is not a number")
+            if int(length) > self.max_body:
+                return error(413, f"the request body ({int(length)} bytes) is over the limit of "
+                                  f"{self.max_body} bytes")
+        return None
+
+    def _limited(self, receive):
+        """Count the body as it arrives (chunked uploads carry no Content-Length)."""
+        seen = [0]
+        limit = self.max_body
+
+        async def receive_limited():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > limit:
+                    raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+            return message
+        return receive_limited
+
+    def _log(self, scope, status: int, start: float) -> None:
+        ms = (time.perf_counter() - start) * 1000
+        route = scope.get("edgekit.route", "other")
+        self.metrics.http.labels(scope["method"], route, str(status)).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("-", 0)
+            model = scope.get("edgekit.model")
+            access_log.info('%s "%s %s" %d %.2f ms', client[0], scope["method"], scope["path"], status, ms,
+                            extra={"client": client[0], "method": scope["method"], "path": scope["path"],
+                                   "status": status, "duration_ms": round(ms, 3), "route": route,
+                                   "model": model[0] if model else None,
+                                   "model_version": model[1] if model else None})
+

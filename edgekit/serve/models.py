@@ -1,0 +1,328 @@
+"""Which model versions are served, and their loading, reloading and unloading while serving.
+
+Sources are repositories (``REPO/<name>/<version>/``) and lone package folders (served as
+version 1 of a model named after the folder). For each model the version policy picks the
+versions to serve; a version that fails to load (bad checksum, corrupt artifact, unknown
+format) is recorded as unavailable with its reason and the policy falls back to the next
+older one, so a bad new version never replaces a good one. A new version is loaded while
+the old one keeps serving; the old one is released only after the new one is ready and the
+requests already sent to it have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import formats
+from ..errors import EdgekitError, UsageError
+from ..model import Model, load
+from ..tasks.base import is_known_task
+from . import repository
+from .metrics import Metrics
+from .repository import Batching, ModelConfig, VersionEntry
+from .runner import Runner, can_batch
+
+log = logging.getLogger("edgekit.serve")
+
+READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
+
+
+class NotFound(UsageError):
+    """An unknown model or version (HTTP 404)."""
+
+
+class NotReady(EdgekitError):
+    """A known model or version that cannot serve now (HTTP 503); the message says why."""
+
+
+@dataclass
+class Version:
+    name: str
+    version: int
+    path: Path
+    state: str = LOADING
+    reason: str = ""
+    signature: tuple = ()
+    model: Model | None = None
+    runner: Runner | None = None
+    task: str | None = None
+    batching: str = "off"  # "off" | "on (...)" | "off: why"
+    _tasks: dict = field(default_factory=dict)  # task objects by their options, built on first use
+
+    def to_index(self) -> dict:
+        return {"name": self.name, "version": str(self.version), "state": self.state, "reason": self.reason}
+
+    def task_object(self, key: tuple = (), factory=None):
+        """The task (ImageClassifier, TextEmbedder, ...) over this version's model, built once per ``key``.
+
+        ``factory(model)`` builds it; by default the task the package declares.
+        """
+        obj = self._tasks.get(key)
+        if obj is None:
+            from ..tasks.base import for_model
+
+            if len(self._tasks) >= 16:  # zero-shot label sets come from clients: keep a few
+                self._tasks.pop(next(iter(self._tasks))).close()
+            obj = self._tasks[key] = (factory or for_model)(self.model)
+        return obj
+
+
+@dataclass
+class ServedModel:
+    name: str
+    source: Path  # the model folder in a repository, or a lone package
+    lone: bool = False  # a package given directly: always version 1
+    config: ModelConfig = field(default_factory=ModelConfig)
+    versions: dict[int, Version] = field(default_factory=dict)
+    problem: str | None = None
+    unloaded: bool = False  # unloaded through the repository API: polling leaves it alone
+    _seen: tuple = ()
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def ready(self) -> list[Version]:
+        return sorted((v for v in self.versions.values() if v.state == READY), key=lambda v: -v.version)
+
+
+class ModelManager:
+    def __init__(self, sources: list[str | Path], *, metrics: Metrics, device: str = "auto",
+                 batching: Batching | None = None, instances: int = 1, poll_interval: float = 2.0) -> None:
+        self.metrics = metrics
+        self.device = device
+        self.batching = batching
+        self.instances = instances
+        self.poll_interval = poll_interval
+        self.repositories: list[Path] = []
+        self.models: dict[str, ServedModel] = {}
+        for s in sources:
+            path = Path(s).expanduser()
+            if not path.exists():
+                raise UsageError(f"{path}: no such repository, package or model file")
+            if path.is_dir() and not (path / formats.MANIFEST).exists():
+                self.repositories.append(path)
+            else:
+                self._add_model(path.stem if path.is_file() else path.resolve().name, path, lone=True)
+        self._poller: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+
+    def _add_model(self, name: str, source: Path, *, lone: bool = False) -> ServedModel:
+        if name in self.models and self.models[name].source != source:
+            raise UsageError(f"two models are named {name!r}: {self.models[name].source} and {source}")
+        return self.models.setdefault(name, ServedModel(repository.check_name(name), source, lone))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._discover()
+        for m in list(self.models.values()):
+            await self.sync(m)
+        if self.poll_interval > 0 and self.repositories:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        for m in self.models.values():
+            for v in m.versions.values():
+                await self._release(v, wait=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self._discover()
+                for m in list(self.models.values()):
+                    if not m.unloaded:
+                        await self.sync(m)
+            except Exception:  # a poll must never end polling
+                log.exception("repository poll failed")
+
+    def _discover(self) -> None:
+        for repo in self.repositories:
+            if not repo.is_dir():
+                continue
+            for d in sorted(repo.iterdir()):
+                if d.is_dir() and repository.NAME_RE.match(d.name) and d.name not in self.models:
+                    self._add_model(d.name, d)
+
+    # -- what the API asks ----------------------------------------------------------------------
+
+    def get(self, name: str, version: str | None = None) -> Version:
+        """The version to serve: the given one, or the newest ready one."""
+        m = self.models.get(name)
+        if m is None:
+            raise NotFound(f"unknown model {name!r}")
+        if version is None or version == "":
+            ready = m.ready()
+            if not ready:
+                raise NotReady(f"model {name!r} has no version ready: {self._why_not(m)}")
+            return ready[0]
+        if not version.isdigit():
+            raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
+        v = m.versions.get(int(version))
+        if v is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        if v.state != READY:
+            raise NotReady(f"version {version} of {name!r} is {v.state.lower()}: {v.reason}")
+        return v
+
+    def _why_not(self, m: ServedModel) -> str:
+        if m.unloaded:
+            return "unloaded"
+        if m.problem:
+            return m.problem
+        reasons = [f"version {v.version}: {v.reason}" for v in m.versions.values() if v.reason]
+        return "; ".join(reasons) or "no versions in the repository"
+
+    def index(self) -> list[dict]:
+        rows = []
+        for m in sorted(self.models.values(), key=lambda m: m.name):
+            if not m.versions:
+                rows.append({"name": m.name, "state": UNAVAILABLE, "reason": self._why_not(m)})
+            rows += [v.to_index() for v in sorted(m.versions.values(), key=lambda v: v.version)]
+        return rows
+
+    def ready(self) -> bool:
+        """Serving something: at least one model has a ready version (or there is nothing to serve)."""
+        return not self.models or any(m.ready() for m in self.models.values())
+
+    async def load_model(self, name: str) -> None:
+        """The repository API's load: (re)read the model's folder and load its policy's versions."""
+        self._discover()
+        m = self.models.get(name)
+        if m is None:
+            raise NotFound(f"unknown model {name!r}: no such folder in the repository")
+        m.unloaded = False
+        m._seen = ()
+        await self.sync(m)
+        if not m.ready():
+            raise NotReady(f"model {name!r} could not be loaded: {self._why_not(m)}")
+
+    async def unload_model(self, name: str) -> None:
+        m = self.models.get(name)
+        if m is None:
+            raise NotFound(f"unknown model {name!r}")
+        async with m._lock:
+            m.unloaded = True
+            for v in list(m.versions.values()):
+                await self._release(v, reason="unloaded")
+
+    # -- syncing one model with its folder ------------------------------------------------------
+
+    async def sync(self, m: ServedModel) -> None:
+        async with m._lock:
+            if m.unloaded:
+                return
+            entries, config, problem = await asyncio.to_thread(self._scan, m)
+            seen = (tuple((e.version, e.signature) for e in entries), config, problem)
+            if seen == m._seen:
+                return
+            m._seen = seen
+            m.problem = problem
+            if problem is None:
+                m.config = config
+            await self._apply(m, entries)
+
+    def _scan(self, m: ServedModel) -> tuple[list[VersionEntry], ModelConfig, str | None]:
+        if m.lone:
+            if m.source.is_file():
+                return [VersionEntry(1, m.source, formats=[m.source.suffix.lstrip(".")])], ModelConfig(), None
+            entry = repository._describe_version(m.source, 1)
+            return [entry], ModelConfig(), None
+        found = repository.scan_model(m.source)
+        return found.versions, found.config, found.problem
+
+    async def _apply(self, m: ServedModel, entries: list[VersionEntry]) -> None:
+        on_disk = {e.version: e for e in entries}
+        for e in entries:  # problems found without loading: never tried
+            if e.problem:
+                self._unavailable(m, e, e.problem)
+        failed: set[int] = set()
+        while True:
+            loadable = [e.version for e in entries if not e.problem and e.version not in failed]
+            wanted = m.config.chosen(loadable)
+            todo = [v for v in wanted if v not in m.versions or m.versions[v].state != READY
+                    or m.versions[v].signature != on_disk[v].signature]
+            if not todo:
+                break
+            for v in todo:
+                if not await self._load(m, on_disk[v]):
+                    failed.add(v)
+        for v in list(m.versions.values()):  # after the new ones are ready, release what the policy dropped
+            if v.version not in on_disk:
+                await self._release(v, reason="removed from the repository", forget=True)
+            elif v.version not in wanted and v.state == READY and v.version not in failed:
+                await self._release(v, reason="not in the version policy")
+
+    def _unavailable(self, m: ServedModel, e: VersionEntry, reason: str) -> None:
+        old = m.versions.get(e.version)
+        if old is not None and old.state == READY:
+            return  # the folder changed under a served version and the new files are bad: keep serving
+        m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
+
+    async def _load(self, m: ServedModel, e: VersionEntry) -> bool:
+        old = m.versions.get(e.version)
+        device = m.config.device or self.device
+        started = time.perf_counter()
+        try:
+            model = await asyncio.to_thread(load, e.path, device=device)
+        except Exception as exc:  # any failure to load is the version's problem, never the server's
+            reason = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s version %d cannot be served: %s", m.name, e.version, reason)
+            self._unavailable(m, e, reason)
+            return False
+        batching = m.config.batching or self.batching
+        why_not = can_batch(model) if batching else None
+        if why_not:
+            log.warning("%s version %d: dynamic batching off, %s", m.name, e.version, why_not)
+        v = Version(m.name, e.version, e.path, READY, "", e.signature, model,
+                    Runner(model, name=m.name, version=e.version, metrics=self.metrics,
+                           instances=m.config.instances if m.config.instances != 1 else self.instances,
+                           batching=None if why_not else batching),
+                    task=model.metadata.get("task") if is_known_task(model.metadata.get("task")) else None)
+        v.batching = ("off" if not batching else f"off: {why_not}" if why_not
+                      else f"on (max batch {batching.max_batch_size}, max delay {batching.max_queue_delay_ms} ms)")
+        m.versions[e.version] = v
+        self.metrics.loaded.labels(m.name, str(e.version), model.backend, model.device, model.path.name).set(1)
+        log.info("%s version %d ready on %s:%s [%s] in %.1f s", m.name, e.version, model.backend, model.device,
+                 model.path.name, time.perf_counter() - started)
+        if old is not None and old.runner is not None:
+            self._close_later(old)
+        return True
+
+    async def _release(self, v: Version, *, reason: str = "stopped", forget: bool = False,
+                       wait: bool = False) -> None:
+        m = self.models[v.name]
+        if forget:
+            m.versions.pop(v.version, None)
+        else:
+            m.versions[v.version] = Version(v.name, v.version, v.path, UNAVAILABLE, reason, v.signature)
+        if v.runner is not None:
+            log.info("%s version %d unloaded (%s)", v.name, v.version, reason)
+            if wait:
+                await self._close(v)
+            else:
+                self._close_later(v)
+
+    def _close_later(self, v: Version) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(v))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, v: Version) -> None:
+        """Let the requests already sent to ``v`` finish, then release its runtime."""
+        model = v.model
+        try:
+            for task in v._tasks.values():
+                task.close()
+            await v.runner.close()
+        finally:
+            if model is not None:
+                try:
+                    self.metrics.loaded.remove(v.name, str(v.version), model.backend, model.device, model.path.name)
+                except KeyError:
+                    pass

@@ -1,0 +1,256 @@
+"""A model repository on disk: ``REPO/<model-name>/<version>/`` with one package per version.
+
+The layout is Triton's: integer version folders under a folder per model, and beside them
+an optional ``config.json`` for what is per model rather than per version::
+
+    REPO/
+      efficientnet/
+        config.json          {"version_policy": {"latest": {"num_versions": 1}},
+        1/edgekit.json        "dynamic_batching": {"max_batch_size": 8, "max_queue_delay_ms": 2},
+        2/edgekit.json        "instances": 1, "device": "auto"}
+
+Versions are added by :func:`add`, which copies a package into a hidden staging folder,
+verifies every checksum of the copy and then renames it into place: a server watching the
+repository never sees half a version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import formats, package
+from ..errors import EdgekitError, ModelFileError, UsageError
+
+CONFIG = "config.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_POLICIES = ("latest", "all", "specific")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Triton's dynamic batcher: requests wait up to ``max_queue_delay_ms`` to share one run."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Per-model settings from ``config.json``; every field optional."""
+
+    policy: str = "latest"  # "latest" | "all" | "specific"
+    num_versions: int = 1  # for "latest"
+    versions: tuple[int, ...] = ()  # for "specific"
+    batching: Batching | None = None
+    instances: int = 1  # runs of this model at the same time (each on its own thread)
+    device: str | None = None  # overrides the server's --device for this model
+
+    def chosen(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of ``available`` (best first)."""
+        newest = sorted(available, reverse=True)
+        if self.policy == "all":
+            return newest
+        if self.policy == "specific":
+            return [v for v in newest if v in self.versions]
+        return newest[: self.num_versions]
+
+    def to_dict(self) -> dict:
+        policy = ({"latest": {"num_versions": self.num_versions}} if self.policy == "latest"
+                  else {"specific": {"versions": list(self.versions)}} if self.policy == "specific"
+                  else {"all": {}})
+        doc: dict = {"version_policy": policy, "instances": self.instances}
+        if self.batching:
+            doc["dynamic_batching"] = {"max_batch_size": self.batching.max_batch_size,
+                                       "max_queue_delay_ms": self.batching.max_queue_delay_ms}
+        if self.device:
+            doc["device"] = self.device
+        return doc
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """``model_dir/config.json`` as a :class:`ModelConfig` (defaults when absent)."""
+    path = model_dir / CONFIG
+    if not path.exists():
+        return ModelConfig()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(path, f"not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise ModelFileError(path, "expected a JSON object")
+    unknown = set(doc) - {"version_policy", "dynamic_batching", "instances", "device"}
+    if unknown:
+        raise ModelFileError(path, f"unknown keys {sorted(unknown)} (known: version_policy, dynamic_batching, "
+                                   f"instances, device)")
+    kwargs: dict = {}
+    policy = doc.get("version_policy", {"latest": {"num_versions": 1}})
+    if not (isinstance(policy, dict) and len(policy) == 1 and next(iter(policy)) in _POLICIES):
+        raise ModelFileError(path, 'version_policy must be one of {"latest": {"num_versions": N}}, '
+                                   '{"all": {}}, {"specific": {"versions": [...]}}')
+    kind, args = next(iter(policy.items()))
+    args = args if isinstance(args, dict) else {}
+    kwargs["policy"] = kind
+    if kind == "latest":
+        kwargs["num_versions"] = _positive_int(path, "num_versions", args.get("num_versions", 1))
+    elif kind == "specific":
+        versions = args.get("versions")
+        if not isinstance(versions, list) or not versions:
+            raise ModelFileError(path, "version_policy.specific.versions must be a non-empty list of integers")
+        kwargs["versions"] = tuple(_positive_int(path, "versions", v) for v in versions)
+    if "dynamic_batching" in doc:
+        b = doc["dynamic_batching"]
+        if not isinstance(b, dict):
+            raise ModelFileError(path, "dynamic_batching must be an object")
+        delay = b.get("max_queue_delay_ms", 2.0)
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
+            raise ModelFileError(path, "dynamic_batching.max_queue_delay_ms must be between 0 and 10000")
+        kwargs["batching"] = Batching(_positive_int(path, "max_batch_size", b.get("max_batch_size", 8)),
+                                      float(delay))
+    if "instances" in doc:
+        kwargs["instances"] = _positive_int(path, "instances", doc["instances"])
+    if doc.get("device") is not None:
+        if not isinstance(doc["device"], str):
+            raise ModelFileError(path, "device must be a string such as \"auto\" or \"openvino:CPU\"")
+        kwargs["device"] = doc["device"]
+    return ModelConfig(**kwargs)
+
+
+def _positive_int(path: Path, key: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelFileError(path, f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass
+class VersionEntry:
+    """One version folder as found on disk (not loaded)."""
+
+    version: int
+    path: Path
+    task: str | None = None
+    formats: list[str] = field(default_factory=list)
+    problem: str | None = None  # why it cannot be served, found without loading it
+
+    @property
+    def signature(self) -> tuple:
+        """Changes when the version folder is replaced (repository writes are renames)."""
+        try:
+            st = (self.path / formats.MANIFEST).stat()
+            return (self.path.stat().st_ino, st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return (None,)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    versions: list[VersionEntry]
+    config: ModelConfig = field(default_factory=ModelConfig)
+    problem: str | None = None  # an unreadable config.json
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "config": self.config.to_dict(),
+                "problem": self.problem,
+                "versions": [{"version": v.version, "task": v.task, "formats": v.formats,
+                              "status": "invalid" if v.problem else "ok", "problem": v.problem}
+                             for v in self.versions]}
+
+
+def _describe_version(path: Path, version: int) -> VersionEntry:
+    entry = VersionEntry(version, path)
+    try:
+        pkg = package.read(path)
+    except EdgekitError as e:
+        entry.problem = str(e)
+        return entry
+    entry.task = pkg.task
+    entry.formats = sorted({f"{a.format.value}/{a.precision}" for a in pkg.artifacts if a.status == "ok"})
+    if not entry.formats:
+        entry.problem = "no artifact passed conversion (every one is marked failed)"
+    return entry
+
+
+def scan_model(model_dir: Path) -> ModelEntry:
+    """The versions under ``model_dir``: integer folder names only (hidden staging folders are skipped)."""
+    versions = []
+    for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            versions.append(_describe_version(child, int(child.name)))
+    versions.sort(key=lambda v: v.version)
+    entry = ModelEntry(model_dir.name, model_dir, versions)
+    try:
+        entry.config = read_config(model_dir)
+    except ModelFileError as e:
+        entry.problem = str(e)
+    return entry
+
+
+def is_repository(path: Path) -> bool:
+    return path.is_dir() and not (path / formats.MANIFEST).exists()
+
+
+def scan(repo: Path) -> list[ModelEntry]:
+    """Every model folder of ``repo`` (a folder whose name is a valid model name)."""
+    if not repo.is_dir():
+        raise UsageError(f"{repo}: no such repository folder")
+    return [scan_model(d) for d in sorted(repo.iterdir()) if d.is_dir() and NAME_RE.match(d.name)]
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "
+                         f"(at most 128, starting with a letter or digit)")
+    return name
+
+
+def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, version: int | None = None) -> Path:
+    """Copy the package ``pkg_dir`` into ``repo`` as a new version of ``name``; returns its folder.
+
+    Every artifact's checksum is verified on the copy before it is renamed into place, so a
+    corrupt source is refused and a reader never sees a partial version. Without ``version``,
+    the next integer after the newest is taken.
+    """
+    src = Path(pkg_dir)
+    if not src.is_dir():
+        raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
+    package.read(src)  # refuse a source that is not a package before copying anything
+    name = check_name(name or src.resolve().name)
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise UsageError(f"version must be a positive integer, got {version!r}")
+    model_dir = Path(repo) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = package.staging_dir(model_dir / "new")
+    try:
+        copy = staging / "pkg"
+        shutil.copytree(src, copy, ignore=shutil.ignore_patterns(".*"))
+        for artifact in package.read(copy).artifacts:
+            if artifact.status == "ok":
+                package.verify(artifact)
+        for attempt in range(100):
+            v = version if version is not None else _next_version(model_dir)
+            dest = model_dir / str(v)
+            if dest.exists():
+                if version is not None:
+                    raise UsageError(f"{dest}: version {v} of {name!r} exists; versions are never replaced, "
+                                     f"add a new one")
+                continue
+            try:
+                copy.rename(dest)  # fails if another writer took this number in between
+            except OSError:
+                if version is not None or attempt == 99:
+                    raise
+                continue
+            return dest
+        raise UsageError(f"{model_dir}: could not take a new version number")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _next_version(model_dir: Path) -> int:
+    numbers = [int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()]
+    return max(numbers, default=0) + 1

@@ -1,0 +1,179 @@
+"""Runs one served model version off the event loop: a queue in front of its worker threads.
+
+Each version has ``instances`` worker threads (Triton's instance count; default 1, since the
+runtimes already spread one inference over the cores). Requests wait in a FIFO queue for a
+worker; queue and compute time are measured separately.
+
+With dynamic batching, requests that arrive while the model is busy (or within
+``max_queue_delay_ms`` of the first) are joined along the batch axis into one run of at most
+``max_batch_size`` rows and the outputs split back, as Triton's dynamic batcher does. Only
+models whose every input and output has a dynamic first dimension can batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..model import Model
+from .metrics import Metrics
+from .repository import Batching
+
+log = logging.getLogger("edgekit.serve")
+
+
+def can_batch(model: Model) -> str | None:
+    """None if ``model`` can be batched along its first axis, else why not."""
+    for spec in [*model.inputs, *model.outputs]:
+        if spec.shape is None or not spec.shape or isinstance(spec.shape[0], int):
+            return f"{spec.name} has no dynamic batch dimension ({spec})"
+    return None
+
+
+class _Item:
+    __slots__ = ("arrays", "rows", "key", "future", "enqueued")
+
+    def __init__(self, arrays: dict[str, np.ndarray], future: asyncio.Future) -> None:
+        self.arrays = arrays
+        self.rows = next(iter(arrays.values())).shape[0] if arrays else 1
+        # Requests join one batch only when every input agrees on everything but the first dim.
+        self.key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in arrays.items())
+        if any(a.shape[0] != self.rows for a in arrays.values()):
+            self.key = None  # inputs disagree on the batch size: run alone
+        self.future = future
+        self.enqueued = time.perf_counter()
+
+
+class Runner:
+    def __init__(self, model: Model, *, name: str, version: int, metrics: Metrics, instances: int = 1,
+                 batching: Batching | None = None) -> None:
+        self.model = model
+        self.labels = (name, str(version))
+        self.metrics = metrics
+        self.instances = instances
+        self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batching = batching
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._consumers: list[asyncio.Task] = []
+        if batching is not None:
+            self._queue = asyncio.Queue()
+            self._consumers = [asyncio.get_running_loop().create_task(self._batch_loop())
+                               for _ in range(instances)]
+
+    # -- what handlers call -------------------------------------------------------------------
+
+    async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on checked inputs; batched with other requests when batching is on."""
+        if self._queue is None:
+            return await self.call(self.model.run, arrays)
+        self._enter()
+        try:
+            item = _Item(arrays, asyncio.get_running_loop().create_future())
+            await self._queue.put(item)
+            return await item.future
+        finally:
+            self._leave()
+
+    async def call(self, fn: Callable, *args):
+        """Run ``fn(*args)`` on one of this model's workers (task endpoints use it with the task's own code)."""
+        self._enter()
+        enqueued = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args, enqueued)
+        finally:
+            self._leave()
+
+    def _timed(self, fn: Callable, args: tuple, enqueued: float):
+        start = time.perf_counter()
+        self.metrics.queue_seconds.labels(*self.labels).observe(start - enqueued)
+        try:
+            return fn(*args)
+        finally:
+            self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+        self.metrics.in_flight.labels(*self.labels).inc()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        self.metrics.in_flight.labels(*self.labels).dec()
+        if self._active == 0:
+            self._idle.set()
+
+    # -- dynamic batching ---------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None and self.batching is not None
+        loop = asyncio.get_running_loop()
+        limit, delay = self.batching.max_batch_size, self.batching.max_queue_delay_ms / 1000
+        carry: _Item | None = None  # a request that did not fit the last batch starts the next one
+        while True:
+            first, carry = (carry, None) if carry is not None else (await self._queue.get(), None)
+            batch, rows = [first], first.rows
+            deadline = first.enqueued + delay
+            while rows < limit and first.key is not None:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                if item.key != first.key or rows + item.rows > limit:
+                    carry = item
+                    break
+                batch.append(item)
+                rows += item.rows
+            start = time.perf_counter()
+            for item in batch:
+                self.metrics.queue_seconds.labels(*self.labels).observe(start - item.enqueued)
+            self.metrics.batch_size.labels(*self.labels).observe(len(batch))
+            try:
+                results = await loop.run_in_executor(self._pool, self._run_batch, batch)
+            except Exception as e:  # one failed run fails every request in it, with the same error
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                continue
+            finally:
+                self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _run_batch(self, batch: list[_Item]) -> list[dict[str, np.ndarray]]:
+        if len(batch) == 1:
+            return [self.model.run(batch[0].arrays)]
+        names = list(batch[0].arrays)
+        joined = {n: np.concatenate([item.arrays[n] for item in batch]) for n in names}
+        out = self.model.run(joined)
+        total = sum(item.rows for item in batch)
+        if any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
+            return [self.model.run(item.arrays) for item in batch]  # outputs not per row: run one by one
+        cuts = np.cumsum([item.rows for item in batch])[:-1]
+        parts = {n: np.split(a, cuts) for n, a in out.items()}
+        return [{n: parts[n][i] for n in out} for i in range(len(batch))]
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Wait for the requests already queued or running, then release the model."""
+        await self._idle.wait()
+        for task in self._consumers:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.model.close)
+        self._pool.shutdown(wait=False)

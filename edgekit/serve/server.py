@@ -1,0 +1,111 @@
+"""``edgekit serve``: the app on uvicorn, with the safety rules of the trusted servers.
+
+Loopback by default; another address needs an API key (or ``allow_unauthenticated``). On
+SIGTERM or Ctrl-C uvicorn stops accepting, lets in-flight requests finish (up to
+``graceful_s``) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UsageError
+from .app import DEFAULT_MAX_BODY, create_app
+from .repository import Batching
+
+log = logging.getLogger("edgekit.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_key(path: str | Path) -> str:
+    """The key in ``path`` (first line, surrounding space removed); refuses an empty or short one."""
+    p = Path(path)
+    try:
+        key = p.read_text(encoding="utf-8").strip().splitlines()[0].strip() if p.stat().st_size else ""
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise UsageError(f"{p}: cannot read the API key ({e})") from e
+    if len(key) < 16:
+        raise UsageError(f"{p}: an API key needs at least 16 characters (try: openssl rand -hex 32 > {p})")
+    return key
+
+
+def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          api_key_file: str | Path | None = None, allow_unauthenticated: bool = False,
+          max_body: int = DEFAULT_MAX_BODY, batching: Batching | None = None, instances: int = 1,
+          poll_interval: float = 2.0, graceful_s: float = 30.0,
+          on_ready: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
+    import uvicorn
+
+    api_key = read_api_key(api_key_file) if api_key_file else None
+    if not is_loopback(host) and api_key is None and not allow_unauthenticated:
+        raise UsageError(f"refusing to serve on {host} without an API key: anyone who can reach this address "
+                         f"could use the models. Give --api-key-file FILE, or --allow-unauthenticated if the "
+                         f"network is yours alone")
+    app = create_app(sources, device=device, api_key=api_key, max_body=max_body, batching=batching,
+                     instances=instances, poll_interval=poll_interval)
+    sock = _bind(host, port)
+    bound = sock.getsockname()
+    url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful_s,
+                            server_header=False, lifespan="on", loop="auto", http="auto")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        _after_startup(server, lambda: on_ready(url))
+    # uvicorn re-raises the signal it stopped on; with these handlers that ends in exit code 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _after_startup(server, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once uvicorn has finished starting (models loaded, socket listening)."""
+    startup = server.startup
+
+    async def startup_then_report(*args, **kwargs):
+        await startup(*args, **kwargs)
+        if server.started:
+            callback()
+    server.startup = startup_then_report
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's structured fields."""
+
+    _FIELDS = ("client", "method", "path", "status", "duration_ms", "route", "model", "model_version")
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+               "logger": record.name, "message": record.getMessage()}
+        doc.update({k: getattr(record, k) for k in self._FIELDS if hasattr(record, k)})
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
