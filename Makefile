@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Re-installs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml samples/sources.txt converters/onnx2tf.txt | $(BIN)/python
-	$(BIN)/pip install -q -e ".[gui,dev,samples,convert]"
+	$(BIN)/pip install -q -e ".[gui,dev,samples,convert,serve]"
 	$(BIN)/pip install -q --no-deps -r samples/sources.txt -r converters/onnx2tf.txt
 	touch $@
 

@@ -41,7 +41,10 @@ def add_parsers(add) -> None:
 
 
 def cmd_serve(args, emit_json, table) -> int:
-    from .serve import serve
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise UsageError(f"edgekit serve needs its extra: pip install 'edgekit[serve]' ({e})") from None
     from .serve.repository import Batching
     from .serve.server import JsonLogFormatter
 

@@ -92,7 +92,7 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         Route("/v2/health/live", api.live, methods=["GET"]),
         Route("/v2/health/ready", api.ready, methods=["GET"]),
         Route("/v2", api.server_metadata, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/v2/repository/index", api.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", api.load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", api.unload, methods=["POST"]),
@@ -182,7 +182,7 @@ class _Api:
                              "extensions": ["binary_tensor_data", "model_repository", "edgekit_tasks"]})
 
     @_endpoint("metrics")
-    async def metrics(self, request: Request) -> Response:
+    async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     @_endpoint("metadata")

@@ -1,0 +1,545 @@
+"""`edgekit serve`: the real server in a subprocess on 127.0.0.1 and an ephemeral port, spoken to
+with tritonclient (http) as any Triton/KServe client would, and with raw HTTP for malformed requests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as tc
+from tritonclient.utils import InferenceServerException
+
+import edgekit
+from edgekit import package
+from edgekit.serve import repository
+from samples import synthetic as builders
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUTS = ROOT / "samples" / "inputs"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+class Server:
+    """`edgekit serve ... --port 0 --json` in a subprocess; ready when it prints its URL."""
+
+    def __init__(self, *args: str, timeout: float = 180) -> None:
+        self.stderr_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgekit-serve-{os.getpid()}-{id(self)}.log"
+        self._stderr = open(self.stderr_path, "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", *args, "--port", "0", "--json"],
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=ROOT)
+        line = _readline(self.proc, timeout)
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"edgekit serve did not start:\n{self.log()}")
+        self.url = json.loads(line)["url"]
+        self.host = self.url.removeprefix("http://")
+        self.client = tc.InferenceServerClient(self.host, concurrency=1)
+
+    def log(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """Raw HTTP: (status, headers, parsed JSON or bytes)."""
+        conn = http.client.HTTPConnection(self.host, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        try:
+            return r.status, dict(r.getheaders()), json.loads(data) if data else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return r.status, dict(r.getheaders()), data
+
+    def healthy(self) -> bool:
+        return self.request("GET", "/v2/health/live")[0] == 200 and self.request("GET", "/v2/health/ready")[0] == 200
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
+        self._stderr.close()
+        return self.proc.returncode
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else ""
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_package(dest: Path, model_file: Path, name: str) -> Path:
+    staging = package.staging_dir(dest)
+    shutil.copy(model_file, staging / model_file.name)
+    return package.publish(staging, dest, {"name": name, "artifacts": [
+        {"path": model_file.name, "format": "onnx", "precision": "fp32"}]})
+
+
+def mlp_package(dest: Path, seed: int) -> tuple[Path, tuple]:
+    w = builders.mlp_weights(seed=seed)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx_file = builders.mlp_onnx(dest.parent / f"mlp-{seed}.onnx", w)
+    return make_package(dest, onnx_file, "mlp"), w
+
+
+def infer(client, model: str, arrays: dict, *, binary: bool = True, version: str = "", outputs=None, headers=None):
+    inputs = []
+    for name, x in arrays.items():
+        dt = "BYTES" if x.dtype == object else tc.np_to_triton_dtype(x.dtype)
+        i = tc.InferInput(name, list(x.shape), dt)
+        i.set_data_from_numpy(x, binary_data=binary)
+        inputs.append(i)
+    outs = [tc.InferRequestedOutput(o, binary_data=binary) for o in outputs] if outputs else None
+    return client.infer(model, inputs, model_version=version, outputs=outs, headers=headers)
+
+
+def error_of(fn) -> tuple[int, str]:
+    with pytest.raises(InferenceServerException) as e:
+        fn()
+    return int(e.value.status()), e.value.message()
+
+
+# -- the sample packages served directly -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served(samples):
+    server = Server(str(samples["image"]), str(samples["text"]), str(samples["audio"]))
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_health_and_metadata(served, samples):
+    c = served.client
+    assert c.is_server_live() and c.is_server_ready()
+    meta = c.get_server_metadata()
+    assert meta["name"] == "edgekit" and "binary_tensor_data" in meta["extensions"]
+    image = samples["image"].name
+    assert c.is_model_ready(image) and c.is_model_ready(image, "1")
+    md = c.get_model_metadata(image)
+    assert md["versions"] == ["1"]
+    assert md["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert md["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
+    assert md["edgekit"]["task"] == "image-classification" and md["edgekit"]["task_endpoints"] == ["classify"]
+    assert c.get_model_metadata(image, "1") == md
+    text = c.get_model_metadata(samples["text"].name)
+    assert [i["datatype"] for i in text["inputs"]] == ["INT64"] * 3
+    assert text["edgekit"]["task_inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    index = c.get_model_repository_index()
+    assert {(r["name"], r["state"]) for r in index} == {(samples[k].name, "READY") for k in samples}
+
+
+def test_infer_json_and_binary_equal_in_process(served, samples):
+    with edgekit.load(samples["image"]) as m:
+        x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+        want = m.run(x)["logits"]
+    name = samples["image"].name
+    for binary in (True, False):
+        got = infer(served.client, name, {"image": x}, binary=binary, outputs=["logits"]).as_numpy("logits")
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = infer(served.client, name, {"image": x}).as_numpy("logits")  # no outputs named: all, binary
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    with edgekit.load(samples["text"]) as m:  # INT64 tensors, JSON and binary
+        ids = np.array([[101, 7592, 2088, 102], [101, 2204, 2851, 102]], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        want = m.run(feeds)["sentence_embedding"]
+    for binary in (True, False):
+        got = infer(served.client, samples["text"].name, feeds, binary=binary).as_numpy("sentence_embedding")
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_task_endpoints_answer_as_the_sdk(served, samples):
+    from edgekit.tasks import ImageClassifier, TextClassifier, TextEmbedder, VoiceActivityDetector
+
+    image, text, audio = (samples[k].name for k in ("image", "text", "audio"))
+    cat = (INPUTS / "images" / "cat.jpg").read_bytes()
+    status, _, doc = served.request("POST", f"/v2/models/{image}/classify?top_k=5", cat,
+                                    {"Content-Type": "image/jpeg"})
+    assert status == 200, doc
+    with ImageClassifier(samples["image"]) as clf:
+        want = [c.to_dict() for c in clf.classify(INPUTS / "images" / "cat.jpg", top_k=5)]
+    assert [c["index"] for c in doc["categories"]] == [c["index"] for c in want]
+    np.testing.assert_allclose([c["score"] for c in doc["categories"]], [c["score"] for c in want], rtol=1e-5)
+    assert any("cat" in c["label"] for c in doc["categories"])
+    # the same file as a multipart form (curl -F file=@cat.jpg)
+    boundary = "edgekitboundary"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cat.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + cat + f"\r\n--{boundary}--\r\n".encode()
+    status, _, doc2 = served.request("POST", f"/v2/models/{image}/versions/1/classify?top_k=5", form,
+                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and doc2["categories"] == doc["categories"]
+
+    sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell today."]
+    status, _, doc = served.request("POST", f"/v2/models/{text}/embed", json.dumps({"texts": sentences}).encode())
+    assert status == 200 and doc["shape"] == [3, 384]
+    with TextEmbedder(samples["text"]) as emb:
+        np.testing.assert_allclose(np.array(doc["embeddings"]), emb.embed(sentences), rtol=1e-5, atol=1e-6)
+        # BYTES on the protocol's own endpoint: strings in, embeddings out
+        got = infer(served.client, text, {"text": np.array([s.encode() for s in sentences], dtype=object)})
+        np.testing.assert_allclose(got.as_numpy("embedding"), emb.embed(sentences), rtol=1e-5, atol=1e-6)
+    labels = ["sports", "cooking", "politics"]
+    body = {"text": "The striker scored twice in the final match.", "labels": labels, "top_k": 3}
+    status, _, doc = served.request("POST", f"/v2/models/{text}/classify", json.dumps(body).encode())
+    assert status == 200 and doc["categories"][0]["label"] == "sports"
+    with TextClassifier(samples["text"], labels=labels) as clf:
+        assert [c.label for c in clf.classify(body["text"], top_k=3)] == [c["label"] for c in doc["categories"]]
+
+    speech = INPUTS / "audio" / "speech.wav"
+    status, _, doc = served.request("POST", f"/v2/models/{audio}/detect", speech.read_bytes(),
+                                    {"Content-Type": "audio/wav"})
+    assert status == 200 and doc["segments"], doc
+    with VoiceActivityDetector(samples["audio"]) as vad:
+        want = [s.to_dict() for s in vad.detect(speech)]
+    assert [(s["start_s"], s["end_s"]) for s in doc["segments"]] == [(s["start_s"], s["end_s"]) for s in want]
+    silence = (INPUTS / "audio" / "silence.wav").read_bytes()
+    status, _, doc = served.request("POST", f"/v2/models/{audio}/detect", silence)
+    assert status == 200 and doc["segments"] == []
+    # the wrong verb for a task, and a file that is not what the task reads
+    assert served.request("POST", f"/v2/models/{audio}/classify", speech.read_bytes())[0] == 404
+    status, _, doc = served.request("POST", f"/v2/models/{image}/classify", b"not an image at all")
+    assert status == 400 and "image" in doc["error"]
+    status, _, doc = served.request("POST", f"/v2/models/{audio}/detect", b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert status == 400 and "audio" in doc["error"]
+    status, _, doc = served.request("POST", f"/v2/models/{text}/embed", b'{"texts": []}')
+    assert status == 400 and "texts" in doc["error"]
+    assert served.healthy()
+
+
+def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
+    image = samples["image"].name
+    c = served.client
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    checks = {
+        "unknown model": (error_of(lambda: infer(c, "no-such-model", {"image": x})), 404),
+        "unknown version": (error_of(lambda: infer(c, image, {"image": x}, version="7")), 404),
+        "wrong shape": (error_of(lambda: infer(c, image, {"image": np.zeros((1, 3, 224, 225), np.float32)})), 400),
+        "wrong datatype": (error_of(lambda: infer(c, image, {"image": x.astype(np.float16)})), 400),
+        "unknown input": (error_of(lambda: infer(c, image, {"pixels": x})), 400),
+    }
+    for what, ((status, message), want) in checks.items():
+        assert status == want, (what, message)
+        assert "Traceback" not in message and message, what
+
+    def post(body: bytes, headers: dict | None = None, path: str = f"/v2/models/{image}/infer"):
+        status, _, doc = served.request("POST", path, body, headers)
+        assert isinstance(doc, dict) and set(doc) == {"error"} and "Traceback" not in doc["error"], doc
+        return status, doc["error"]
+
+    def binary(declared_shape: list, data: bytes, size: int | None = None):
+        head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": declared_shape,
+                                       "parameters": {"binary_data_size": len(data) if size is None else size}}]})
+        return post(head.encode() + data, {"Inference-Header-Content-Length": str(len(head))})
+
+    full = x.tobytes()
+    assert binary([1, 3, 224, 224], full[:-4])[0] == 400  # data shorter than the shape
+    assert binary([1, 3, 224, 224], full + b"\0" * 4)[0] == 400  # longer
+    assert binary([1, 3, 224, 224], full, size=len(full) + 100)[0] == 400  # a size past the body
+    status, message = binary([10 ** 6, 3, 224, 224], full)  # 6e11 elements declared: refused from the header
+    assert status == 400 and "bytes" in message
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 224, 224],
+                                                   "data": [0.0] * 10}]}).encode())
+    assert status == 400 and "150528" in message  # JSON data shorter than the shape
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
+                                                   "shape": [10 ** 6, 3, 224, 224], "data": [1.0]}]}).encode())
+    assert status == 400
+    assert post(b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3')[0] == 400  # malformed
+    assert post(b"\xff\xfe garbage")[0] == 400
+    assert post(b'{"inputs": "none"}')[0] == 400
+    assert post(b"{}", {"Inference-Header-Content-Length": "abc"})[0] == 400
+    assert post(b"{}", path="/v2/models/no-such-model/versions/x/infer")[0] == 404
+    # an oversized body is refused from its Content-Length, before it is read
+    conn = http.client.HTTPConnection(served.host, timeout=30)
+    conn.putrequest("POST", f"/v2/models/{image}/infer")
+    conn.putheader("Content-Length", str(65 * 1024 * 1024))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and "limit" in json.loads(r.read())["error"]
+    conn.close()
+    assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
+    assert served.request("GET", "/v2/nothing-here")[0] == 404
+    # a request naming a file on disk: there is no such parameter
+    status, message = post(b'{"parameters": {"config": "{}"}}', path=f"/v2/repository/models/{image}/load")
+    assert status == 400 and "repository" in message
+    assert served.healthy()
+    assert " ERROR" not in served.log(), served.log()
+
+
+def test_sixteen_clients_every_answer_correct(served, samples):
+    name = samples["image"].name
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(8)]
+    with edgekit.load(samples["image"]) as m:
+        want = [m.run(x)["logits"] for x in xs]
+
+    def client_thread(k: int) -> int:
+        client = tc.InferenceServerClient(served.host)
+        try:
+            for j in range(6):
+                i = (k + j) % len(xs)
+                got = infer(client, name, {"image": xs[i]}, binary=(j % 2 == 0)).as_numpy("logits")
+                np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-5)
+            return 6
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(client_thread, range(16))) == 96
+
+
+def test_metrics_move(served, samples):
+    name = samples["image"].name
+
+    def sample(metric: str, **labels) -> float:
+        status, _, text = served.request("GET", "/metrics")
+        assert status == 200
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(metric + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = sample("edgekit_inference_requests_total", model=name, version="1", outcome="success")
+    computed = sample("edgekit_inference_compute_seconds_count", model=name, version="1")
+    bad = sample("edgekit_inference_requests_total", model=name, outcome="bad_request")
+    infer(served.client, name, {"image": np.zeros((1, 3, 224, 224), np.float32)})
+    error_of(lambda: infer(served.client, name, {"image": np.zeros((1, 3, 224, 9), np.float32)}))
+    assert sample("edgekit_inference_requests_total", model=name, version="1", outcome="success") == before + 1
+    assert sample("edgekit_inference_compute_seconds_count", model=name, version="1") == computed + 1
+    assert sample("edgekit_inference_requests_total", model=name, outcome="bad_request") == bad + 1
+    assert sample("edgekit_model_loaded", model=name, version="1", backend=edgekit.load(samples["image"]).backend) == 1
+    assert sample("edgekit_inference_in_flight", model=name) == 0
+
+
+# -- versions, policies and the repository API --------------------------------------------------
+
+def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
+    from conftest import run_cli
+
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repo = tmp_path / "repo"
+    assert repository.add(pkg, repo).name == "1"
+    r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 2
+    r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--version", "2")
+    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+    (pkg / "mlp-0.onnx").write_bytes((pkg / "mlp-0.onnx").read_bytes()[:-8] + b"corrupt!")
+    r = run_cli("repo", "add", str(pkg), "--repository", str(repo))
+    assert r.returncode == 2 and "checksum" in r.stderr
+    assert sorted(p.name for p in (repo / "mlp").iterdir()) == ["1", "2"]  # nothing half-written left
+    r = run_cli("repo", "list", str(repo), "--json")
+    doc = json.loads(r.stdout)
+    assert [v["version"] for v in doc["models"][0]["versions"]] == [1, 2]
+    r = run_cli("repo", "list", str(repo))
+    assert r.returncode == 0 and "mlp" in r.stdout and "not in the version policy" in r.stdout
+
+
+def test_versions_load_and_unload_while_serving(tmp_path):
+    repo = tmp_path / "repo"
+    pkg1, w1 = mlp_package(tmp_path / "v1" / "mlp", seed=1)
+    pkg2, w2 = mlp_package(tmp_path / "v2" / "mlp", seed=2)
+    repository.add(pkg1, repo)
+    server = Server(str(repo), "--poll-interval", "0.2")
+    try:
+        c = server.client
+        x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+
+        def answer(version: str = "") -> np.ndarray:
+            return infer(c, "mlp", {"x": x}, version=version).as_numpy("logits")
+
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w1), rtol=1e-5, atol=1e-5)
+        # a new version while serving: picked up without a restart; v1 answers until v2 is ready
+        repository.add(pkg2, repo)
+        wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2"], what="version 2")
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
+        assert error_of(lambda: answer("1"))[0] == 503  # dropped by the "latest 1" policy
+        # a corrupt version 3 is reported with its reason and never replaces version 2
+        bad = repo / "mlp" / ".v3-staging"
+        shutil.copytree(repo / "mlp" / "2", bad)
+        onnx_file = next(bad.glob("*.onnx"))
+        onnx_file.write_bytes(onnx_file.read_bytes()[:-8] + b"corrupt!")
+        bad.rename(repo / "mlp" / "3")
+        row = wait_for(lambda: next((r for r in c.get_model_repository_index()
+                                     if r.get("version") == "3" and r["state"] == "UNAVAILABLE"), None), what="v3")
+        assert "checksum" in row["reason"]
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
+        assert c.is_server_ready()
+        # policy "all" in config.json: every good version is served
+        (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
+        wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2", "1"], what="policy all")
+        np.testing.assert_allclose(answer("1"), builders.mlp_reference(x, w1), rtol=1e-5, atol=1e-5)
+        # the repository API: unload, then load again
+        c.unload_model("mlp")
+        assert not c.is_model_ready("mlp")
+        status, message = error_of(answer)
+        assert status == 503 and "unloaded" in message
+        time.sleep(0.5)  # polling leaves an unloaded model alone
+        assert not c.is_model_ready("mlp")
+        c.load_model("mlp")
+        assert c.is_model_ready("mlp", "2") and c.is_model_ready("mlp", "1")
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
+        with pytest.raises(InferenceServerException):
+            c.load_model("mlp", config="{}")  # a client cannot hand the server a config (or files)
+        assert error_of(lambda: c.load_model("nothing"))[0] == 404
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_datatypes_map_exactly(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    types = {"u8": TensorProto.UINT8, "i8": TensorProto.INT8, "b": TensorProto.BOOL, "h": TensorProto.FLOAT16,
+             "i64": TensorProto.INT64}
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [n], [f"{n}_out"]) for n in types if n != "b"]
+        + [helper.make_node("Not", ["b"], ["b_out"])],
+        "types",
+        [helper.make_tensor_value_info(n, t, ["batch", 4]) for n, t in types.items()],
+        [helper.make_tensor_value_info(f"{n}_out", t, ["batch", 4]) for n, t in types.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "types.onnx")
+    pkg = make_package(tmp_path / "types", tmp_path / "types.onnx", "types")
+    server = Server(str(pkg), "--device", "onnxruntime")
+    try:
+        md = server.client.get_model_metadata("types")
+        assert {i["name"]: i["datatype"] for i in md["inputs"]} == {
+            "u8": "UINT8", "i8": "INT8", "b": "BOOL", "h": "FP16", "i64": "INT64"}
+        rng = np.random.default_rng(3)
+        feeds = {"u8": rng.integers(0, 255, (2, 4), dtype=np.uint8), "i8": rng.integers(-128, 127, (2, 4), np.int8),
+                 "b": rng.integers(0, 2, (2, 4)).astype(bool), "h": rng.standard_normal((2, 4)).astype(np.float16),
+                 "i64": rng.integers(-2 ** 40, 2 ** 40, (2, 4), np.int64)}
+        for binary in (True, False):
+            r = infer(server.client, "types", feeds, binary=binary)
+            for n, x in feeds.items():
+                got = r.as_numpy(f"{n}_out")
+                assert got.dtype == x.dtype
+                np.testing.assert_array_equal(got, ~x if n == "b" else x)
+        status, _, doc = server.request("POST", "/v2/models/types/infer", json.dumps({"inputs": [
+            {"name": n, "datatype": md_in["datatype"], "shape": [1, 4], "data": [300, 1, 2, 3]}
+            for n, md_in in zip(types, md["inputs"])]}).encode())
+        assert status == 400 and "range" in doc["error"]  # 300 does not fit UINT8
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+# -- security -------------------------------------------------------------------------------------
+
+def test_api_key_and_binding_rules(tmp_path):
+    from conftest import run_cli
+
+    pkg, w = mlp_package(tmp_path / "mlp", seed=0)
+    key = "k3y-" + "0123456789abcdef" * 2
+    (tmp_path / "key").write_text(key + "\n")
+    r = run_cli("serve", str(pkg), "--host", "0.0.0.0", "--port", "0")
+    assert r.returncode == 2 and "API key" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "short").write_text("abc")
+    r = run_cli("serve", str(pkg), "--api-key-file", str(tmp_path / "short"))
+    assert r.returncode == 2 and "16 characters" in r.stderr
+
+    server = Server(str(pkg), "--api-key-file", str(tmp_path / "key"))
+    try:
+        c = server.client
+        x = np.ones((1, 8), np.float32)
+        assert c.is_server_live() and c.is_server_ready()  # probes need no key
+        status, message = error_of(lambda: infer(c, "mlp", {"x": x}))
+        assert status == 401
+        assert error_of(lambda: infer(c, "mlp", {"x": x}, headers={"Authorization": "Bearer wrong"}))[0] == 401
+        assert server.request("GET", "/metrics")[0] == 401
+        assert server.request("GET", "/v2/models/mlp")[0] == 401
+        good = {"Authorization": f"Bearer {key}"}
+        got = infer(c, "mlp", {"x": x}, headers=good).as_numpy("logits")
+        np.testing.assert_allclose(got, builders.mlp_reference(x, w), rtol=1e-5, atol=1e-5)
+        assert server.request("GET", "/metrics", headers=good)[0] == 200
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_chunked_body_over_the_limit_is_413(tmp_path):
+    pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
+    server = Server(str(pkg), "--max-body-mb", "1")
+    try:
+        conn = http.client.HTTPConnection(server.host, timeout=30)
+        chunks = (b"x" * 65536 for _ in range(40))  # 2.5 MiB without a Content-Length
+        conn.request("POST", "/v2/models/mlp/infer", body=chunks, encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        r = conn.getresponse()
+        assert r.status == 413 and "limit" in json.loads(r.read())["error"]
+        conn.close()
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+# -- dynamic batching and graceful shutdown --------------------------------------------------------
+
+def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tmp_path):
+    pkg, w = mlp_package(tmp_path / "mlp", seed=4)
+    server = Server(str(pkg), "--max-batch-size", "16", "--max-queue-delay-ms", "300")
+    try:
+        md = server.client.get_model_metadata("mlp")
+        assert md["edgekit"]["batching"].startswith("on")
+        rng = np.random.default_rng(5)
+        xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
+
+        def one(k: int) -> bool:
+            client = tc.InferenceServerClient(server.host)
+            try:
+                got = infer(client, "mlp", {"x": xs[k]}).as_numpy("logits")
+            finally:
+                client.close()
+            np.testing.assert_allclose(got, builders.mlp_reference(xs[k], w), rtol=1e-5, atol=1e-5)
+            return True
+
+        with ThreadPoolExecutor(12) as pool:
+            assert all(pool.map(one, range(12)))
+        _, _, text = server.request("GET", "/metrics")
+        counts = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+                  if line.startswith("edgekit_inference_batch_size_") and 'model="mlp"' in line
+                  and ("_count" in line or "_sum" in line)}
+        assert counts["edgekit_inference_batch_size_sum"] == 12  # every request ran once ...
+        assert counts["edgekit_inference_batch_size_count"] < 12  # ... in fewer runs than requests
+
+        # SIGTERM while a request waits in the batcher's 300 ms window: it is answered, then exit 0
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(one, 0)
+            time.sleep(0.1)
+            server.proc.send_signal(signal.SIGTERM)
+            assert pending.result(timeout=30)
+        assert server.proc.wait(30) == 0
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
