@@ -108,8 +108,17 @@ def cmd_repo(args, emit_json, table) -> int:
             if v is None:
                 rows.append([m.name, "-", "-", "-", m.problem or "no versions"])
                 continue
-            status = (f"invalid: {v.problem}" if v.problem else "served" if v.version in chosen
-                      else "not in the version policy")
-            rows.append([m.name, str(v.version), v.task or "-", ", ".join(v.formats) or "-", status])
+            status = (f"invalid: {v.problem}" if v.problem else "ok" if v.version in chosen
+                      else "ok, not in the version policy")
+            rows.append([m.name, str(v.version), v.task or "-", _formats_text(v.formats), status])
     print(table(rows, ["model", "version", "task", "formats", "status"]) if rows else f"{repo}: no models")
     return 0
+
+
+def _formats_text(formats: list[str]) -> str:
+    """["onnx/fp32", "onnx/int8", "tflite/fp32"] -> "onnx fp32/int8, tflite fp32"."""
+    by_format: dict[str, list[str]] = {}
+    for item in formats:
+        fmt, _, precision = item.partition("/")
+        by_format.setdefault(fmt, []).append(precision)
+    return ", ".join(f"{f} {'/'.join(p)}" for f, p in by_format.items()) or "-"

@@ -19,6 +19,7 @@ model or version), 405, 413 (body over the limit), 503 (not ready); never a stac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -45,6 +46,7 @@ log = logging.getLogger("edgekit.serve")
 access_log = logging.getLogger("edgekit.serve.access")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
+_PARSE_INLINE = 256 * 1024  # bodies smaller than this are decoded on the event loop (a binary image is 600 KB)
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no key; they reveal nothing
 _TEXT_INPUT = [TensorSpec("text", (None,), np.dtype(object))]
 _TASK_VERBS = {  # the SDK method each task endpoint runs
@@ -221,8 +223,10 @@ class _Api:
             raise protocol.ProtocolError(f"Inference-Header-Content-Length {header!r} is not an integer") from None
         body = await _body(request)
         text_task = v.task in ("text-embedding", "text-classification")
-        req = protocol.parse_request(body, header_length, v.model.inputs,
-                                     alternative=_TEXT_INPUT if text_task else None)
+        parse = functools.partial(protocol.parse_request, body, header_length, v.model.inputs,
+                                  alternative=_TEXT_INPUT if text_task else None)
+        # A large JSON body takes a while to decode: off the event loop, so other requests go on.
+        req = parse() if len(body) < _PARSE_INLINE else await asyncio.to_thread(parse)
         if req.alternative:
             outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
         else:

@@ -107,6 +107,7 @@ class ModelManager:
                 self._add_model(path.stem if path.is_file() else path.resolve().name, path, lone=True)
         self._poller: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
+        self._clashes: set[str] = set()
 
     def _add_model(self, name: str, source: Path, *, lone: bool = False) -> ServedModel:
         if name in self.models and self.models[name].source != source:
@@ -146,8 +147,15 @@ class ModelManager:
             if not repo.is_dir():
                 continue
             for d in sorted(repo.iterdir()):
-                if d.is_dir() and repository.NAME_RE.match(d.name) and d.name not in self.models:
+                if not (d.is_dir() and repository.NAME_RE.match(d.name)):
+                    continue
+                known = self.models.get(d.name)
+                if known is None:
                     self._add_model(d.name, d)
+                elif known.source != d and d.name not in self._clashes:
+                    self._clashes.add(d.name)
+                    log.warning("%s is not served: a model named %r is already served from %s", d, d.name,
+                                known.source)
 
     # -- what the API asks ----------------------------------------------------------------------
 
