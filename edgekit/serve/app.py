@@ -25,7 +25,9 @@ import functools
 import hmac
 import json
 import logging
+import re
 import time
+import zlib
 
 import numpy as np
 from starlette.applications import Starlette
@@ -38,17 +40,20 @@ from .. import __version__
 from ..errors import EdgekitError, InputError, UsageError
 from ..types import TensorSpec
 from . import protocol
+from .errors import NotFound, NotReady
 from .metrics import Metrics
-from .models import ModelManager, NotFound, NotReady, Version
+from .models import ModelManager, Version
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
 access_log = logging.getLogger("edgekit.serve.access")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
-_PARSE_INLINE = 256 * 1024  # bodies smaller than this are decoded on the event loop (a binary image is 600 KB)
+_INLINE = 256 * 1024  # bodies smaller than this are decoded on the event loop (a binary image is 600 KB)
+_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no key; they reveal nothing
 _TEXT_INPUT = [TensorSpec("text", (None,), np.dtype(object))]
+_MAX_TEXTS = 4096  # texts (or zero-shot labels) in one request
 _TASK_VERBS = {  # the SDK method each task endpoint runs
     "image-classification": ("classify",), "audio-classification": ("classify",),
     "text-classification": ("classify",), "text-embedding": ("embed", "classify"),  # classify: zero-shot
@@ -57,6 +62,10 @@ _TASK_VERBS = {  # the SDK method each task endpoint runs
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class UnsupportedEncoding(Exception):
     pass
 
 
@@ -73,6 +82,8 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         instances: worker threads per model version.
         poll_interval: seconds between repository scans for new versions (0: only the repository API).
     """
+    if api_key is not None and len(api_key) < 16:
+        raise UsageError("an API key needs at least 16 characters")
     metrics = Metrics()
     manager = ModelManager(sources, metrics=metrics, device=device, batching=batching, instances=instances,
                            poll_interval=poll_interval)
@@ -88,7 +99,7 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
             state["ready"] = False
             await manager.stop()
 
-    api = _Api(manager, metrics, state)
+    api = _Api(manager, metrics, state, max_body)
     m, mv = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     routes = [
         Route("/v2/health/live", api.live, methods=["GET"]),
@@ -135,6 +146,10 @@ def _endpoint(route: str):
                 outcome = "success"
             except BodyTooLarge as e:
                 response, outcome = error(413, str(e)), "bad_request"
+            except HTTPException as e:  # Starlette's own refusals (a malformed multipart form)
+                response, outcome = error(e.status_code, str(e.detail)), "bad_request"
+            except UnsupportedEncoding as e:
+                response, outcome = error(415, str(e)), "bad_request"
             except NotFound as e:
                 response, outcome = error(404, str(e)), "bad_request"
             except NotReady as e:
@@ -148,7 +163,7 @@ def _endpoint(route: str):
                 log.exception("%s %s failed", request.method, request.url.path)
                 response, outcome = error(500, f"internal error ({type(e).__name__})"), "error"
             served = request.scope.get("edgekit.model")
-            if served is not None:
+            if served is not None and route in ("infer", "task"):
                 self.metrics.requests.labels(*served, route, outcome).inc()
             return response
         return handler
@@ -156,10 +171,11 @@ def _endpoint(route: str):
 
 
 class _Api:
-    def __init__(self, manager: ModelManager, metrics: Metrics, state: dict) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics, state: dict, max_body: int) -> None:
         self.manager = manager
         self.metrics = metrics
         self.state = state
+        self.max_body = max_body
 
     def _version(self, request: Request) -> Version:
         p = request.path_params
@@ -203,7 +219,9 @@ class _Api:
                         "task_endpoints": list(_TASK_VERBS.get(v.task, ())), "batching": v.batching},
         }
         if v.task in ("text-embedding", "text-classification"):
+            out = ("embedding", [-1, -1]) if v.task == "text-embedding" else ("scores", [-1, -1])
             doc["edgekit"]["task_inputs"] = [protocol.tensor_metadata(s) for s in _TEXT_INPUT]
+            doc["edgekit"]["task_outputs"] = [{"name": out[0], "datatype": "FP32", "shape": out[1]}]
         return JSONResponse(doc)
 
     @_endpoint("ready")
@@ -216,22 +234,23 @@ class _Api:
     @_endpoint("infer")
     async def infer(self, request: Request) -> Response:
         v = self._version(request)
-        header = request.headers.get("inference-header-content-length")
-        try:
-            header_length = int(header) if header is not None else None
-        except ValueError:
-            raise protocol.ProtocolError(f"Inference-Header-Content-Length {header!r} is not an integer") from None
-        body = await _body(request)
-        text_task = v.task in ("text-embedding", "text-classification")
-        parse = functools.partial(protocol.parse_request, body, header_length, v.model.inputs,
-                                  alternative=_TEXT_INPUT if text_task else None)
-        # A large JSON body takes a while to decode: off the event loop, so other requests go on.
-        req = parse() if len(body) < _PARSE_INLINE else await asyncio.to_thread(parse)
-        if req.alternative:
-            outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
-        else:
-            outputs = await v.runner.infer(req.inputs)
-        payload, json_length = protocol.encode_response(req, v.name, str(v.version), outputs)
+        with v.runner.hold():  # from here the version stays loaded until this request is answered
+            header = request.headers.get("inference-header-content-length")
+            header_length = _integer(header, "Inference-Header-Content-Length") if header is not None else None
+            body = await self._body(request)
+            text_task = v.task in ("text-embedding", "text-classification")
+            parse = functools.partial(protocol.parse_request, body, header_length, v.model.inputs,
+                                      alternative=_TEXT_INPUT if text_task else None)
+            # A large body takes a while to decode: off the event loop, so other requests go on.
+            req = parse() if len(body) < _INLINE else await asyncio.to_thread(parse)
+            if req.alternative:
+                outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
+            else:
+                protocol.check_outputs(req, v.model.outputs)
+                outputs = await v.runner.infer(req.inputs)
+            encode = functools.partial(protocol.encode_response, req, v.name, str(v.version), outputs)
+            size = sum(a.nbytes for a in outputs.values())
+            payload, json_length = encode() if size < _INLINE // 8 else await asyncio.to_thread(encode)
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
@@ -248,20 +267,47 @@ class _Api:
         if verb not in verbs:
             raise NotFound(f"model {v.name!r} is a {v.task} model: its task endpoint is "
                            f"{' or '.join('/' + x for x in verbs)}, not /{verb}")
-        if v.task.startswith("text-"):
-            doc = _json(await _body(request))
-            result = await v.runner.call(_text_task, v, verb, doc)
-        else:
-            data = await _upload(request)
-            top_k = _top_k(request.query_params.get("top_k"))
-            result = await v.runner.call(_file_task, v, data, top_k)
-        return JSONResponse({"model_name": v.name, "model_version": str(v.version), "task": v.task, **result})
+        with v.runner.hold():
+            if v.task.startswith("text-"):
+                payload = await v.runner.call(_text_task, v, verb, await self._body(request))
+            else:
+                top_k = request.query_params.get("top_k")
+                top_k = 5 if top_k is None else _integer(top_k, "top_k", 1, 1000)
+                payload = await v.runner.call(_file_task, v, await self._upload(request), top_k)
+        return Response(payload, media_type="application/json")
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, decompressed if the client compressed it (tritonclient can send gzip or deflate)."""
+        body = await request.body()
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise UnsupportedEncoding(f"Content-Encoding {encoding[:20]!r} is not supported (gzip, deflate)")
+        inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            data = inflate.decompress(body, self.max_body)
+        except zlib.error as e:
+            raise InputError(f"the {encoding} body cannot be decompressed ({e})") from None
+        if inflate.unconsumed_tail:  # a small body that inflates past the limit: a zip bomb
+            raise BodyTooLarge(f"the decompressed body is over the limit of {self.max_body} bytes")
+        return data
+
+    async def _upload(self, request: Request) -> bytes:
+        """A file sent as the raw body, or as the one file of a multipart form (``curl -F file=@x.jpg``)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await self._body(request)
+        async with request.form(max_files=1, max_fields=8) as form:
+            files = [f for f in form.values() if not isinstance(f, str)]
+            if not files:
+                raise InputError("the form holds no file (send it as a file field, e.g. curl -F file=@cat.jpg)")
+            return await files[0].read()
 
     # -- repository extension ------------------------------------------------------------------
 
     @_endpoint("repository")
     async def repository_index(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await self._body(request)
         doc = _json(body) if body.strip() else {}
         rows = self.manager.index()
         if doc.get("ready"):
@@ -270,7 +316,7 @@ class _Api:
 
     @_endpoint("repository")
     async def load(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await self._body(request)
         doc = _json(body) if body.strip() else {}
         if doc.get("parameters"):
             raise InputError("a load request cannot carry a config or files: edgekit serves only what is in "
@@ -280,68 +326,59 @@ class _Api:
 
     @_endpoint("repository")
     async def unload(self, request: Request) -> Response:
-        await _body(request)
+        await self._body(request)
         await self.manager.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
 
 # -- request bodies -----------------------------------------------------------------------------
 
-async def _body(request: Request) -> bytes:
-    return await request.body()  # the guard below has already refused an oversized one
-
-
 def _json(body: bytes) -> dict:
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"the request is not valid JSON ({e})") from None
+    doc = protocol.loads(body)
     if not isinstance(doc, dict):
         raise InputError("the request must be a JSON object")
     return doc
 
 
-async def _upload(request: Request) -> bytes:
-    """A file sent as the raw body, or as the one file of a multipart form (``curl -F file=@x.jpg``)."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=8)
-        files = [f for f in form.values() if not isinstance(f, str)]
-        if not files:
-            raise InputError("the form holds no file (send it as a file field, e.g. curl -F file=@cat.jpg)")
-        return await files[0].read()
-    return await _body(request)
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
-def _top_k(text: str | None) -> int:
-    if text is None:
-        return 5
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise InputError(f"top_k must be an integer from 1 to 1000, got {text!r}")
+def _integer(text: str, what: str, low: int = 0, high: int = 10 ** 9) -> int:
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise InputError(f"{what} must be an integer from {low} to {high}, got {text[:20]!r}")
     return int(text)
 
 
 # -- task work, on the model's worker thread ---------------------------------------------------
 
-def _file_task(v: Version, data: bytes, top_k: int) -> dict:
+def _answer(v: Version, result: dict) -> bytes:
+    """A task's JSON answer, encoded on the worker thread (embeddings can be large)."""
+    doc = {"model_name": v.name, "model_version": str(v.version), "task": v.task, **result}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _file_task(v: Version, data: bytes, top_k: int) -> bytes:
     if not data:
         raise InputError("the uploaded file is empty (0 bytes)")
     if v.task == "voice-activity-detection":
-        return {"segments": [s.to_dict() for s in v.task_object().detect(data)]}
-    return {"categories": [c.to_dict() for c in v.task_object().classify(data, top_k=top_k)]}
+        return _answer(v, {"segments": [s.to_dict() for s in v.task_object().detect(data)]})
+    return _answer(v, {"categories": [c.to_dict() for c in v.task_object().classify(data, top_k=top_k)]})
 
 
 def _texts(value, key: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
         raise InputError(f"'{key}' must be a string or a non-empty list of strings")
+    if len(items) > _MAX_TEXTS:
+        raise InputError(f"'{key}' holds {len(items)} texts; send at most {_MAX_TEXTS} per request")
     return items
 
 
-def _text_task(v: Version, verb: str, doc: dict) -> dict:
+def _text_task(v: Version, verb: str, body: bytes) -> bytes:
+    doc = _json(body)
     if verb == "embed":
-        texts = _texts(doc.get("texts", doc.get("text")), "texts")
-        vectors = v.task_object().embed(texts)
-        return {"embeddings": vectors.tolist(), "shape": list(vectors.shape)}
+        vectors = v.task_object().embed(_texts(doc.get("texts", doc.get("text")), "texts"))
+        return _answer(v, {"embeddings": vectors.tolist(), "shape": list(vectors.shape)})
     text = doc.get("text")
     if not isinstance(text, str):
         raise InputError("'text' must be a string")
@@ -350,9 +387,10 @@ def _text_task(v: Version, verb: str, doc: dict) -> dict:
         raise InputError("'top_k' must be an integer from 1 to 1000")
     labels = doc.get("labels")
     if v.task == "text-embedding":  # zero-shot: the labels come with the request
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        if (not isinstance(labels, list) or not 0 < len(labels) <= _MAX_TEXTS
+                or not all(isinstance(x, str) and x for x in labels)):
             raise InputError(f"{v.name!r} is an embedder: zero-shot classification needs 'labels', "
-                             f"a non-empty list of strings")
+                             f"a list of 1 to {_MAX_TEXTS} non-empty strings")
         from ..tasks.text import TextClassifier
 
         clf = v.task_object(("zero-shot", *labels), lambda model: TextClassifier(model, labels=labels))
@@ -360,11 +398,13 @@ def _text_task(v: Version, verb: str, doc: dict) -> dict:
         raise InputError(f"{v.name!r} classifies into its own labels; 'labels' is only for zero-shot embedders")
     else:
         clf = v.task_object()
-    return {"categories": [c.to_dict() for c in clf.classify(text, top_k=top_k)]}
+    return _answer(v, {"categories": [c.to_dict() for c in clf.classify(text, top_k=top_k)]})
 
 
 def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
     """The BYTES form of a text task on /infer: strings in, the task's output tensor out."""
+    if texts.size > _MAX_TEXTS:
+        raise InputError(f"input 'text' holds {texts.size} texts; send at most {_MAX_TEXTS} per request")
     items = []
     for i, b in enumerate(texts.reshape(-1)):
         try:
@@ -389,8 +429,10 @@ class _Guard:
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # websockets: nothing here speaks them
+            return await send({"type": "websocket.close", "code": 1008})
         start = time.perf_counter()
         status = [0]
 
@@ -442,7 +484,8 @@ class _Guard:
     def _log(self, scope, status: int, start: float) -> None:
         ms = (time.perf_counter() - start) * 1000
         route = scope.get("edgekit.route", "other")
-        self.metrics.http.labels(scope["method"], route, str(status)).inc()
+        method = scope["method"] if scope["method"] in _METHODS else "other"  # clients choose it: bound it
+        self.metrics.http.labels(method, route, str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
             model = scope.get("edgekit.model")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import formats
 from ..errors import EdgekitError, UsageError
 from ..model import Model, load
 from ..tasks.base import is_known_task
 from . import repository
+from .errors import NotFound, NotReady
 from .metrics import Metrics
 from .repository import Batching, ModelConfig, VersionEntry
 from .runner import Runner, can_batch
@@ -29,14 +30,6 @@ from .runner import Runner, can_batch
 log = logging.getLogger("edgekit.serve")
 
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
-
-
-class NotFound(UsageError):
-    """An unknown model or version (HTTP 404)."""
-
-
-class NotReady(EdgekitError):
-    """A known model or version that cannot serve now (HTTP 503); the message says why."""
 
 
 @dataclass
@@ -51,7 +44,9 @@ class Version:
     runner: Runner | None = None
     task: str | None = None
     batching: str = "off"  # "off" | "on (...)" | "off: why"
+    settings: tuple = ()  # (device, batching, instances) it was loaded with: a config change reloads it
     _tasks: dict = field(default_factory=dict)  # task objects by their options, built on first use
+    _tasks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def to_index(self) -> dict:
         return {"name": self.name, "version": str(self.version), "state": self.state, "reason": self.reason}
@@ -61,14 +56,21 @@ class Version:
 
         ``factory(model)`` builds it; by default the task the package declares.
         """
-        obj = self._tasks.get(key)
-        if obj is None:
-            from ..tasks.base import for_model
+        with self._tasks_lock:  # worker threads (instances > 1) ask at the same time
+            obj = self._tasks.get(key)
+            if obj is None:
+                from ..tasks.base import for_model
 
-            if len(self._tasks) >= 16:  # zero-shot label sets come from clients: keep a few
-                self._tasks.pop(next(iter(self._tasks))).close()
-            obj = self._tasks[key] = (factory or for_model)(self.model)
-        return obj
+                if len(self._tasks) >= 16:  # zero-shot label sets come from clients: keep a few
+                    self._tasks.pop(next(iter(self._tasks)))  # not closed: it does not own the model
+                obj = self._tasks[key] = (factory or for_model)(self.model)
+            return obj
+
+    def close_tasks(self) -> None:
+        with self._tasks_lock:
+            for task in self._tasks.values():
+                task.close()
+            self._tasks.clear()
 
 
 @dataclass
@@ -101,7 +103,7 @@ class ModelManager:
             path = Path(s).expanduser()
             if not path.exists():
                 raise UsageError(f"{path}: no such repository, package or model file")
-            if path.is_dir() and not (path / formats.MANIFEST).exists():
+            if repository.is_repository(path):
                 self.repositories.append(path)
             else:
                 self._add_model(path.stem if path.is_file() else path.resolve().name, path, lone=True)
@@ -169,9 +171,10 @@ class ModelManager:
             if not ready:
                 raise NotReady(f"model {name!r} has no version ready: {self._why_not(m)}")
             return ready[0]
-        if not version.isdigit():
-            raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
-        v = m.versions.get(int(version))
+        number = repository.parse_version(version)
+        if number is None:
+            raise NotFound(f"model {name!r} has no version {version[:20]!r} (versions are integers)")
+        v = m.versions.get(number)
         if v is None:
             raise NotFound(f"model {name!r} has no version {version}")
         if v.state != READY:
@@ -195,8 +198,9 @@ class ModelManager:
         return rows
 
     def ready(self) -> bool:
-        """Serving something: at least one model has a ready version (or there is nothing to serve)."""
-        return not self.models or any(m.ready() for m in self.models.values())
+        """Serving something: at least one model has a ready version. An empty repository (a wrong
+        mount, say) is live but not ready, so an orchestrator sends it no traffic."""
+        return any(m.ready() for m in self.models.values())
 
     async def load_model(self, name: str) -> None:
         """The repository API's load: (re)read the model's folder and load its policy's versions."""
@@ -204,9 +208,7 @@ class ModelManager:
         m = self.models.get(name)
         if m is None:
             raise NotFound(f"unknown model {name!r}: no such folder in the repository")
-        m.unloaded = False
-        m._seen = ()
-        await self.sync(m)
+        await self.sync(m, force=True)
         if not m.ready():
             raise NotReady(f"model {name!r} could not be loaded: {self._why_not(m)}")
 
@@ -221,8 +223,11 @@ class ModelManager:
 
     # -- syncing one model with its folder ------------------------------------------------------
 
-    async def sync(self, m: ServedModel) -> None:
+    async def sync(self, m: ServedModel, *, force: bool = False) -> None:
+        """Bring the served versions of ``m`` in line with its folder; ``force``: even if unloaded."""
         async with m._lock:
+            if force:
+                m.unloaded, m._seen = False, ()
             if m.unloaded:
                 return
             entries, config, problem = await asyncio.to_thread(self._scan, m)
@@ -237,70 +242,98 @@ class ModelManager:
 
     def _scan(self, m: ServedModel) -> tuple[list[VersionEntry], ModelConfig, str | None]:
         if m.lone:
-            if m.source.is_file():
-                return [VersionEntry(1, m.source, formats=[m.source.suffix.lstrip(".")])], ModelConfig(), None
-            entry = repository._describe_version(m.source, 1)
-            return [entry], ModelConfig(), None
+            return [repository.describe_version(m.source, 1)], ModelConfig(), None
         found = repository.scan_model(m.source)
         return found.versions, found.config, found.problem
 
     async def _apply(self, m: ServedModel, entries: list[VersionEntry]) -> None:
         on_disk = {e.version: e for e in entries}
+        failed: set[int] = set()
+
+        def kept() -> set[int]:
+            """Versions serving now whose folder changed into something that does not load: the
+            loaded copy goes on serving (and counts for the policy) rather than leave a gap."""
+            return {e.version for e in entries if (v := m.versions.get(e.version)) is not None
+                    and v.state == READY and (e.problem or e.version in failed)}
+
         for e in entries:  # problems found without loading: never tried
             if e.problem:
                 self._unavailable(m, e, e.problem)
-        failed: set[int] = set()
+        settings = self._settings(m)
         while True:
-            loadable = [e.version for e in entries if not e.problem and e.version not in failed]
+            keep = kept()
+            loadable = [e.version for e in entries if e.version in keep or (not e.problem and e.version not in failed)]
             wanted = m.config.chosen(loadable)
-            todo = [v for v in wanted if v not in m.versions or m.versions[v].state != READY
-                    or m.versions[v].signature != on_disk[v].signature]
+            todo = [v for v in wanted if v not in keep and (
+                v not in m.versions or m.versions[v].state != READY
+                or m.versions[v].signature != on_disk[v].signature or m.versions[v].settings != settings)]
             if not todo:
                 break
             for v in todo:
-                if not await self._load(m, on_disk[v]):
+                if not await self._load(m, on_disk[v], settings):
                     failed.add(v)
         for v in list(m.versions.values()):  # after the new ones are ready, release what the policy dropped
             if v.version not in on_disk:
                 await self._release(v, reason="removed from the repository", forget=True)
-            elif v.version not in wanted and v.state == READY and v.version not in failed:
+            elif v.version not in wanted and v.state == READY:
                 await self._release(v, reason="not in the version policy")
+            elif v.version in keep:
+                problem = on_disk[v.version].problem or "it does not load"
+                v.reason = f"serving the copy loaded before its folder changed; on disk now: {problem}"
+
+    def _settings(self, m: ServedModel) -> tuple:
+        c = m.config
+        batching = self.batching if c.batching is None else (c.batching if c.batching.max_batch_size > 1 else None)
+        return (c.device or self.device, batching, c.instances or self.instances)
 
     def _unavailable(self, m: ServedModel, e: VersionEntry, reason: str) -> None:
         old = m.versions.get(e.version)
         if old is not None and old.state == READY:
-            return  # the folder changed under a served version and the new files are bad: keep serving
+            return  # _apply keeps it serving
         m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
 
-    async def _load(self, m: ServedModel, e: VersionEntry) -> bool:
+    async def _load(self, m: ServedModel, e: VersionEntry, settings: tuple) -> bool:
+        device, batching, instances = settings
         old = m.versions.get(e.version)
-        device = m.config.device or self.device
+        if old is None or old.state != READY:
+            m.versions[e.version] = Version(m.name, e.version, e.path, LOADING, "", e.signature)
         started = time.perf_counter()
         try:
             model = await asyncio.to_thread(load, e.path, device=device)
         except Exception as exc:  # any failure to load is the version's problem, never the server's
             reason = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s version %d cannot be served: %s", m.name, e.version, reason)
-            self._unavailable(m, e, reason)
+            if old is None or old.state != READY:
+                m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
             return False
-        batching = m.config.batching or self.batching
         why_not = can_batch(model) if batching else None
         if why_not:
             log.warning("%s version %d: dynamic batching off, %s", m.name, e.version, why_not)
+        task = model.metadata.get("task")
         v = Version(m.name, e.version, e.path, READY, "", e.signature, model,
-                    Runner(model, name=m.name, version=e.version, metrics=self.metrics,
-                           instances=m.config.instances if m.config.instances != 1 else self.instances,
+                    Runner(model, name=m.name, version=e.version, metrics=self.metrics, instances=instances,
                            batching=None if why_not else batching),
-                    task=model.metadata.get("task") if is_known_task(model.metadata.get("task")) else None)
+                    task=task if is_known_task(task) else None, settings=settings)
         v.batching = ("off" if not batching else f"off: {why_not}" if why_not
                       else f"on (max batch {batching.max_batch_size}, max delay {batching.max_queue_delay_ms} ms)")
+        if old is not None and old.runner is not None:
+            self._unpublish(old)
+            self._close_later(old)
         m.versions[e.version] = v
-        self.metrics.loaded.labels(m.name, str(e.version), model.backend, model.device, model.path.name).set(1)
+        self.metrics.loaded.labels(*self._loaded_labels(v)).set(1)
         log.info("%s version %d ready on %s:%s [%s] in %.1f s", m.name, e.version, model.backend, model.device,
                  model.path.name, time.perf_counter() - started)
-        if old is not None and old.runner is not None:
-            self._close_later(old)
         return True
+
+    @staticmethod
+    def _loaded_labels(v: Version) -> tuple:
+        return (v.name, str(v.version), v.model.backend, v.model.device, v.model.path.name)
+
+    def _unpublish(self, v: Version) -> None:
+        try:
+            self.metrics.loaded.remove(*self._loaded_labels(v))
+        except KeyError:
+            pass
 
     async def _release(self, v: Version, *, reason: str = "stopped", forget: bool = False,
                        wait: bool = False) -> None:
@@ -311,6 +344,7 @@ class ModelManager:
             m.versions[v.version] = Version(v.name, v.version, v.path, UNAVAILABLE, reason, v.signature)
         if v.runner is not None:
             log.info("%s version %d unloaded (%s)", v.name, v.version, reason)
+            self._unpublish(v)
             if wait:
                 await self._close(v)
             else:
@@ -323,14 +357,4 @@ class ModelManager:
 
     async def _close(self, v: Version) -> None:
         """Let the requests already sent to ``v`` finish, then release its runtime."""
-        model = v.model
-        try:
-            for task in v._tasks.values():
-                task.close()
-            await v.runner.close()
-        finally:
-            if model is not None:
-                try:
-                    self.metrics.loaded.remove(v.name, str(v.version), model.backend, model.device, model.path.name)
-                except KeyError:
-                    pass
+        await v.runner.close(before_model=v.close_tasks)

@@ -67,6 +67,15 @@ class InferRequest:
     alternative: bool = False  # the inputs matched the alternative specs (a text task's BYTES input)
 
 
+def loads(data: bytes, what: str = "the request"):
+    """JSON from a client: any way it can fail (bad UTF-8, syntax, nesting too deep, a number too
+    long) is a ProtocolError."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ProtocolError(f"{what} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+
+
 def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec],
                   alternative: list[TensorSpec] | None = None) -> InferRequest:
     """Decode and check an infer request against the model's input specs.
@@ -77,11 +86,7 @@ def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec
     if header_length is not None and not 0 < header_length <= len(body):
         raise ProtocolError(f"Inference-Header-Content-Length {header_length} does not fit a body of "
                             f"{len(body)} bytes")
-    head = body if header_length is None else body[:header_length]
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"the request is not valid JSON ({e})") from None
+    doc = loads(body if header_length is None else body[:header_length])
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise ProtocolError("the request must be a JSON object with an 'inputs' list")
     params = _params(doc, "the request")
@@ -89,7 +94,7 @@ def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec
     if rid is not None and not isinstance(rid, str):
         raise ProtocolError("'id' must be a string")
 
-    names = {i.get("name") for i in doc["inputs"] if isinstance(i, dict)}
+    names = {i.get("name") for i in doc["inputs"] if isinstance(i, dict) and isinstance(i.get("name"), str)}
     use_alternative = alternative is not None and names == {s.name for s in alternative}
     by_name = {s.name: s for s in (alternative if use_alternative else specs)}
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
@@ -105,7 +110,7 @@ def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec
         if spec is None:
             raise ProtocolError(f"unknown input {name!r}; the model's inputs are "
                                 f"{', '.join(by_name) or '(none)'}")
-        dtype, shape, count = _declared(item, spec)
+        dtype, shape, count = _declared(item, spec, len(body))
         size = _params(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -154,28 +159,40 @@ def _params(obj: dict, what: str) -> dict:
     return p
 
 
-def _declared(item: dict, spec: TensorSpec) -> tuple[np.dtype, tuple[int, ...], int]:
-    """The input's datatype and shape, checked against the model's before anything is read."""
+def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The input's datatype and shape, checked against the model's before anything is read.
+
+    Every element takes at least one byte of the body in either encoding, so a shape declaring
+    more elements than the body has bytes is refused from the header alone.
+    """
     name = spec.name
     dt_name = item.get("datatype")
-    if dt_name not in DATATYPES:
-        raise ProtocolError(f"input {name!r}: unknown datatype {dt_name!r} (one of: {', '.join(DATATYPES)})")
+    if not isinstance(dt_name, str) or dt_name not in DATATYPES:
+        raise ProtocolError(f"input {name!r}: unknown datatype {str(dt_name)[:20]!r} (one of: {', '.join(DATATYPES)})")
     want = datatype(spec.dtype)
     if dt_name != want:
         raise ProtocolError(f"input {name!r}: the model takes {want}, the request sends {dt_name}")
     shape = item.get("shape")
-    if (not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if (not isinstance(shape, list) or len(shape) > 16
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= body_size for d in shape)):
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers, "
+                            f"none larger than the body ({body_size} bytes)")
     if spec.shape is not None:
         model = dims(spec.shape)
         if len(shape) != len(model) or any(m != -1 and m != d for m, d in zip(model, shape)):
             raise ProtocolError(f"input {name!r}: shape {shape} does not match the model's {model}")
-    return DATATYPES[dt_name], tuple(shape), math.prod(shape)
+    count = math.prod(shape)
+    if count > body_size:
+        raise ProtocolError(f"input {name!r}: shape {shape} declares {count} elements; the body has only "
+                            f"{body_size} bytes")
+    return DATATYPES[dt_name], tuple(shape), count
 
 
 def _from_binary(buf: memoryview, name: str, dtype: np.dtype, shape: tuple, count: int) -> np.ndarray:
     if dtype.kind == "O":
+        if count * 4 > len(buf):  # each element has at least its 4-byte length
+            raise ProtocolError(f"input {name!r}: {count} BYTES elements need at least {count * 4} bytes, "
+                                f"the request sends {len(buf)}")
         return _bytes_elements(buf, name, shape, count)
     if count * dtype.itemsize != len(buf):
         raise ProtocolError(f"input {name!r}: shape {list(shape)} of {datatype(dtype)} needs "
@@ -222,7 +239,7 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
     if raw.size != count:
         raise ProtocolError(f"input {name!r}: shape {list(shape)} needs {count} values, the request sends "
                             f"{raw.size}")
-    ok = {"b": "b", "u": "bui", "i": "bui", "f": "buif"}[dtype.kind]
+    ok = {"b": "b", "u": "ui", "i": "ui", "f": "uif"}[dtype.kind]
     if raw.size and raw.dtype.kind not in ok:
         raise ProtocolError(f"input {name!r}: {datatype(dtype)} data must be "
                             f"{'true/false' if dtype.kind == 'b' else 'numbers'}, got {raw.dtype.kind!r} values")
@@ -235,14 +252,23 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
     return arr.reshape(shape)
 
 
+def check_outputs(request: InferRequest, specs: list[TensorSpec]) -> None:
+    """Refuse unknown or repeated requested outputs before the model runs."""
+    if request.outputs is None:
+        return
+    names = [s.name for s in specs]
+    unknown = [n for n in request.outputs if n not in names]
+    if unknown:
+        raise ProtocolError(f"unknown output {', '.join(map(repr, unknown))}; the model's outputs are "
+                            f"{', '.join(names)}")
+    if len(set(request.outputs)) != len(request.outputs):
+        raise ProtocolError("an output is requested twice")
+
+
 def encode_response(request: InferRequest, model_name: str, version: str,
                     outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     names = request.outputs if request.outputs is not None else list(outputs)
-    unknown = [n for n in names if n not in outputs]
-    if unknown:
-        raise ProtocolError(f"unknown output {', '.join(map(repr, unknown))}; the model's outputs are "
-                            f"{', '.join(outputs)}")
     tensors, blobs = [], []
     for name in names:
         arr = np.asarray(outputs[name])

@@ -27,6 +27,7 @@ from ..errors import EdgekitError, ModelFileError, UsageError
 
 CONFIG = "config.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_VERSION_RE = re.compile(r"[0-9]{1,9}")
 _POLICIES = ("latest", "all", "specific")
 
 
@@ -45,8 +46,8 @@ class ModelConfig:
     policy: str = "latest"  # "latest" | "all" | "specific"
     num_versions: int = 1  # for "latest"
     versions: tuple[int, ...] = ()  # for "specific"
-    batching: Batching | None = None
-    instances: int = 1  # runs of this model at the same time (each on its own thread)
+    batching: Batching | None = None  # None: the server's; max_batch_size 1: off (config "dynamic_batching": null)
+    instances: int | None = None  # runs of this model at the same time, each on its own thread (None: the server's)
     device: str | None = None  # overrides the server's --device for this model
 
     def chosen(self, available: list[int]) -> list[int]:
@@ -62,7 +63,9 @@ class ModelConfig:
         policy = ({"latest": {"num_versions": self.num_versions}} if self.policy == "latest"
                   else {"specific": {"versions": list(self.versions)}} if self.policy == "specific"
                   else {"all": {}})
-        doc: dict = {"version_policy": policy, "instances": self.instances}
+        doc: dict = {"version_policy": policy}
+        if self.instances:
+            doc["instances"] = self.instances
         if self.batching:
             doc["dynamic_batching"] = {"max_batch_size": self.batching.max_batch_size,
                                        "max_queue_delay_ms": self.batching.max_queue_delay_ms}
@@ -101,7 +104,9 @@ def read_config(model_dir: Path) -> ModelConfig:
         if not isinstance(versions, list) or not versions:
             raise ModelFileError(path, "version_policy.specific.versions must be a non-empty list of integers")
         kwargs["versions"] = tuple(_positive_int(path, "versions", v) for v in versions)
-    if "dynamic_batching" in doc:
+    if "dynamic_batching" in doc and doc["dynamic_batching"] is None:
+        kwargs["batching"] = Batching(1, 0.0)  # off, even when the server batches by default
+    elif "dynamic_batching" in doc:
         b = doc["dynamic_batching"]
         if not isinstance(b, dict):
             raise ModelFileError(path, "dynamic_batching must be an object")
@@ -127,22 +132,28 @@ def _positive_int(path: Path, key: str, value) -> int:
 
 @dataclass
 class VersionEntry:
-    """One version folder as found on disk (not loaded)."""
+    """One version folder (or a lone model file) as found on disk, not loaded."""
 
     version: int
     path: Path
     task: str | None = None
     formats: list[str] = field(default_factory=list)
     problem: str | None = None  # why it cannot be served, found without loading it
+    signature: tuple = ()  # changes when the folder or its edgekit.json is replaced (taken once, at the scan)
 
-    @property
-    def signature(self) -> tuple:
-        """Changes when the version folder is replaced (repository writes are renames)."""
-        try:
-            st = (self.path / formats.MANIFEST).stat()
-            return (self.path.stat().st_ino, st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            return (None,)
+
+def signature(path: Path) -> tuple:
+    """What changes when ``path`` (a version folder or a model file) is replaced or rewritten."""
+    try:
+        st = (path / formats.MANIFEST).stat() if path.is_dir() else path.stat()
+        return (path.stat().st_ino, st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (None,)
+
+
+def parse_version(text: str) -> int | None:
+    """A version number as written in a folder name or URL: 1 to 9 ASCII digits, not 0."""
+    return int(text) if _VERSION_RE.fullmatch(text) and int(text) > 0 else None
 
 
 @dataclass
@@ -161,8 +172,11 @@ class ModelEntry:
                              for v in self.versions]}
 
 
-def _describe_version(path: Path, version: int) -> VersionEntry:
-    entry = VersionEntry(version, path)
+def describe_version(path: Path, version: int) -> VersionEntry:
+    entry = VersionEntry(version, path, signature=signature(path))
+    if path.is_file():  # a lone model file given to `edgekit serve`
+        entry.formats = [path.suffix.lstrip(".")]
+        return entry
     try:
         pkg = package.read(path)
     except EdgekitError as e:
@@ -179,8 +193,9 @@ def scan_model(model_dir: Path) -> ModelEntry:
     """The versions under ``model_dir``: integer folder names only (hidden staging folders are skipped)."""
     versions = []
     for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
-            versions.append(_describe_version(child, int(child.name)))
+        number = parse_version(child.name)
+        if number is not None and child.is_dir():
+            versions.append(describe_version(child, number))
     versions.sort(key=lambda v: v.version)
     entry = ModelEntry(model_dir.name, model_dir, versions)
     try:
@@ -191,6 +206,7 @@ def scan_model(model_dir: Path) -> ModelEntry:
 
 
 def is_repository(path: Path) -> bool:
+    """A folder of model folders, as opposed to a package (a folder with edgekit.json)."""
     return path.is_dir() and not (path / formats.MANIFEST).exists()
 
 
@@ -220,7 +236,7 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
         raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
     package.read(src)  # refuse a source that is not a package before copying anything
     name = check_name(name or src.resolve().name)
-    if version is not None and (not isinstance(version, int) or version < 1):
+    if version is not None and (not isinstance(version, int) or not 1 <= version < 10 ** 9):
         raise UsageError(f"version must be a positive integer, got {version!r}")
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -252,5 +268,5 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
 
 
 def _next_version(model_dir: Path) -> int:
-    numbers = [int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()]
-    return max(numbers, default=0) + 1
+    numbers = [parse_version(d.name) for d in model_dir.iterdir() if d.is_dir()]
+    return max((n for n in numbers if n is not None), default=0) + 1

@@ -13,6 +13,7 @@ models whose every input and output has a dynamic first dimension can batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..model import Model
+from .errors import NotReady
 from .metrics import Metrics
 from .repository import Batching
 
@@ -58,6 +60,7 @@ class Runner:
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
         self._active = 0
+        self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.batching = batching
@@ -70,26 +73,38 @@ class Runner:
 
     # -- what handlers call -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def hold(self):
+        """Keep this version open for one request, from before its body is read to its answer.
+
+        Taken right after the version is looked up, with no await in between, so a version being
+        unloaded is either refused here (503) or waits for the request to finish.
+        """
+        if self._closing:
+            raise NotReady(f"version {self.labels[1]} of {self.labels[0]!r} is being unloaded")
+        self._active += 1
+        self._idle.clear()
+        self.metrics.in_flight.labels(*self.labels).inc()
+        try:
+            yield self
+        finally:
+            self._active -= 1
+            self.metrics.in_flight.labels(*self.labels).dec()
+            if self._active == 0:
+                self._idle.set()
+
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on checked inputs; batched with other requests when batching is on."""
+        """Run the model on checked inputs (under :meth:`hold`); batched with others when batching is on."""
         if self._queue is None:
             return await self.call(self.model.run, arrays)
-        self._enter()
-        try:
-            item = _Item(arrays, asyncio.get_running_loop().create_future())
-            await self._queue.put(item)
-            return await item.future
-        finally:
-            self._leave()
+        item = _Item(arrays, asyncio.get_running_loop().create_future())
+        await self._queue.put(item)
+        return await item.future
 
     async def call(self, fn: Callable, *args):
-        """Run ``fn(*args)`` on one of this model's workers (task endpoints use it with the task's own code)."""
-        self._enter()
+        """Run ``fn(*args)`` on one of this model's workers (under :meth:`hold`); task endpoints use it."""
         enqueued = time.perf_counter()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args, enqueued)
-        finally:
-            self._leave()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args, enqueued)
 
     def _timed(self, fn: Callable, args: tuple, enqueued: float):
         start = time.perf_counter()
@@ -98,17 +113,6 @@ class Runner:
             return fn(*args)
         finally:
             self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
-
-    def _enter(self) -> None:
-        self._active += 1
-        self._idle.clear()
-        self.metrics.in_flight.labels(*self.labels).inc()
-
-    def _leave(self) -> None:
-        self._active -= 1
-        self.metrics.in_flight.labels(*self.labels).dec()
-        if self._active == 0:
-            self._idle.set()
 
     # -- dynamic batching ---------------------------------------------------------------------
 
@@ -132,6 +136,8 @@ class Runner:
                         item = await asyncio.wait_for(self._queue.get(), left)
                     except asyncio.TimeoutError:
                         break
+                if item.future.done():  # its client went away while it waited
+                    continue
                 if item.key != first.key or rows + item.rows > limit:
                     carry = item
                     break
@@ -143,37 +149,53 @@ class Runner:
             self.metrics.batch_size.labels(*self.labels).observe(len(batch))
             try:
                 results = await loop.run_in_executor(self._pool, self._run_batch, batch)
-            except Exception as e:  # one failed run fails every request in it, with the same error
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                continue
+            except Exception as e:  # the pool itself failed: answer everyone rather than leave them waiting
+                results = [e] * len(batch)
             finally:
                 self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
             for item, result in zip(batch, results):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
                     item.future.set_result(result)
 
-    def _run_batch(self, batch: list[_Item]) -> list[dict[str, np.ndarray]]:
-        if len(batch) == 1:
-            return [self.model.run(batch[0].arrays)]
-        names = list(batch[0].arrays)
-        joined = {n: np.concatenate([item.arrays[n] for item in batch]) for n in names}
-        out = self.model.run(joined)
-        total = sum(item.rows for item in batch)
-        if any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
-            return [self.model.run(item.arrays) for item in batch]  # outputs not per row: run one by one
-        cuts = np.cumsum([item.rows for item in batch])[:-1]
-        parts = {n: np.split(a, cuts) for n, a in out.items()}
-        return [{n: parts[n][i] for n in out} for i in range(len(batch))]
+    def _run_batch(self, batch: list[_Item]) -> list:
+        """Each request's outputs, or the exception its own inputs raised: one bad request in a
+        batch never fails the others."""
+        if len(batch) > 1:
+            joined = {n: np.concatenate([item.arrays[n] for item in batch]) for n in batch[0].arrays}
+            total = sum(item.rows for item in batch)
+            try:
+                out = self.model.run(joined)
+            except Exception:
+                out = None  # find out whose inputs it was: run them one by one below
+            if out is not None and all(a.ndim and a.shape[0] == total for a in out.values()):
+                cuts = np.cumsum([item.rows for item in batch])[:-1]
+                parts = {n: np.split(a, cuts) for n, a in out.items()}
+                return [{n: parts[n][i] for n in out} for i in range(len(batch))]
+        results = []
+        for item in batch:
+            try:
+                results.append(self.model.run(item.arrays))
+            except Exception as e:
+                results.append(e)
+        return results
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Wait for the requests already queued or running, then release the model."""
+    async def close(self, before_model: Callable[[], None] | None = None) -> None:
+        """Refuse new requests, wait for those held, stop the workers, then release the model.
+
+        ``before_model`` (closing the task objects) runs once no worker can still be using them.
+        """
+        self._closing = True
         await self._idle.wait()
         for task in self._consumers:
             task.cancel()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.model.close)
-        self._pool.shutdown(wait=False)
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        await asyncio.to_thread(self._pool.shutdown, wait=True)  # a cancelled request's run may still be going
+        if before_model is not None:
+            before_model()
+        await asyncio.to_thread(self.model.close)

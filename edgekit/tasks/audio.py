@@ -26,6 +26,7 @@ from .results import Category, ClassifierOptions, Segment, softmax
 VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_duration_ms": 100,
                 "speech_pad_ms": 30, "max_speech_duration_s": None, "neg_threshold": None}
 _MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
+MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of float32, 70 min of 16 kHz mono
 
 
 def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name: str | None = None) -> np.ndarray:
@@ -52,10 +53,20 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         else:  # an encoded file held in memory (an upload)
             source = io.BytesIO(bytes(audio))
         try:
-            data, sample_rate = sf.read(source if isinstance(source, io.BytesIO) else str(source),
-                                        dtype="float32", always_2d=True)
+            with sf.SoundFile(source if isinstance(source, io.BytesIO) else str(source)) as f:
+                if f.channels > _MAX_CHANNELS:
+                    raise InputError(f"{what}: {f.channels} channels (at most {_MAX_CHANNELS})")
+                # Compressed audio can decode to thousands of times its size: read at most the limit.
+                limit = MAX_SAMPLES // f.channels
+                data = f.read(frames=limit + 1, dtype="float32", always_2d=True)
+                sample_rate = f.samplerate
+        except InputError:
+            raise
         except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
             raise InputError(f"{what}: cannot be read as audio ({' '.join(str(e).split())})") from e
+        if len(data) > limit:
+            raise InputError(f"{what}: longer than {limit / sample_rate:.0f} s ({MAX_SAMPLES} samples in all); "
+                             f"feed long recordings chunk by chunk with .stream()")
     else:
         if sample_rate is None:
             raise InputError(f"{what}: an array needs its sample rate (sample_rate=...)")
