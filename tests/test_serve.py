@@ -169,6 +169,10 @@ def test_infer_json_and_binary_equal_in_process(served, samples):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     got = infer(served.client, name, {"image": x}).as_numpy("logits")  # no outputs named: all, binary
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    i = tc.InferInput("image", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    got = served.client.infer(name, [i], request_compression_algorithm="gzip").as_numpy("logits")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
     with edgekit.load(samples["text"]) as m:  # INT64 tensors, JSON and binary
         ids = np.array([[101, 7592, 2088, 102], [101, 2204, 2851, 102]], dtype=np.int64)
@@ -289,6 +293,23 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     r = conn.getresponse()
     assert r.status == 413 and "limit" in json.loads(r.read())["error"]
     conn.close()
+    hostile = [b"[" * 100_000, b'{"inputs": [{"name": 1' + b"0" * 5000 + b"}]}", b'{"inputs": [{"name": [1]}]}',
+               b'{"inputs": [{"name": "image", "datatype": [], "shape": [1]}]}',
+               b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [' + b"9" * 5000 + b', 8], "data": [1]}]}']
+    for body in hostile:
+        assert post(body)[0] == 400, body[:60]
+    assert post(b"[" * 100_000, path="/v2/repository/index")[0] == 400
+    for version in ("%C2%B2", "9" * 5000, "0"):
+        assert served.request("GET", f"/v2/models/{image}/versions/{version}")[0] == 404
+    assert served.request("POST", f"/v2/models/{image}/classify?top_k=%C2%B2", b"x")[0] == 400
+    status, message = post(b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"})
+    assert status == 400 and "decompress" in message
+    assert post(b"{}", {"Content-Encoding": "br"})[0] == 415
+    two_files = b"".join(f"--b\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"x{i}.jpg\"\r\n\r\n"
+                         f"data\r\n".encode() for i in range(2)) + b"--b--\r\n"
+    status, message = post(two_files, {"Content-Type": "multipart/form-data; boundary=b"},
+                           path=f"/v2/models/{image}/classify")
+    assert status == 400 and "files" in message.lower()
     assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
     assert served.request("GET", "/v2/nothing-here")[0] == 404
     # a request naming a file on disk: there is no such parameter
@@ -398,6 +419,15 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         assert "checksum" in row["reason"]
         np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
         assert c.is_server_ready()
+        # the serving version's own edgekit.json truncated in place: the loaded copy goes on serving
+        manifest = repo / "mlp" / "2" / "edgekit.json"
+        good_manifest = manifest.read_bytes()
+        manifest.write_bytes(good_manifest[:20])
+        row = wait_for(lambda: next((r for r in c.get_model_repository_index()
+                                     if r.get("version") == "2" and "on disk now" in r["reason"]), None), what="v2")
+        assert row["state"] == "READY" and c.get_model_metadata("mlp")["versions"] == ["2"]
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
+        manifest.write_bytes(good_manifest)
         # policy "all" in config.json: every good version is served
         (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
         wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2", "1"], what="policy all")

@@ -463,3 +463,23 @@ def test_demo_prints_all_three_modalities(samples):
     assert doc["image"][0]["top3"][0]["label"] in CAT_CLASSES
     assert doc["similarity"]["paraphrase"] > doc["similarity"]["unrelated"]
     assert doc["vad"][0]["segments"] and not doc["vad"][1]["segments"]
+
+
+def test_audio_bytes_and_a_decompression_bomb(samples, monkeypatch):
+    """Encoded audio in memory (an upload) reads like the file; a small file that decodes to more
+    samples than the limit is refused before it is decoded whole."""
+    import soundfile as sf
+
+    from edgekit.tasks import audio
+
+    speech = INPUTS / "audio" / "speech.wav"
+    with VoiceActivityDetector(samples["audio"]) as vad:
+        assert vad.detect(speech.read_bytes()) == vad.detect(speech)
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros((16000 * 60, 2), np.float32), 16000, format="FLAC")  # a minute of silence
+        assert len(buf.getvalue()) < 100_000
+        monkeypatch.setattr(audio, "MAX_SAMPLES", 16000 * 30)
+        with pytest.raises(edgekit.InputError, match="longer than"):
+            vad.detect(buf.getvalue())
+        with pytest.raises(edgekit.InputError, match="empty"):
+            vad.detect(b"")
