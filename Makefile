@@ -33,11 +33,13 @@ gui: install
 test: install
 	$(BIN)/python -m pytest
 
-## bench: Model.run overhead against each runtime's direct call path; task pre/post-processing cost; conversion
+## bench: Model.run overhead against each runtime's direct call path; task pre/post-processing cost; conversion;
+##        edgekit serve's added latency, throughput and a 20,000-request soak
 bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/tasks.py
 	$(BIN)/python benchmarks/convert.py
+	$(BIN)/python benchmarks/serve.py
 
 lint: install
 	$(BIN)/ruff check edgekit gui converters samples tests benchmarks

@@ -69,6 +69,10 @@ def _serve_logging(access: str, json_formatter) -> None:
     serve_log = logging.getLogger("edgekit.serve")
     if serve_log.getEffectiveLevel() > logging.INFO:
         serve_log.setLevel(logging.INFO)
+    uvicorn_log = logging.getLogger("uvicorn")  # its own warnings ("Invalid HTTP request received.") as ours
+    uvicorn_log.handlers[:] = logging.getLogger("edgekit").handlers
+    uvicorn_log.setLevel(logging.WARNING)
+    uvicorn_log.propagate = False
     access_log = logging.getLogger("edgekit.serve.access")
     if access == "off":
         access_log.setLevel(logging.WARNING)

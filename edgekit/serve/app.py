@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -156,6 +156,8 @@ def _endpoint(route: str):
                 response, outcome = error(503, str(e)), "unavailable"
             except (InputError, UsageError) as e:
                 response, outcome = error(400, str(e)), "bad_request"
+            except ClientDisconnect:  # the client hung up before its body was in: no one to answer
+                response, outcome = error(499, "the client closed the connection"), "bad_request"
             except EdgekitError as e:  # the runtime failed: the server's fault, not the caller's
                 log.error("%s %s: %s", request.method, request.url.path, e)
                 response, outcome = error(500, str(e)), "error"
