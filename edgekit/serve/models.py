@@ -82,6 +82,7 @@ class ServedModel:
     versions: dict[int, Version] = field(default_factory=dict)
     problem: str | None = None
     unloaded: bool = False  # unloaded through the repository API: polling leaves it alone
+    on_disk: list[int] = field(default_factory=list)  # version numbers found at the last scan
     _seen: tuple = ()
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -190,11 +191,17 @@ class ModelManager:
         return "; ".join(reasons) or "no versions in the repository"
 
     def index(self) -> list[dict]:
+        """Every version of every model, on disk or loaded, with its state and why (Triton's index)."""
         rows = []
         for m in sorted(self.models.values(), key=lambda m: m.name):
-            if not m.versions:
+            numbers = sorted(set(m.versions) | set(m.on_disk))
+            if not numbers:
                 rows.append({"name": m.name, "state": UNAVAILABLE, "reason": self._why_not(m)})
-            rows += [v.to_index() for v in sorted(m.versions.values(), key=lambda v: v.version)]
+            for n in numbers:
+                v = m.versions.get(n)
+                rows.append(v.to_index() if v is not None else
+                            {"name": m.name, "version": str(n), "state": UNAVAILABLE,
+                             "reason": "unloaded" if m.unloaded else "not in the version policy"})
         return rows
 
     def ready(self) -> bool:
@@ -235,6 +242,7 @@ class ModelManager:
             if seen == m._seen:
                 return
             m._seen = seen
+            m.on_disk = [e.version for e in entries]
             m.problem = problem
             if problem is None:
                 m.config = config
