@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 import edgekit
 from edgekit import package
-from edgekit.serve import repository
+from edgekit.serve import protocol, repository
 from samples import synthetic as builders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +132,14 @@ def error_of(fn) -> tuple[int, str]:
 
 # -- the sample packages served directly -------------------------------------------------------
 
+def image_shape(samples, batch: int = 1) -> tuple[int, ...]:
+    """The input shape of the artifact `auto` picks for the image sample (the server picks the same
+    one from the same edgekit.json): NCHW or NHWC, dynamic or fixed batch, as measured at build."""
+    with edgekit.load(samples["image"]) as m:
+        shape = m.inputs[0].shape
+    return (shape[0] if isinstance(shape[0], int) else batch, *shape[1:])
+
+
 @pytest.fixture(scope="module")
 def served(samples):
     server = Server(str(samples["image"]), str(samples["text"]), str(samples["audio"]))
@@ -148,8 +156,10 @@ def test_health_and_metadata(served, samples):
     assert c.is_model_ready(image) and c.is_model_ready(image, "1")
     md = c.get_model_metadata(image)
     assert md["versions"] == ["1"]
-    assert md["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
-    assert md["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
+    with edgekit.load(samples["image"]) as m:  # what `auto` picks here, NCHW or NHWC
+        assert md["inputs"] == [{"name": "image", "datatype": "FP32", "shape": protocol.dims(m.inputs[0].shape)}]
+        assert md["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": protocol.dims(m.outputs[0].shape)}]
+        assert md["edgekit"]["artifact"] == m.path.name
     assert md["edgekit"]["task"] == "image-classification" and md["edgekit"]["task_endpoints"] == ["classify"]
     assert c.get_model_metadata(image, "1") == md
     text = c.get_model_metadata(samples["text"].name)
@@ -161,7 +171,7 @@ def test_health_and_metadata(served, samples):
 
 def test_infer_json_and_binary_equal_in_process(served, samples):
     with edgekit.load(samples["image"]) as m:
-        x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+        x = np.random.default_rng(1).standard_normal(image_shape(samples, batch=2)).astype(np.float32)
         want = m.run(x)["logits"]
     name = samples["image"].name
     for binary in (True, False):
@@ -243,11 +253,12 @@ def test_task_endpoints_answer_as_the_sdk(served, samples):
 def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     image = samples["image"].name
     c = served.client
-    x = np.zeros((1, 3, 224, 224), np.float32)
+    shape = list(image_shape(samples))
+    x = np.zeros(shape, np.float32)
     checks = {
         "unknown model": (error_of(lambda: infer(c, "no-such-model", {"image": x})), 404),
         "unknown version": (error_of(lambda: infer(c, image, {"image": x}, version="7")), 404),
-        "wrong shape": (error_of(lambda: infer(c, image, {"image": np.zeros((1, 3, 224, 225), np.float32)})), 400),
+        "wrong shape": (error_of(lambda: infer(c, image, {"image": np.zeros([*shape[:3], 5], np.float32)})), 400),
         "wrong datatype": (error_of(lambda: infer(c, image, {"image": x.astype(np.float16)})), 400),
         "unknown input": (error_of(lambda: infer(c, image, {"pixels": x})), 400),
     }
@@ -266,19 +277,19 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
         return post(head.encode() + data, {"Inference-Header-Content-Length": str(len(head))})
 
     full = x.tobytes()
-    assert binary([1, 3, 224, 224], full[:-4])[0] == 400  # data shorter than the shape
-    assert binary([1, 3, 224, 224], full + b"\0" * 4)[0] == 400  # longer
-    assert binary([1, 3, 224, 224], full, size=len(full) + 100)[0] == 400  # a size past the body
-    status, message = binary([10 ** 6, 3, 224, 224], full)  # 6e11 elements declared: refused from the header
+    assert binary(shape, full[:-4])[0] == 400  # data shorter than the shape
+    assert binary(shape, full + b"\0" * 4)[0] == 400  # longer
+    assert binary(shape, full, size=len(full) + 100)[0] == 400  # a size past the body
+    status, message = binary([10 ** 6, *shape[1:]], full)  # 1.5e11 elements declared: refused from the header
     assert status == 400 and "bytes" in message
-    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 224, 224],
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
                                                    "data": [0.0] * 100_000}]}).encode())
     assert status == 400 and "150528" in message  # JSON data shorter than the shape
-    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 224, 224],
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
                                                    "data": [0.0] * 10}]}).encode())
     assert status == 400 and "body" in message  # so short the shape alone is refused
     status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
-                                                   "shape": [10 ** 6, 3, 224, 224], "data": [1.0]}]}).encode())
+                                                   "shape": [10 ** 6, *shape[1:]], "data": [1.0]}]}).encode())
     assert status == 400
     assert post(b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3')[0] == 400  # malformed
     assert post(b"\xff\xfe garbage")[0] == 400
@@ -322,7 +333,7 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
 def test_sixteen_clients_every_answer_correct(served, samples):
     name = samples["image"].name
     rng = np.random.default_rng(7)
-    xs = [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(8)]
+    xs = [rng.standard_normal(image_shape(samples)).astype(np.float32) for _ in range(8)]
     with edgekit.load(samples["image"]) as m:
         want = [m.run(x)["logits"] for x in xs]
 
@@ -357,12 +368,14 @@ def test_metrics_move(served, samples):
     before = sample("edgekit_inference_requests_total", model=name, version="1", outcome="success")
     computed = sample("edgekit_inference_compute_seconds_count", model=name, version="1")
     bad = sample("edgekit_inference_requests_total", model=name, outcome="bad_request")
-    infer(served.client, name, {"image": np.zeros((1, 3, 224, 224), np.float32)})
-    error_of(lambda: infer(served.client, name, {"image": np.zeros((1, 3, 224, 9), np.float32)}))
+    shape = image_shape(samples)
+    infer(served.client, name, {"image": np.zeros(shape, np.float32)})
+    error_of(lambda: infer(served.client, name, {"image": np.zeros([*shape[:3], 9], np.float32)}))
     assert sample("edgekit_inference_requests_total", model=name, version="1", outcome="success") == before + 1
     assert sample("edgekit_inference_compute_seconds_count", model=name, version="1") == computed + 1
     assert sample("edgekit_inference_requests_total", model=name, outcome="bad_request") == bad + 1
-    assert sample("edgekit_model_loaded", model=name, version="1", backend=edgekit.load(samples["image"]).backend) == 1
+    with edgekit.load(samples["image"]) as m:
+        assert sample("edgekit_model_loaded", model=name, version="1", backend=m.backend, artifact=m.path.name) == 1
     assert sample("edgekit_inference_in_flight", model=name) == 0
 
 
