@@ -48,8 +48,8 @@ def cmd_serve(args, emit_json, table) -> int:
     from .serve.repository import Batching
     from .serve.server import JsonLogFormatter
 
-    if args.max_batch_size < 0 or args.instances < 1 or args.max_body_mb <= 0:
-        raise UsageError("--max-batch-size must be >= 0, --instances >= 1 and --max-body-mb > 0")
+    if args.max_batch_size < 0 or args.instances < 1 or args.max_body_mb <= 0 or not 0 <= args.port <= 65535:
+        raise UsageError("--max-batch-size must be >= 0, --instances >= 1, --max-body-mb > 0 and --port 0 to 65535")
     _serve_logging(args.access_log, JsonLogFormatter)
 
     def ready(url: str) -> None:

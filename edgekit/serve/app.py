@@ -49,6 +49,7 @@ log = logging.getLogger("edgekit.serve")
 access_log = logging.getLogger("edgekit.serve.access")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
+MIN_API_KEY = 16  # characters
 _INLINE = 256 * 1024  # bodies smaller than this are decoded on the event loop (a binary image is 600 KB)
 _METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no key; they reveal nothing
@@ -82,8 +83,8 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         instances: worker threads per model version.
         poll_interval: seconds between repository scans for new versions (0: only the repository API).
     """
-    if api_key is not None and len(api_key) < 16:
-        raise UsageError("an API key needs at least 16 characters")
+    if api_key is not None and len(api_key) < MIN_API_KEY:
+        raise UsageError(f"an API key needs at least {MIN_API_KEY} characters")
     metrics = Metrics()
     manager = ModelManager(sources, metrics=metrics, device=device, batching=batching, instances=instances,
                            poll_interval=poll_interval)

@@ -56,7 +56,11 @@ class Runner:
                  batching: Batching | None = None) -> None:
         self.model = model
         self.labels = (name, str(version))
-        self.metrics = metrics
+        # This version's series, looked up once rather than on every request.
+        self._in_flight = metrics.in_flight.labels(*self.labels)
+        self._queue_s = metrics.queue_seconds.labels(*self.labels)
+        self._compute_s = metrics.compute_seconds.labels(*self.labels)
+        self._batch_size = metrics.batch_size.labels(*self.labels)
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
         self._active = 0
@@ -84,12 +88,12 @@ class Runner:
             raise NotReady(f"version {self.labels[1]} of {self.labels[0]!r} is being unloaded")
         self._active += 1
         self._idle.clear()
-        self.metrics.in_flight.labels(*self.labels).inc()
+        self._in_flight.inc()
         try:
             yield self
         finally:
             self._active -= 1
-            self.metrics.in_flight.labels(*self.labels).dec()
+            self._in_flight.dec()
             if self._active == 0:
                 self._idle.set()
 
@@ -108,11 +112,11 @@ class Runner:
 
     def _timed(self, fn: Callable, args: tuple, enqueued: float):
         start = time.perf_counter()
-        self.metrics.queue_seconds.labels(*self.labels).observe(start - enqueued)
+        self._queue_s.observe(start - enqueued)
         try:
             return fn(*args)
         finally:
-            self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
+            self._compute_s.observe(time.perf_counter() - start)
 
     # -- dynamic batching ---------------------------------------------------------------------
 
@@ -145,14 +149,14 @@ class Runner:
                 rows += item.rows
             start = time.perf_counter()
             for item in batch:
-                self.metrics.queue_seconds.labels(*self.labels).observe(start - item.enqueued)
-            self.metrics.batch_size.labels(*self.labels).observe(len(batch))
+                self._queue_s.observe(start - item.enqueued)
+            self._batch_size.observe(len(batch))
             try:
                 results = await loop.run_in_executor(self._pool, self._run_batch, batch)
             except Exception as e:  # the pool itself failed: answer everyone rather than leave them waiting
                 results = [e] * len(batch)
             finally:
-                self.metrics.compute_seconds.labels(*self.labels).observe(time.perf_counter() - start)
+                self._compute_s.observe(time.perf_counter() - start)
             for item, result in zip(batch, results):
                 if item.future.done():
                     continue

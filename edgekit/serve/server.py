@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
-from .app import DEFAULT_MAX_BODY, create_app
+from .app import DEFAULT_MAX_BODY, MIN_API_KEY, create_app
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
@@ -38,8 +38,9 @@ def read_api_key(path: str | Path) -> str:
         key = p.read_text(encoding="utf-8").strip().splitlines()[0].strip() if p.stat().st_size else ""
     except (OSError, UnicodeDecodeError, IndexError) as e:
         raise UsageError(f"{p}: cannot read the API key ({e})") from e
-    if len(key) < 16:
-        raise UsageError(f"{p}: an API key needs at least 16 characters (try: openssl rand -hex 32 > {p})")
+    if len(key) < MIN_API_KEY:
+        raise UsageError(f"{p}: an API key needs at least {MIN_API_KEY} characters "
+                         f"(try: openssl rand -hex 32 > {p})")
     return key
 
 
