@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.hostinfo import has_int8_dot, is_x86
 from edgekit.types import Format, TensorSpec
 
 from .report import MIN_COSINE, ArtifactReport, one_line
@@ -85,6 +86,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb + 1e-30))
 
 
+SATURATION_NOTE = "this CPU has no VNNI: 8-bit weights saturate its int8 kernels; a VNNI CPU may pass"
+
+
 def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs: list[list[np.ndarray]],
           output_names: list[str], *, classifier: bool, min_cosine: float | None, timing_feed: dict,
           rounds: int = 5, runs: int = 10, progress=None) -> None:
@@ -111,6 +115,8 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
         floor = min_cosine if min_cosine is not None else MIN_COSINE[rep.precision]
         if not np.isfinite(rep.cosine) or rep.cosine < floor:
             rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {floor}"
+            if rep.precision == "int8" and is_x86() and not has_int8_dot():
+                rep.reason += f" ({SATURATION_NOTE})"
         feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
         opened.append((rep, model, feed))
         if progress:

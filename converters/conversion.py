@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgekit import __version__, package
 from edgekit.errors import BackendError, UsageError
-from edgekit.hostinfo import cpu_name
+from edgekit.hostinfo import cpu_id, cpu_name
 from edgekit.types import Format
 
 from . import calibration as calib
@@ -343,7 +343,7 @@ def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float 
     manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
     manifest["conversion"] = {
         "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,
-        "edgekit": __version__, "tools": _tool_versions(), "host": report.host,
+        "edgekit": __version__, "tools": _tool_versions(), "host": report.host, "host_id": cpu_id(),
         "calibration": report.calibration, "check": report.check,
         "min_cosine": {p: min_cosine if min_cosine is not None else MIN_COSINE[p]
                        for p in dict.fromkeys(a.precision for a in report.artifacts)},

@@ -196,11 +196,12 @@ def cmd_info(args) -> int:
                      a["status"] + (f": {a['reason']}" if a.get("reason") else "")] for a in value]
             print("artifacts:")
             print(_table(rows, ["path", "format", "precision", "layout", "size", "cosine", "p50 ms", "status"]))
-            host = (doc.get("manifest", {}).get("conversion") or {}).get("host")
+            conversion = doc.get("manifest", {}).get("conversion") or {}
+            host = conversion.get("host_id") or conversion.get("host")
             if host and any(a.get("p50_ms") for a in value):
-                from .hostinfo import cpu_name
+                from .hostinfo import cpu_id
 
-                here = "this CPU" if host == cpu_name() else f"{host}, not this CPU"
+                here = "this CPU" if host == cpu_id() else f"{host}, not this CPU"
                 print(f"  (p50: measured by the converter on {here})")
         elif isinstance(value, dict):
             print(f"{key}:" + ("" if value else " -"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import formats
 from .errors import ModelFileError
-from .hostinfo import cpu_name
+from .hostinfo import cpu_id
 from .types import Format
 
 SCHEMA_VERSION = 1
@@ -100,9 +100,11 @@ def read(folder: Path) -> Package:
 
 
 def _measured_on_this_host(manifest: dict) -> bool:
-    """Whether the converter's latencies in ``manifest`` were measured on a CPU like this one."""
+    """Whether the converter's latencies in ``manifest`` were measured on a CPU like this one: same name,
+    cores and ISA features (``conversion.host_id``). A manifest with only a CPU name (edgekit before
+    host_id) does not count: the same name covers chips that rank artifacts differently."""
     conversion = manifest.get("conversion")
-    return isinstance(conversion, dict) and conversion.get("host") == cpu_name()
+    return isinstance(conversion, dict) and conversion.get("host_id") == cpu_id()
 
 
 def _p50(entry: dict) -> float | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import backends, cache, formats, package
 from .bench import measure, synthetic_inputs
 from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
-from .hostinfo import cpu_flags
+from .hostinfo import has_int8_dot
 from .package import Artifact, Package
 from .types import Attempt, Device, DeviceKind, Precision, Selection
 
@@ -34,7 +34,6 @@ _PRECISION_PREFERENCE = {
     DeviceKind.NPU: ("int8", "fp16", "fp32"),
     DeviceKind.TPU: ("int8", "fp16", "fp32"),
 }
-_INT8_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
 FASTEST_WARMUP, FASTEST_RUNS, FASTEST_BUDGET_S = 2, 10, 1.0
 
 
@@ -125,7 +124,7 @@ def _artifact_rank(artifact: Artifact, device: Device) -> int:
         return 0
     prefs = _PRECISION_PREFERENCE.get(device.kind)
     if prefs is None:  # CPU: int8 first only where the CPU has int8 dot-product instructions
-        int8_fast = "INT8" in device.capabilities and bool(cpu_flags() & _INT8_CPU_FLAGS)
+        int8_fast = "INT8" in device.capabilities and has_int8_dot()
         prefs = ("int8", "fp32", "fp16") if int8_fast else ("fp32", "int8", "fp16")
     return prefs.index(artifact.precision) if artifact.precision in prefs else len(prefs)
 

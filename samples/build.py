@@ -65,7 +65,7 @@ class Sample:
     # converters.convert options for the exported package; a callable value is called with that package
     convert: dict | None = None
     # Bump when this sample's recipe changes what its package holds, so existing builds of it are redone.
-    recipe: str = "5"
+    recipe: str = "6"
 
 
 def default_dir() -> Path:
@@ -411,8 +411,9 @@ def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress)
     The manifest's ``carry`` entries (files in ``staging`` that are not converted, such as Silero's own
     file) are added to the converted package as they are; its ``export`` says where the converted
     graph came from (default: the torch.onnx export, with the parity of the first artifact).
-    An artifact that failed is reported and left out; the package is then not marked up to date
-    (no ``built_from``), so the next build tries again.
+    An artifact that failed is reported (and never chosen). One that failed its parity check stays
+    failed on this host, so the package is up to date; after any other failure it is not (no
+    ``built_from``), and the next build tries again.
     """
     from converters import convert
 
@@ -433,12 +434,15 @@ def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress)
         for entry in carry:
             shutil.copy(exported / entry["path"], converted / entry["path"])
             result["artifacts"].append(dict(entry))
-        if report.ok:
+        # A parity failure is this host's answer and would only repeat (int8 without VNNI, say): the
+        # package is done. Anything else (a tool that crashed) is tried again by the next build.
+        final = report.ok or all(a.ok or (a.reason or "").startswith("parity:") for a in report.artifacts)
+        if final:
             result["built_from"] = manifest["built_from"]
         for a in report.artifacts:
             if not a.ok:
-                log.warning("%s %s %s: %s (%s); the next build tries again", dest.name, a.target, a.precision,
-                            a.status, a.reason)
+                log.warning("%s %s %s: %s (%s)%s", dest.name, a.target, a.precision, a.status, a.reason,
+                            "" if final else "; the next build tries again")
         package.publish(converted, dest, result)
     finally:
         for d in (staging, exported, converted):

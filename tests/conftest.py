@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The real Qt window, without a display: as `make test` sets it, so a bare `pytest` works too.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 

@@ -158,11 +158,13 @@ def test_auto_ranks_artifacts_by_the_latency_measured_on_this_cpu(offline_cli_pa
     # measured on another CPU: the numbers say nothing about this one; precision preference decides
     copy = tmp_path / "pkg"
     shutil.copytree(out, copy)
-    manifest["conversion"]["host"] = "another CPU"
-    (copy / "edgekit.json").write_text(json.dumps(manifest))
-    with edgekit.load(copy) as m:
-        opened = [a for a in m.selection.attempts if a.status == "opened"]
-    assert opened[0].reason == "" and opened[0].backend == "onnxruntime"
+    for host_id in (manifest["conversion"]["host_id"].replace("cores", "cores; avx512_vnni"), None):
+        # the same CPU name with other ISA features, and a manifest from before host_id
+        manifest["conversion"]["host_id"] = host_id
+        (copy / "edgekit.json").write_text(json.dumps(manifest))
+        with edgekit.load(copy) as m:
+            opened = [a for a in m.selection.attempts if a.status == "opened"]
+        assert opened[0].reason == "" and opened[0].backend == "onnxruntime"
 
 
 def test_lone_artifacts_carry_their_card(offline_cli_package):

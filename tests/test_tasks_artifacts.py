@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgekit
 from edgekit import package
+from edgekit.hostinfo import has_int8_dot, is_x86
 from edgekit.tasks import AudioClassifier, ImageClassifier, TextClassifier, TextEmbedder, VoiceActivityDetector
 from samples.build import INPUTS
 
@@ -35,6 +36,17 @@ def test_image_task_on_every_converted_artifact(samples, fp32_scores, artifact):
     """Each artifact of the sample package (ONNX / IR / TFLite NHWC, fp32 / fp16 / int8), as a lone file
     with its embedded card, on its own runtime, against the fp32 ONNX export on the sample images."""
     path = samples["image"] / artifact
+    entry = next(a for a in json.loads((samples["image"] / "edgekit.json").read_text())["artifacts"]
+                 if a["path"] == artifact)
+    if entry["status"] != "ok":
+        # Only int8, and only where the CPU lacks int8 dot products (VNNI): there 8-bit weights saturate
+        # (cosine 0.91 for ONNX Runtime's static int8 on a Zen 1). The check marked it, says why, and
+        # auto never picks it.
+        assert "int8" in artifact and is_x86() and not has_int8_dot(), entry
+        assert entry["reason"].startswith("parity: cosine") and "no VNNI" in entry["reason"], entry
+        with edgekit.load(samples["image"]) as m:
+            assert m.path.name != artifact
+        return
     with ImageClassifier(path, device=RUNTIME[path.suffix]) as clf:
         assert clf.model.backend == RUNTIME[path.suffix] and clf.labels[281] == "tabby"
         assert clf.layout == ("NHWC" if path.suffix == ".tflite" else "NCHW")
