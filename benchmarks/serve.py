@@ -16,6 +16,10 @@ reports in its metadata, on the same device. FP32 [N,3,224,224] in, ``logits`` o
   in-process results (1e-4 relative); ~30 % bad, each of which must get its 4xx. The server must
   then be live, have grown < 10 % in RSS since request 1,000, log no ERROR line and exit 0 on SIGTERM.
 Every server runs with ``--access-log off``.
+
+``--split-cores`` gives the servers the first half of this process's CPUs and keeps the second half
+for the clients and the in-process runs, so each side's model has the same cores and no client
+competes with a server (on a device, the calling app has cores of its own). ``--no-soak`` skips the soak.
 """
 
 from __future__ import annotations
@@ -60,11 +64,14 @@ GOAL_ADDED_MS, GOAL_RATIO = 1.0, 0.90
 class Server:
     """``edgekit serve`` in a subprocess: started on ``--port 0``, stopped with SIGTERM."""
 
+    cpus: set[int] | None = None  # --split-cores: the servers' CPUs
+
     def __init__(self, source: Path, *flags: str) -> None:
         self.flags = " ".join(flags)
         self.log = tempfile.TemporaryFile("w+")
+        pin = None if self.cpus is None else (lambda cpus=self.cpus: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen([EDGEKIT, "serve", str(source), "--port", "0", "--json", *flags],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=pin)
         line = self.proc.stdout.readline()
         if not line:
             self.log.seek(0)
@@ -342,7 +349,8 @@ def run(args) -> dict:
         ek = json.loads(servers["off"].get(f"/v2/models/{MODEL}")[1])["edgekit"]
         model = edgekit.load(pkg / ek["artifact"], device=f"{ek['backend']}:{ek['device']}", strict=True)
         np.testing.assert_allclose(infer(servers["off"].client(), x), model.run({"image": x})["logits"], rtol=1e-4)
-        doc = {"cpu": cpu_name(), "cores": cpu_count(), "package": str(pkg), "artifact": ek["artifact"],
+        doc = {"cpu": cpu_name(), "cores": cpu_count(), "split": args.split, "package": str(pkg),
+               "artifact": ek["artifact"],
                "backend": ek["backend"], "device": ek["device"], "precision": ek["precision"],
                "servers": {n: s.flags for n, s in servers.items()}}
         doc["latency"] = {n: latency(model, s, x, args.calls) for n, s in servers.items()}
@@ -350,6 +358,9 @@ def run(args) -> dict:
         doc["throughput"] = throughput(model, servers, x, args.rounds, args.seconds)
     finally:
         stops = {n: s.stop() for n, s in servers.items()}
+    doc["stopped"] = stops
+    if args.no_soak:
+        return doc
     srv = Server(pkg, *BATCHING["8/2"], "--access-log", "off", "--max-body-mb", str(args.max_body_mb))
     try:
         chose = json.loads(srv.get(f"/v2/models/{MODEL}")[1])["edgekit"]["artifact"]
@@ -364,16 +375,19 @@ def run(args) -> dict:
 
 
 def goals(doc: dict) -> dict:
-    s, stops = doc["soak"], doc["stopped"]
+    stops = doc["stopped"]
     g = {f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching)": doc["latency"]["off"]["added_p50_ms"] <= GOAL_ADDED_MS}
     g.update({f"8 clients, batching {r['batching']}: >= {GOAL_RATIO:.0%} of in-process": r["ratio"] >= GOAL_RATIO
               for r in doc["throughput"] if r["concurrency"] == 8})
+    g["every server exited 0 on SIGTERM"] = all(v["exit_code"] == 0 for v in stops.values())
+    if "soak" not in doc:
+        return g
+    s = doc["soak"]
     g.update({"soak: every good request answered right": s["good_right"] == s["good_sent"],
               "soak: every bad request refused with its status": s["bad_right"] == s["bad_sent"],
               "soak: live and ready at the end": s["live"] and s["ready"],
               "soak: RSS growth < 10 %": s["rss_growth_pct"] < 10,
-              "soak: no ERROR line on stderr": stops["soak"]["error_lines"] == 0,
-              "every server exited 0 on SIGTERM": all(v["exit_code"] == 0 for v in stops.values())})
+              "soak: no ERROR line on stderr": stops["soak"]["error_lines"] == 0})
     return g
 
 
@@ -384,8 +398,12 @@ def md(header: list[str], rows: list[list]) -> None:
 
 
 def report(doc: dict) -> None:
+    split = doc.get("split")
+    where = (f"servers on CPUs {split['server']}, clients and in-process runs on CPUs {split['client']}"
+             if split else "servers, clients and in-process runs share every CPU")
     print(f"\nedgekit serve vs in-process Model.run: {doc['artifact']} of {doc['package']} on {doc['backend']}:"
-          f"{doc['device']} ({doc['precision']}); {doc['cpu']}, {doc['cores']} cores; servers: --access-log off\n")
+          f"{doc['device']} ({doc['precision']}); {doc['cpu']}, {doc['cores']} cores ({where}); "
+          f"servers: --access-log off\n")
     print("Latency, 1 client, batch 1, tritonclient.http binary tensors, ms:\n")
     md(["batching", "calls", "in-process p50 / p99", "server p50 / p99", "added p50 / p99"],
        [[n, r["calls"], f"{r['in_process']['p50_ms']:.2f} / {r['in_process']['p99_ms']:.2f}",
@@ -396,6 +414,12 @@ def report(doc: dict) -> None:
         "CPU client"], [[r["batching"], r["concurrency"], f"{r['in_process_per_s']:.0f}", f"{r['server_per_s']:.0f}",
                          f"{r['ratio']:.0%}", f"{r['in_process_cpu_ms']:.2f}", f"{r['server_cpu_ms']:.2f}",
                          f"{r['client_cpu_ms']:.2f}"] for r in doc["throughput"]])
+    codes = ", ".join(f"{n} {v['exit_code']}" for n, v in doc["stopped"].items())
+    if "soak" not in doc:
+        print(f"\nexit codes on SIGTERM: {codes}\n\nGoals:")
+        for name, ok in doc["goals"].items():
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+        return
     s, st = doc["soak"], doc["stopped"]["soak"]
     print(f"\nSoak ({s['server']}): {s['requests']} requests from {s['threads']} threads in {s['seconds']:.0f} s\n")
     md(["request", "right / sent"], [[k, f"{ok} / {n}"] for k, (ok, n) in s["by_kind"].items()])
@@ -406,7 +430,6 @@ def report(doc: dict) -> None:
           f"{st['error_lines']} at ERROR, {st['unformatted_lines']} not in the CLI's format")
     for line, count in st["most_common"]:
         print(f"  stderr {count}x: {line[:150]}")
-    codes = ", ".join(f"{n} {v['exit_code']}" for n, v in doc["stopped"].items())
     print(f"exit codes on SIGTERM: {codes}\n\nGoals:")
     for name, ok in doc["goals"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
@@ -421,7 +444,19 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="throughput: seconds per window")
     ap.add_argument("--requests", type=int, default=20000, help="soak: requests")
     ap.add_argument("--max-body-mb", type=float, default=4, help="soak: the server's body limit")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="servers on the first half of the CPUs; clients and in-process runs on the rest")
+    ap.add_argument("--no-soak", action="store_true", help="latency and throughput only")
     args = ap.parse_args()
+    args.split = None
+    if args.split_cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--split-cores needs at least 2 CPUs")
+        half = len(cpus) // 2
+        args.split = {"server": cpus[:half], "client": cpus[half:]}
+        Server.cpus = set(args.split["server"])
+        os.sched_setaffinity(0, args.split["client"])  # before any runtime or client thread starts
     if args.quick:
         args.calls, args.rounds, args.seconds, args.requests = 200, 1, 0.3, 1200
     doc = run(args)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -70,3 +74,21 @@ def test_threads_share_one_model_with_sequential_results(models):
             got = list(pool.map(lambda x, m=m: m.run(x)["logits"], xs * 4))
         for e, g in zip(expected * 4, got):
             np.testing.assert_array_equal(e, g)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a process allowed on two or more CPUs, to allow it only one")
+def test_a_process_allowed_one_cpu_gets_no_extra_runtime_threads(models):
+    """ONNX Runtime sizes its pool by the machine's cores, not the CPUs the process may use (taskset, a
+    container's cpuset): two threads fighting over one core ran EfficientNet-Lite0 1.9x slower."""
+    code = f"""
+import os, numpy as np, edgekit, onnxruntime
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+before = len(os.listdir("/proc/self/task"))
+m = edgekit.load({str(models["mlp.onnx"])!r}, device="onnxruntime")
+m.run(np.zeros((1, 8), np.float32))
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0", proc.stdout
