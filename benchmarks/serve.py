@@ -29,6 +29,7 @@ import http.client
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -69,9 +70,9 @@ class Server:
     def __init__(self, source: Path, *flags: str) -> None:
         self.flags = " ".join(flags)
         self.log = tempfile.TemporaryFile("w+")
-        pin = None if self.cpus is None else (lambda cpus=self.cpus: os.sched_setaffinity(0, cpus))
-        self.proc = subprocess.Popen([EDGEKIT, "serve", str(source), "--port", "0", "--json", *flags],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=pin)
+        pin = [] if self.cpus is None else ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))]
+        self.proc = subprocess.Popen([*pin, EDGEKIT, "serve", str(source), "--port", "0", "--json", *flags],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if not line:
             self.log.seek(0)
@@ -450,6 +451,8 @@ def main() -> int:
     args = ap.parse_args()
     args.split = None
     if args.split_cores:
+        if not hasattr(os, "sched_setaffinity") or shutil.which("taskset") is None:
+            ap.error("--split-cores needs Linux's sched_setaffinity and taskset (util-linux)")
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             ap.error("--split-cores needs at least 2 CPUs")

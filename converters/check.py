@@ -15,6 +15,8 @@ from .report import MIN_COSINE, ArtifactReport, one_line
 from .sources import RUNTIME_OF
 
 CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classification"}
+# Added to an int8 parity failure on an x86 CPU without int8 dot products (edgekit.hostinfo.INT8_DOT_FLAGS).
+SATURATION_NOTE = "this CPU has no VNNI: 8-bit weights saturate its int8 kernels; a VNNI CPU may pass"
 
 
 def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -86,9 +88,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb + 1e-30))
 
 
-SATURATION_NOTE = "this CPU has no VNNI: 8-bit weights saturate its int8 kernels; a VNNI CPU may pass"
-
-
 def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs: list[list[np.ndarray]],
           output_names: list[str], *, classifier: bool, min_cosine: float | None, timing_feed: dict,
           rounds: int = 5, runs: int = 10, progress=None) -> None:
@@ -115,7 +114,7 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
         floor = min_cosine if min_cosine is not None else MIN_COSINE[rep.precision]
         if not np.isfinite(rep.cosine) or rep.cosine < floor:
             rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {floor}"
-            if rep.precision == "int8" and is_x86() and not has_int8_dot():
+            if rep.precision.startswith("int8") and is_x86() and has_int8_dot() is False:
                 rep.reason += f" ({SATURATION_NOTE})"
         feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
         opened.append((rep, model, feed))

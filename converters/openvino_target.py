@@ -64,7 +64,7 @@ def _compress(model, precision: str, calibration: list[dict] | None, transformer
         # weights (see edgekit.hostinfo.INT8_DOT_FLAGS); NNCF's overflow fix keeps weights in a 7-bit range
         # so the same IR is faithful everywhere. Its default fixes the first layer only. Measured on
         # EfficientNet-Lite0 on a Zen 1 (AVX2, no VNNI), 64 held-out views: first layer only cosine 0.950,
-        # top-1 93.8 %; every layer 0.983, 96.9 % (no saturation left, so a VNNI CPU computes the same);
+        # top-1 93.8 %; every layer 0.983, 96.9 % (no saturation left: a VNNI CPU does the same arithmetic);
         # none 0.882. The 8-bit IR on a Zen 4 with VNNI gave 0.986, 95.3 %; no slower either way.
         advanced = AdvancedQuantizationParameters(activations_quantization_params=per_tensor,
                                                   overflow_fix=OverflowFix.ENABLE)

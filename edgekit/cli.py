@@ -197,11 +197,14 @@ def cmd_info(args) -> int:
             print("artifacts:")
             print(_table(rows, ["path", "format", "precision", "layout", "size", "cosine", "p50 ms", "status"]))
             conversion = doc.get("manifest", {}).get("conversion") or {}
-            host = conversion.get("host_id") or conversion.get("host")
-            if host and any(a.get("p50_ms") for a in value):
+            host = conversion.get("host_id")
+            if any(a.get("p50_ms") for a in value) and (host or conversion.get("host")):
                 from .hostinfo import cpu_id
 
-                here = "this CPU" if host == cpu_id() else f"{host}, not this CPU"
+                if host:
+                    here = "this CPU" if host == cpu_id() else f"{host}, not this CPU: not used to choose"
+                else:
+                    here = f"{conversion['host']}, by an edgekit that did not record the CPU's id: not used to choose"
                 print(f"  (p50: measured by the converter on {here})")
         elif isinstance(value, dict):
             print(f"{key}:" + ("" if value else " -"))

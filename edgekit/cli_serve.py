@@ -29,6 +29,8 @@ def add_parsers(add) -> None:
     s.add_argument("--instances", type=int, default=1, help="worker threads per model version (default 1)")
     s.add_argument("--poll-interval", type=float, default=2.0,
                    help="seconds between repository scans for new versions (0: only the repository API)")
+    s.add_argument("--keep-alive-s", type=float, metavar="S",
+                   help="seconds an idle client connection stays open (default: 65, as KServe's server)")
     s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
                    help="one log line per request on stderr (default text)")
 
@@ -61,7 +63,8 @@ def cmd_serve(args, emit_json, table) -> int:
     batching = Batching(args.max_batch_size, args.max_queue_delay_ms) if args.max_batch_size else None
     return serve(args.sources, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
                  allow_unauthenticated=args.allow_unauthenticated, max_body=int(args.max_body_mb * 1024 * 1024),
-                 batching=batching, instances=args.instances, poll_interval=args.poll_interval, on_ready=ready)
+                 batching=batching, instances=args.instances, poll_interval=args.poll_interval,
+                 on_ready=ready, **({} if args.keep_alive_s is None else {"keep_alive_s": args.keep_alive_s}))
 
 
 def _serve_logging(access: str, json_formatter) -> None:

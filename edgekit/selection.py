@@ -124,7 +124,7 @@ def _artifact_rank(artifact: Artifact, device: Device) -> int:
         return 0
     prefs = _PRECISION_PREFERENCE.get(device.kind)
     if prefs is None:  # CPU: int8 first only where the CPU has int8 dot-product instructions
-        int8_fast = "INT8" in device.capabilities and has_int8_dot()
+        int8_fast = "INT8" in device.capabilities and has_int8_dot() is True
         prefs = ("int8", "fp32", "fp16") if int8_fast else ("fp32", "int8", "fp16")
     return prefs.index(artifact.precision) if artifact.precision in prefs else len(prefs)
 

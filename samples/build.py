@@ -41,9 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.check import SATURATION_NOTE
 from converters.sources import inline_weights, sentence_embedder
 from edgekit import package
 from edgekit.errors import UsageError
+from edgekit.hostinfo import cpu_id
 
 log = logging.getLogger("edgekit.samples")
 
@@ -364,7 +366,8 @@ def _up_to_date(dest: Path, sources: dict) -> bool:
         pkg = package.read(dest)
     except Exception:
         return False
-    return pkg.manifest.get("built_from") == sources and all(a.path.is_file() for a in pkg.artifacts)
+    built_from = pkg.manifest.get("built_from")
+    return built_from in (sources, {**sources, "host_id": cpu_id()}) and all(a.path.is_file() for a in pkg.artifacts)
 
 
 def build(out: Path | None = None, *, kinds: list[str] | None = None, force: bool = False,
@@ -411,9 +414,9 @@ def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress)
     The manifest's ``carry`` entries (files in ``staging`` that are not converted, such as Silero's own
     file) are added to the converted package as they are; its ``export`` says where the converted
     graph came from (default: the torch.onnx export, with the parity of the first artifact).
-    An artifact that failed is reported (and never chosen). One that failed its parity check stays
-    failed on this host, so the package is up to date; after any other failure it is not (no
-    ``built_from``), and the next build tries again.
+    An artifact that failed is reported (and never chosen). An int8 one that saturates on this CPU
+    stays failed here, so the package is up to date on this CPU (``built_from`` names it); after any
+    other failure it is not (no ``built_from``), and the next build tries again.
     """
     from converters import convert
 
@@ -434,11 +437,13 @@ def _convert(staging: Path, dest: Path, manifest: dict, options: dict, progress)
         for entry in carry:
             shutil.copy(exported / entry["path"], converted / entry["path"])
             result["artifacts"].append(dict(entry))
-        # A parity failure is this host's answer and would only repeat (int8 without VNNI, say): the
-        # package is done. Anything else (a tool that crashed) is tried again by the next build.
-        final = report.ok or all(a.ok or (a.reason or "").startswith("parity:") for a in report.artifacts)
+        # An int8 artifact that saturates on this CPU (no VNNI) fails again on every build here: the
+        # package is done, for this CPU only (its id joins built_from). Anything else (a tool that
+        # crashed, a parity regression a tool upgrade may fix) is tried again by the next build.
+        saturated = [a for a in report.artifacts if not a.ok and SATURATION_NOTE in (a.reason or "")]
+        final = all(a.ok or a in saturated for a in report.artifacts)
         if final:
-            result["built_from"] = manifest["built_from"]
+            result["built_from"] = {**manifest["built_from"], **({"host_id": cpu_id()} if saturated else {})}
         for a in report.artifacts:
             if not a.ok:
                 log.warning("%s %s %s: %s (%s)%s", dest.name, a.target, a.precision, a.status, a.reason,

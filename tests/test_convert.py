@@ -158,8 +158,11 @@ def test_auto_ranks_artifacts_by_the_latency_measured_on_this_cpu(offline_cli_pa
     # measured on another CPU: the numbers say nothing about this one; precision preference decides
     copy = tmp_path / "pkg"
     shutil.copytree(out, copy)
-    for host_id in (manifest["conversion"]["host_id"].replace("cores", "cores; avx512_vnni"), None):
-        # the same CPU name with other ISA features, and a manifest from before host_id
+    here = manifest["conversion"]["host_id"]
+    name, cores, isa = here.split("; ")
+    others = (f"{name}; {cores}; {isa} avx512_vnni", f"{name}; {int(cores.split()[0]) + 1} cores; {isa}", None)
+    for host_id in others:
+        # the same CPU name with other ISA features or cores, and a manifest from before host_id
         manifest["conversion"]["host_id"] = host_id
         (copy / "edgekit.json").write_text(json.dumps(manifest))
         with edgekit.load(copy) as m:

@@ -330,6 +330,21 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert " ERROR" not in served.log(), served.log()
 
 
+def test_an_idle_kept_alive_connection_is_still_open_after_uvicorns_five_seconds(served):
+    """Pooled clients (tritonclient does not retry) reuse a connection after a pause: uvicorn's default
+    closed it after 5 s, and the next request died with a broken pipe."""
+    conn = http.client.HTTPConnection(served.host, timeout=30)  # reconnects only when told to close
+    try:
+        for pause in (0, 5.5):
+            time.sleep(pause)
+            conn.request("GET", "/v2/health/live")  # a closed socket: RemoteDisconnected or a broken pipe
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200 and not r.will_close
+    finally:
+        conn.close()
+
+
 def test_sixteen_clients_every_answer_correct(served, samples):
     name = samples["image"].name
     rng = np.random.default_rng(7)

@@ -135,10 +135,10 @@ class OnnxRuntimeBackend:
         so = ort.SessionOptions()
         so.log_severity_level = 4  # fatal only: edgekit reports failures itself, with ORT's message
         usable = cpu_count()
-        if usable < (os.cpu_count() or usable):
-            # ORT sizes its thread pool by the machine's cores, not the CPUs this process may use (taskset,
-            # a container's cpuset): on 1 allowed core of 2 its two threads took 48.9 ms a run against
-            # 25.3 ms with one. Given a count, ORT also stops pinning its threads to cores of its choosing.
+        if usable < _physical_cores():
+            # ORT starts a thread per physical core of the machine, whatever CPUs this process may use
+            # (taskset, a cpuset, a CPU quota): on 1 allowed core of 2 its two threads took 48.9 ms a run
+            # against 25.3 ms with one. Given a count, ORT also stops pinning threads to cores of its choosing.
             so.intra_op_num_threads = usable
         providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
         try:
@@ -162,6 +162,14 @@ class OnnxRuntimeBackend:
                 + (f"(onnxruntime said: {said})" if said else "(check its libraries, e.g. CUDA/cuDNN/TensorRT)")
             )
         return OrtSession(sess, "as stored")
+
+
+@functools.lru_cache(maxsize=1)
+def _physical_cores() -> int:
+    """The machine's physical cores, as ORT counts them for its default thread pool."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def _hardware_names(ort) -> dict[str, str]:
