@@ -350,7 +350,8 @@ def run(args) -> dict:
         ek = json.loads(servers["off"].get(f"/v2/models/{MODEL}")[1])["edgekit"]
         model = edgekit.load(pkg / ek["artifact"], device=f"{ek['backend']}:{ek['device']}", strict=True)
         np.testing.assert_allclose(infer(servers["off"].client(), x), model.run({"image": x})["logits"], rtol=1e-4)
-        doc = {"cpu": cpu_name(), "cores": cpu_count(), "split": args.split, "package": str(pkg),
+        cores = cpu_count() if args.split is None else len(args.split["server"]) + len(args.split["client"])
+        doc = {"cpu": cpu_name(), "cores": cores, "split": args.split, "package": str(pkg),
                "artifact": ek["artifact"],
                "backend": ek["backend"], "device": ek["device"], "precision": ek["precision"],
                "servers": {n: s.flags for n, s in servers.items()}}
