@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from edgekit.tasks.image import crop_box, load_image, normalise, preprocess_image
+from edgekit.tasks.image import PILLOW_BLOCKS, crop_box, load_image, normalise, preprocess_image, reuse_pillow_memory
 from samples.build import IMAGE_PREPROCESS, INPUTS
 
 PHOTOS = sorted((INPUTS / "images").iterdir()) + sorted((INPUTS / "calibration").iterdir())[::6]
@@ -73,3 +73,34 @@ def test_a_callers_pil_image_is_left_as_it_was():
     img = Image.open(buf)
     assert load_image(img).size == (20, 40)
     assert img.size == (40, 20) and img.getexif().get(0x0112) == 6
+
+
+def test_pillow_keeps_a_few_freed_blocks_unless_the_user_chose(monkeypatch):
+    before = Image.core.get_blocks_max()
+    try:
+        monkeypatch.delenv("PILLOW_BLOCKS_MAX", raising=False)
+        Image.core.set_blocks_max(0)
+        reuse_pillow_memory()
+        assert Image.core.get_blocks_max() == PILLOW_BLOCKS
+        Image.core.set_blocks_max(64)  # never lowered
+        reuse_pillow_memory()
+        assert Image.core.get_blocks_max() == 64
+        monkeypatch.setenv("PILLOW_BLOCKS_MAX", "0")
+        Image.core.set_blocks_max(0)
+        reuse_pillow_memory()
+        assert Image.core.get_blocks_max() == 0
+    finally:
+        Image.core.set_blocks_max(before)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_shared_and_per_channel_constants_give_the_same_pixels(layout):
+    px = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    shared = normalise(px, {"mean": [127.0] * 3, "std": [128.0] * 3}, layout=layout)
+    per_channel = normalise(px, {"mean": [127.0, 127.0, 127.5], "std": [128.0] * 3}, layout=layout)
+    want = (px.astype(np.float32) - 127) / 128
+    want = want.transpose(2, 0, 1) if layout == "NCHW" else want
+    np.testing.assert_array_equal(shared, want)
+    np.testing.assert_array_equal(np.delete(per_channel, 2, axis=0 if layout == "NCHW" else 2),
+                                  np.delete(want, 2, axis=0 if layout == "NCHW" else 2))
+    assert shared.flags.c_contiguous and per_channel.flags.c_contiguous

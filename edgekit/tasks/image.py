@@ -124,6 +124,24 @@ def _to_rgb(img):
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+# Pillow frees each image's memory at once by default, so decoding and resizing the next picture
+# faults in fresh pages: 289 page faults and ~0.7 ms a picture on a 2-core Zen 4 VM (decode plus
+# pre-processing, 2.6 -> 1.9 ms). Keeping a few freed blocks for reuse (Pillow's PILLOW_BLOCKS_MAX)
+# removes that, for at most this many blocks (each up to Pillow's 16 MiB block size) held back.
+# A user's own PILLOW_BLOCKS_MAX stands.
+PILLOW_BLOCKS = 4
+
+
+def reuse_pillow_memory() -> None:
+    """Let Pillow keep up to :data:`PILLOW_BLOCKS` freed memory blocks for reuse (never lowers it)."""
+    import os
+
+    from PIL import Image
+
+    if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < PILLOW_BLOCKS:
+        Image.core.set_blocks_max(PILLOW_BLOCKS)
+
+
 def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
     """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise, lay out (no batch dim).
 
@@ -155,21 +173,29 @@ def crop_box(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[fl
 
 
 def normalise(arr: np.ndarray, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
-    """HxWx3 uint8 RGB pixels in the model's channel order, layout and range: one fused
-    multiply-add reading the transposed uint8 view, no intermediate float copies."""
+    """HxWx3 uint8 RGB pixels in the model's channel order, layout and range.
+
+    A fused multiply-add reading the (transposed) uint8 view, no intermediate float copies. With
+    per-channel constants it runs once per channel: a broadcast over a last axis of 3 would run
+    numpy's inner loop 3 elements at a time (7x slower for NHWC: 0.53 against 0.07 ms at 224x224).
+    """
     if pp.get("color", "RGB").upper() == "BGR":
         arr = arr[:, :, ::-1]
-    if layout == "NCHW":
-        arr = arr.transpose(2, 0, 1)
+    src = arr.transpose(2, 0, 1) if layout == "NCHW" else arr
     if np.dtype(dtype) == np.uint8:  # quantized models with uint8 input take raw pixels
-        return np.ascontiguousarray(arr)
+        return np.ascontiguousarray(src)
     std = np.asarray(pp.get("std", [1, 1, 1]), np.float32)
-    gain = float(pp.get("scale", 1.0)) / std
-    bias = -np.asarray(pp.get("mean", [0, 0, 0]), np.float32) / std
-    shape = (3, 1, 1) if layout == "NCHW" else (1, 1, 3)
-    x = np.empty(arr.shape, np.float32)
-    np.multiply(arr, gain.reshape(shape), out=x)
-    x += bias.reshape(shape)
+    gain = np.broadcast_to(np.float32(pp.get("scale", 1.0)) / std, (3,))
+    bias = np.broadcast_to(-np.asarray(pp.get("mean", [0, 0, 0]), np.float32) / std, (3,))
+    x = np.empty(src.shape, np.float32)
+    if (gain == gain[0]).all() and (bias == bias[0]).all():
+        np.multiply(src, gain[0], out=x)
+        x += bias[0]
+    else:
+        for c in range(3):
+            xc = x[c] if layout == "NCHW" else x[:, :, c]
+            np.multiply(arr[:, :, c], gain[c], out=xc)
+            xc += bias[c]
     return x if np.dtype(dtype) == np.float32 else x.astype(dtype)
 
 
@@ -189,6 +215,7 @@ class ImageClassifier(Task):
     def __init__(self, source, *, device: str = "auto", labels=None, preprocess: dict | None = None,
                  options: ClassifierOptions | None = None, **load_options) -> None:
         super().__init__(source, device=device, **load_options)
+        reuse_pillow_memory()
         self.labels = list(labels) if labels is not None else self.metadata.get("labels")
         self.pp = {**self.preprocess("image"), **(preprocess or {})}
         self.options = options or ClassifierOptions()
