@@ -4,10 +4,15 @@
 
 The server runs as a user starts it (``edgekit serve PKG --port 0 --json``, a subprocess) and is
 driven with tritonclient.http and binary tensors; the in-process model is the artifact the server
-reports in its metadata, on the same device. FP32 [N,3,224,224] in, ``logits`` out.
+reports in its metadata, on the same device. FP32 [N,3,224,224] in (or [N,224,224,3] where the
+artifact is a TFLite one), ``logits`` out.
 
 - latency: concurrency 1, batch 1, blocks of 20 server and in-process calls alternated; p50/p99
-  of each and the difference. Goal: added p50 <= 1 ms (without dynamic batching).
+  of each and the difference. Goal: added p50 <= 1 ms (without dynamic batching). Beside
+  tritonclient, a plain ``http.client`` sends the same binary request, and the same client times a
+  bare ASGI app on the same uvicorn (uvloop, httptools) that reads the request and answers as many
+  bytes, with and without one hand-off to a worker thread: the floor the HTTP stack sets before
+  edgekit does anything.
 - throughput: inferences/s from 1, 4, 8 and 16 client threads (a client each) against sequential
   in-process runs in windows alternated with them, without dynamic batching and with 8 rows/2 ms
   and 16 rows/4 ms; CPU time per inference of each side. Goal: >= 90 % of in-process at 8 clients.
@@ -25,6 +30,7 @@ competes with a server (on a device, the calling app has cores of its own). ``--
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import itertools
 import json
@@ -149,23 +155,92 @@ def infer(client, x: np.ndarray, *, binary: bool = True, version: str = "") -> n
     return client.infer(MODEL, [inp], model_version=version, outputs=[out]).as_numpy("logits")
 
 
-def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20) -> dict:
-    """Per-call times at concurrency 1: blocks of in-process and server calls, order flipped each round."""
+def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20, floors: dict | None = None) -> dict:
+    """Per-call times at concurrency 1: blocks of in-process calls, tritonclient calls, the same request by
+    http.client, and (``floors``) the bare stack; the order turned round each round."""
     client = srv.client()
-    local, remote = [], []
-    fns = ((lambda: model.run({"image": x}), local), (lambda: infer(client, x), remote))
+    body, headers = binary_body(list(x.shape), x.tobytes(), outputs=True)
+    conns = {"raw": http.client.HTTPConnection(srv.host, timeout=60)}
+    conns.update({n: http.client.HTTPConnection(f.host, timeout=60) for n, f in (floors or {}).items()})
+
+    def post(name: str) -> None:
+        status, _ = request(conns[name], "POST", f"/v2/models/{MODEL}/infer", body, headers)
+        assert status == 200, status
+
+    fns = {"in_process": lambda: model.run({"image": x}), "server": lambda: infer(client, x),
+           **{n: functools.partial(post, n) for n in conns}}
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    order = list(fns)
     for _ in range(block):
-        fns[0][0](), fns[1][0]()
+        for fn in fns.values():
+            fn()
     for r in range(max(2, calls // block)):
-        for fn, out in fns if r % 2 == 0 else fns[::-1]:
+        for name in order if r % 2 == 0 else order[::-1]:
+            fn, out = fns[name], times[name]
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t0)
     client.close()
-    a, b = ({f"p{q}_ms": float(np.percentile(t, q)) * 1e3 for q in (50, 99)} for t in (local, remote))
-    return {"in_process": a, "server": b, "added_p50_ms": b["p50_ms"] - a["p50_ms"],
-            "added_p99_ms": b["p99_ms"] - a["p99_ms"], "calls": len(remote)}
+    for conn in conns.values():
+        conn.close()
+    doc = {n: {f"p{q}_ms": float(np.percentile(t, q)) * 1e3 for q in (50, 99)} for n, t in times.items()}
+    a = doc["in_process"]
+    doc.update({f"added_{k}": doc["server"][k] - a[k] for k in ("p50_ms", "p99_ms")})
+    doc.update({f"raw_added_{k}": doc["raw"][k] - a[k] for k in ("p50_ms", "p99_ms")})
+    doc["calls"] = len(times["server"])
+    return doc
+
+
+def floor_server(hop: bool) -> int:
+    """``--floor-server``: a bare ASGI app on uvicorn configured as ``edgekit serve`` runs it. It reads
+    the whole body and answers as many bytes as edgekit's binary reply to the benchmark's request."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvicorn
+
+    pool = ThreadPoolExecutor(1)
+    head = json.dumps({"model_name": MODEL, "model_version": "1", "outputs": [
+        {"name": "logits", "datatype": "FP32", "shape": [1, 1000], "parameters": {"binary_data_size": 4000}}]})
+    reply = head.encode() + bytes(4000)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            return await send({"type": "lifespan.shutdown.complete"})
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if hop:
+            await asyncio.get_running_loop().run_in_executor(pool, len, body)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/octet-stream"), (b"content-length", str(len(reply)).encode()),
+            (b"inference-header-content-length", str(len(head)).encode())]})
+        await send({"type": "http.response.body", "body": reply})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(json.dumps({"url": f"http://127.0.0.1:{sock.getsockname()[1]}", "pid": os.getpid()}), flush=True)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", loop="auto", http="auto",
+                            server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+class FloorServer(Server):
+    def __init__(self, *, hop: bool) -> None:  # noqa: D107 - started like edgekit serve, with this script
+        self.flags = "bare uvicorn app" + (", one thread hand-off" if hop else "")
+        self.log = tempfile.TemporaryFile("w+")
+        pin = [] if self.cpus is None else ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))]
+        self.proc = subprocess.Popen([*pin, sys.executable, __file__, "--floor-server", "hop" if hop else "plain"],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        doc = json.loads(self.proc.stdout.readline())
+        self.host, self.pid = doc["url"].split("://", 1)[1], doc["pid"]
 
 
 def local_rate(model, x: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -218,9 +293,14 @@ def throughput(model, servers: dict[str, Server], x: np.ndarray, rounds: int, se
             for (n, c) in runs]
 
 
-def binary_body(shape: list, data: bytes, *, size: int | None = None, datatype: str = "FP32") -> tuple[bytes, dict]:
-    head = json.dumps({"inputs": [{"name": "image", "datatype": datatype, "shape": shape,
-                                   "parameters": {"binary_data_size": len(data) if size is None else size}}]})
+def binary_body(shape: list, data: bytes, *, size: int | None = None, datatype: str = "FP32",
+                outputs: bool = False) -> tuple[bytes, dict]:
+    """An infer request with binary input data (``outputs``: asking for binary logits, as tritonclient does)."""
+    doc = {"inputs": [{"name": "image", "datatype": datatype, "shape": shape,
+                       "parameters": {"binary_data_size": len(data) if size is None else size}}]}
+    if outputs:
+        doc["outputs"] = [{"name": "logits", "parameters": {"binary_data": True}}]
+    head = json.dumps(doc)
     return head.encode() + data, {"Inference-Header-Content-Length": str(len(head)),
                                   "Content-Type": "application/octet-stream"}
 
@@ -234,19 +314,19 @@ def multipart(*files: bytes) -> tuple[bytes, dict]:
 def bad_requests(x: np.ndarray, over_limit: int) -> dict:
     """Requests the server must refuse: kind -> (status, path or None for a raw socket, body, headers)."""
     data, shape, octets = x.tobytes(), list(x.shape), {"Content-Type": "application/octet-stream"}
-    huge = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1000000, 3, 224, 224],
+    huge = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1000000, *shape[1:]],
                                    "data": [0.0, 1.0, 2.0]}]}).encode()
     head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
     return {
         "unknown model": (404, "/v2/models/no-such-model/infer", *binary_body(shape, data)),
         "unknown version": (404, f"/v2/models/{MODEL}/versions/7/infer", *binary_body(shape, data)),
-        "wrong shape": (400, "/infer", *binary_body([1, 3, 224, 223], data[:3 * 224 * 223 * 4])),
+        "wrong shape": (400, "/infer", *binary_body([*shape[:-1], shape[-1] - 1], data[:-x.nbytes // shape[-1]])),
         "wrong datatype": (400, "/infer", *binary_body(shape, x.astype(np.float64).tobytes(), datatype="FP64")),
         "binary shorter than declared": (400, "/infer", *binary_body(shape, data[:-4], size=len(data))),
         "binary longer than declared": (400, "/infer", *binary_body(shape, data + bytes(4), size=len(data))),
         "binary size != shape": (400, "/infer", *binary_body(shape, data[:-4])),
         "malformed JSON": (400, "/infer", b'{"inputs": [{"name": "image", "datatype": ', {}),
-        "huge shape, tiny binary": (400, "/infer", *binary_body([1000000, 3, 224, 224], data[:16])),
+        "huge shape, tiny binary": (400, "/infer", *binary_body([1000000, *shape[1:]], data[:16])),
         "huge shape, tiny JSON": (400, "/infer", huge, {"Content-Type": "application/json"}),
         "body over the limit": (413, "/infer", bytes(over_limit), octets),
         "chunked body over the limit": (413, "/infer", [bytes(2**16)] * (over_limit // 2**16), octets),
@@ -263,13 +343,18 @@ GOOD = {"binary": 45, "binary, version 1": 10, "binary, batch 2": 8, "json": 3, 
 
 def soak(model, srv: Server, n: int, threads: int, warm_at: int, over_limit: int) -> dict:
     rng = np.random.default_rng(0)
-    pool = (np.round(rng.standard_normal((16, 1, 3, 224, 224)) * 8) / 8).astype(np.float32)  # short in JSON
+    pool = (np.round(rng.standard_normal((16, *model.inputs[0].shape[1:])) * 8) / 8).astype(np.float32)[:, None]
     refs = [model.run({"image": x})["logits"] for x in pool]
     picture = (INPUTS / "images" / "cat.jpg").read_bytes()
     expected = ImageClassifier(model).classify(picture, top_k=5)
     bad = bad_requests(pool[0], over_limit)
-    weights = np.array([*GOOD.values(), *[30 / len(bad)] * len(bad)])
-    jobs = list(rng.choice([*GOOD, *bad], size=n, p=weights / weights.sum()))
+    good = dict(GOOD)
+    if isinstance(model.inputs[0].shape[0], int):  # a batch-1 artifact (TFLite): two rows are a wrong shape
+        del good["binary, batch 2"]
+        two = binary_body([2, *pool[0].shape[1:]], pool[0].tobytes() * 2)
+        bad["batch 2 on a batch-1 model"] = (400, "/infer", *two)
+    weights = np.array([*good.values(), *[30 / len(bad)] * len(bad)])
+    jobs = list(rng.choice([*good, *bad], size=n, p=weights / weights.sum()))
     tallies = [(Counter(), Counter(), Counter()) for _ in range(threads)]  # sent, right, problems
     progress, rss = itertools.count(1), {"samples": []}
     prefix = f"/v2/models/{MODEL}"
@@ -328,9 +413,9 @@ def soak(model, srv: Server, n: int, threads: int, warm_at: int, over_limit: int
     end = psutil.Process(srv.pid).memory_info().rss
     warm = rss.get("warm", end)
     return {"requests": sum(sent.values()), "threads": threads, "seconds": elapsed,
-            "good_sent": sum(sent[k] for k in GOOD), "good_right": sum(right[k] for k in GOOD),
+            "good_sent": sum(sent[k] for k in good), "good_right": sum(right[k] for k in good),
             "bad_sent": sum(sent[k] for k in bad), "bad_right": sum(right[k] for k in bad),
-            "by_kind": {k: [right[k], sent[k]] for k in [*GOOD, *bad]},
+            "by_kind": {k: [right[k], sent[k]] for k in [*good, *bad]},
             "problems": [{"kind": k, "problem": p, "count": c} for (k, p), c in problems.items()],
             "live": srv.get("/v2/health/live")[0] == 200, "ready": srv.get("/v2/health/ready")[0] == 200,
             "rss_warm_mb": warm / 2**20, "rss_end_mb": end / 2**20, "rss_every_1000_mb": rss["samples"],
@@ -341,7 +426,6 @@ def run(args) -> dict:
     pkg = sample_path("image")
     if not (pkg / "edgekit.json").exists():
         build(kinds=["image"])
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     servers: dict[str, Server] = {}
     stops: dict = {}
     try:
@@ -349,13 +433,20 @@ def run(args) -> dict:
             servers[n] = Server(pkg, *flags, "--access-log", "off")
         ek = json.loads(servers["off"].get(f"/v2/models/{MODEL}")[1])["edgekit"]
         model = edgekit.load(pkg / ek["artifact"], device=f"{ek['backend']}:{ek['device']}", strict=True)
+        x = np.random.default_rng(0).standard_normal((1, *model.inputs[0].shape[1:])).astype(np.float32)
         np.testing.assert_allclose(infer(servers["off"].client(), x), model.run({"image": x})["logits"], rtol=1e-4)
         cores = cpu_count() if args.split is None else len(args.split["server"]) + len(args.split["client"])
         doc = {"cpu": cpu_name(), "cores": cores, "split": args.split, "package": str(pkg),
                "artifact": ek["artifact"],
                "backend": ek["backend"], "device": ek["device"], "precision": ek["precision"],
                "servers": {n: s.flags for n, s in servers.items()}}
-        doc["latency"] = {n: latency(model, s, x, args.calls) for n, s in servers.items()}
+        floors = {"floor": FloorServer(hop=False), "floor_hop": FloorServer(hop=True)}
+        try:
+            doc["latency"] = {n: latency(model, s, x, args.calls, floors=floors if n == "off" else None)
+                              for n, s in servers.items()}
+        finally:
+            for f in floors.values():
+                f.stop()
         print("  latency done", file=sys.stderr, flush=True)
         doc["throughput"] = throughput(model, servers, x, args.rounds, args.seconds)
     finally:
@@ -411,6 +502,16 @@ def report(doc: dict) -> None:
        [[n, r["calls"], f"{r['in_process']['p50_ms']:.2f} / {r['in_process']['p99_ms']:.2f}",
          f"{r['server']['p50_ms']:.2f} / {r['server']['p99_ms']:.2f}",
          f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f}"] for n, r in doc["latency"].items()])
+    r = doc["latency"]["off"]
+    if "floor" in r:
+        print("\nWhere the added time goes (no batching; the same binary request, p50 / p99 ms; the floors are a bare "
+              "ASGI app on the same uvicorn that reads the body and answers as many bytes):\n")
+        base = r["in_process"]["p50_ms"]
+        md(["path", "p50 / p99", "over in-process p50"],
+           [[what, f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}", f"{r[k]['p50_ms'] - base:+.2f}"]
+            for k, what in (("in_process", "in-process Model.run"), ("floor", "floor: bare uvicorn, http.client"),
+                            ("floor_hop", "floor + one thread hand-off"), ("raw", "edgekit serve, http.client"),
+                            ("server", "edgekit serve, tritonclient"))])
     print("\nThroughput of batch-1 requests, medians (in-process: sequential Model.run); CPU ms per inference:\n")
     md(["batching", "clients", "in-process /s", "server /s", "server / in-process", "CPU in-process", "CPU server",
         "CPU client"], [[r["batching"], r["concurrency"], f"{r['in_process_per_s']:.0f}", f"{r['server_per_s']:.0f}",
@@ -449,7 +550,10 @@ def main() -> int:
     ap.add_argument("--split-cores", action="store_true",
                     help="servers on the first half of the CPUs; clients and in-process runs on the rest")
     ap.add_argument("--no-soak", action="store_true", help="latency and throughput only")
+    ap.add_argument("--floor-server", choices=["plain", "hop"], help=argparse.SUPPRESS)  # the bare app, run by itself
     args = ap.parse_args()
+    if args.floor_server:
+        return floor_server(args.floor_server == "hop")
     args.split = None
     if args.split_cores:
         if not hasattr(os, "sched_setaffinity") or shutil.which("taskset") is None:
