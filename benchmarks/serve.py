@@ -223,11 +223,14 @@ def floor_server(hop: bool) -> int:
             (b"inference-header-content-length", str(len(head)).encode())]})
         await send({"type": "http.response.body", "body": reply})
 
+    from edgekit.serve.server import KEEP_ALIVE_S
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     print(json.dumps({"url": f"http://127.0.0.1:{sock.getsockname()[1]}", "pid": os.getpid()}), flush=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", loop="auto", http="auto",
-                            server_header=False)
+                            server_header=False, timeout_keep_alive=KEEP_ALIVE_S)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -239,7 +242,11 @@ class FloorServer(Server):
         pin = [] if self.cpus is None else ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))]
         self.proc = subprocess.Popen([*pin, sys.executable, __file__, "--floor-server", "hop" if hop else "plain"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
-        doc = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"the floor server did not start: {self.log.read()}")
+        doc = json.loads(line)
         self.host, self.pid = doc["url"].split("://", 1)[1], doc["pid"]
 
 
@@ -440,13 +447,15 @@ def run(args) -> dict:
                "artifact": ek["artifact"],
                "backend": ek["backend"], "device": ek["device"], "precision": ek["precision"],
                "servers": {n: s.flags for n, s in servers.items()}}
-        floors = {"floor": FloorServer(hop=False), "floor_hop": FloorServer(hop=True)}
+        floors: dict[str, Server] = {}
         try:
+            floors["floor"], floors["floor_hop"] = FloorServer(hop=False), FloorServer(hop=True)
             doc["latency"] = {n: latency(model, s, x, args.calls, floors=floors if n == "off" else None)
                               for n, s in servers.items()}
         finally:
             for f in floors.values():
-                f.stop()
+                f.proc.terminate()
+                f.proc.wait(60)
         print("  latency done", file=sys.stderr, flush=True)
         doc["throughput"] = throughput(model, servers, x, args.rounds, args.seconds)
     finally:
@@ -507,8 +516,10 @@ def report(doc: dict) -> None:
         print("\nWhere the added time goes (no batching; the same binary request, p50 / p99 ms; the floors are a bare "
               "ASGI app on the same uvicorn that reads the body and answers as many bytes):\n")
         base = r["in_process"]["p50_ms"]
+        added = {"raw", "server"}  # the floors run no model: their whole round trip is what the stack costs
         md(["path", "p50 / p99", "over in-process p50"],
-           [[what, f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}", f"{r[k]['p50_ms'] - base:+.2f}"]
+           [[what, f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}",
+             f"{r[k]['p50_ms'] - base:+.2f}" if k in added else ""]
             for k, what in (("in_process", "in-process Model.run"), ("floor", "floor: bare uvicorn, http.client"),
                             ("floor_hop", "floor + one thread hand-off"), ("raw", "edgekit serve, http.client"),
                             ("server", "edgekit serve, tritonclient"))])

@@ -94,13 +94,18 @@ def test_pillow_keeps_a_few_freed_blocks_unless_the_user_chose(monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_shared_and_per_channel_constants_give_the_same_pixels(layout):
+@pytest.mark.parametrize("pp", [
+    {"mean": [127.0] * 3, "std": [128.0] * 3},  # one gain and bias: the single fused pass
+    {"mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]},  # ImageNet's: one pass per channel
+    {"mean": [1, 2, 3], "std": [2, 4, 8], "scale": 2.0, "color": "BGR"},
+    {"mean": [0.5] * 3, "std": [0.5] * 3, "scale": 1 / 255, "color": "BGR"},
+], ids=["shared", "per-channel", "per-channel-bgr", "shared-bgr"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_every_normalisation_path_is_the_formula(layout, pp, dtype):
     px = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    shared = normalise(px, {"mean": [127.0] * 3, "std": [128.0] * 3}, layout=layout)
-    per_channel = normalise(px, {"mean": [127.0, 127.0, 127.5], "std": [128.0] * 3}, layout=layout)
-    want = (px.astype(np.float32) - 127) / 128
+    rgb = px[:, :, ::-1] if pp.get("color") == "BGR" else px
+    want = (rgb.astype(np.float64) * pp.get("scale", 1.0) - pp["mean"]) / pp["std"]
     want = want.transpose(2, 0, 1) if layout == "NCHW" else want
-    np.testing.assert_array_equal(shared, want)
-    np.testing.assert_array_equal(np.delete(per_channel, 2, axis=0 if layout == "NCHW" else 2),
-                                  np.delete(want, 2, axis=0 if layout == "NCHW" else 2))
-    assert shared.flags.c_contiguous and per_channel.flags.c_contiguous
+    got = normalise(px, pp, layout=layout, dtype=dtype)
+    assert got.dtype == dtype and got.shape == want.shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == np.float16 else 1e-6, atol=1e-5)
