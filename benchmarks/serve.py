@@ -74,15 +74,18 @@ class Server:
     cpus: set[int] | None = None  # --split-cores: the servers' CPUs
 
     def __init__(self, source: Path, *flags: str) -> None:
-        self.flags = " ".join(flags)
+        self._start([EDGEKIT, "serve", str(source), "--port", "0", "--json", *flags], " ".join(flags))
+
+    def _start(self, argv: list[str], flags: str) -> None:
+        """Run ``argv`` (pinned under --split-cores) and read the JSON line with its URL and pid."""
+        self.flags = flags
         self.log = tempfile.TemporaryFile("w+")
         pin = [] if self.cpus is None else ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))]
-        self.proc = subprocess.Popen([*pin, EDGEKIT, "serve", str(source), "--port", "0", "--json", *flags],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen([*pin, *argv], stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if not line:
             self.log.seek(0)
-            raise RuntimeError(f"edgekit serve did not start: {self.log.read()}")
+            raise RuntimeError(f"{' '.join(argv[:3])} did not start: {self.log.read()}")
         doc = json.loads(line)
         self.host, self.pid = doc["url"].split("://", 1)[1], doc["pid"]
 
@@ -236,18 +239,11 @@ def floor_server(hop: bool) -> int:
 
 
 class FloorServer(Server):
-    def __init__(self, *, hop: bool) -> None:  # noqa: D107 - started like edgekit serve, with this script
-        self.flags = "bare uvicorn app" + (", one thread hand-off" if hop else "")
-        self.log = tempfile.TemporaryFile("w+")
-        pin = [] if self.cpus is None else ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))]
-        self.proc = subprocess.Popen([*pin, sys.executable, __file__, "--floor-server", "hop" if hop else "plain"],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            self.log.seek(0)
-            raise RuntimeError(f"the floor server did not start: {self.log.read()}")
-        doc = json.loads(line)
-        self.host, self.pid = doc["url"].split("://", 1)[1], doc["pid"]
+    """This script's ``--floor-server``: the bare app, started and stopped like ``edgekit serve``."""
+
+    def __init__(self, *, hop: bool) -> None:  # noqa: D107
+        self._start([sys.executable, __file__, "--floor-server", "hop" if hop else "plain"],
+                    "bare uvicorn app" + (", one thread hand-off" if hop else ""))
 
 
 def local_rate(model, x: np.ndarray, seconds: float) -> tuple[float, float]:
