@@ -64,8 +64,9 @@ def measure(call: Callable[[], object], *, warmup: int = 3, runs: int = 20,
 
 
 def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
-                     warmup: dict | None = None) -> dict[str, np.ndarray]:
+                     warmup: dict | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
     """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero.
+    With ``batch``, a dynamic first dim is ``batch`` instead.
 
     ``warmup`` (a package's ``warmup_inputs``, like Triton's model_warmup) gives, per input
     name, ``{"shape": [...], "value": v}`` for models that need real sizes or values
@@ -80,6 +81,8 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
             shape = tuple(int(d) for d in given["shape"])
         else:
             shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
+        if batch is not None and s.shape and not isinstance(s.shape[0], int) and shape:
+            shape = (batch, *shape[1:])
         if "value" in given:
             feeds[s.name] = np.full(shape, given["value"], dtype=s.dtype)
         elif s.dtype.kind == "f":

@@ -573,6 +573,7 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
     try:
         md = server.client.get_model_metadata("mlp")
         assert md["edgekit"]["batching"].startswith("on")
+        assert "mlp version 1 ready" in server.log() and "warm-up at batch 1-16" in server.log()
         rng = np.random.default_rng(5)
         xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
 
@@ -604,3 +605,33 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+def test_a_warm_up_that_fails_only_warns_and_the_model_is_served(tmp_path):
+    """A graph that claims a dynamic batch but reshapes to one row (a shape computed at run time,
+    so the runtime cannot see it in advance): its warm-up at batch 2 fails. Batching is turned off,
+    with the reason in the log and the metadata, and the model still answers batch-1 requests."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+         helper.make_node("Mul", ["top", "zero"], ["nought"]),
+         helper.make_node("Cast", ["nought"], ["nought_i"], to=TensorProto.INT64),
+         helper.make_node("Add", ["nought_i", "one_row"], ["shape"]),
+         helper.make_node("Reshape", ["x", "shape"], ["y"])], "one_row",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(np.array(0, np.float32), "zero"),
+         numpy_helper.from_array(np.array([1, 8], np.int64), "one_row")])
+    pkg = make_package(tmp_path / "one", builders._save_onnx(g, tmp_path / "one.onnx"), "one")
+    server = Server(str(pkg), "--max-batch-size", "4", "--max-queue-delay-ms", "1")
+    try:
+        log = server.log()
+        assert "one version 1: dynamic batching off, a run at batch 2 failed" in log, log
+        assert "one version 1 ready" in log and "warm-up at batch 1:" in log
+        assert server.client.get_model_metadata("one")["edgekit"]["batching"].startswith("off: a run at batch 2")
+        x = np.arange(8, dtype=np.float32)[None]
+        np.testing.assert_array_equal(infer(server.client, "one", {"x": x}).as_numpy("y"), x)
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()

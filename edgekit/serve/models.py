@@ -25,7 +25,7 @@ from . import repository
 from .errors import NotFound, NotReady
 from .metrics import Metrics
 from .repository import Batching, ModelConfig, VersionEntry
-from .runner import Runner, can_batch
+from .runner import Runner, can_batch, warm_up
 
 log = logging.getLogger("edgekit.serve")
 
@@ -315,6 +315,17 @@ class ModelManager:
                 m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
             return False
         why_not = can_batch(model) if batching else None
+        sizes = range(1, (batching.max_batch_size if batching and not why_not else 1) + 1)
+        warmed = time.perf_counter()
+        # Before it is published, so that no request waits out a first run's compilation. load()
+        # has already run batch 1, so a failure here is a larger batch the graph cannot take.
+        failed = await asyncio.to_thread(warm_up, model, sizes, model.metadata.get("warmup_inputs"))
+        warmed = time.perf_counter() - warmed
+        if failed is not None and failed[0] > 1:
+            why_not = f"a run at batch {failed[0]} failed ({failed[1]})"
+            sizes = range(1, failed[0])
+        elif failed is not None:  # load() ran it once; the package's warmup_inputs may still upset it
+            log.warning("%s version %d: its warm-up run failed (%s)", m.name, e.version, failed[1])
         if why_not:
             log.warning("%s version %d: dynamic batching off, %s", m.name, e.version, why_not)
         task = model.metadata.get("task")
@@ -329,8 +340,9 @@ class ModelManager:
             self._close_later(old)
         m.versions[e.version] = v
         self.metrics.loaded.labels(*self._loaded_labels(v)).set(1)
-        log.info("%s version %d ready on %s:%s [%s] in %.1f s", m.name, e.version, model.backend, model.device,
-                 model.path.name, time.perf_counter() - started)
+        log.info("%s version %d ready on %s:%s [%s] in %.1f s (warm-up at batch %s: %.2f s)", m.name, e.version,
+                 model.backend, model.device, model.path.name, time.perf_counter() - started,
+                 f"1-{sizes[-1]}" if len(sizes) > 1 else "1", warmed)
         return True
 
     @staticmethod
