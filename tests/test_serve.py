@@ -635,3 +635,17 @@ def test_a_warm_up_that_fails_only_warns_and_the_model_is_served(tmp_path):
         assert server.healthy()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_warm_up_runs_each_batch_size_within_its_time_budget(tmp_path):
+    from edgekit.serve.runner import warm_up
+
+    seen = []
+    with edgekit.load(builders.mlp_onnx(tmp_path / "mlp.onnx", builders.mlp_weights())) as model:
+        run = model.run
+        model.run = lambda feeds: seen.append(feeds["x"].shape) or run(feeds)  # the real run, observed
+        assert warm_up(model, range(1, 5)) == (4, None)
+        assert seen == [(1, 8), (2, 8), (3, 8), (4, 8)]
+        seen.clear()
+        assert warm_up(model, range(1, 5), budget_s=0) == (1, None)  # out of time after the first
+        assert seen == [(1, 8)]

@@ -319,11 +319,10 @@ class ModelManager:
         warmed = time.perf_counter()
         # Before it is published, so that no request waits out a first run's compilation. load()
         # has already run batch 1, so a failure here is a larger batch the graph cannot take.
-        failed = await asyncio.to_thread(warm_up, model, sizes, model.metadata.get("warmup_inputs"))
+        largest, failed = await asyncio.to_thread(warm_up, model, sizes, model.metadata.get("warmup_inputs"))
         warmed = time.perf_counter() - warmed
         if failed is not None and failed[0] > 1:
             why_not = f"a run at batch {failed[0]} failed ({failed[1]})"
-            sizes = range(1, failed[0])
         elif failed is not None:  # load() ran it once; the package's warmup_inputs may still upset it
             log.warning("%s version %d: its warm-up run failed (%s)", m.name, e.version, failed[1])
         if why_not:
@@ -340,9 +339,10 @@ class ModelManager:
             self._close_later(old)
         m.versions[e.version] = v
         self.metrics.loaded.labels(*self._loaded_labels(v)).set(1)
-        log.info("%s version %d ready on %s:%s [%s] in %.1f s (warm-up at batch %s: %.2f s)", m.name, e.version,
+        log.info("%s version %d ready on %s:%s [%s] in %.1f s (warm-up at batch %s%s: %.2f s)", m.name, e.version,
                  model.backend, model.device, model.path.name, time.perf_counter() - started,
-                 f"1-{sizes[-1]}" if len(sizes) > 1 else "1", warmed)
+                 f"1-{largest}" if largest > 1 else largest,
+                 f" of {sizes[-1]}, then out of time" if not failed and largest < sizes[-1] else "", warmed)
         return True
 
     @staticmethod

@@ -37,23 +37,33 @@ def can_batch(model: Model) -> str | None:
     return None
 
 
-def warm_up(model: Model, batch_sizes: range, warmup: dict | None = None) -> tuple[int, Exception] | None:
+# Warm-up stops starting larger batches after this long: it grows with the square of the largest
+# batch, and a slow model with a large one would otherwise keep its version from serving for minutes.
+WARM_UP_BUDGET_S = 10.0
+
+
+def warm_up(model: Model, batch_sizes: range, warmup: dict | None = None,
+            budget_s: float = WARM_UP_BUDGET_S) -> tuple[int, tuple[int, Exception] | None]:
     """Run ``model`` once at every batch size it will see before it takes requests, as Triton's
     model_warmup does. OpenVINO compiles each new input shape on its first run (40-60 ms a batch
     size for the int8 EfficientNet-Lite0 on a 2-core Xeon), which the first requests of each
     size would otherwise wait out. ``warmup`` is the package's ``warmup_inputs``.
 
-    Returns None, or the first batch size that failed and why: a graph can declare a dynamic
-    batch it cannot run.
+    Returns the largest batch size run, and None or the first batch size that failed and why: a
+    graph can declare a dynamic batch it cannot run.
     """
     from ..bench import synthetic_inputs
 
+    done, start = 0, time.perf_counter()
     for b in batch_sizes:
+        if done and time.perf_counter() - start > budget_s:
+            break
         try:
             model.run(synthetic_inputs(model.inputs, batch=b, warmup=warmup))
         except Exception as e:
-            return b, e
-    return None
+            return done, (b, e)
+        done = b
+    return done, None
 
 
 class _Item:
