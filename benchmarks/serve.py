@@ -12,7 +12,8 @@ artifact is a TFLite one), ``logits`` out.
   tritonclient, a plain ``http.client`` sends the same binary request, and the same client times a
   bare ASGI app on the same uvicorn (uvloop, httptools) that reads the request and answers as many
   bytes, with and without one hand-off to a worker thread: the floor the HTTP stack sets before
-  edgekit does anything.
+  edgekit does anything. And ``edgekit serve`` itself on a model that only slices its input to the
+  1000 outputs (ONNX Runtime, tens of microseconds): what edgekit's own path costs over the floors.
 - throughput: inferences/s from 1, 4, 8 and 16 client threads (a client each) against sequential
   in-process runs in windows alternated with them, without dynamic batching and with 8 rows/2 ms
   and 16 rows/4 ms; CPU time per inference of each side. Goal: >= 90 % of in-process at 8 clients.
@@ -167,7 +168,8 @@ def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20, floo
     conns.update({n: http.client.HTTPConnection(f.host, timeout=60) for n, f in (floors or {}).items()})
 
     def post(name: str) -> None:
-        status, _ = request(conns[name], "POST", f"/v2/models/{MODEL}/infer", body, headers)
+        model_name = SLICE_MODEL if name == "no_model" else MODEL
+        status, _ = request(conns[name], "POST", f"/v2/models/{model_name}/infer", body, headers)
         assert status == 200, status
 
     fns = {"in_process": lambda: model.run({"image": x}), "server": lambda: infer(client, x),
@@ -193,6 +195,28 @@ def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20, floo
     doc.update({f"raw_added_{k}": doc["raw"][k] - a[k] for k in ("p50_ms", "p99_ms")})
     doc["calls"] = len(times["server"])
     return doc
+
+
+SLICE_MODEL = "slice-only"
+
+
+def slice_model(folder: Path, shape: tuple) -> Path:
+    """An ONNX model taking the image model's input and returning its first 1000 values as
+    ``logits``: edgekit's whole request path with next to no inference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    ints = {n: numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("s", [0]), ("e", [1000]), ("a", [1]))}
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+         helper.make_node("Slice", ["flat", "s", "e", "a"], ["logits"])], SLICE_MODEL,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], 1000])], list(ints.values()))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / f"{SLICE_MODEL}.onnx"
+    onnx.save(model, str(path))
+    return path
 
 
 def floor_server(hop: bool) -> int:
@@ -444,14 +468,17 @@ def run(args) -> dict:
                "backend": ek["backend"], "device": ek["device"], "precision": ek["precision"],
                "servers": {n: s.flags for n, s in servers.items()}}
         floors: dict[str, Server] = {}
+        scratch = tempfile.TemporaryDirectory()
         try:
             floors["floor"], floors["floor_hop"] = FloorServer(hop=False), FloorServer(hop=True)
+            floors["no_model"] = Server(slice_model(Path(scratch.name), x.shape), "--access-log", "off")
             doc["latency"] = {n: latency(model, s, x, args.calls, floors=floors if n == "off" else None)
                               for n, s in servers.items()}
         finally:
             for f in floors.values():
                 f.proc.terminate()
                 f.proc.wait(60)
+            scratch.cleanup()
         print("  latency done", file=sys.stderr, flush=True)
         doc["throughput"] = throughput(model, servers, x, args.rounds, args.seconds)
     finally:
@@ -517,8 +544,10 @@ def report(doc: dict) -> None:
            [[what, f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}",
              f"{r[k]['p50_ms'] - base:+.2f}" if k in added else ""]
             for k, what in (("in_process", "in-process Model.run"), ("floor", "floor: bare uvicorn, http.client"),
-                            ("floor_hop", "floor + one thread hand-off"), ("raw", "edgekit serve, http.client"),
-                            ("server", "edgekit serve, tritonclient"))])
+                            ("floor_hop", "floor + one thread hand-off"),
+                            ("no_model", "edgekit serve, a model that only slices its input, http.client"),
+                            ("raw", "edgekit serve, http.client"),
+                            ("server", "edgekit serve, tritonclient")) if k in r])
     print("\nThroughput of batch-1 requests, medians (in-process: sequential Model.run); CPU ms per inference:\n")
     md(["batching", "clients", "in-process /s", "server /s", "server / in-process", "CPU in-process", "CPU server",
         "CPU client"], [[r["batching"], r["concurrency"], f"{r['in_process_per_s']:.0f}", f"{r['server_per_s']:.0f}",
