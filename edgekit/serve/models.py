@@ -315,16 +315,15 @@ class ModelManager:
                 m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
             return False
         why_not = can_batch(model) if batching else None
-        sizes = range(1, (batching.max_batch_size if batching and not why_not else 1) + 1)
+        # Batch 1 ran in load()'s first-inference check; the larger batches run here, before the
+        # version is published, so that no request waits out a first run's compilation.
+        sizes = range(2, (batching.max_batch_size if batching and not why_not else 1) + 1)
         warmed = time.perf_counter()
-        # Before it is published, so that no request waits out a first run's compilation. load()
-        # has already run batch 1, so a failure here is a larger batch the graph cannot take.
         largest, failed = await asyncio.to_thread(warm_up, model, sizes, model.metadata.get("warmup_inputs"))
         warmed = time.perf_counter() - warmed
-        if failed is not None and failed[0] > 1:
+        largest = max(largest, 1)
+        if failed is not None:
             why_not = f"a run at batch {failed[0]} failed ({failed[1]})"
-        elif failed is not None:  # load() ran it once; the package's warmup_inputs may still upset it
-            log.warning("%s version %d: its warm-up run failed (%s)", m.name, e.version, failed[1])
         if why_not:
             log.warning("%s version %d: dynamic batching off, %s", m.name, e.version, why_not)
         task = model.metadata.get("task")
@@ -342,7 +341,8 @@ class ModelManager:
         log.info("%s version %d ready on %s:%s [%s] in %.1f s (warm-up at batch %s%s: %.2f s)", m.name, e.version,
                  model.backend, model.device, model.path.name, time.perf_counter() - started,
                  f"1-{largest}" if largest > 1 else largest,
-                 f" of {sizes[-1]}, then out of time" if not failed and largest < sizes[-1] else "", warmed)
+                 f" of {sizes[-1]}, then out of time" if sizes and not failed and largest < sizes[-1] else "",
+                 warmed)
         return True
 
     @staticmethod

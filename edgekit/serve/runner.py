@@ -44,7 +44,7 @@ WARM_UP_BUDGET_S = 10.0
 
 def warm_up(model: Model, batch_sizes: range, warmup: dict | None = None,
             budget_s: float = WARM_UP_BUDGET_S) -> tuple[int, tuple[int, Exception] | None]:
-    """Run ``model`` once at every batch size it will see before it takes requests, as Triton's
+    """Run ``model`` once at each of ``batch_sizes`` before it takes requests, as Triton's
     model_warmup does. OpenVINO compiles each new input shape on its first run (40-60 ms a batch
     size for the int8 EfficientNet-Lite0 on a 2-core Xeon), which the first requests of each
     size would otherwise wait out. ``warmup`` is the package's ``warmup_inputs``.
