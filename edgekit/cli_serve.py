@@ -26,7 +26,9 @@ def add_parsers(add) -> None:
                    help="dynamic batching: join concurrent requests into runs of up to this many rows (default off)")
     s.add_argument("--max-queue-delay-ms", type=float, default=2.0,
                    help="dynamic batching: how long a request may wait for others (default 2)")
-    s.add_argument("--instances", type=int, default=1, help="worker threads per model version (default 1)")
+    s.add_argument("--instances", type=int, default=1,
+                   help="runs of each model version at the same time (default 1: each run gets every core, for "
+                        "the lowest latency; N splits the cores N ways, for throughput with many clients)")
     s.add_argument("--poll-interval", type=float, default=2.0,
                    help="seconds between repository scans for new versions (0: only the repository API)")
     s.add_argument("--keep-alive-s", type=float, metavar="S",

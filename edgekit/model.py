@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
-from .errors import BackendError, EdgekitError, InputError
+from .errors import BackendError, EdgekitError, InputError, UsageError
 from .selection import parse_policy, resolve_source, select
 from .types import Precision, Selection, TensorSpec, shape_text
 
@@ -197,7 +197,7 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", *, precision: str | Precision | None = None,
-         strict: bool = False, verify: bool = True, cache: bool = True) -> Model:
+         strict: bool = False, verify: bool = True, cache: bool = True, concurrency: int = 1) -> Model:
     """Open a model on the best device for ``device`` and return a :class:`Model`.
 
     Args:
@@ -211,17 +211,23 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
         verify: run one inference on synthetic inputs while choosing, so a candidate
             that opens but cannot run is passed over.
         cache: let ``fastest`` reuse (and store) its measured decision.
+        concurrency: how many ``run`` calls the caller makes at once (a server's instances). At 1
+            (the default) each run gets every core, for the lowest latency. Above 1 the runtime
+            divides the cores between the runs, for throughput: OpenVINO's THROUGHPUT hint with
+            that many requests (streams), ONNX Runtime threads per run, a LiteRT interpreter per run.
 
     Raises:
         ModelFileError: the file or package is missing, corrupt or of an unknown kind.
         DeviceNotAvailableError: an explicitly requested backend/device cannot be used.
         NoCandidateError: every candidate failed (``.selection`` says how).
     """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
     policy = parse_policy(device)
     prec = Precision.parse(precision)
     source = resolve_source(path)
     session, cand, selection = select(source, policy, prec, strict=strict, verify=verify,
-                                      use_cache=cache)
+                                      use_cache=cache, concurrency=concurrency)
     model = Model(session, backend=cand.backend, device=cand.device.id, selection=selection,
                   path=cand.artifact.path, source=source.path, package=source.package)
     log.info("%s: running on %s:%s (%s)", source.path.name, cand.backend, cand.device.id, model.precision)

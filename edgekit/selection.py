@@ -192,8 +192,8 @@ def _unmet(policy: Policy, skipped: list[Attempt]) -> DeviceNotAvailableError:
 class _Opener:
     """Opens and verifies candidates, remembering artifacts whose files are bad."""
 
-    def __init__(self, source: Source, precision: Precision, verify: bool) -> None:
-        self.source, self.precision, self.verify = source, precision, verify
+    def __init__(self, source: Source, precision: Precision, verify: bool, concurrency: int = 1) -> None:
+        self.source, self.precision, self.verify, self.concurrency = source, precision, verify, concurrency
         self.bad_artifacts: dict[Path, ModelFileError] = {}
         self.checked: set[Path] = set()
         self.warmup = source.package.manifest.get("warmup_inputs") if source.package else None
@@ -211,7 +211,7 @@ class _Opener:
                 raise
             self.checked.add(art.path)
         backend = backends.get(cand.backend)
-        session = backend.open(art.path, art.format, cand.device, self.precision)
+        session = backend.open(art.path, art.format, cand.device, self.precision, concurrency=self.concurrency)
         if self.verify:
             feeds = list(synthetic_inputs(session.inputs, warmup=self.warmup).values())
             try:
@@ -223,13 +223,13 @@ class _Opener:
 
 
 def select(source: Source, policy: Policy, precision: Precision, *, strict: bool = False,
-           verify: bool = True, use_cache: bool = True):
+           verify: bool = True, use_cache: bool = True, concurrency: int = 1):
     """Open the model on the best candidate for ``policy``; returns (session, candidate, Selection)."""
     candidates, skipped = build_candidates(source, policy)
     selection = Selection(policy=policy.text, precision=precision.value, attempts=list(skipped))
     if not candidates:
         raise _unmet(policy, skipped)
-    opener = _Opener(source, precision, verify)
+    opener = _Opener(source, precision, verify, concurrency)
     show = source.package is not None
     if policy.mode == "fastest":
         result = _select_fastest(source, candidates, opener, selection, precision, strict, use_cache)

@@ -45,7 +45,7 @@ class FaultBackend:
                        reason="driver not installed" if behaviour == "unavailable" else None)
                 for dev_id, (kind, behaviour) in self.behaviours.items()]
 
-    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision, concurrency: int = 1):
         from edgekit import backends
 
         self.opened.append(device.id)
@@ -54,5 +54,5 @@ class FaultBackend:
             raise BackendError(f"{self.name}:{device.id}: failed to create context (simulated)")
         ort = backends.get("onnxruntime")
         cpu = next(d for d in ort.devices() if d.id == "CPUExecutionProvider")
-        session = ort.open(path, fmt, cpu, precision)
+        session = ort.open(path, fmt, cpu, precision, concurrency=concurrency)
         return _FailingRun(session) if behaviour == "run_fails" else session

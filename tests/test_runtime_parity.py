@@ -76,6 +76,49 @@ def test_threads_share_one_model_with_sequential_results(models):
             np.testing.assert_array_equal(e, g)
 
 
+def _split(m) -> dict:
+    """How the runtime under ``m`` divided the cores (each backend's own settings, read back)."""
+    s = m._session
+    if m.backend == "openvino":
+        return {"hint": str(s._compiled.get_property("PERFORMANCE_HINT")),
+                "streams": int(s._compiled.get_property("NUM_STREAMS"))}
+    if m.backend == "onnxruntime":
+        return {"threads": s._sess.get_session_options().intra_op_num_threads}
+    return {"interpreters": s._idle.qsize()}
+
+
+@pytest.mark.parametrize(("name", "device"), MATRIX)
+def test_concurrency_divides_the_cores_between_runs_and_keeps_results(models, name, device):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgekit.hostinfo import cpu_count
+
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1 + i % 3, 8)).astype(np.float32) for i in range(32)]
+    with edgekit.load(models[name], device=device) as one:
+        expected = [one.run(x)["logits"] for x in xs]
+        default = _split(one)
+    with edgekit.load(models[name], device=device, concurrency=2) as m:
+        split = _split(m)
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda x: m.run(x)["logits"], xs * 3))
+    for e, g in zip(expected * 3, got):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
+    if m.backend == "openvino":
+        assert default["hint"] == "LATENCY" and split["hint"] == "THROUGHPUT"
+        assert 1 <= split["streams"] <= 2
+    elif m.backend == "onnxruntime":
+        assert split["threads"] == max(1, cpu_count() // 2)
+    else:
+        assert default == {"interpreters": 1} and split == {"interpreters": 2}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_concurrency_is_a_whole_number_of_runs(models, bad):
+    with pytest.raises(edgekit.UsageError, match="concurrency must be a whole number"):
+        edgekit.load(models["mlp.onnx"], concurrency=bad)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs a process allowed on two or more CPUs, to allow it only one")
 def test_a_process_allowed_one_cpu_gets_no_extra_runtime_threads(models):

@@ -607,6 +607,32 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
         server.stop()
 
 
+def test_instances_run_at_once_on_a_model_loaded_for_that_concurrency(models):
+    """--instances 2 on each runtime: the model is loaded with concurrency 2 and 12 clients at
+    once, with and without batching, all get the right answer."""
+    xs = [np.random.default_rng(k).standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
+    w = builders.mlp_weights()
+    for name, runtime, flags in [("mlp.xml", "openvino", []), ("mlp.onnx", "onnxruntime", ["--max-batch-size", "4"]),
+                                 ("mlp.tflite", "litert", [])]:
+        server = Server(str(models[name]), "--instances", "2", *flags)  # a lone file is served as "mlp"
+        try:
+            assert f"ready on {runtime}:" in server.log() and "x2 instances" in server.log(), server.log()
+
+            def one(k: int, host=server.host) -> bool:
+                client = tc.InferenceServerClient(host)
+                try:
+                    got = infer(client, "mlp", {"x": xs[k]}).as_numpy("logits")
+                finally:
+                    client.close()
+                np.testing.assert_allclose(got, builders.mlp_reference(xs[k], w), rtol=1e-5, atol=1e-5)
+                return True
+
+            with ThreadPoolExecutor(12) as pool:
+                assert all(pool.map(one, range(12)))
+        finally:
+            assert server.stop() == 0, server.log()
+
+
 def test_a_warm_up_that_fails_only_warns_and_the_model_is_served(tmp_path):
     """A graph that claims a dynamic batch but reshapes to one row (a shape computed at run time,
     so the runtime cannot see it in advance): its warm-up at batch 2 fails. Batching is turned off,

@@ -54,4 +54,8 @@ class Backend(Protocol):
 
     def devices(self) -> list[Device]: ...
 
-    def open(self, path: Path, fmt: Format, device: Device, precision: Precision) -> Session: ...
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision,
+             concurrency: int = 1) -> Session:
+        """Open ``path`` on ``device``. ``concurrency`` is how many runs the caller will make at once:
+        above 1, the runtime divides the cores between them (streams, threads per run)."""
+        ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import threading
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,21 @@ def _spec(detail: dict, name: str | None = None) -> TensorSpec:
     return TensorSpec(name or detail["name"], shape, np.dtype(detail["dtype"]), guess_layout(shape))
 
 
-class LiteRtSession:
-    """An interpreter behind a lock: LiteRT interpreters are not re-entrant."""
+class _Slot:
+    """One interpreter and the input shapes it is allocated for."""
 
-    def __init__(self, interp, precision: str) -> None:
-        self._interp = interp
-        self._lock = threading.Lock()
+    __slots__ = ("interp", "current")
+
+    def __init__(self, interp, current: list) -> None:
+        self.interp, self.current = interp, current
+
+
+class LiteRtSession:
+    """Interpreters lent out one per run, since LiteRT interpreters are not re-entrant: with one
+    (the default) runs take turns; with ``concurrency`` of them that many run at once."""
+
+    def __init__(self, interps: list, precision: str) -> None:
+        interp = interps[0]
         sigs = interp.get_signature_list()
         if len(sigs) == 1:
             # Named inputs/outputs come from the signature (onnx2tf -osd writes one).
@@ -77,28 +86,32 @@ class LiteRtSession:
             self._in_idx = [d["index"] for d in ins]
             self._out_idx = [d["index"] for d in outs]
         current = {d["index"]: tuple(d["shape"]) for d in interp.get_input_details()}
-        self._current = [current.get(i) for i in self._in_idx]
+        self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for it in interps:
+            self._idle.put(_Slot(it, [current.get(i) for i in self._in_idx]))
         self.precision = precision
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        interp = self._interp
-        with self._lock:
-            if any(x.shape != cur for x, cur in zip(arrays, self._current)):
-                self._resize(arrays)
+        slot = self._idle.get()  # waits while every interpreter is running
+        try:
+            if any(x.shape != cur for x, cur in zip(arrays, slot.current)):
+                self._resize(slot, arrays)
             for idx, x in zip(self._in_idx, arrays):
-                interp.set_tensor(idx, x)
-            interp.invoke()
-            return [interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor copies
+                slot.interp.set_tensor(idx, x)
+            slot.interp.invoke()
+            return [slot.interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor copies
+        finally:
+            self._idle.put(slot)
 
-    def _resize(self, arrays: list[np.ndarray]) -> None:
-        self._current = [None] * len(arrays)  # unknown until allocate_tensors succeeds
+    def _resize(self, slot: _Slot, arrays: list[np.ndarray]) -> None:
+        slot.current = [None] * len(arrays)  # unknown until allocate_tensors succeeds
         for idx, x in zip(self._in_idx, arrays):
-            self._interp.resize_tensor_input(idx, list(x.shape), strict=True)
-        self._interp.allocate_tensors()
-        self._current = [x.shape for x in arrays]
+            slot.interp.resize_tensor_input(idx, list(x.shape), strict=True)
+        slot.interp.allocate_tensors()
+        slot.current = [x.shape for x in arrays]
 
     def close(self) -> None:
-        self._interp = None
+        self._idle = queue.SimpleQueue()  # the interpreters go with the last run holding one
 
 
 class LiteRtBackend:
@@ -149,21 +162,28 @@ class LiteRtBackend:
             return lib
         return None
 
-    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision, concurrency: int = 1):
         mod, _ = self._mod
         if precision not in (Precision.STORED, Precision.ANY):
             raise BackendError(f"litert:{device.id} runs a model at the precision it was stored in; "
                                f"for {precision.value}, convert the model")
-        delegates = []
+        lib = None
         if device.id != "CPU":
             _, libs, reason = _DELEGATES[device.id]
             lib = self._find_delegate(libs)
             if lib is None:
                 raise BackendError(f"litert:{device.id}: {reason}")
-            delegates.append(mod.load_delegate(lib))
+            concurrency = 1  # one interpreter per accelerator: they serialise on the device anyway
+        # concurrent runs each get an interpreter and their share of the cores
+        threads = max(1, cpu_count() // concurrency)
+        interps = [self._interpreter(mod, path, device, lib, threads) for _ in range(concurrency)]
+        return LiteRtSession(interps, "as stored")
+
+    @staticmethod
+    def _interpreter(mod, path: Path, device: Device, lib: str | None, threads: int):
         try:
-            interp = mod.Interpreter(model_path=str(path), num_threads=cpu_count(),
-                                     experimental_delegates=delegates or None)
+            interp = mod.Interpreter(model_path=str(path), num_threads=threads,
+                                     experimental_delegates=[mod.load_delegate(lib)] if lib else None)
         except ValueError as e:
             if any(s in str(e) for s in _FILE_PROBLEMS):
                 # The flatbuffer verifier rejects the file itself: no device will do better.
@@ -175,7 +195,7 @@ class LiteRtBackend:
             interp.allocate_tensors()
         except Exception as e:
             raise BackendError(f"litert:{device.id} failed to prepare {path.name}: {_first_line(e)}") from e
-        return LiteRtSession(interp, "as stored")
+        return interp
 
 
 def _first_line(e: BaseException) -> str:

@@ -125,7 +125,7 @@ class OnnxRuntimeBackend:
                                   reason=f"not in this onnxruntime build ({hint})"))
         return out
 
-    def open(self, path: Path, fmt: Format, device: Device, precision: Precision):
+    def open(self, path: Path, fmt: Format, device: Device, precision: Precision, concurrency: int = 1):
         ort = self._ort
         if precision not in (Precision.STORED, Precision.ANY):
             raise BackendError(
@@ -140,6 +140,8 @@ class OnnxRuntimeBackend:
             # (taskset, a cpuset, a CPU quota): on 1 allowed core of 2 its two threads took 48.9 ms a run
             # against 25.3 ms with one. Given a count, ORT also stops pinning threads to cores of its choosing.
             so.intra_op_num_threads = usable
+        if concurrency > 1:  # concurrent runs share one intra-op pool: give each its share of the cores
+            so.intra_op_num_threads = max(1, usable // concurrency)
         providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
         try:
             with warnings.catch_warnings(record=True) as caught:

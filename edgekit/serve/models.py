@@ -307,7 +307,8 @@ class ModelManager:
             m.versions[e.version] = Version(m.name, e.version, e.path, LOADING, "", e.signature)
         started = time.perf_counter()
         try:
-            model = await asyncio.to_thread(load, e.path, device=device)
+            # Each instance runs at the same time as the others: the runtime splits the cores between them.
+            model = await asyncio.to_thread(load, e.path, device=device, concurrency=instances)
         except Exception as exc:  # any failure to load is the version's problem, never the server's
             reason = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s version %d cannot be served: %s", m.name, e.version, reason)
@@ -338,8 +339,9 @@ class ModelManager:
             self._close_later(old)
         m.versions[e.version] = v
         self.metrics.loaded.labels(*self._loaded_labels(v)).set(1)
-        log.info("%s version %d ready on %s:%s [%s] in %.1f s (warm-up at batch %s%s: %.2f s)", m.name, e.version,
-                 model.backend, model.device, model.path.name, time.perf_counter() - started,
+        log.info("%s version %d ready on %s:%s [%s]%s in %.1f s (warm-up at batch %s%s: %.2f s)", m.name, e.version,
+                 model.backend, model.device, model.path.name, f" x{instances} instances" if instances > 1 else "",
+                 time.perf_counter() - started,
                  f"1-{largest}" if largest > 1 else largest,
                  f" of {sizes[-1]}, then out of time" if sizes and not failed and largest < sizes[-1] else "",
                  warmed)

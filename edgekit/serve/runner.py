@@ -1,8 +1,9 @@
 """Runs one served model version off the event loop: a queue in front of its worker threads.
 
 Each version has ``instances`` worker threads (Triton's instance count; default 1, since the
-runtimes already spread one inference over the cores). Requests wait in a FIFO queue for a
-worker; queue and compute time are measured separately.
+runtimes already spread one inference over the cores). Above 1 the model is loaded with that
+``concurrency``, so that the runtime splits the cores between the runs. Requests wait in a FIFO
+queue for a worker; queue and compute time are measured separately.
 
 With dynamic batching, requests that arrive while the model is busy (or within
 ``max_queue_delay_ms`` of the first) are joined along the batch axis into one run of at most
