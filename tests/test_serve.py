@@ -3,6 +3,7 @@ with tritonclient (http) as any Triton/KServe client would, and with raw HTTP fo
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -111,6 +112,17 @@ def mlp_package(dest: Path, seed: int) -> tuple[Path, tuple]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     onnx_file = builders.mlp_onnx(dest.parent / f"mlp-{seed}.onnx", w)
     return make_package(dest, onnx_file, "mlp"), w
+
+
+def mlp_answer_is_right(host: str, xs: list, w: tuple, k: int) -> bool:
+    """One client's request for ``xs[k]`` to the "mlp" model at ``host``, checked against NumPy."""
+    client = tc.InferenceServerClient(host)
+    try:
+        got = infer(client, "mlp", {"x": xs[k]}).as_numpy("logits")
+    finally:
+        client.close()
+    np.testing.assert_allclose(got, builders.mlp_reference(xs[k], w), rtol=1e-5, atol=1e-5)
+    return True
 
 
 def infer(client, model: str, arrays: dict, *, binary: bool = True, version: str = "", outputs=None, headers=None):
@@ -577,15 +589,7 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
         rng = np.random.default_rng(5)
         xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
 
-        def one(k: int) -> bool:
-            client = tc.InferenceServerClient(server.host)
-            try:
-                got = infer(client, "mlp", {"x": xs[k]}).as_numpy("logits")
-            finally:
-                client.close()
-            np.testing.assert_allclose(got, builders.mlp_reference(xs[k], w), rtol=1e-5, atol=1e-5)
-            return True
-
+        one = functools.partial(mlp_answer_is_right, server.host, xs, w)
         with ThreadPoolExecutor(12) as pool:
             assert all(pool.map(one, range(12)))
         _, _, text = server.request("GET", "/metrics")
@@ -617,18 +621,8 @@ def test_instances_run_at_once_on_a_model_loaded_for_that_concurrency(models):
         server = Server(str(models[name]), "--instances", "2", *flags)  # a lone file is served as "mlp"
         try:
             assert f"ready on {runtime}:" in server.log() and "x2 instances" in server.log(), server.log()
-
-            def one(k: int, host=server.host) -> bool:
-                client = tc.InferenceServerClient(host)
-                try:
-                    got = infer(client, "mlp", {"x": xs[k]}).as_numpy("logits")
-                finally:
-                    client.close()
-                np.testing.assert_allclose(got, builders.mlp_reference(xs[k], w), rtol=1e-5, atol=1e-5)
-                return True
-
             with ThreadPoolExecutor(12) as pool:
-                assert all(pool.map(one, range(12)))
+                assert all(pool.map(functools.partial(mlp_answer_is_right, server.host, xs, w), range(12)))
         finally:
             assert server.stop() == 0, server.log()
 
