@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -214,15 +215,20 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
         concurrency: how many ``run`` calls the caller makes at once (a server's instances). At 1
             (the default) each run gets every core, for the lowest latency. Above 1 the runtime
             divides the cores between the runs, for throughput: OpenVINO's THROUGHPUT hint with
-            that many requests (streams), ONNX Runtime threads per run, a LiteRT interpreter per run.
+            that many requests (streams), ONNX Runtime's threads shared out, a LiteRT interpreter
+            per run (on CPU; an accelerator keeps one).
 
     Raises:
         ModelFileError: the file or package is missing, corrupt or of an unknown kind.
         DeviceNotAvailableError: an explicitly requested backend/device cannot be used.
         NoCandidateError: every candidate failed (``.selection`` says how).
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
+    try:
+        if isinstance(concurrency, bool) or operator.index(concurrency) < 1:
+            raise TypeError
+    except TypeError:
+        raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}") from None
+    concurrency = operator.index(concurrency)
     policy = parse_policy(device)
     prec = Precision.parse(precision)
     source = resolve_source(path)

@@ -294,7 +294,9 @@ def _fingerprint(candidates: list[Candidate]) -> list:
 def _select_fastest(source, candidates, opener, selection, precision, strict, use_cache):
     show = source.package is not None
     single = source.package is None
-    key = cache.key(source.hash, _fingerprint(candidates), precision.value)
+    # Measured at one concurrency, a choice holds for that one (keys at 1 are as they always were).
+    key = cache.key(source.hash, _fingerprint(candidates), precision.value,
+                    *([f"concurrency={opener.concurrency}"] if opener.concurrency > 1 else []))
     hit = cache.get(key) if use_cache else None
     tried_cached = None
     if hit:

@@ -74,12 +74,26 @@ def test_tf1_bilinear_is_tensorflows_too(tf, path):
     np.testing.assert_allclose(got, _tf_reference(tf, img, method="bilinear"), rtol=0, atol=TF_LEVELS / 128)
 
 
+def test_the_classifier_decodes_at_full_size_as_tensorflow_does(tf, samples, tmp_path):
+    """No reduced-scale JPEG decode with "tf1": a 512x512 photo drafted to 256x256 was up to 113
+    levels off. A large photo reads only the rows and columns the filter needs: still exact."""
+    from edgekit.tasks import ImageClassifier
+
+    big = tmp_path / "big.jpg"
+    Image.open(INPUTS / "images" / "cat.jpg").resize((2048, 1536), Image.BICUBIC).save(big, quality=90)
+    with ImageClassifier(samples["image"] / "model-fp32.onnx") as clf:
+        for path in (INPUTS / "images" / "astronaut.jpg", big):
+            want = _tf_reference(tf, Image.open(path).convert("RGB"))
+            np.testing.assert_allclose(clf.preprocess_input(path)[0], want, rtol=0, atol=TF_LEVELS / 128)
+
+
 def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
     assert tf1_crop((451, 300), IMAGE_PREPROCESS) == ((224, 224), (95, 19, 262, 262))
     assert tf1_crop((320, 480), IMAGE_PREPROCESS) == ((224, 224), (20, 100, 280, 280))  # 0.875 * 320, exactly
     assert tf1_crop((1, 1), IMAGE_PREPROCESS) == ((224, 224), (0, 0, 1, 1))  # never an empty box
     # a crop wider than the image's shape takes its whole width, keeping the crop's aspect
     assert tf1_crop((100, 1000), {"resize": 256, "crop": [224, 320]}) == ((320, 224), (0, 465, 100, 70))
+    assert tf1_crop((100, 100), {"resize": 200, "crop": 224}) == ((224, 224), (0, 0, 100, 100))  # whole, exactly
 
 
 def _pillow_reference(img: Image.Image) -> np.ndarray:
@@ -111,6 +125,7 @@ def test_crop_box_is_centred_and_never_leaves_the_image():
     ({"resampling": "tf1", "interpolation": "nearest"},
      "interpolation 'nearest' is not one of ['bilinear', 'bicubic']"),
     ({"interpolation": "lanczos"}, "interpolation 'lanczos' is not one of ['bilinear', 'bicubic', 'nearest']"),
+    ({"resampling": ["tf1"]}, "resampling ['tf1'] is not one of ['pillow', 'tf1']"),
 ])
 def test_unknown_resampling_or_interpolation_is_a_clear_error(pp, problem):
     with pytest.raises(UsageError, match="^" + re.escape(f"pkg/edgekit.json: image {problem}")):

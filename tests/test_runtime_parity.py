@@ -108,7 +108,7 @@ def test_concurrency_divides_the_cores_between_runs_and_keeps_results(models, na
         assert default["hint"] == "LATENCY" and split["hint"] == "THROUGHPUT"
         assert 1 <= split["streams"] <= 2
     elif m.backend == "onnxruntime":
-        assert split["threads"] == max(1, cpu_count() // 2)
+        assert split["threads"] == max(1, cpu_count() - 1)  # a pool shared by 2 calling threads
     else:
         assert default == {"interpreters": 1} and split == {"interpreters": 2}
 
@@ -117,6 +117,31 @@ def test_concurrency_divides_the_cores_between_runs_and_keeps_results(models, na
 def test_concurrency_is_a_whole_number_of_runs(models, bad):
     with pytest.raises(edgekit.UsageError, match="concurrency must be a whole number"):
         edgekit.load(models["mlp.onnx"], concurrency=bad)
+    with edgekit.load(models["mlp.onnx"], concurrency=np.int64(2)) as m:  # any integer type
+        assert m.run(np.zeros((1, 8), np.float32))["logits"].shape[0] == 1
+
+
+def test_a_closed_litert_session_refuses_runs_and_never_hangs(models):
+    import threading
+
+    m = edgekit.load(models["mlp.tflite"], device="litert:CPU", concurrency=2)
+    session, x = m._session, [np.zeros((1, 8), np.float32)]
+    session.run(x)
+    session.close()
+    failures = []
+
+    def run() -> None:
+        try:
+            session.run(x)
+        except edgekit.BackendError as e:
+            failures.append(str(e))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads) and failures == ["the LiteRT session is closed"] * 3
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

@@ -89,10 +89,19 @@ class LiteRtSession:
         self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for it in interps:
             self._idle.put(_Slot(it, [current.get(i) for i in self._in_idx]))
+        self._closed = False
         self.precision = precision
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        slot = self._idle.get()  # waits while every interpreter is running
+        idle = self._idle
+        while True:  # waits while every interpreter is running; a close() ends the wait
+            if self._closed:
+                raise BackendError("the LiteRT session is closed")
+            try:
+                slot = idle.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue
         try:
             if any(x.shape != cur for x, cur in zip(arrays, slot.current)):
                 self._resize(slot, arrays)
@@ -101,7 +110,7 @@ class LiteRtSession:
             slot.interp.invoke()
             return [slot.interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor copies
         finally:
-            self._idle.put(slot)
+            idle.put(slot)
 
     def _resize(self, slot: _Slot, arrays: list[np.ndarray]) -> None:
         slot.current = [None] * len(arrays)  # unknown until allocate_tensors succeeds
@@ -111,7 +120,13 @@ class LiteRtSession:
         slot.current = [x.shape for x in arrays]
 
     def close(self) -> None:
-        self._idle = queue.SimpleQueue()  # the interpreters go with the last run holding one
+        """Refuse new runs and drop the idle interpreters (one still running goes with the session)."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
 
 
 class LiteRtBackend:

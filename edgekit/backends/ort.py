@@ -140,8 +140,10 @@ class OnnxRuntimeBackend:
             # (taskset, a cpuset, a CPU quota): on 1 allowed core of 2 its two threads took 48.9 ms a run
             # against 25.3 ms with one. Given a count, ORT also stops pinning threads to cores of its choosing.
             so.intra_op_num_threads = usable
-        if concurrency > 1:  # concurrent runs share one intra-op pool: give each its share of the cores
-            so.intra_op_num_threads = max(1, usable // concurrency)
+        if concurrency > 1:
+            # Concurrent runs share the session's intra-op pool, and each calling thread works too:
+            # a pool of cores - N + 1 threads (its n - 1 workers plus the N callers) fills the cores.
+            so.intra_op_num_threads = max(1, usable - concurrency + 1)
         providers = [device.id] if device.id == "CPUExecutionProvider" else [device.id, "CPUExecutionProvider"]
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import warnings
@@ -150,9 +151,9 @@ RESAMPLING = {"pillow": ("bilinear", "bicubic", "nearest"), "tf1": ("bilinear", 
 def check_preprocess(pp: dict, where: str) -> None:
     """Raise UsageError, naming ``where``, unless ``pp``'s resampling and interpolation exist."""
     resampling, interpolation = pp.get("resampling", "pillow"), pp.get("interpolation", "bilinear")
-    if resampling not in RESAMPLING:
+    if not isinstance(resampling, str) or resampling not in RESAMPLING:
         raise UsageError(f"{where}: image resampling {resampling!r} is not one of {sorted(RESAMPLING)}")
-    if interpolation not in RESAMPLING[resampling]:
+    if not isinstance(interpolation, str) or interpolation not in RESAMPLING[resampling]:
         raise UsageError(f"{where}: image interpolation {interpolation!r} is not one of "
                          f"{list(RESAMPLING[resampling])} (resampling {resampling!r})")
 
@@ -210,8 +211,10 @@ def tf1_crop(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[in
     resize = pp.get("resize") or max(crop_h, crop_w)
     if scale == resize / min(w, h):  # TF's own float32 arithmetic, so that 0.875 * 320 is 280, not 279
         sides = [int(np.float32(c / resize) * np.float32(min(w, h))) for c in (crop_w, crop_h)]
-    else:  # the crop is wider (or taller) than the image: its whole width (height)
-        sides = [int(c / scale) for c in (crop_w, crop_h)]
+    elif crop_w * h >= crop_h * w:  # the crop is wider than the image's shape: its whole width
+        sides = [w, crop_h * w // crop_w]
+    else:  # taller: its whole height
+        sides = [crop_w * h // crop_h, h]
     box_w, box_h = (max(1, min(n, b)) for n, b in zip((w, h), sides))
     return (crop_w, crop_h), ((w - box_w + 1) // 2, (h - box_h + 1) // 2, box_w, box_h)
 
@@ -222,28 +225,65 @@ def resize_tf1(pixels: np.ndarray, pp: dict, *, out: np.ndarray | None = None) -
 
     ``tf.compat.v1.image.resize_bilinear`` / ``resize_bicubic`` (``half_pixel_centers=False``):
     output pixel x samples the box at ``x * box / crop``, bicubic with a = -0.75, edges clamped,
-    no antialiasing. OpenCV's warpAffine computes exactly that mapping (within 0.2 levels: it
-    rounds positions to 1/32 pixel). On float pixels, so that cubic overshoot is kept as TF
-    keeps it; on uint8 it would be clipped (up to 35 levels off on the sample photos).
+    no antialiasing. OpenCV's remap computes exactly that (within 0.2 levels: it rounds positions
+    to 1/32 pixel), on float pixels, so that cubic overshoot is kept as TF keeps it (on uint8 it
+    would be clipped: up to 35 levels off on the sample photos). Only the rows and columns the
+    filter reads are converted to float, so a 12 MP photo costs no more memory than a small one.
     """
     import cv2
 
     flags = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[pp.get("interpolation", "bilinear")]
     (crop_w, crop_h), (left, top, box_w, box_h) = tf1_crop((pixels.shape[1], pixels.shape[0]), pp)
-    box = _scratch("box", (box_h, box_w, 3))
-    box[...] = pixels[top:top + box_h, left:left + box_w]
-    to_source = np.array([[box_w / crop_w, 0, 0], [0, box_h / crop_h, 0]])
-    return cv2.warpAffine(box, to_source, (crop_w, crop_h), dst=out, flags=flags | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    rows, cols, map_x, map_y = _tf1_maps(crop_w, crop_h, box_w, box_h)
+    src = pixels[top:top + box_h, left:left + box_w]
+    if rows is not None:
+        src = src[rows]
+    if cols is not None:
+        src = src[:, cols]
+    box = _scratch("box", src.shape) if src.size <= _SCRATCH_MAX else np.empty(src.shape, np.float32)
+    box[...] = src
+    return cv2.remap(box, map_x, map_y, flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
 
 
+@functools.lru_cache(maxsize=8)  # 0.4 MB each for 224x224; 0.07 ms to make
+def _tf1_maps(crop_w: int, crop_h: int, box_w: int, box_h: int):
+    """The rows and columns of the box to read (None: all) and remap's maps into them."""
+    rows, y = _samples(crop_h, box_h)
+    cols, x = _samples(crop_w, box_w)
+    map_x = np.ascontiguousarray(np.broadcast_to(x, (crop_h, crop_w)))
+    map_y = np.ascontiguousarray(np.broadcast_to(y[:, None], (crop_h, crop_w)))
+    for a in (rows, cols, map_x, map_y):
+        if a is not None:
+            a.flags.writeable = False  # shared between calls and threads
+    return rows, cols, map_x, map_y
+
+
+def _samples(n_out: int, n_box: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Where TF1 samples along one axis: output pixel i reads the box at ``i * n_box / n_out``.
+
+    Returns (None, those positions) when the box is small enough to read whole. Otherwise the
+    box's rows (or columns) that the 4-tap filter reads, 4 per output pixel, edge-clamped, and
+    positions into them (``4 i + 1`` plus the fraction): the same taps and weights.
+    """
+    pos = np.arange(n_out) * (n_box / n_out)
+    if n_box <= 4 * n_out:
+        return None, pos.astype(np.float32)
+    base = np.floor(pos)
+    taps = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3), 0, n_box - 1).ravel()
+    return taps, (4 * np.arange(n_out) + 1 + (pos - base)).astype(np.float32)
+
+
+# Float buffers up to this many values are kept per thread (12 MB: a 1 MP box); larger ones are
+# made fresh. The box is at most 4 taps x the crop per side, so a 224x224 crop needs at most 0.8 MP.
+_SCRATCH_MAX = 3 << 20
 _thread_buffers = threading.local()
 
 
 def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """This thread's float32 buffer ``name``, kept while the shape stays (about 1.4 MB a thread for
-    224x224 crops). Fresh arrays of this size cost 370 page faults a call (glibc hands them back to
-    the system), which doubled the pre-processing time: 1.18 against 0.73 ms on the Xeon.
+    """This thread's float32 buffer ``name``, kept while the shape stays (1.4 MB a thread for a
+    451x300 photo to 224x224; at most :data:`_SCRATCH_MAX` values). Fresh arrays of this size cost
+    370 page faults a call (glibc hands them back to the system), which doubled the pre-processing
+    time: 1.18 against 0.73 ms on the Xeon.
     """
     buf = getattr(_thread_buffers, name, None)
     if buf is None or buf.shape != shape:
@@ -299,7 +339,11 @@ class ImageClassifier(Task):
         reuse_pillow_memory()
         self.labels = list(labels) if labels is not None else self.metadata.get("labels")
         self.pp = {**self.preprocess("image"), **(preprocess or {})}
-        check_preprocess(self.pp, str(self.model.path))
+        try:
+            check_preprocess(self.pp, str(self.model.source))
+        except UsageError:
+            self.close()
+            raise
         self.options = options or ClassifierOptions()
         spec = self.model.inputs[0]
         self.input_name = spec.name
@@ -312,8 +356,11 @@ class ImageClassifier(Task):
                 self.pp["crop"] = list(hw)
         self.activation = self.postprocess().get("activation", "softmax")
         crop = self.pp.get("crop") or 224
-        # Smallest side a JPEG may be draft-decoded to without losing pixels the resize needs.
-        self.decode_min = max(int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
+        # Smallest side a JPEG may be draft-decoded to without losing pixels the resize needs. Not
+        # with "tf1": TensorFlow decodes at full size, and a reduced decode changes what it samples
+        # (a 512x512 sample photo drafted to 256x256 was up to 113 levels off).
+        self.decode_min = None if self.pp.get("resampling") == "tf1" else max(
+            int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
