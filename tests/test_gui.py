@@ -189,7 +189,8 @@ def test_text_sample_shows_similarity_and_zero_shot_labels(qtbot, window, sample
     assert window.run_page.currentWidget() is view and not view.labels.isHidden()
     view.editor.setPlainText("A man is playing a guitar.\nSomeone plays the guitar.\nThe bank raised interest rates.")
     view.run()
-    qtbot.waitUntil(lambda: view.similarity.rowCount() == 3, timeout=60_000)
+    # the run's result is shown before its job finishes; the view takes one run at a time
+    qtbot.waitUntil(lambda: view.similarity.rowCount() == 3 and not view.busy, timeout=60_000)
     sim = [[float(view.similarity.item(i, j + 1).text()) for j in range(3)] for i in range(3)]
     assert sim[0][1] > sim[0][2] + 0.2  # the paraphrase is closer than the unrelated sentence
     screenshot(window, "run-text-similarity.png")
