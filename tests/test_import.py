@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 HEAVY = ["onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime", "numpy", "onnx", "PySide6",
-         "tensorflow", "torch"]
+         "tensorflow", "torch", "cv2"]
 
 
 def _modules_after(code: str) -> set[str]:

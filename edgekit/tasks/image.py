@@ -367,6 +367,8 @@ class ImageClassifier(Task):
         # (a 512x512 sample photo drafted to 256x256 was up to 113 levels off).
         self.decode_min = None if self.pp.get("resampling") == "tf1" else max(
             int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
+        if self.pp.get("resampling") == "tf1":
+            import cv2  # noqa: F401 - imported here (~0.1 s), so that the first classify() is not slowed
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
