@@ -224,16 +224,16 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
         NoCandidateError: every candidate failed (``.selection`` says how).
     """
     try:
-        if isinstance(concurrency, bool) or operator.index(concurrency) < 1:
-            raise TypeError
+        runs = 0 if isinstance(concurrency, bool) else operator.index(concurrency)  # any integer type
     except TypeError:
-        raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}") from None
-    concurrency = operator.index(concurrency)
+        runs = 0
+    if runs < 1:
+        raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
     policy = parse_policy(device)
     prec = Precision.parse(precision)
     source = resolve_source(path)
     session, cand, selection = select(source, policy, prec, strict=strict, verify=verify,
-                                      use_cache=cache, concurrency=concurrency)
+                                      use_cache=cache, concurrency=runs)
     model = Model(session, backend=cand.backend, device=cand.device.id, selection=selection,
                   path=cand.artifact.path, source=source.path, package=source.package)
     log.info("%s: running on %s:%s (%s)", source.path.name, cand.backend, cand.device.id, model.precision)

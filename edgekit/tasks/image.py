@@ -187,19 +187,20 @@ def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -
 def crop_box(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
     """The crop's (width, height) and the source box (left, top, right, bottom) it is resized from:
     the shorter side scaled to ``resize``, centred, never outside the image."""
-    (crop_w, crop_h), scale = _crop_scale(size, pp)
+    (crop_w, crop_h), _, scale = _crop_scale(size, pp)
     w, h = size
     box_w, box_h = crop_w / scale, crop_h / scale
     left, top = (w - box_w) / 2, (h - box_h) / 2
     return (crop_w, crop_h), (left, top, left + box_w, top + box_h)
 
 
-def _crop_scale(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], float]:
+def _crop_scale(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], int, float]:
+    """The crop's (width, height), the shorter side's target, and the scale that fits both."""
     crop = pp.get("crop") or pp.get("size") or 224
     crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
     resize = pp.get("resize") or max(crop_h, crop_w)
     w, h = size
-    return (crop_w, crop_h), max(resize / min(w, h), crop_w / w, crop_h / h)
+    return (crop_w, crop_h), resize, max(resize / min(w, h), crop_w / w, crop_h / h)
 
 
 def tf1_crop(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
@@ -208,9 +209,8 @@ def tf1_crop(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[in
     As tensorflow/tpu's ``_decode_and_center_crop``: the box side is ``int(crop / resize *
     shorter side)`` and its offset ``(side - box + 1) // 2``; never outside the image.
     """
-    (crop_w, crop_h), scale = _crop_scale(size, pp)
+    (crop_w, crop_h), resize, scale = _crop_scale(size, pp)
     w, h = size
-    resize = pp.get("resize") or max(crop_h, crop_w)
     if scale == resize / min(w, h):  # TF's own float32 arithmetic, so that 0.875 * 320 is 280, not 279
         sides = [int(np.float32(c / resize) * np.float32(min(w, h))) for c in (crop_w, crop_h)]
     elif crop_w * h >= crop_h * w:  # the crop is wider than the image's shape: its whole width
@@ -362,13 +362,14 @@ class ImageClassifier(Task):
                 self.pp["crop"] = list(hw)
         self.activation = self.postprocess().get("activation", "softmax")
         crop = self.pp.get("crop") or 224
-        # Smallest side a JPEG may be draft-decoded to without losing pixels the resize needs. Not
-        # with "tf1": TensorFlow decodes at full size, and a reduced decode changes what it samples
-        # (a 512x512 sample photo drafted to 256x256 was up to 113 levels off).
-        self.decode_min = None if self.pp.get("resampling") == "tf1" else max(
-            int(self.pp.get("resize") or 0), *(crop if isinstance(crop, (list, tuple)) else [crop]))
         if self.pp.get("resampling") == "tf1":
-            import cv2  # noqa: F401 - imported here (~0.1 s), so that the first classify() is not slowed
+            # TensorFlow decodes at full size, and a reduced decode changes what it samples (a
+            # 512x512 sample photo drafted to 256x256 was up to 113 levels off): no draft decode.
+            self.decode_min = None
+            import cv2  # noqa: F401 - imported here (0.27 s), so that the first classify() is not slowed
+        else:  # the smallest side a JPEG may be draft-decoded to without losing pixels the resize needs
+            self.decode_min = max(int(self.pp.get("resize") or 0),
+                                  *(crop if isinstance(crop, (list, tuple)) else [crop]))
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
