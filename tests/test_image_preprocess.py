@@ -27,6 +27,7 @@ from edgekit.tasks.image import (
     load_image,
     normalise,
     preprocess_image,
+    resize_tf1,
     reuse_pillow_memory,
     tf1_crop,
 )
@@ -85,6 +86,23 @@ def test_the_classifier_decodes_at_full_size_as_tensorflow_does(tf, samples, tmp
         for path in (INPUTS / "images" / "astronaut.jpg", big):
             want = _tf_reference(tf, Image.open(path).convert("RGB"))
             np.testing.assert_allclose(clf.preprocess_input(path)[0], want, rtol=0, atol=TF_LEVELS / 128)
+
+
+@pytest.mark.parametrize("size, crop", [((451, 300), 224), ((4000, 3000), 224), ((1200, 5000), 224),
+                                        ((3000, 3000), [224, 320])], ids=["small", "12mp", "tall", "wide-crop"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_tf1_from_a_pil_image_is_the_resize_of_its_array(size, crop, layout):
+    """preprocess_image reads a big photo from Pillow in strips of the rows the filter taps;
+    resize_tf1 indexes the whole array: the same pixels, clamped edges included."""
+    img = Image.open(INPUTS / "images" / "cat.jpg").convert("RGB").resize(size, Image.BICUBIC)
+    pp = {**IMAGE_PREPROCESS, "crop": crop, "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4],
+          "color": "BGR"}
+    want = normalise(resize_tf1(np.asarray(img), pp), pp, layout=layout)
+    got = preprocess_image(img, pp, layout=layout)
+    assert got.shape == want.shape and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    half = preprocess_image(img, pp, layout=layout, dtype=np.float16)
+    np.testing.assert_allclose(half, want, rtol=1e-3, atol=1e-3)
 
 
 def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
