@@ -144,8 +144,19 @@ def test_crop_box_is_centred_and_never_leaves_the_image():
      "interpolation 'nearest' is not one of ['bilinear', 'bicubic']"),
     ({"interpolation": "lanczos"}, "interpolation 'lanczos' is not one of ['bilinear', 'bicubic', 'nearest']"),
     ({"resampling": ["tf1"]}, "resampling ['tf1'] is not one of ['pillow', 'tf1']"),
+    ({"crop": "224"}, "crop '224' is not a positive number of pixels or [height, width]"),
+    ({"crop": [224, 0]}, "crop [224, 0] is not a positive number of pixels or [height, width]"),
+    ({"size": [1, 2, 3]}, "size [1, 2, 3] is not a positive number of pixels or [height, width]"),
+    ({"resize": [256, 256]}, "resize [256, 256] is not a positive number of pixels"),
+    ({"resize": 25.6}, "resize 25.6 is not a positive number of pixels"),
+    ({"mean": "imagenet"}, "scale, mean and std must be numbers, one or one per channel (scale 1.0, "
+                           "mean 'imagenet', std 1.0)"),
+    ({"std": [1, 2]}, "scale, mean and std must be numbers"),
+    ({"std": None}, "scale, mean and std must be numbers"),
+    ({"std": [58.4, 0, 57.4]}, "std [58.4, 0, 57.4] has a zero, or scale or mean is not finite"),
+    ({"scale": float("inf")}, "std 1.0 has a zero, or scale or mean is not finite"),
 ])
-def test_unknown_resampling_or_interpolation_is_a_clear_error(pp, problem):
+def test_bad_preprocessing_values_are_a_clear_error(pp, problem):
     with pytest.raises(UsageError, match="^" + re.escape(f"pkg/edgekit.json: image {problem}")):
         check_preprocess(pp, "pkg/edgekit.json")
 

@@ -64,6 +64,8 @@ def test_other_pictures(image_clf, name, expected):
 def test_preprocessing_overrides_are_checked_when_the_task_opens(samples):
     with pytest.raises(edgekit.UsageError, match=r"model-fp32\.onnx: image resampling 'tf2' is not one of"):
         ImageClassifier(samples["image"] / "model-fp32.onnx", preprocess={"resampling": "tf2"})
+    with pytest.raises(edgekit.UsageError, match=r"model-fp32\.onnx: image std \[128, 0, 128\] has a zero"):
+        ImageClassifier(samples["image"] / "model-fp32.onnx", preprocess={"std": [128, 0, 128]})
     with ImageClassifier(samples["image"] / "model-fp32.onnx",
                          preprocess={"resampling": "pillow", "interpolation": "bilinear"}) as torchvision_way:
         assert torchvision_way.classify(IMAGES / "cat.jpg", top_k=5)[0].label in CAT_CLASSES

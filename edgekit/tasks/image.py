@@ -156,6 +156,24 @@ def check_preprocess(pp: dict, where: str) -> None:
     if not isinstance(interpolation, str) or interpolation not in RESAMPLING[resampling]:
         raise UsageError(f"{where}: image interpolation {interpolation!r} is not one of "
                          f"{list(RESAMPLING[resampling])} (resampling {resampling!r})")
+    for key in ("crop", "size", "resize"):  # crop and size may be [height, width]
+        v = pp.get(key)
+        if v is not None and not _pixels(v, pair=key != "resize"):
+            what = "a positive number of pixels" + ("" if key == "resize" else " or [height, width]")
+            raise UsageError(f"{where}: image {key} {v!r} is not {what}")
+    try:
+        gain, bias = _gain_bias(*_affine_key(pp))
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: image scale, mean and std must be numbers, one or one per channel "
+                         f"(scale {pp.get('scale', 1.0)!r}, mean {pp.get('mean', 0.0)!r}, "
+                         f"std {pp.get('std', 1.0)!r})") from None
+    if not np.isfinite([*gain, *bias]).all():
+        raise UsageError(f"{where}: image std {pp.get('std', 1.0)!r} has a zero, or scale or mean is not finite")
+
+
+def _pixels(v, *, pair: bool) -> bool:
+    sides = v if pair and isinstance(v, (list, tuple)) and len(v) == 2 else [v]
+    return all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sides)
 
 
 def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -> np.ndarray:
@@ -342,7 +360,7 @@ def normalise(arr: np.ndarray, pp: dict, *, layout: str = "NCHW", dtype=np.float
     src = arr.transpose(2, 0, 1) if layout == "NCHW" else arr
     if np.dtype(dtype) == np.uint8:  # quantized models with uint8 input take raw pixels
         return np.ascontiguousarray(src)
-    gain, bias = _gain_bias(*(_constant(pp.get(k, d)) for k, d in (("scale", 1.0), ("mean", 0.0), ("std", 1.0))))
+    gain, bias = _gain_bias(*_affine_key(pp))
     x = np.empty(src.shape, np.float32)
     if len(gain) == 1:
         np.multiply(src, gain[0], out=x)
@@ -355,17 +373,19 @@ def normalise(arr: np.ndarray, pp: dict, *, layout: str = "NCHW", dtype=np.float
     return x if np.dtype(dtype) == np.float32 else x.astype(dtype)
 
 
-def _constant(v):
-    """A package's scale / mean / std as a cache key: a number or a tuple of numbers."""
-    return tuple(np.ravel(v).tolist()) if isinstance(v, (list, tuple, np.ndarray)) else float(v)
+def _affine_key(pp: dict) -> tuple:
+    """The package's scale, mean and std as a cache key: each a number or a tuple of numbers."""
+    return tuple(tuple(np.ravel(v).tolist()) if isinstance(v, (list, tuple, np.ndarray)) else float(v)
+                 for v in (pp.get("scale", 1.0), pp.get("mean", 0.0), pp.get("std", 1.0)))
 
 
 @functools.lru_cache(maxsize=16)  # a classify loop called them 20-45 us a call, after each inference
 def _gain_bias(scale, mean, std) -> tuple[tuple, tuple]:
     """x * gain + bias as (x * scale - mean) / std: one float32 pair when the channels share it."""
     std = np.broadcast_to(np.asarray(std, np.float32), (3,))
-    gain = np.float32(scale) / std
-    bias = -np.broadcast_to(np.asarray(mean, np.float32), (3,)) / std
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero std: check_preprocess says so
+        gain = np.float32(scale) / std
+        bias = -np.broadcast_to(np.asarray(mean, np.float32), (3,)) / std
     if (gain == gain[0]).all() and (bias == bias[0]).all():
         return (gain[0],), (bias[0],)
     return tuple(gain), tuple(bias)
