@@ -445,6 +445,19 @@ def test_bad_audio_values(vad, tmp_path):
         vad.detect(np.zeros(16000, np.float32))
     with pytest.raises(edgekit.InputError, match="NaN"):
         vad.detect(np.full(16000, np.nan, np.float32), sample_rate=16000)
+    # A 10 KB WAV declaring 1 Hz would be resampled 16000x: refused before soxr allocates anything
+    sf.write(str(tmp_path / "1hz.wav"), np.zeros(5000, np.float32), 1)
+    with pytest.raises(edgekit.InputError, match=r"1hz\.wav: a sample rate of 1 Hz is below 1000 Hz"):
+        vad.detect(tmp_path / "1hz.wav")
+
+
+def test_resampling_past_the_sample_limit_is_refused(vad, monkeypatch):
+    from edgekit.tasks import audio
+
+    monkeypatch.setattr(audio, "MAX_SAMPLES", 16000 * 10)
+    vad.detect(np.zeros(8000 * 10, np.float32), sample_rate=8000)  # 10 s at 16 kHz: at the limit
+    with pytest.raises(edgekit.InputError, match="80008 samples at 8000 Hz would be 160016 at 16000 Hz, over the limit"):
+        vad.detect(np.zeros(8000 * 10 + 8, np.float32), sample_rate=8000)
 
 
 # --- CLI -----------------------------------------------------------------------------------------

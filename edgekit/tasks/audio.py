@@ -27,6 +27,9 @@ VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_du
                 "speech_pad_ms": 30, "max_speech_duration_s": None, "neg_threshold": None}
 _MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
 MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of float32, 70 min of 16 kHz mono
+# The lowest rate resampled: below it a tiny file declaring, say, 1 Hz would be resampled 16000x
+# (a 10 KB WAV took 13 s and 630 MB). Telephone audio is 8 kHz.
+MIN_SAMPLE_RATE = 1000
 
 
 def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name: str | None = None) -> np.ndarray:
@@ -91,6 +94,12 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         raise InputError(f"{what}: contains NaN or infinite samples")
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"{what}: invalid sample rate {sample_rate!r}")
+    if sample_rate != target_rate and sample_rate < MIN_SAMPLE_RATE:
+        raise InputError(f"{what}: a sample rate of {sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz; "
+                         f"this is not audio that can be resampled to {target_rate} Hz")
+    if len(data) * target_rate > MAX_SAMPLES * sample_rate:  # checked before resampling allocates it
+        raise InputError(f"{what}: {len(data)} samples at {sample_rate} Hz would be "
+                         f"{len(data) * target_rate // sample_rate} at {target_rate} Hz, over the limit of {MAX_SAMPLES}")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if sample_rate != target_rate:
         import soxr
