@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import tritonclient.http as tc
 from tritonclient.utils import InferenceServerException
 
@@ -259,6 +261,17 @@ def test_task_endpoints_answer_as_the_sdk(served, samples):
     assert status == 400 and "audio" in doc["error"]
     status, _, doc = served.request("POST", f"/v2/models/{text}/embed", b'{"texts": []}')
     assert status == 400 and "texts" in doc["error"]
+    # "\udcff" is valid JSON but not valid Unicode: 400, on the task endpoints and as BYTES
+    bytes_input = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["\\udcff"]}]}'
+    for route, body in (("embed", b'{"texts": ["ok", "\\udcff"]}'),
+                        ("classify", b'{"text": "x", "labels": ["\\udcff"]}'), ("infer", bytes_input)):
+        status, _, doc = served.request("POST", f"/v2/models/{text}/{route}", body)
+        assert status == 400 and ("Unicode" in doc["error"] or "surrogate" in doc["error"]), (route, doc)
+    # a WAV declaring 1 Hz: refused before it is resampled 16000x
+    one_hz = io.BytesIO()
+    sf.write(one_hz, np.zeros(5000, np.float32), 1, format="WAV")
+    status, _, doc = served.request("POST", f"/v2/models/{audio}/detect", one_hz.getvalue())
+    assert status == 400 and "1 Hz" in doc["error"]
     assert served.healthy()
 
 

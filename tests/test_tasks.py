@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 
 import numpy as np
@@ -267,10 +268,24 @@ def test_text_results_agree_across_backends(samples, embedder):
 @pytest.mark.parametrize(("text", "fragment"), [
     ("", "text is empty"), ("   ", "text is empty"), ([], "no texts"),
     (b"\xff\xfe\xfa", "not valid UTF-8"), (["ok", 5], "text #1: expected a string"),
+    ("caf\udce9", r"text: not valid Unicode \('\\udce9' at character 3 is a lone surrogate"),  # argv's escape
+    (["ok", "\ud800"], "text #1: not valid Unicode"),
 ])
 def test_bad_text(embedder, text, fragment):
     with pytest.raises(edgekit.InputError, match=fragment):
         embedder.embed(text)
+
+
+def test_zero_shot_labels_are_checked_like_texts(embedder):
+    with pytest.raises(edgekit.InputError, match="label #1: not valid Unicode"):
+        TextClassifier(embedder.model, labels=["sports", "caf\udce9"])
+    with pytest.raises(edgekit.InputError, match="label #0 is empty"):
+        TextClassifier(embedder.model, labels=["", "sports"])
+
+
+def test_predict_with_undecodable_argv_exits_2(samples):
+    out = run_cli("predict", str(samples["text"]), os.fsdecode(b"caf\xe9"))
+    assert out.returncode == 2 and "not valid Unicode" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_utf8_bytes_are_text(embedder):
@@ -456,7 +471,7 @@ def test_resampling_past_the_sample_limit_is_refused(vad, monkeypatch):
 
     monkeypatch.setattr(audio, "MAX_SAMPLES", 16000 * 10)
     vad.detect(np.zeros(8000 * 10, np.float32), sample_rate=8000)  # 10 s at 16 kHz: at the limit
-    with pytest.raises(edgekit.InputError, match="80008 samples at 8000 Hz would be 160016 at 16000 Hz, over the limit"):
+    with pytest.raises(edgekit.InputError, match="80008 samples at 8000 Hz would be 160016 at 16000 Hz, over"):
         vad.detect(np.zeros(8000 * 10 + 8, np.float32), sample_rate=8000)
 
 

@@ -230,7 +230,11 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
         if flat is None or not all(isinstance(x, str) for x in flat):
             raise ProtocolError(f"input {name!r}: BYTES data in JSON must be a flat list of strings")
         arr = np.empty(count, dtype=object)
-        arr[:] = [x.encode("utf-8") for x in flat]
+        try:
+            arr[:] = [x.encode("utf-8") for x in flat]
+        except UnicodeEncodeError as e:
+            raise ProtocolError(f"input {name!r}: BYTES data holds a lone surrogate ({e.object[e.start]!r}), "
+                                f"not valid Unicode") from None
         return arr.reshape(shape)
     try:
         raw = np.asarray(data)

@@ -99,7 +99,8 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
                          f"this is not audio that can be resampled to {target_rate} Hz")
     if len(data) * target_rate > MAX_SAMPLES * sample_rate:  # checked before resampling allocates it
         raise InputError(f"{what}: {len(data)} samples at {sample_rate} Hz would be "
-                         f"{len(data) * target_rate // sample_rate} at {target_rate} Hz, over the limit of {MAX_SAMPLES}")
+                         f"{len(data) * target_rate // sample_rate} at {target_rate} Hz, "
+                         f"over the limit of {MAX_SAMPLES}")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if sample_rate != target_rate:
         import soxr

@@ -64,6 +64,11 @@ def _as_texts(texts, what: str = "text") -> list[str]:
                 raise InputError(f"{name}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from e
         if not isinstance(t, str):
             raise InputError(f"{name}: expected a string, got {type(t).__name__}")
+        try:  # a lone surrogate: bytes that were not UTF-8, escaped (argv, "\udcff" in JSON)
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"{name}: not valid Unicode ({t[e.start]!r} at character {e.start} is a lone "
+                             f"surrogate; were the bytes UTF-8?)") from None
         if not t.strip():
             raise InputError(f"{name} is empty")
         out.append(t)
@@ -161,6 +166,8 @@ class TextClassifier(_TextTask):
         self.labels = list(labels) if labels is not None else self.metadata.get("labels")
         if not self.labels:
             raise UsageError("no labels: pass labels=[...] (zero-shot needs them) or use a package with labels")
+        if labels is not None:  # the caller's: strings, none empty, valid Unicode
+            self.labels = _as_texts(self.labels, "label")
         self.options = options or ClassifierOptions()
         self._label_vecs = None
         if self.zero_shot:
