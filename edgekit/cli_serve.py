@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 
 from .errors import UsageError
@@ -52,8 +53,19 @@ def cmd_serve(args, emit_json, table) -> int:
     from .serve.repository import Batching
     from .serve.server import JsonLogFormatter
 
-    if args.max_batch_size < 0 or args.instances < 1 or args.max_body_mb <= 0 or not 0 <= args.port <= 65535:
-        raise UsageError("--max-batch-size must be >= 0, --instances >= 1, --max-body-mb > 0 and --port 0 to 65535")
+    checks = [("--port", args.port, 0 <= args.port <= 65535, "from 0 to 65535"),
+              ("--instances", args.instances, args.instances >= 1, "at least 1"),
+              ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 0, "0 (off) or more"),
+              ("--max-body-mb", args.max_body_mb, 0 < args.max_body_mb <= 1 << 20, "over 0 and at most 1048576"),
+              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0 <= args.max_queue_delay_ms <= 60_000,
+               "from 0 to 60000"),
+              ("--poll-interval", args.poll_interval, 0 <= args.poll_interval <= 86_400,
+               "from 0 (off) to 86400 seconds"),
+              ("--keep-alive-s", args.keep_alive_s, args.keep_alive_s is None or 0 < args.keep_alive_s <= 86_400,
+               "over 0 and at most 86400 seconds")]
+    for flag, value, ok, what in checks:  # NaN fails every comparison, so it is refused too
+        if not ok:
+            raise UsageError(f"{flag} must be {what}, got {value}")
     _serve_logging(args.access_log, JsonLogFormatter)
 
     def ready(url: str) -> None:
@@ -96,6 +108,8 @@ def cmd_repo(args, emit_json, table) -> int:
     if args.action == "add":
         if not args.target or not args.repository:
             raise UsageError("usage: edgekit repo add PKG --repository REPO [--name N] [--version V]")
+        # SIGTERM (a build step's timeout, kill) as Ctrl-C: the staging copy is removed on the way out
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
         doc = {"name": dest.parent.name, "version": int(dest.name), "path": str(dest)}
         if args.json:

@@ -92,13 +92,13 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     return out[0] if out else ""
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -440,6 +440,49 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     assert [v["version"] for v in doc["models"][0]["versions"]] == [1, 2]
     r = run_cli("repo", "list", str(repo))
     assert r.returncode == 0 and "mlp" in r.stdout and "not in the version policy" in r.stdout
+    # the error names the source's file; a refused first version leaves no empty model behind
+    r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--name", "fresh")
+    assert r.returncode == 2 and f"{pkg / 'mlp-0.onnx'}: checksum mismatch" in r.stderr, r.stderr
+    assert not (repo / "fresh").exists()
+
+
+def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, models):
+    from conftest import run_cli
+
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    (tmp_path / "a-file").write_text("x")
+    for repo, name, problem in ((tmp_path / "a-file", "mlp", "a-file: exists and is not a folder"),
+                                (tmp_path, "a-file", "a-file: exists and is not a folder, so it cannot be the "
+                                                     "folder of model 'a-file'")):
+        r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--name", name)
+        assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr, r.stderr
+    repo = tmp_path / "repo"
+    (repo / "mlp").mkdir(parents=True)
+    (repo / "mlp" / "1").write_text("a stray file")  # takes the number, so the next version is 2
+    assert repository.add(pkg, repo).name == "2"
+    assert repository.add(pkg, repo, version=repository.MAX_VERSION).name == str(repository.MAX_VERSION)
+    with pytest.raises(edgekit.UsageError, match=f"version {repository.MAX_VERSION} is the highest"):
+        repository.add(pkg, repo)
+    with pytest.raises(edgekit.UsageError, match="an integer from 1 to 999999999, got 1000000000"):
+        repository.add(pkg, repo, version=10 ** 9)
+
+
+def test_repo_add_cleans_up_when_terminated(tmp_path, models):
+    """SIGTERM during the copy (a build step's timeout) removes the staging copy, like Ctrl-C."""
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    (pkg / "padding.bin").write_bytes(os.urandom(1 << 20))
+    for i in range(2000):  # enough files that the copy takes a while
+        (pkg / f"padding-{i}.bin").write_bytes(b"x" * 4096)
+    repo = tmp_path / "repo"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "repo", "add", str(pkg), "--repository", str(repo)],
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: proc.poll() is not None or any((repo / "mlp").glob(".new-*/pkg")),
+             what="the staging copy", timeout=60, interval=0.002)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+    assert code in (0, 128 + signal.SIGTERM), proc.stderr.read()
+    leftovers = [p.name for p in (repo / "mlp").iterdir()] if (repo / "mlp").exists() else []
+    assert leftovers in ([], ["1"]), leftovers  # finished before the signal, or nothing left
 
 
 def test_versions_load_and_unload_while_serving(tmp_path):
@@ -540,6 +583,22 @@ def test_datatypes_map_exactly(tmp_path):
         assert status == 400 and "range" in doc["error"]  # 300 does not fit UINT8
     finally:
         assert server.stop() == 0, server.log()
+
+
+@pytest.mark.parametrize("flag, value, problem", [
+    ("--max-body-mb", "nan", "--max-body-mb must be over 0 and at most 1048576, got nan"),
+    ("--max-body-mb", "inf", "--max-body-mb must be over 0"),
+    ("--keep-alive-s", "nan", "--keep-alive-s must be over 0"),
+    ("--keep-alive-s", "-1", "--keep-alive-s must be over 0"),
+    ("--max-queue-delay-ms", "-2", "--max-queue-delay-ms must be from 0 to 60000, got -2.0"),
+    ("--poll-interval", "nan", "--poll-interval must be from 0 (off)"),
+    ("--port", "70000", "--port must be from 0 to 65535, got 70000"),
+])
+def test_serve_refuses_out_of_range_settings(tmp_path, flag, value, problem):
+    from conftest import run_cli
+
+    r = run_cli("serve", str(tmp_path), flag, value)
+    assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # -- security -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ repository never sees half a version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -28,6 +29,7 @@ from ..errors import EdgekitError, ModelFileError, UsageError
 CONFIG = "config.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION_RE = re.compile(r"[0-9]{1,9}")
+MAX_VERSION = 10 ** 9 - 1
 _POLICIES = ("latest", "all", "specific")
 
 
@@ -236,9 +238,14 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
         raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
     package.read(src)  # refuse a source that is not a package before copying anything
     name = check_name(name or src.resolve().name)
-    if version is not None and (not isinstance(version, int) or not 1 <= version < 10 ** 9):
-        raise UsageError(f"version must be a positive integer, got {version!r}")
-    model_dir = Path(repo) / name
+    if version is not None and (not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
+        raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}")
+    repo = Path(repo)
+    model_dir = repo / name
+    for folder, what in ((repo, "a repository"), (model_dir, f"the folder of model {name!r}")):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder}: exists and is not a folder, so it cannot be {what}")
+    created, added = not model_dir.exists(), None
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = package.staging_dir(model_dir / "new")
     try:
@@ -246,10 +253,16 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
         shutil.copytree(src, copy, ignore=shutil.ignore_patterns(".*"))
         for artifact in package.read(copy).artifacts:
             if artifact.status == "ok":
-                package.verify(artifact)
+                try:
+                    package.verify(artifact)
+                except ModelFileError as e:  # name the source's file, not the copy about to be removed
+                    raise ModelFileError(src / artifact.path.relative_to(copy), e.problem) from None
         for attempt in range(100):
             v = version if version is not None else _next_version(model_dir)
             dest = model_dir / str(v)
+            if v > MAX_VERSION:
+                raise UsageError(f"{model_dir}: version {MAX_VERSION} is the highest a repository holds; "
+                                 f"give a free one with --version")
             if dest.exists():
                 if version is not None:
                     raise UsageError(f"{dest}: version {v} of {name!r} exists; versions are never replaced, "
@@ -261,12 +274,17 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
                 if version is not None or attempt == 99:
                     raise
                 continue
+            added = dest
             return dest
         raise UsageError(f"{model_dir}: could not take a new version number")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if added is None and created:  # a refused package leaves no model behind ("no versions")
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()  # only if still empty: another writer may have added a version
 
 
 def _next_version(model_dir: Path) -> int:
-    numbers = [parse_version(d.name) for d in model_dir.iterdir() if d.is_dir()]
-    return max((n for n in numbers if n is not None), default=0) + 1
+    """One past the highest number taken by any entry, a stray file included (it blocks the rename)."""
+    numbers = [int(d.name) for d in model_dir.iterdir() if d.name.isascii() and d.name.isdigit()]
+    return max(numbers, default=0) + 1
