@@ -276,6 +276,12 @@ def test_bad_text(embedder, text, fragment):
         embedder.embed(text)
 
 
+def test_a_corrupt_tokenizer_is_a_model_file_error(samples, tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(edgekit.ModelFileError, match=r"tokenizer\.json: cannot be read as a tokenizer"):
+        TextEmbedder(samples["text"] / "model-fp32.onnx", tokenizer=tmp_path / "tokenizer.json")
+
+
 def test_zero_shot_labels_are_checked_like_texts(embedder):
     with pytest.raises(edgekit.InputError, match="label #1: not valid Unicode"):
         TextClassifier(embedder.model, labels=["sports", "caf\udce9"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, ModelFileError, UsageError
 from .base import Task
 from .results import Category, ClassifierOptions, softmax
 
@@ -27,7 +27,10 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"{path}: tokenizer file is missing")
-        self._tok = HfTokenizer.from_file(str(path))
+        try:
+            self._tok = HfTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a corrupt or foreign file
+            raise ModelFileError(path, f"cannot be read as a tokenizer ({' '.join(str(e).split())[:200]})") from None
         self.max_length = max_length
         self._tok.enable_truncation(max_length)
         self._tok.no_padding()
@@ -92,7 +95,11 @@ class _TextTask(Task):
         static = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
         lengths = [sh[1] for sh in static if isinstance(sh[1], int)]
         batches = [sh[0] for sh in static if isinstance(sh[0], int)]
-        self.tokenizer = Tokenizer(tok_path, max_length=min([limit, *lengths]))
+        try:
+            self.tokenizer = Tokenizer(tok_path, max_length=min([limit, *lengths]))
+        except UsageError:
+            self.close()
+            raise
         self.input_names = [s.name for s in self.model.inputs]
         self.static_batch = min(batches) if batches else None
 
