@@ -76,6 +76,21 @@ class _InputCheck:
         return arr.astype(dst)
 
 
+def _shared_dims(specs: list[TensorSpec]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Named dynamic dims that more than one place declares: (name, [(input, axis), ...]).
+
+    ONNX's ``dim_param`` names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
+    Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
+    mask of 3, and broadcast a batch of 1 against 2 into a wrong answer of 2 rows.
+    """
+    places: dict[str, list[tuple[int, int]]] = {}
+    for i, spec in enumerate(specs):
+        for d, dim in enumerate(spec.shape or ()):
+            if isinstance(dim, str) and dim:
+                places.setdefault(dim, []).append((i, d))
+    return [(dim, p) for dim, p in places.items() if len(p) > 1]
+
+
 def _closed(arrays):
     raise EdgekitError("this model was closed; load it again to run it")
 
@@ -106,6 +121,7 @@ class Model:
         self.inputs: list[TensorSpec] = list(session.inputs)
         self.outputs: list[TensorSpec] = list(session.outputs)
         self._checks = [_InputCheck(s) for s in self.inputs]
+        self._shared_dims = _shared_dims(self.inputs)
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
@@ -150,6 +166,11 @@ class Model:
                 raise InputError(f"this model has {len(checks)} inputs ({', '.join(self._in_names)}): "
                                  f"pass a dict or a list")
             arrays = [checks[0](inputs)]
+        for dim, places in self._shared_dims:
+            sizes = [arrays[i].shape[d] for i, d in places]
+            if any(n != sizes[0] for n in sizes):
+                seen = ", ".join(f"{self._in_names[i]} {n}" for (i, _), n in zip(places, sizes))
+                raise InputError(f"inputs disagree on dimension {dim!r}, which must be one size: {seen}")
         try:
             outputs = self._run(arrays)
         except EdgekitError:

@@ -50,6 +50,27 @@ def test_wrong_rank_and_static_dim(add_model):
         add_model.run({"a": A, "b": np.ones((1, 5), np.float32)})
 
 
+def test_named_dynamic_dims_must_agree_across_inputs(tmp_path):
+    """ONNX's dim_param names one size wherever it appears. ONNX Runtime broadcasts a batch of 1
+    against 2 here without a word; edgekit refuses before the run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def arg(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "sequence"])
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "add", [arg("a"), arg("b")],
+                              [arg("sum")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "named.onnx")
+    m = edgekit.load(tmp_path / "named.onnx")
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(m.run({"a": x, "b": x})["sum"], 2 * x)
+    with pytest.raises(edgekit.InputError, match=r"disagree on dimension 'batch'.*: a 1, b 2"):
+        m.run({"a": x[:1], "b": x})
+    with pytest.raises(edgekit.InputError, match=r"disagree on dimension 'sequence'.*: a 3, b 2"):
+        m.run({"a": x, "b": x[:, :2]})
+
+
 def test_cast_policy(add_model):
     # float64 -> float32 (NumPy's default float) and lossless casts are accepted ...
     out = add_model.run({"a": A.astype(np.float64), "b": B.astype(np.float16)})
