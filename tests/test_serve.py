@@ -446,6 +446,17 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     assert not (repo / "fresh").exists()
 
 
+def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, models):
+    from conftest import run_cli
+
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repo = tmp_path / "repo"
+    repository.add(pkg, repo)
+    r = run_cli("serve", str(repo / "mlp"), "--port", "0")
+    assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr and str(repo) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, models):
     from conftest import run_cli
 
@@ -504,11 +515,16 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2"], what="version 2")
         np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
         assert error_of(lambda: answer("1"))[0] == 503  # dropped by the "latest 1" policy
-        # a corrupt version 3 is reported with its reason and never replaces version 2
+        # a version 3 with one corrupt artifact of two is reported with its reason and never replaces
+        # version 2, although its other artifact would load
         bad = repo / "mlp" / ".v3-staging"
-        shutil.copytree(repo / "mlp" / "2", bad)
-        onnx_file = next(bad.glob("*.onnx"))
-        onnx_file.write_bytes(onnx_file.read_bytes()[:-8] + b"corrupt!")
+        staging = package.staging_dir(bad)
+        for copy in ("a.onnx", "b.onnx"):
+            shutil.copy(next((repo / "mlp" / "2").glob("*.onnx")), staging / copy)
+        package.publish(staging, bad, {"name": "mlp", "artifacts": [
+            {"path": "a.onnx", "format": "onnx", "precision": "fp32"},
+            {"path": "b.onnx", "format": "onnx", "precision": "fp16"}]})
+        (bad / "b.onnx").write_bytes((bad / "b.onnx").read_bytes()[:-8] + b"corrupt!")
         bad.rename(repo / "mlp" / "3")
         row = wait_for(lambda: next((r for r in c.get_model_repository_index()
                                      if r.get("version") == "3" and r["state"] == "UNAVAILABLE"), None), what="v3")
@@ -524,6 +540,13 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         assert row["state"] == "READY" and c.get_model_metadata("mlp")["versions"] == ["2"]
         np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
         manifest.write_bytes(good_manifest)
+        # a config.json that does not parse: logged, shown in the index, the settings in force kept
+        (repo / "mlp" / "config.json").write_text("{not json")
+        row = wait_for(lambda: next((r for r in c.get_model_repository_index()
+                                     if r.get("version") == "2" and "config.json" in r.get("reason", "")), None),
+                       what="the config problem")
+        assert row["state"] == "READY" and "previous settings stay in force" in row["reason"]
+        assert "config.json" in server.log() and c.get_model_metadata("mlp")["versions"] == ["2"]
         # policy "all" in config.json: every good version is served
         (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
         wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2", "1"], what="policy all")

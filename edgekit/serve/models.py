@@ -105,6 +105,9 @@ class ModelManager:
             if not path.exists():
                 raise UsageError(f"{path}: no such repository, package or model file")
             if repository.is_repository(path):
+                if repository.is_model_folder(path):  # REPO/NAME given for REPO: it would serve models "1", "2"
+                    raise UsageError(f"{path} is a model's folder (its versions are {path}/1, ...): serve the "
+                                     f"repository that holds it, {path.parent}, or one version's package")
                 self.repositories.append(path)
             else:
                 self._add_model(path.stem if path.is_file() else path.resolve().name, path, lone=True)
@@ -202,6 +205,9 @@ class ModelManager:
                 rows.append(v.to_index() if v is not None else
                             {"name": m.name, "version": str(n), "state": UNAVAILABLE,
                              "reason": "unloaded" if m.unloaded else "not in the version policy"})
+                if m.problem and numbers:
+                    note = f"{m.problem} (the previous settings stay in force)"
+                    rows[-1]["reason"] = f"{rows[-1]['reason']}; {note}" if rows[-1].get("reason") else note
         return rows
 
     def ready(self) -> bool:
@@ -243,6 +249,8 @@ class ModelManager:
                 return
             m._seen = seen
             m.on_disk = [e.version for e in entries]
+            if problem is not None and problem != m.problem:
+                log.warning("%s: %s; its previous settings stay in force", m.name, problem)
             m.problem = problem
             if problem is None:
                 m.config = config
@@ -307,6 +315,9 @@ class ModelManager:
             m.versions[e.version] = Version(m.name, e.version, e.path, LOADING, "", e.signature)
         started = time.perf_counter()
         try:
+            # A bad checksum anywhere makes the version unavailable: load() alone would fall back to
+            # another artifact, and the version would replace a good one with part of a package.
+            await asyncio.to_thread(repository.verify_version, e.path)
             # Each instance runs at the same time as the others: the runtime splits the cores between them.
             model = await asyncio.to_thread(load, e.path, device=device, concurrency=instances)
         except Exception as exc:  # any failure to load is the version's problem, never the server's

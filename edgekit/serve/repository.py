@@ -207,6 +207,21 @@ def scan_model(model_dir: Path) -> ModelEntry:
     return entry
 
 
+def verify_version(path: Path) -> None:
+    """Every artifact of the package at ``path`` against its checksum (a lone model file: nothing)."""
+    if path.is_dir():
+        for artifact in package.read(path).artifacts:
+            if artifact.status == "ok":
+                package.verify(artifact)
+
+
+def is_model_folder(path: Path) -> bool:
+    """A model's folder of numbered package versions, rather than a repository of model folders."""
+    children = [c for c in path.iterdir() if not c.name.startswith(".")] if path.is_dir() else []
+    return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file() for c in children) and all(
+        parse_version(c.name) is not None or c.name == CONFIG for c in children)
+
+
 def is_repository(path: Path) -> bool:
     """A folder of model folders, as opposed to a package (a folder with edgekit.json)."""
     return path.is_dir() and not (path / formats.MANIFEST).exists()
