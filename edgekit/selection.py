@@ -91,6 +91,8 @@ def resolve_source(path: str | Path) -> Source:
     if p.is_dir():
         pkg = package.read(p)
         return Source(p, pkg.artifacts, pkg)
+    if not p.exists():
+        raise ModelFileError(p, "no such file or package folder")
     fmt = formats.detect(p)
     formats.validate(p, fmt)
     return Source(p, [Artifact(path=p, format=fmt, precision="stored")])

@@ -24,6 +24,7 @@ def bad(tmp_path, models):
     """name -> (path, expected message fragment)."""
     cases = {}
     cases["missing"] = (tmp_path / "nothere.onnx", "no such file")
+    cases["missing, no extension"] = (tmp_path / "nothere", "no such file or package folder")
     cases["empty"] = ((tmp_path / "empty.onnx"), "file is empty")
     (tmp_path / "empty.onnx").write_bytes(b"")
     cases["truncated onnx"] = (_truncate(models["mlp.onnx"], tmp_path / "trunc.onnx", 0.6),
@@ -48,8 +49,8 @@ def bad(tmp_path, models):
     return cases
 
 
-CASES = ["missing", "empty", "truncated onnx", "corrupt onnx", "truncated tflite", "not tflite",
-         "xml without bin", "corrupt xml", "truncated bin", "unknown extension",
+CASES = ["missing", "missing, no extension", "empty", "truncated onnx", "corrupt onnx", "truncated tflite",
+         "not tflite", "xml without bin", "corrupt xml", "truncated bin", "unknown extension",
          "folder without manifest"]
 
 

@@ -159,8 +159,15 @@ def test_decompression_bomb_is_refused_before_decoding(image_clf, tmp_path):
         image_clf.classify(path)
 
 
+def test_bad_image_bytes_name_no_python_object(image_clf):
+    with pytest.raises(edgekit.InputError) as info:
+        image_clf.classify(b"not an image")
+    assert str(info.value) == "image (bytes): cannot be read as an image (cannot identify image file)"
+
+
 @pytest.mark.parametrize(("make", "fragment"), [
     (lambda d: d / "missing.jpg", "no such image file"),
+    (lambda d: d, "a folder, not an image file"),
     (lambda d: _write(d / "empty.jpg", b""), "empty file"),
     (lambda d: _write(d / "text.jpg", "not an image"), "cannot be read as an image"),
     (lambda d: _write(d / "trunc.jpg", (IMAGES / "cat.jpg").read_bytes()[:400]), "cannot be read as an image"),

@@ -11,6 +11,9 @@ from ..model import Model, load
 def input_file(path: str | Path, kind: str) -> Path:
     """``path`` as a Path, or InputError naming it when it is missing or empty."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an {kind} file" if kind[0] in "aeiou" else
+                         f"{path}: a folder, not a {kind} file")
     if not path.is_file():
         raise InputError(f"{path}: no such {kind} file")
     if path.stat().st_size == 0:

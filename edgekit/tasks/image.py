@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -67,7 +68,9 @@ def load_image(image, *, name: str | None = None, min_size: int | None = None):
         except Image.DecompressionBombError as e:
             raise InputError(f"{what}: refused as a decompression bomb ({e})") from e
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise InputError(f"{what}: cannot be read as an image ({e})") from e
+            # Pillow names the stream by its repr ("cannot identify image file <_io.BytesIO ...>")
+            reason = re.sub(r"\s*<_io\.\w+[^>]*>", "", str(e)) or type(e).__name__
+            raise InputError(f"{what}: cannot be read as an image ({reason})") from e
     if img.width < 1 or img.height < 1:
         raise InputError(f"{what}: image has no pixels")
     try:
