@@ -340,6 +340,14 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert served.request("POST", f"/v2/models/{image}/classify?top_k=%C2%B2", b"x")[0] == 400
     status, message = post(b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"})
     assert status == 400 and "decompress" in message
+    import gzip
+    packed = gzip.compress(b'{"inputs": []}')
+    status, message = post(packed[:-12], {"Content-Encoding": "gzip"})
+    assert status == 400 and "cut short" in message  # truncated: not reported as bad JSON
+    status, message = post(packed + b"junk", {"Content-Encoding": "gzip"})
+    assert status == 400 and "4 bytes after its compressed stream" in message
+    for version in ("01", "001"):  # not another spelling of version 1
+        assert served.request("GET", f"/v2/models/{image}/versions/{version}")[0] == 404
     assert post(b"{}", {"Content-Encoding": "br"})[0] == 415
     two_files = b"".join(f"--b\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"x{i}.jpg\"\r\n\r\n"
                          f"data\r\n".encode() for i in range(2)) + b"--b--\r\n"

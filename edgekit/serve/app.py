@@ -298,6 +298,11 @@ class _Api:
             raise InputError(f"the {encoding} body cannot be decompressed ({e})") from None
         if inflate.unconsumed_tail:  # a small body that inflates past the limit: a zip bomb
             raise BodyTooLarge(f"the decompressed body is over the limit of {self.max_body} bytes")
+        if not inflate.eof:
+            raise InputError(f"the {encoding} body cannot be decompressed (it is cut short)")
+        if inflate.unused_data:
+            raise InputError(f"the {encoding} body holds {len(inflate.unused_data)} bytes after its compressed "
+                             f"stream (one gzip member or deflate stream per request)")
         return data
 
     async def _upload(self, request: Request) -> bytes:

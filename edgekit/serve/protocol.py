@@ -219,6 +219,11 @@ def _bytes_elements(buf: memoryview, name: str, shape: tuple, count: int) -> np.
     return arr.reshape(shape)
 
 
+# What JSON data turned into, in words (numpy's kind codes are no help to a client).
+_KINDS = {"b": "true/false", "i": "integer", "u": "integer", "f": "non-integer", "O": "mixed or null",
+          "U": "string", "S": "string"}
+
+
 def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
@@ -245,8 +250,9 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
                             f"{raw.size}")
     ok = {"b": "b", "u": "ui", "i": "ui", "f": "uif"}[dtype.kind]
     if raw.size and raw.dtype.kind not in ok:
-        raise ProtocolError(f"input {name!r}: {datatype(dtype)} data must be "
-                            f"{'true/false' if dtype.kind == 'b' else 'numbers'}, got {raw.dtype.kind!r} values")
+        want = "true/false" if dtype.kind == "b" else "numbers"
+        raise ProtocolError(f"input {name!r}: {datatype(dtype)} data must be {want}, "
+                            f"got {_KINDS.get(raw.dtype.kind, 'other')} values")
     try:
         arr = raw.astype(dtype)
     except (OverflowError, ValueError) as e:

@@ -154,8 +154,9 @@ def signature(path: Path) -> tuple:
 
 
 def parse_version(text: str) -> int | None:
-    """A version number as written in a folder name or URL: 1 to 9 ASCII digits, not 0."""
-    return int(text) if _VERSION_RE.fullmatch(text) and int(text) > 0 else None
+    """A version number as written in a folder name or URL: 1 to 9 ASCII digits, not 0, and no
+    leading zero (``01`` beside ``1`` would be two folders for one version)."""
+    return int(text) if _VERSION_RE.fullmatch(text) and text[0] != "0" else None
 
 
 @dataclass
