@@ -277,17 +277,18 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     outputs = model.run(feeds)
     latency_ms = (time.perf_counter() - t0) * 1e3
+    written = None
     if args.out:
         try:
-            _write_npz_atomic(Path(args.out), outputs)
+            written = _write_npz_atomic(Path(args.out), outputs)
         except OSError as e:
             raise UsageError(f"{args.out}: cannot write outputs ({e.strerror or e})") from e
     doc = {"model": str(args.model), "backend": model.backend, "device": model.device,
            "precision": model.precision, "latency_ms": latency_ms,
            "outputs": {k: _summary(v) for k, v in outputs.items()},
            "selection": model.selection.to_dict()}
-    if args.out:
-        doc["written"] = str(args.out)
+    if written:
+        doc["written"] = str(written)
     if args.json:
         _emit_json(doc)
         return 0
@@ -296,24 +297,32 @@ def cmd_run(args) -> int:
         stats = (f" min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g} first "
                  f"{np.array2string(np.array(s['first']), precision=4)}") if "min" in s else ""
         print(f"  {name}: {s['dtype']}{s['shape']}{stats}")
-    if args.out:
-        print(f"outputs written to {args.out}")
+    if written:
+        print(f"outputs written to {written}")
     return 0
 
 
-def _write_npz_atomic(path: Path, arrays: dict) -> None:
+def _write_npz_atomic(path: Path, arrays: dict) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz`` added when missing) through a temporary file; the
+    file gets the umask's permissions, as ``open`` would give it (mkstemp makes it 0600)."""
     import numpy as np
 
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; --out takes a file name, such as {path / 'outputs.npz'}")
     path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 # --- bench --------------------------------------------------------------------------------

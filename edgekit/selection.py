@@ -48,6 +48,8 @@ class Policy:
 
 def parse_policy(text: str | None) -> Policy:
     """Parse ``device=``: auto | fastest | cpu | gpu | npu | tpu | <backend> | <backend>:<device>."""
+    if text is not None and not text.strip():  # --device "": a mistake, not a request for auto
+        raise UsageError("empty device; use auto, fastest, cpu, gpu, npu, tpu, a backend or backend:device")
     text = (text or "auto").strip()
     low = text.lower()
     if low in ("auto", "fastest"):
@@ -184,7 +186,8 @@ def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], l
 
 def _unmet(policy: Policy, skipped: list[Attempt]) -> DeviceNotAvailableError:
     if skipped:
-        why = "; ".join(f"{a.spec}: {a.reason}" for a in skipped)
+        # one line per device and reason, not per artifact (a package of 9 gave the same one 9 times)
+        why = "; ".join(dict.fromkeys(f"{a.spec}: {a.reason}" for a in skipped))
         return DeviceNotAvailableError(f"device {policy.text!r} is not available here ({why})")
     known = ", ".join(d.spec for d in backends.all_devices() if d.available)
     return DeviceNotAvailableError(f"no device matches {policy.text!r}; available: {known} "

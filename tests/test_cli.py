@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,6 +64,21 @@ def test_run_with_npy_inputs_writes_npz(models, mlp_weights, tmp_path, name):
     got = np.load(out_file)["logits"]
     np.testing.assert_allclose(got, mlp_reference(x, mlp_weights), rtol=1e-5, atol=1e-5)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no temp left behind
+    assert doc["written"] == str(out_file) and (out_file.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_run_out_names_the_file_it_wrote(models, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 8), np.float32))
+    out = run_cli("run", str(models["mlp.onnx"]), "-i", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o2"))
+    assert out.returncode == 0 and f"outputs written to {tmp_path / 'o2.npz'}" in out.stdout
+    out = run_cli("run", str(models["mlp.onnx"]), "-i", str(tmp_path / "x.npy"), "--out", str(tmp_path))
+    assert out.returncode == 2 and "a folder; --out takes a file name" in out.stderr
 
 
 def test_run_text_output_and_single_input_shorthand(models, tmp_path):

@@ -111,6 +111,8 @@ def test_explicit_request_that_cannot_be_met_names_what_exists(models):
         edgekit.load(models["mlp.onnx"], device="openvino:VPU")
     with pytest.raises(edgekit.UsageError, match="unknown device 'warp-drive'"):
         edgekit.load(models["mlp.onnx"], device="warp-drive")
+    with pytest.raises(edgekit.UsageError, match="empty device"):
+        edgekit.load(models["mlp.onnx"], device=" ")
 
 
 def test_onnxruntime_silent_cpu_fallback_is_detected(models):

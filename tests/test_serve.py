@@ -484,6 +484,8 @@ def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, model
         repository.add(pkg, repo)
     with pytest.raises(edgekit.UsageError, match="an integer from 1 to 999999999, got 1000000000"):
         repository.add(pkg, repo, version=10 ** 9)
+    with pytest.raises(edgekit.UsageError, match="invalid model name ''"):
+        repository.add(pkg, repo, name="")
 
 
 def test_repo_add_cleans_up_when_terminated(tmp_path, models):

@@ -253,7 +253,7 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     if not src.is_dir():
         raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
     package.read(src)  # refuse a source that is not a package before copying anything
-    name = check_name(name or src.resolve().name)
+    name = check_name(src.resolve().name if name is None else name)
     if version is not None and (not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
         raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}")
     repo = Path(repo)
