@@ -50,15 +50,15 @@ def cmd_serve(args, emit_json, table) -> int:
         from .serve import serve
     except ImportError as e:
         raise UsageError(f"edgekit serve needs its extra: pip install 'edgekit[serve]' ({e})") from None
-    from .serve.repository import Batching
+    from .serve.repository import MAX_INSTANCES, Batching
     from .serve.server import JsonLogFormatter
 
     checks = [("--port", args.port, 0 <= args.port <= 65535, "from 0 to 65535"),
-              ("--instances", args.instances, args.instances >= 1, "at least 1"),
+              ("--instances", args.instances, 1 <= args.instances <= MAX_INSTANCES, f"from 1 to {MAX_INSTANCES}"),
               ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 0, "0 (off) or more"),
               ("--max-body-mb", args.max_body_mb, 0 < args.max_body_mb <= 1 << 20, "over 0 and at most 1048576"),
-              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0 <= args.max_queue_delay_ms <= 60_000,
-               "from 0 to 60000"),
+              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0 <= args.max_queue_delay_ms <= 10_000,
+               "from 0 to 10000"),
               ("--poll-interval", args.poll_interval, 0 <= args.poll_interval <= 86_400,
                "from 0 (off) to 86400 seconds"),
               ("--keep-alive-s", args.keep_alive_s, args.keep_alive_s is None or 0 < args.keep_alive_s <= 86_400,

@@ -454,6 +454,25 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     assert not (repo / "fresh").exists()
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("{bad", "not valid JSON"),
+    ("[]", "expected a JSON object"),
+    ('{"instances": 0}', "instances must be a positive integer, got 0"),
+    ('{"instances": 100000}', "instances must be at most 64, got 100000"),
+    ('{"version_policy": {"latest": {"num_versions": 0}}}', "num_versions must be a positive integer"),
+    ('{"version_policy": {"newest": {}}}', "version_policy must be one of"),
+    ('{"dynamic_batching": {"max_batch_size": -1}}', "max_batch_size must be a positive integer, got -1"),
+    ('{"dynamic_batching": {"max_queue_delay_ms": 1e9}}', "max_queue_delay_ms must be between 0 and 10000"),
+    ('{"device": 3}', "device must be a string"),
+    ('{"replicas": 2}', "unknown keys ['replicas']"),
+])
+def test_bad_model_configs_name_the_file_and_the_problem(tmp_path, text, problem):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(edgekit.ModelFileError) as info:
+        repository.read_config(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / "config.json")) and problem in str(info.value)
+
+
 def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, models):
     from conftest import run_cli
 
@@ -623,7 +642,8 @@ def test_datatypes_map_exactly(tmp_path):
     ("--max-body-mb", "inf", "--max-body-mb must be over 0"),
     ("--keep-alive-s", "nan", "--keep-alive-s must be over 0"),
     ("--keep-alive-s", "-1", "--keep-alive-s must be over 0"),
-    ("--max-queue-delay-ms", "-2", "--max-queue-delay-ms must be from 0 to 60000, got -2.0"),
+    ("--max-queue-delay-ms", "-2", "--max-queue-delay-ms must be from 0 to 10000, got -2.0"),
+    ("--instances", "100000", "--instances must be from 1 to 64, got 100000"),
     ("--poll-interval", "nan", "--poll-interval must be from 0 (off)"),
     ("--port", "70000", "--port must be from 0 to 65535, got 70000"),
 ])

@@ -30,6 +30,8 @@ CONFIG = "config.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION_RE = re.compile(r"[0-9]{1,9}")
 MAX_VERSION = 10 ** 9 - 1
+# Runs of one model at once: each holds a runtime request (OpenVINO) or an interpreter (LiteRT)
+MAX_INSTANCES = 64
 _POLICIES = ("latest", "all", "specific")
 
 
@@ -119,6 +121,8 @@ def read_config(model_dir: Path) -> ModelConfig:
                                       float(delay))
     if "instances" in doc:
         kwargs["instances"] = _positive_int(path, "instances", doc["instances"])
+        if kwargs["instances"] > MAX_INSTANCES:
+            raise ModelFileError(path, f"instances must be at most {MAX_INSTANCES}, got {kwargs['instances']}")
     if doc.get("device") is not None:
         if not isinstance(doc["device"], str):
             raise ModelFileError(path, "device must be a string such as \"auto\" or \"openvino:CPU\"")
