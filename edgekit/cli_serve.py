@@ -34,6 +34,9 @@ def add_parsers(add) -> None:
                    help="seconds between repository scans for new versions (0: only the repository API)")
     s.add_argument("--keep-alive-s", type=float, metavar="S",
                    help="seconds an idle client connection stays open (default: 65, as KServe's server)")
+    s.add_argument("--body-timeout-s", type=float, default=60.0, metavar="S",
+                   help="a request body that stops arriving for S seconds gets 408 and its connection closed "
+                        "(default 60)")
     s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
                    help="one log line per request on stderr (default text)")
 
@@ -61,6 +64,8 @@ def cmd_serve(args, emit_json, table) -> int:
                "from 0 to 10000"),
               ("--poll-interval", args.poll_interval, 0 <= args.poll_interval <= 86_400,
                "from 0 (off) to 86400 seconds"),
+              ("--body-timeout-s", args.body_timeout_s, 0 < args.body_timeout_s <= 86_400,
+               "over 0 and at most 86400 seconds"),
               ("--keep-alive-s", args.keep_alive_s, args.keep_alive_s is None or 0 < args.keep_alive_s <= 86_400,
                "over 0 and at most 86400 seconds")]
     for flag, value, ok, what in checks:  # NaN fails every comparison, so it is refused too
@@ -78,6 +83,7 @@ def cmd_serve(args, emit_json, table) -> int:
     return serve(args.sources, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
                  allow_unauthenticated=args.allow_unauthenticated, max_body=int(args.max_body_mb * 1024 * 1024),
                  batching=batching, instances=args.instances, poll_interval=args.poll_interval,
+                 body_timeout_s=args.body_timeout_s,
                  on_ready=ready, **({} if args.keep_alive_s is None else {"keep_alive_s": args.keep_alive_s}))
 
 

@@ -656,6 +656,30 @@ def test_serve_refuses_out_of_range_settings(tmp_path, flag, value, problem):
 
 # -- security -------------------------------------------------------------------------------------
 
+def test_a_stalled_request_body_gets_408_and_its_connection_closed(tmp_path):
+    """A client that sends 5 bytes of a 100-byte body and stops (slowloris) holds no connection for good."""
+    import socket
+
+    pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
+    server = Server(str(pkg), "--body-timeout-s", "0.5")
+    try:
+        host, port = server.host.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"in")
+            start = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving for 0.5 s" in answer, answer
+        assert 0.4 < waited < 20, waited
+        assert server.client.is_server_ready()
+        x = np.ones((1, 8), np.float32)  # a body that arrives in time is unaffected
+        assert infer(server.client, "mlp", {"x": x}).as_numpy("logits").shape == (1, 3)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
 def test_api_key_and_binding_rules(tmp_path):
     from conftest import run_cli
 

@@ -49,6 +49,7 @@ log = logging.getLogger("edgekit.serve")
 access_log = logging.getLogger("edgekit.serve.access")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
+DEFAULT_BODY_TIMEOUT_S = 60.0  # nginx's client_body_timeout
 MIN_API_KEY = 16  # characters
 _INLINE = 256 * 1024  # JSON smaller than this is decoded on the event loop
 _METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -66,12 +67,17 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    pass
+
+
 class UnsupportedEncoding(Exception):
     pass
 
 
 def create_app(sources, *, device: str = "auto", api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
-               batching: Batching | None = None, instances: int = 1, poll_interval: float = 2.0) -> Starlette:
+               batching: Batching | None = None, instances: int = 1, poll_interval: float = 2.0,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> Starlette:
     """An ASGI app serving the repositories, packages and model files in ``sources``.
 
     Args:
@@ -82,6 +88,8 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         batching: dynamic batching for every model that can batch (config.json may set its own).
         instances: worker threads per model version.
         poll_interval: seconds between repository scans for new versions (0: only the repository API).
+        body_timeout_s: a request whose body stops arriving for this long gets 408 and its connection
+            is closed (nginx's client_body_timeout): a stalled client holds no connection for good.
     """
     if api_key is not None and len(api_key) < MIN_API_KEY:
         raise UsageError(f"an API key needs at least {MIN_API_KEY} characters")
@@ -122,7 +130,7 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
                     exception_handlers={HTTPException: _http_error})
     app.state.manager = manager
     app.state.metrics = metrics
-    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics, body_timeout_s=body_timeout_s)
     return app
 
 
@@ -147,6 +155,8 @@ def _endpoint(route: str):
                 outcome = "success"
             except BodyTooLarge as e:
                 response, outcome = error(413, str(e)), "bad_request"
+            except BodyTimeout as e:  # the rest of the body may still come: nothing more on this connection
+                response, outcome = error(408, str(e), {"Connection": "close"}), "bad_request"
             except HTTPException as e:  # Starlette's own refusals (a malformed multipart form)
                 response, outcome = error(e.status_code, str(e.detail)), "bad_request"
             except UnsupportedEncoding as e:
@@ -434,11 +444,13 @@ def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
 class _Guard:
     """Pure ASGI middleware: it sees every request, before routing and before any body is read."""
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics) -> None:
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -480,13 +492,21 @@ class _Guard:
         return None
 
     def _limited(self, receive):
-        """Count the body as it arrives (chunked uploads carry no Content-Length)."""
-        seen = [0]
-        limit = self.max_body
+        """Count the body as it arrives (chunked uploads carry no Content-Length), and time each wait
+        for more of it (not the wait for a disconnect once the body is in)."""
+        seen, more = [0], [True]
+        limit, timeout = self.max_body, self.body_timeout_s
 
         async def receive_limited():
-            message = await receive()
+            if not more[0]:
+                return await receive()
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(f"the request body stopped arriving for {timeout:g} s") from None
             if message["type"] == "http.request":
+                more[0] = message.get("more_body", False)
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
                     raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
-from .app import DEFAULT_MAX_BODY, MIN_API_KEY, create_app
+from .app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY, MIN_API_KEY, create_app
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
@@ -53,6 +53,7 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
           api_key_file: str | Path | None = None, allow_unauthenticated: bool = False,
           max_body: int = DEFAULT_MAX_BODY, batching: Batching | None = None, instances: int = 1,
           poll_interval: float = 2.0, graceful_s: float = 30.0, keep_alive_s: float = KEEP_ALIVE_S,
+          body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
           on_ready: Callable[[str], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     import uvicorn
@@ -63,7 +64,7 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
                          f"could use the models. Give --api-key-file FILE, or --allow-unauthenticated if the "
                          f"network is yours alone")
     app = create_app(sources, device=device, api_key=api_key, max_body=max_body, batching=batching,
-                     instances=instances, poll_interval=poll_interval)
+                     instances=instances, poll_interval=poll_interval, body_timeout_s=body_timeout_s)
     sock = _bind(host, port)
     bound = sock.getsockname()
     url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
