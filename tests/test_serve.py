@@ -473,6 +473,24 @@ def test_bad_model_configs_name_the_file_and_the_problem(tmp_path, text, problem
     assert str(info.value).startswith(str(tmp_path / "config.json")) and problem in str(info.value)
 
 
+def test_a_deleted_model_folder_leaves_the_index(tmp_path):
+    repo = tmp_path / "repo"
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repository.add(pkg, repo)
+    repository.add(pkg, repo, name="spare")
+    server = Server(str(repo), "--poll-interval", "0.2")
+    try:
+        c = server.client
+        assert c.is_model_ready("spare")
+        shutil.rmtree(repo / "spare")
+        wait_for(lambda: all(r["name"] != "spare" for r in c.get_model_repository_index()), what="spare gone")
+        assert not c.is_model_ready("spare") and c.is_model_ready("mlp")
+        repository.add(pkg, repo, name="spare")  # and it comes back when its folder does
+        wait_for(lambda: c.is_model_ready("spare"), what="spare back")
+    finally:
+        assert server.stop() == 0, server.log()
+
+
 def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, models):
     from conftest import run_cli
 

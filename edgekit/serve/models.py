@@ -149,6 +149,10 @@ class ModelManager:
                 log.exception("repository poll failed")
 
     def _discover(self) -> None:
+        for name, m in list(self.models.items()):  # a model folder deleted: gone once its versions are released
+            if not m.lone and not m.versions and not m.source.exists():
+                del self.models[name]
+                self._clashes.discard(name)
         for repo in self.repositories:
             if not repo.is_dir():
                 continue
