@@ -127,6 +127,9 @@ def cmd_predict(args, emit_json, table) -> int:
         raise UsageError("--top-k must be at least 1")
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
     with for_model(args.model, device=args.device) as task:
+        if labels and not (task.metadata.get("task") or "").startswith("text-"):
+            raise UsageError(f"--labels is for text models (zero-shot classification); {args.model} is a "
+                             f"{task.metadata.get('task') or 'model without a task'}")
         doc = predict(task, args.inputs, top_k=args.top_k, labels=labels)
         doc.update(task=task.metadata.get("task"), device=f"{task.model.backend}:{task.model.device}")
     if args.json:

@@ -502,6 +502,11 @@ def test_predict_dispatches_on_the_package_task(samples):
     assert out.returncode == 0 and "speech" in out.stdout
 
 
+def test_predict_labels_are_for_text_models(samples):
+    out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--labels", "cat,dog")
+    assert out.returncode == 2 and "--labels is for text models" in out.stderr
+
+
 def test_predict_bad_input_exits_2_without_traceback(samples):
     out = run_cli("predict", str(samples["image"]), "README.md")
     assert out.returncode == 2 and "cannot be read as an image" in out.stderr and "Traceback" not in out.stderr

@@ -284,6 +284,13 @@ class _Api:
         if verb not in verbs:
             raise NotFound(f"model {v.name!r} is a {v.task} model: its task endpoint is "
                            f"{' or '.join('/' + x for x in verbs)}, not /{verb}")
+        # A file task's one option is ?top_k; text tasks take theirs in the JSON body. A misspelt
+        # option (?topk=3) is refused rather than silently ignored.
+        allowed = {"top_k"} if v.task == "image-classification" else set()
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            where = "options go in the JSON body" if v.task.startswith("text-") else f"it takes {allowed or 'none'}"
+            raise InputError(f"unknown query parameter {unknown[0]!r} for /{verb} ({where})")
         with v.runner.hold():
             if v.task.startswith("text-"):
                 payload = await v.runner.call(_text_task, v, verb, await self._body(request))
