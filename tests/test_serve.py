@@ -340,6 +340,9 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert served.request("POST", f"/v2/models/{image}/classify?top_k=%C2%B2", b"x")[0] == 400
     status, _, doc = served.request("POST", f"/v2/models/{image}/classify?topk=3", b"x")
     assert status == 400 and "unknown query parameter 'topk'" in doc["error"]
+    for body, problem in ((b'{"text": "a", "texts": ["b"]}', "not both"), (b'{"txt": "a"}', "unknown key 'txt'")):
+        status, _, doc = served.request("POST", f"/v2/models/{samples['text'].name}/embed", body)
+        assert status == 400 and problem in doc["error"], doc
     status, _, doc = served.request("POST", f"/v2/models/{samples['text'].name}/classify?top_k=0", b"{}")
     assert status == 400 and "JSON body" in doc["error"]
     status, message = post(b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"})

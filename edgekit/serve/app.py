@@ -403,8 +403,16 @@ def _texts(value, key: str) -> list[str]:
     return items
 
 
+_TEXT_KEYS = {"embed": {"texts", "text"}, "classify": {"text", "top_k", "labels"}}
+
+
 def _text_task(v: Version, verb: str, body: bytes) -> bytes:
     doc = _json(body)
+    unknown = sorted(set(doc) - _TEXT_KEYS[verb])
+    if unknown:
+        raise InputError(f"unknown key {unknown[0]!r} for /{verb} (it takes {', '.join(sorted(_TEXT_KEYS[verb]))})")
+    if "text" in doc and "texts" in doc:
+        raise InputError("give 'texts' (a list) or 'text' (one string), not both")
     if verb == "embed":
         vectors = v.task_object().embed(_texts(doc.get("texts", doc.get("text")), "texts"))
         return _answer(v, {"embeddings": vectors.tolist(), "shape": list(vectors.shape)})

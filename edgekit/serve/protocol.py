@@ -174,9 +174,12 @@ def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, t
         raise ProtocolError(f"input {name!r}: the model takes {want}, the request sends {dt_name}")
     shape = item.get("shape")
     if (not isinstance(shape, list) or len(shape) > 16
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= body_size for d in shape)):
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers, "
-                            f"none larger than the body ({body_size} bytes)")
+                            f"got {str(shape)[:80]}")
+    if any(d > body_size for d in shape):  # before the product: a [10**12, ...] claim costs nothing
+        raise ProtocolError(f"input {name!r}: shape {str(shape)[:80]} declares more elements than the body "
+                            f"has bytes ({body_size}); is its data missing?")
     if spec.shape is not None:
         model = dims(spec.shape)
         if len(shape) != len(model) or any(m != -1 and m != d for m, d in zip(model, shape)):
