@@ -79,11 +79,11 @@ def test_input_of_unknown_rank_accepts_any_rank(tmp_path):
 
 
 def test_runtime_refusal_during_run_is_an_edgekit_error(tmp_path):
-    dims = ["batch", 4]
+    # Differently named dims, so that the runtime, not edgekit's named-dim check, refuses 2 against 3
     path = _onnx(tmp_path / "adddyn.onnx", [helper.make_node("Add", ["a", "b"], ["y"])],
-                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, dims),
-                  helper.make_tensor_value_info("b", TensorProto.FLOAT, dims)],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 4]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m", 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
     a, b = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)
     for device in ("onnxruntime", "openvino"):
         m = edgekit.load(path, device=device)
@@ -170,6 +170,8 @@ def test_package_whose_only_artifact_is_corrupt_is_a_file_error(tmp_path, models
 def test_cli_out_path_problems_are_usage_errors(models, tmp_path):
     (tmp_path / "dir.npz").mkdir()
     out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--out", str(tmp_path / "dir.npz"))
+    assert out.returncode == 2 and "a folder; --out takes a file name" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--out", "/proc/no/such/out.npz")
     assert out.returncode == 2 and "cannot write outputs" in out.stderr and "Traceback" not in out.stderr
 
 
