@@ -11,8 +11,11 @@ rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,39 +114,73 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     work = staging / ".work"
     work.mkdir()
     try:
-        say(f"reading {source if isinstance(source, (str, Path)) else type(source).__name__}")
-        prep = sources.prepare(source, work, example_inputs=example_inputs, input_names=input_names,
-                               output_names=output_names)
-        for note in prep.notes:
-            say(f"note: {note}")
-        metadata = _metadata(prep, name, task, label_list, preprocess)
-        cal = _load_data(calibration, prep, metadata, "calibration", say)
-        chk = _check_samples(check, cal, prep, metadata, say)
-        refs = [prep.reference(f) for f in chk.feeds]
-        report = ConversionReport(source=prep.label, out=str(out_dir), artifacts=[], host=cpu_name(),
-                                  calibration=cal.describe() if cal else {},
-                                  check={**chk.describe(), "against": prep.reference_label})
-        sources.copy_files(prep, staging)
-        cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
-        built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
-        if built:
-            say(f"checking {len(built)} artifacts on {len(chk.feeds)} inputs against {prep.reference_label}")
-            checks.check(built, chk.feeds, refs, prep.output_names,
-                         classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
-                         min_cosine=min_cosine, timing_feed=chk.feeds[0], progress=say)
-        report.seconds = round(time.perf_counter() - t_start, 1)
-        _finish_or_raise(report, strict)
-        shutil.rmtree(work)
-        manifest = _manifest(metadata, prep, report, min_cosine)
-        package.publish(staging, out_dir, manifest)
-        report.written = True
-        for a in report.artifacts:  # publish measured them
-            a.size = next((e["size"] for e in manifest["artifacts"] if e["path"] == a.path), a.size)
-        say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of {len(report.artifacts)} artifacts ok)")
-        return report
+        with _interrupts_noted():
+            say(f"reading {source if isinstance(source, (str, Path)) else type(source).__name__}")
+            prep = sources.prepare(source, work, example_inputs=example_inputs, input_names=input_names,
+                                   output_names=output_names)
+            for note in prep.notes:
+                say(f"note: {note}")
+            metadata = _metadata(prep, name, task, label_list, preprocess)
+            cal = _load_data(calibration, prep, metadata, "calibration", say)
+            chk = _check_samples(check, cal, prep, metadata, say)
+            refs = [prep.reference(f) for f in chk.feeds]
+            report = ConversionReport(source=prep.label, out=str(out_dir), artifacts=[], host=cpu_name(),
+                                      calibration=cal.describe() if cal else {},
+                                      check={**chk.describe(), "against": prep.reference_label})
+            sources.copy_files(prep, staging)
+            cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
+            built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
+            if built:
+                say(f"checking {len(built)} artifacts on {len(chk.feeds)} inputs against {prep.reference_label}")
+                checks.check(built, chk.feeds, refs, prep.output_names,
+                             classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
+                             min_cosine=min_cosine, timing_feed=chk.feeds[0], progress=say)
+            report.seconds = round(time.perf_counter() - t_start, 1)
+            _finish_or_raise(report, strict)
+            shutil.rmtree(work)
+            manifest = _manifest(metadata, prep, report, min_cosine)
+            package.publish(staging, out_dir, manifest)
+            report.written = True
+            for a in report.artifacts:  # publish measured them
+                a.size = next((e["size"] for e in manifest["artifacts"] if e["path"] == a.path), a.size)
+            say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of {len(report.artifacts)} artifacts ok)")
+            return report
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_interrupted = threading.Event()
+
+
+@contextlib.contextmanager
+def _interrupts_noted():
+    """Ctrl-C as usual, but remembered: a KeyboardInterrupt raised inside a runtime's own code can
+    come out as another error (pybind11 turned one during OpenVINO's module setup into ImportError
+    "initialization failed", and the conversion went on), which :func:`_failed` must not swallow."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(signum, frame):
+        _interrupted.set()
+        raise KeyboardInterrupt
+
+    _interrupted.clear()
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _failed(rep, dst: Path, e: Exception) -> None:
+    """Mark ``rep`` failed by ``e``, unless the user interrupted: then stop, as Ctrl-C should."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt from e
+    _remove(dst)
+    rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
 
 
 def _progress(progress, t0: float):
@@ -259,8 +296,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                                                        transformer=_is_transformer(metadata),
                                                        stateful=_is_stateful(prep))
             except Exception as e:
-                _remove(dst)
-                rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
+                _failed(rep, dst, e)
                 say(f"{target} {rep.precision}: failed ({rep.reason})")
                 continue
             rep.seconds = round(time.perf_counter() - t0, 1)
@@ -319,8 +355,7 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
             tflite_target.finish(src, dst, [s.name for s in prep.inputs], prep.output_names, refs[0], chk_feeds[0],
                                  cards.make(metadata, rep.manifest_entry()))
         except Exception as e:
-            _remove(dst)
-            rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
+            _failed(rep, dst, e)
             continue
         rep.recipe = tflite_target.recipe(rep.precision, prep.inputs)
         rep.seconds = round(time.perf_counter() - t0, 1)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -402,6 +403,26 @@ def test_sigint_leaves_nothing_behind(cnn_onnx, tmp_path):
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_swallowed_by_a_runtime_still_stops_the_conversion(cnn_onnx, tmp_path, monkeypatch):
+    """pybind11 turns a KeyboardInterrupt during OpenVINO's module setup into ImportError
+    "initialization failed": that must stop the conversion, not mark one artifact failed and go on."""
+    from converters import conversion
+
+    def interrupted_inside(*a, **k):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises here
+        except KeyboardInterrupt:
+            pass
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(conversion.openvino_target, "build", interrupted_inside)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cnn_onnx, to=["openvino", "onnx"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
 
 
 def test_a_lone_converted_file_classifies_with_its_own_labels(offline_cli_package, tmp_path):
