@@ -216,13 +216,18 @@ def _export_once(torch, module, args, path, input_names, output_names, axes, exp
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # One name means one size: an input that differs from the first on an axis (a broadcast
+            # bias of batch 1, say) keeps that axis static rather than share its name.
+            first = args[0].shape
+            per_input = [{a: name for a, name in axes.items()
+                          if a < t.ndim and (a >= len(first) or t.shape[a] == first[a])} for t in args]
             if exporter == "dynamo":
                 dims = {axis: torch.export.Dim(name) for axis, name in axes.items()}
-                shapes = tuple({a: d for a, d in dims.items() if a < t.ndim} for t in args) if axes else None
+                shapes = tuple({a: dims[a] for a in mine} for mine in per_input) if axes else None
                 torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                                   dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
             else:
-                dyn = {n: dict(axes) for n in input_names}
+                dyn = dict(zip(input_names, per_input))
                 dyn.update({n: {0: axes[0]} for n in output_names if 0 in axes})
                 torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                                   dynamic_axes=dyn or None, opset_version=OPSET, dynamo=False)

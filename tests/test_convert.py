@@ -198,6 +198,23 @@ def torch_report(tmp_path_factory):
     return module, report, out
 
 
+def test_a_broadcast_input_keeps_its_own_size(tmp_path):
+    """Inputs of different batch sizes (a bias of batch 1) do not share the dynamic "batch" name, which
+    Model.run holds to one size across inputs."""
+    import torch
+
+    class AddBias(torch.nn.Module):
+        def forward(self, x, bias):
+            return x * 2 + bias
+
+    report = convert(AddBias().eval(), example_inputs=(torch.ones(2, 3), torch.ones(1, 3)), to=["onnx"],
+                     precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok, [(a.target, a.precision, a.reason) for a in report.artifacts]
+    with edgekit.load(tmp_path / "pkg") as m:
+        x, bias = np.ones((4, 3), np.float32), np.full((1, 3), 0.5, np.float32)
+        np.testing.assert_allclose(next(iter(m.run([x, bias]).values())), x * 2 + bias)
+
+
 def test_pytorch_module_converts_to_every_format_and_matches_pytorch(torch_report):
     module, report, out = torch_report
     assert report.ok, [(a.target, a.precision, a.reason) for a in report.artifacts]
