@@ -136,6 +136,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
                              min_cosine=min_cosine, timing_feed=chk.feeds[0], progress=say)
             report.seconds = round(time.perf_counter() - t_start, 1)
+            _stop_if_interrupted()  # swallowed in a step that did not fail (checks, say): publish nothing
             _finish_or_raise(report, strict)
             shutil.rmtree(work)
             manifest = _manifest(metadata, prep, report, min_cosine)
@@ -158,10 +159,10 @@ def _interrupts_noted():
     """Ctrl-C as usual, but remembered: a KeyboardInterrupt raised inside a runtime's own code can
     come out as another error (pybind11 turned one during OpenVINO's module setup into ImportError
     "initialization failed", and the conversion went on), which :func:`_failed` must not swallow."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:
+        yield  # a worker thread cannot take signals; an ignored or custom SIGINT is the caller's choice
+        return
 
     def note(signum, frame):
         _interrupted.set()
@@ -173,12 +174,17 @@ def _interrupts_noted():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()
+
+
+def _stop_if_interrupted(cause: BaseException | None = None) -> None:
+    if _interrupted.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt from cause
 
 
 def _failed(rep, dst: Path, e: Exception) -> None:
     """Mark ``rep`` failed by ``e``, unless the user interrupted: then stop, as Ctrl-C should."""
-    if _interrupted.is_set():
-        raise KeyboardInterrupt from e
+    _stop_if_interrupted(e)
     _remove(dst)
     rep.status, rep.reason, rep.path = "failed", f"conversion failed: {one_line(e)}", None
 

@@ -302,6 +302,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread
+    for a moment) where Linux shows it."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o22)
+        os.umask(mask)
+        return mask
+
+
 def _write_npz_atomic(path: Path, arrays: dict) -> Path:
     """Write ``arrays`` to ``path`` (``.npz`` added when missing) through a temporary file; the
     file gets the umask's permissions, as ``open`` would give it (mkstemp makes it 0600)."""
@@ -315,9 +327,7 @@ def _write_npz_atomic(path: Path, arrays: dict) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -34,7 +34,7 @@ def add_parsers(add) -> None:
                    help="seconds between repository scans for new versions (0: only the repository API)")
     s.add_argument("--keep-alive-s", type=float, metavar="S",
                    help="seconds an idle client connection stays open (default: 65, as KServe's server)")
-    s.add_argument("--body-timeout-s", type=float, default=60.0, metavar="S",
+    s.add_argument("--body-timeout-s", type=float, metavar="S",
                    help="a request body that stops arriving for S seconds gets 408 and its connection closed "
                         "(default 60)")
     s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
@@ -59,15 +59,14 @@ def cmd_serve(args, emit_json, table) -> int:
     checks = [("--port", args.port, 0 <= args.port <= 65535, "from 0 to 65535"),
               ("--instances", args.instances, 1 <= args.instances <= MAX_INSTANCES, f"from 1 to {MAX_INSTANCES}"),
               ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 0, "0 (off) or more"),
-              ("--max-body-mb", args.max_body_mb, 0 < args.max_body_mb <= 1 << 20, "over 0 and at most 1048576"),
+              ("--max-body-mb", args.max_body_mb, 1 / 1024 <= args.max_body_mb <= 1 << 20,
+               "from 0.0009765625 (1 KiB) to 1048576"),
               ("--max-queue-delay-ms", args.max_queue_delay_ms, 0 <= args.max_queue_delay_ms <= 10_000,
                "from 0 to 10000"),
-              ("--poll-interval", args.poll_interval, 0 <= args.poll_interval <= 86_400,
-               "from 0 (off) to 86400 seconds"),
-              ("--body-timeout-s", args.body_timeout_s, 0 < args.body_timeout_s <= 86_400,
-               "over 0 and at most 86400 seconds"),
-              ("--keep-alive-s", args.keep_alive_s, args.keep_alive_s is None or 0 < args.keep_alive_s <= 86_400,
-               "over 0 and at most 86400 seconds")]
+              ("--poll-interval", args.poll_interval, args.poll_interval == 0 or 0.05 <= args.poll_interval <= 86_400,
+               "0 (off) or from 0.05 to 86400 seconds"),
+              *[(flag, v, v is None or 0 < v <= 86_400, "over 0 and at most 86400 seconds")
+                for flag, v in (("--body-timeout-s", args.body_timeout_s), ("--keep-alive-s", args.keep_alive_s))]]
     for flag, value, ok, what in checks:  # NaN fails every comparison, so it is refused too
         if not ok:
             raise UsageError(f"{flag} must be {what}, got {value}")
@@ -83,8 +82,8 @@ def cmd_serve(args, emit_json, table) -> int:
     return serve(args.sources, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
                  allow_unauthenticated=args.allow_unauthenticated, max_body=int(args.max_body_mb * 1024 * 1024),
                  batching=batching, instances=args.instances, poll_interval=args.poll_interval,
-                 body_timeout_s=args.body_timeout_s,
-                 on_ready=ready, **({} if args.keep_alive_s is None else {"keep_alive_s": args.keep_alive_s}))
+                 on_ready=ready, **{k: v for k, v in (("keep_alive_s", args.keep_alive_s),
+                                                      ("body_timeout_s", args.body_timeout_s)) if v is not None})
 
 
 def _serve_logging(access: str, json_formatter) -> None:
@@ -115,8 +114,11 @@ def cmd_repo(args, emit_json, table) -> int:
         if not args.target or not args.repository:
             raise UsageError("usage: edgekit repo add PKG --repository REPO [--name N] [--version V]")
         # SIGTERM (a build step's timeout, kill) as Ctrl-C: the staging copy is removed on the way out
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-        dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        try:
+            dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         doc = {"name": dest.parent.name, "version": int(dest.name), "path": str(dest)}
         if args.json:
             emit_json(doc)

@@ -436,10 +436,15 @@ def test_an_interrupt_swallowed_by_a_runtime_still_stops_the_conversion(cnn_onnx
         raise ImportError("initialization failed")
 
     monkeypatch.setattr(conversion.openvino_target, "build", interrupted_inside)
-    with pytest.raises(KeyboardInterrupt):
-        convert(cnn_onnx, to=["openvino", "onnx"], precisions=["fp32"], out=tmp_path / "pkg")
-    assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive Python has it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            convert(cnn_onnx, to=["openvino", "onnx"], precisions=["fp32"], out=tmp_path / "pkg")
+        assert list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+        assert not conversion._interrupted.is_set()  # and forgotten: the next conversion starts clean
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_lone_converted_file_classifies_with_its_own_labels(offline_cli_package, tmp_path):

@@ -353,8 +353,6 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert status == 400 and "cut short" in message  # truncated: not reported as bad JSON
     status, message = post(packed + b"junk", {"Content-Encoding": "gzip"})
     assert status == 400 and "4 bytes after its compressed stream" in message
-    for version in ("01", "001"):  # not another spelling of version 1
-        assert served.request("GET", f"/v2/models/{image}/versions/{version}")[0] == 404
     assert post(b"{}", {"Content-Encoding": "br"})[0] == 415
     two_files = b"".join(f"--b\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"x{i}.jpg\"\r\n\r\n"
                          f"data\r\n".encode() for i in range(2)) + b"--b--\r\n"
@@ -530,6 +528,13 @@ def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, model
         repository.add(pkg, repo, version=10 ** 9)
     with pytest.raises(edgekit.UsageError, match="invalid model name ''"):
         repository.add(pkg, repo, name="")
+    # "2" and "002" are both version 2 (as Triton reads them): flagged, not guessed
+    shutil.copytree(repo / "mlp" / "2", repo / "mlp" / "002")
+    two = next(v for v in repository.scan_model(repo / "mlp").versions if v.version == 2)
+    assert two.problem == "2 folders are version 2: 002, 2"
+    (repo / "other").mkdir()
+    (repo / "other" / "1700000000").mkdir()  # a timestamp-named backup does not push the numbering
+    assert repository.add(pkg, repo, name="other").name == "1"
 
 
 def test_repo_add_cleans_up_when_terminated(tmp_path, models):
@@ -543,11 +548,14 @@ def test_repo_add_cleans_up_when_terminated(tmp_path, models):
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: proc.poll() is not None or any((repo / "mlp").glob(".new-*/pkg")),
              what="the staging copy", timeout=60, interval=0.002)
+    caught_copying = proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(60)
-    assert code in (0, 128 + signal.SIGTERM), proc.stderr.read()
     leftovers = [p.name for p in (repo / "mlp").iterdir()] if (repo / "mlp").exists() else []
-    assert leftovers in ([], ["1"]), leftovers  # finished before the signal, or nothing left
+    if caught_copying:  # the usual case: the copy of 2000 files takes longer than the check above
+        assert code == 128 + signal.SIGTERM and leftovers == [], (code, leftovers, proc.stderr.read())
+    else:  # finished first: a whole version, nothing else
+        assert code == 0 and leftovers == ["1"], (code, leftovers)
 
 
 def test_versions_load_and_unload_while_serving(tmp_path):
@@ -599,7 +607,7 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         row = wait_for(lambda: next((r for r in c.get_model_repository_index()
                                      if r.get("version") == "2" and "config.json" in r.get("reason", "")), None),
                        what="the config problem")
-        assert row["state"] == "READY" and "previous settings stay in force" in row["reason"]
+        assert row["state"] == "READY" and "the settings in force stay" in row["reason"]
         assert "config.json" in server.log() and c.get_model_metadata("mlp")["versions"] == ["2"]
         # policy "all" in config.json: every good version is served
         (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
@@ -663,13 +671,13 @@ def test_datatypes_map_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("flag, value, problem", [
-    ("--max-body-mb", "nan", "--max-body-mb must be over 0 and at most 1048576, got nan"),
-    ("--max-body-mb", "inf", "--max-body-mb must be over 0"),
+    ("--max-body-mb", "nan", "--max-body-mb must be from 0.0009765625 (1 KiB) to 1048576, got nan"),
+    ("--max-body-mb", "inf", "--max-body-mb must be from"),
     ("--keep-alive-s", "nan", "--keep-alive-s must be over 0"),
     ("--keep-alive-s", "-1", "--keep-alive-s must be over 0"),
     ("--max-queue-delay-ms", "-2", "--max-queue-delay-ms must be from 0 to 10000, got -2.0"),
     ("--instances", "100000", "--instances must be from 1 to 64, got 100000"),
-    ("--poll-interval", "nan", "--poll-interval must be from 0 (off)"),
+    ("--poll-interval", "nan", "--poll-interval must be 0 (off) or from 0.05 to 86400 seconds, got nan"),
     ("--port", "70000", "--port must be from 0 to 65535, got 70000"),
 ])
 def test_serve_refuses_out_of_range_settings(tmp_path, flag, value, problem):

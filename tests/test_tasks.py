@@ -484,6 +484,7 @@ def test_resampling_past_the_sample_limit_is_refused(vad, monkeypatch):
 
     monkeypatch.setattr(audio, "MAX_SAMPLES", 16000 * 10)
     vad.detect(np.zeros(8000 * 10, np.float32), sample_rate=8000)  # 10 s at 16 kHz: at the limit
+    vad.detect(np.zeros(8000 * 10, np.float32), sample_rate=np.int16(8000))  # NumPy ints: no overflow
     with pytest.raises(edgekit.InputError, match="80008 samples at 8000 Hz would be 160016 at 16000 Hz, over"):
         vad.detect(np.zeros(8000 * 10 + 8, np.float32), sample_rate=8000)
 

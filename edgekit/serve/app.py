@@ -50,6 +50,7 @@ access_log = logging.getLogger("edgekit.serve.access")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Triton's default
 DEFAULT_BODY_TIMEOUT_S = 60.0  # nginx's client_body_timeout
+_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 MIN_API_KEY = 16  # characters
 _INLINE = 256 * 1024  # JSON smaller than this is decoded on the event loop
 _METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -286,10 +287,11 @@ class _Api:
                            f"{' or '.join('/' + x for x in verbs)}, not /{verb}")
         # A file task's one option is ?top_k; text tasks take theirs in the JSON body. A misspelt
         # option (?topk=3) is refused rather than silently ignored.
-        allowed = {"top_k"} if v.task == "image-classification" else set()
+        allowed = {"top_k"} if v.task in ("image-classification", "audio-classification") else set()
         unknown = sorted(set(request.query_params) - allowed)
         if unknown:
-            where = "options go in the JSON body" if v.task.startswith("text-") else f"it takes {allowed or 'none'}"
+            where = ("options go in the JSON body" if v.task.startswith("text-")
+                     else f"it takes {', '.join(sorted(allowed)) or 'none'}")
             raise InputError(f"unknown query parameter {unknown[0]!r} for /{verb} ({where})")
         with v.runner.hold():
             if v.task.startswith("text-"):
@@ -516,9 +518,12 @@ class _Guard:
             if not more[0]:
                 return await receive()
             try:
-                async with asyncio.timeout(timeout):
-                    message = await receive()
-            except TimeoutError:
+                if _HAS_TIMEOUT:
+                    async with asyncio.timeout(timeout):
+                        message = await receive()
+                else:  # Python 3.10: a task per wait, a little dearer
+                    message = await asyncio.wait_for(receive(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
                 raise BodyTimeout(f"the request body stopped arriving for {timeout:g} s") from None
             if message["type"] == "http.request":
                 more[0] = message.get("more_body", False)

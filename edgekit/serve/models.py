@@ -150,7 +150,7 @@ class ModelManager:
 
     def _discover(self) -> None:
         for name, m in list(self.models.items()):  # a model folder deleted: gone once its versions are released
-            if not m.lone and not m.versions and not m.source.exists():
+            if not m.lone and not m.versions and not m.source.exists() and not m._lock.locked():
                 del self.models[name]
                 self._clashes.discard(name)
         for repo in self.repositories:
@@ -209,8 +209,8 @@ class ModelManager:
                 rows.append(v.to_index() if v is not None else
                             {"name": m.name, "version": str(n), "state": UNAVAILABLE,
                              "reason": "unloaded" if m.unloaded else "not in the version policy"})
-                if m.problem and numbers:
-                    note = f"{m.problem} (the previous settings stay in force)"
+                if m.problem:
+                    note = f"{m.problem} (the settings in force stay)"
                     rows[-1]["reason"] = f"{rows[-1]['reason']}; {note}" if rows[-1].get("reason") else note
         return rows
 
@@ -254,7 +254,7 @@ class ModelManager:
             m._seen = seen
             m.on_disk = [e.version for e in entries]
             if problem is not None and problem != m.problem:
-                log.warning("%s: %s; its previous settings stay in force", m.name, problem)
+                log.warning("%s: %s; the settings in force stay", m.name, problem)
             m.problem = problem
             if problem is None:
                 m.config = config

@@ -158,9 +158,9 @@ def signature(path: Path) -> tuple:
 
 
 def parse_version(text: str) -> int | None:
-    """A version number as written in a folder name or URL: 1 to 9 ASCII digits, not 0, and no
-    leading zero (``01`` beside ``1`` would be two folders for one version)."""
-    return int(text) if _VERSION_RE.fullmatch(text) and text[0] != "0" else None
+    """A version number as written in a folder name or URL: 1 to 9 ASCII digits, not 0 (``007`` is
+    version 7, as Triton reads it)."""
+    return int(text) if _VERSION_RE.fullmatch(text) and int(text) > 0 else None
 
 
 @dataclass
@@ -198,11 +198,16 @@ def describe_version(path: Path, version: int) -> VersionEntry:
 
 def scan_model(model_dir: Path) -> ModelEntry:
     """The versions under ``model_dir``: integer folder names only (hidden staging folders are skipped)."""
-    versions = []
+    versions, folders = [], {}
     for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
         number = parse_version(child.name)
         if number is not None and child.is_dir():
-            versions.append(describe_version(child, number))
+            folders.setdefault(number, []).append(child.name)
+            if len(folders[number]) == 1:
+                versions.append(describe_version(child, number))
+    for v in versions:  # "1" and "01": which one is version 1 is not for the server to guess
+        if len(folders[v.version]) > 1:
+            v.problem = f"{len(folders[v.version])} folders are version {v.version}: {', '.join(folders[v.version])}"
     versions.sort(key=lambda v: v.version)
     entry = ModelEntry(model_dir.name, model_dir, versions)
     try:
@@ -306,5 +311,6 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
 
 def _next_version(model_dir: Path) -> int:
     """One past the highest number taken by any entry, a stray file included (it blocks the rename)."""
-    numbers = [int(d.name) for d in model_dir.iterdir() if d.name.isascii() and d.name.isdigit()]
+    numbers = [int(d.name) for d in model_dir.iterdir()
+               if d.name.isascii() and d.name.isdigit() and len(d.name) <= 9]  # a timestamp backup is no version
     return max(numbers, default=0) + 1

@@ -94,6 +94,7 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         raise InputError(f"{what}: contains NaN or infinite samples")
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"{what}: invalid sample rate {sample_rate!r}")
+    sample_rate = int(sample_rate)  # a NumPy int16 would overflow in the limit check below
     if sample_rate != target_rate and sample_rate < MIN_SAMPLE_RATE:
         raise InputError(f"{what}: a sample rate of {sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz; "
                          f"this is not audio that can be resampled to {target_rate} Hz")

@@ -174,7 +174,11 @@ class TextClassifier(_TextTask):
         if not self.labels:
             raise UsageError("no labels: pass labels=[...] (zero-shot needs them) or use a package with labels")
         if labels is not None:  # the caller's: strings, none empty, valid Unicode
-            self.labels = _as_texts(self.labels, "label")
+            try:
+                self.labels = _as_texts(self.labels, "label")
+            except InputError:
+                self.close()
+                raise
         self.options = options or ClassifierOptions()
         self._label_vecs = None
         if self.zero_shot:
