@@ -276,12 +276,12 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     try:
         copy = staging / "pkg"
         shutil.copytree(src, copy, ignore=shutil.ignore_patterns(".*"))
-        for artifact in package.read(copy).artifacts:
-            if artifact.status == "ok":
-                try:
-                    package.verify(artifact)
-                except ModelFileError as e:  # name the source's file, not the copy about to be removed
-                    raise ModelFileError(src / artifact.path.relative_to(copy), e.problem) from None
+        try:
+            verify_version(copy)
+        except ModelFileError as e:  # name the source's file, not the copy about to be removed
+            where = Path(e.path)
+            raise ModelFileError(src / where.relative_to(copy) if where.is_relative_to(copy) else where,
+                                 e.problem) from None
         for attempt in range(100):
             v = version if version is not None else _next_version(model_dir)
             dest = model_dir / str(v)
