@@ -268,7 +268,7 @@ def _read_taps(img, box: tuple[int, int, int, int], rows: np.ndarray | None, col
     as an HxWx3 uint8 array (all of them where ``rows`` / ``cols`` is None).
 
     A big photo is read in strips of consecutive tap rows rather than cropped whole: Pillow's crop
-    and its array copy the box three times, 41 against 9 ms of a 12 MP photo's pre-processing.
+    and its array copy the box three times (a 12 MP photo: 16 against 6.5-7.9 ms, side by side).
     """
     left, top, w, h = box
     if rows is None:
