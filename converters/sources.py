@@ -143,7 +143,7 @@ def _runtime_reference(path: Path, fmt: Format):
 
 
 def _carried(meta: dict) -> dict:
-    keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs")
+    keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs", "dims")
     return {k: meta[k] for k in keys if k in meta}
 
 
@@ -345,6 +345,13 @@ def max_length_of(folder: Path, config: dict) -> int:
     return int(config.get("max_position_embeddings", 512))
 
 
+def sequence_limit(config: dict) -> dict:
+    """The package's ``dims`` entry for a transformer's positions: past them its graph fails (a
+    Gather or Add deep inside), so ``Model.run`` refuses longer sequences up front."""
+    top = config.get("max_position_embeddings")
+    return {"dims": {"sequence": {"max": top}}} if isinstance(top, int) and top > 0 else {}
+
+
 def _from_huggingface(folder: Path, work: Path) -> Prepared:
     try:
         import torch  # noqa: F401
@@ -381,6 +388,7 @@ def _from_huggingface(folder: Path, work: Path) -> Prepared:
     hub = prepare_onnx(raw, work / "hub.onnx", notes)
     meta = {"name": folder.name, "task": "text-classification" if classify else "text-embedding",
             "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": limit}}}
+    meta.update(sequence_limit(config))
     if classify:
         id2label = config.get("id2label") or {}
         meta["labels"] = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +77,28 @@ class _InputCheck:
         return arr.astype(dst)
 
 
-def _shared_dims(specs: list[TensorSpec]) -> list[tuple[str, list[tuple[int, int]]]]:
-    """Named dynamic dims that more than one place declares: (name, [(input, axis), ...]).
-
-    ONNX's ``dim_param`` names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
-    Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
-    mask of 3, and broadcast a batch of 1 against 2 into a wrong answer of 2 rows.
-    """
+def _named_dims(specs: list[TensorSpec]) -> dict[str, list[tuple[int, int]]]:
+    """Where each named dynamic dim appears: name -> [(input, axis), ...]."""
     places: dict[str, list[tuple[int, int]]] = {}
     for i, spec in enumerate(specs):
         for d, dim in enumerate(spec.shape or ()):
             if isinstance(dim, str) and dim:
                 places.setdefault(dim, []).append((i, d))
-    return [(dim, p) for dim, p in places.items() if len(p) > 1]
+    return places
+
+
+def _declared(specs: list[TensorSpec], package) -> list[TensorSpec]:
+    """``specs`` with the dim names the package's source declared where the artifact has none
+    (OpenVINO IR and TFLite keep no names), so every artifact of a package is checked alike."""
+    if package is None or not package.dim_names:
+        return specs
+    out = []
+    for spec in specs:
+        names = package.dim_names.get(spec.name)
+        if names and spec.shape is not None and len(names) == len(spec.shape):
+            spec = replace(spec, shape=tuple(n if d is None and n else d for d, n in zip(spec.shape, names)))
+        out.append(spec)
+    return out
 
 
 def _closed(arrays):
@@ -118,10 +128,16 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        self.inputs: list[TensorSpec] = list(session.inputs)
+        self.inputs: list[TensorSpec] = _declared(list(session.inputs), package)
         self.outputs: list[TensorSpec] = list(session.outputs)
         self._checks = [_InputCheck(s) for s in self.inputs]
-        self._shared_dims = _shared_dims(self.inputs)
+        # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
+        # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
+        # mask of 3, and broadcast a batch of 1 against 2 into a wrong answer of 2 rows. A package may
+        # also cap a dim (MiniLM's 512 positions), past which the runtimes fail deep in the graph.
+        limits = package.dim_max if package is not None else {}
+        self._dims = [(dim, places, limits.get(dim)) for dim, places in _named_dims(self.inputs).items()
+                      if len(places) > 1 or dim in limits]
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
@@ -166,11 +182,14 @@ class Model:
                 raise InputError(f"this model has {len(checks)} inputs ({', '.join(self._in_names)}): "
                                  f"pass a dict or a list")
             arrays = [checks[0](inputs)]
-        for dim, places in self._shared_dims:
+        for dim, places, top in self._dims:
             sizes = [arrays[i].shape[d] for i, d in places]
             if any(n != sizes[0] for n in sizes):
                 seen = ", ".join(f"{self._in_names[i]} {n}" for (i, _), n in zip(places, sizes))
                 raise InputError(f"inputs disagree on dimension {dim!r}, which must be one size: {seen}")
+            if top is not None and sizes[0] > top:
+                raise InputError(f"input {self._in_names[places[0][0]]!r}: dimension {dim!r} is {sizes[0]}, "
+                                 f"over this model's limit of {top}")
         try:
             outputs = self._run(arrays)
         except EdgekitError:

@@ -42,6 +42,10 @@ class Package:
     root: Path
     manifest: dict
     artifacts: list[Artifact] = field(default_factory=list)
+    # What the source model declared of its inputs, for every artifact: the named dims of each input
+    # (OpenVINO IR and TFLite keep no names) and the largest size a named dim may take.
+    dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> (name or None per axis)
+    dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
 
     @property
     def name(self) -> str:
@@ -96,7 +100,27 @@ def read(folder: Path) -> Package:
                                   latency_ms=_p50(entry) if measured_here else None))
     if not artifacts:
         raise ModelFileError(manifest_path, "the package lists no artifacts")
-    return Package(folder, manifest, artifacts)
+    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path))
+
+
+def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int]]:
+    """``inputs`` (the source's input specs: named dims) and ``dims`` (``{"sequence": {"max": 512}}``)."""
+    names: dict[str, tuple] = {}
+    for spec in manifest.get("inputs") or []:
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(spec.get("name") if isinstance(spec, dict) else None, str) or not isinstance(shape, list):
+            raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list")
+        names[spec["name"]] = tuple(d if isinstance(d, str) and d else None for d in shape)
+    dims = manifest.get("dims") or {}
+    if not isinstance(dims, dict):
+        raise ModelFileError(where, "'dims' must map dimension names to {\"max\": size}")
+    limits = {}
+    for dim, info in dims.items():
+        top = info.get("max") if isinstance(info, dict) else None
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise ModelFileError(where, f"dims[{dim!r}] must be {{\"max\": a positive integer}}, not {info!r}")
+        limits[dim] = top
+    return names, limits
 
 
 def _measured_on_this_host(manifest: dict) -> bool:

