@@ -278,6 +278,12 @@ def test_hugging_face_folder_converts_to_every_format(hf_folder, tmp_path):
     manifest = json.loads((out / "edgekit.json").read_text())
     assert manifest["task"] == "text-embedding" and (out / "tokenizer.json").is_file()
     assert manifest["preprocess"]["text"]["max_length"] == 32
+    assert manifest["dims"] == {"sequence": {"max": 64}}  # the config's max_position_embeddings
+    assert [i["shape"] for i in manifest["inputs"]] == [["batch", "sequence"]] * 3
+    with edgekit.load(out, device="openvino") as m:  # IR keeps no dim names: the package's hold
+        assert m.path.suffix == ".xml" and m.inputs[0].shape == ("batch", "sequence")
+        with pytest.raises(edgekit.InputError, match="'sequence' is 65, over this model's limit of 64"):
+            m.run({i.name: np.ones((1, 65), np.int64) for i in m.inputs})
     from edgekit.tasks import TextEmbedder
 
     with TextEmbedder(out / "model-fp32.onnx", device="onnxruntime") as e:
