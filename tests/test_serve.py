@@ -438,6 +438,45 @@ def test_metrics_move(served, samples):
     with edgekit.load(samples["image"]) as m:
         assert sample("edgekit_model_loaded", model=name, version="1", backend=m.backend, artifact=m.path.name) == 1
     assert sample("edgekit_inference_in_flight", model=name) == 0
+    # a body refused by the guard before routing is counted under the route it was sent to
+    refused = sample("edgekit_http_requests_total", route="infer", status="413")
+    conn = http.client.HTTPConnection(served.host, timeout=30)
+    conn.request("POST", f"/v2/models/{name}/infer", headers={"Content-Length": str(65 * 1024 * 1024)})
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert sample("edgekit_http_requests_total", route="infer", status="413") == refused + 1
+
+
+def test_statistics_extension_counts_per_version(served, samples):
+    """Triton's statistics extension, read with tritonclient's own call."""
+    c, name = served.client, samples["image"].name
+    assert "statistics" in c.get_server_metadata()["extensions"]
+
+    def stats(*args) -> dict:
+        (one,) = c.get_inference_statistics(*args)["model_stats"]
+        return one
+
+    before = stats(name)
+    shape = image_shape(samples)
+    for _ in range(2):
+        infer(c, name, {"image": np.zeros(shape, np.float32)})
+    error_of(lambda: infer(c, name, {"image": np.zeros([*shape[:3], 9], np.float32)}))
+    after = stats(name, "1")
+    assert (after["name"], after["version"]) == (name, "1")
+    assert after["inference_count"] == before["inference_count"] + 2 * shape[0]
+    assert after["execution_count"] == before["execution_count"] + 2
+    got, was = after["inference_stats"], before["inference_stats"]
+    assert got["success"]["count"] == was["success"]["count"] + 2 and got["fail"]["count"] == was["fail"]["count"] + 1
+    for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert got[key]["count"] == was[key]["count"] + 2 and got[key]["ns"] > was[key]["ns"], key
+    # a request's whole time covers its model run
+    assert got["success"]["ns"] - was["success"]["ns"] > got["compute_infer"]["ns"] - was["compute_infer"]["ns"]
+    assert after["last_inference"] / 1000 == pytest.approx(time.time(), abs=60)
+    assert {b["batch_size"] for b in after["batch_stats"]} >= {shape[0]}
+    every = c.get_inference_statistics()["model_stats"]
+    assert {s["name"] for s in every} == {samples[k].name for k in samples}
+    for path in ("/v2/models/no-such/stats", f"/v2/models/{name}/versions/9/stats"):
+        assert served.request("GET", path)[0] == 404
 
 
 # -- versions, policies and the repository API --------------------------------------------------

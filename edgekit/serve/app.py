@@ -10,6 +10,7 @@ Routes (``{model}`` may be followed by ``/versions/{v}``; without it the newest 
     POST /v2/models/{model}/infer                              tensors: JSON or the binary extension
     POST /v2/models/{model}/classify | embed | detect          the package's task: a file or JSON text in,
                                                                its typed result as JSON out
+    GET  /v2/models[/{model}]/stats                            Triton's statistics extension (per version)
     POST /v2/repository/index | /v2/repository/models/{name}/load | /unload
     GET  /metrics                                              Prometheus
 
@@ -34,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from .. import __version__
 from ..errors import EdgekitError, InputError, UsageError
@@ -116,6 +117,7 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         Route("/v2/health/ready", api.ready, methods=["GET"]),
         Route("/v2", api.server_metadata, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
+        Route("/v2/models/stats", api.statistics, methods=["GET"]),  # before /v2/models/{model}
         Route("/v2/repository/index", api.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", api.load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", api.unload, methods=["POST"]),
@@ -125,13 +127,15 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
             Route(prefix, api.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", api.model_ready, methods=["GET"]),
             Route(prefix + "/infer", api.infer, methods=["POST"]),
+            Route(prefix + "/stats", api.statistics, methods=["GET"]),
             Route(prefix + "/{verb:str}", api.task, methods=["POST"]),
         ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.manager = manager
     app.state.metrics = metrics
-    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics, body_timeout_s=body_timeout_s)
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics, body_timeout_s=body_timeout_s,
+                       routes=routes)
     return app
 
 
@@ -151,6 +155,7 @@ def _endpoint(route: str):
         @functools.wraps(fn)
         async def handler(self, request: Request) -> Response:
             request.scope["edgekit.route"] = route
+            start = time.perf_counter()
             try:
                 response = await fn(self, request)
                 outcome = "success"
@@ -179,7 +184,11 @@ def _endpoint(route: str):
             served = request.scope.get("edgekit.model")
             if served is not None and route in ("infer", "task"):
                 self.metrics.requests.labels(*served, route, outcome).inc()
+                runner = request.scope.get("edgekit.runner")
+                if runner is not None:
+                    runner.stats.add("success" if outcome == "success" else "fail", time.perf_counter() - start)
             return response
+        handler.route = route  # the guard labels the requests it refuses before routing by it
         return handler
     return wrap
 
@@ -195,6 +204,7 @@ class _Api:
         p = request.path_params
         v = self.manager.get(p["model"], p.get("version"))
         request.scope["edgekit.model"] = (v.name, str(v.version))
+        request.scope["edgekit.runner"] = v.runner
         return v
 
     # -- health and metadata --------------------------------------------------------------------
@@ -211,7 +221,7 @@ class _Api:
     @_endpoint("metadata")
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "edgekit", "version": __version__,
-                             "extensions": ["binary_tensor_data", "model_repository", "edgekit_tasks"]})
+                             "extensions": ["binary_tensor_data", "model_repository", "statistics", "edgekit_tasks"]})
 
     @_endpoint("metrics")
     async def prometheus(self, request: Request) -> Response:
@@ -238,6 +248,20 @@ class _Api:
             doc["edgekit"]["task_outputs"] = [{"name": out[0], "datatype": "FP32", "shape": out[1]}]
         return JSONResponse(doc)
 
+    @_endpoint("stats")
+    async def statistics(self, request: Request) -> Response:
+        """Triton's statistics extension: every ready version of every model, of one model, or one version."""
+        name, version = request.path_params.get("model"), request.path_params.get("version")
+        if name is None:
+            versions = [v for m in self.manager.models.values() for v in m.ready()]
+        elif version is None:
+            if name not in self.manager.models:
+                raise NotFound(f"unknown model {name!r}")
+            versions = self.manager.models[name].ready()
+        else:
+            versions = [self.manager.get(name, version)]
+        return JSONResponse({"model_stats": [v.runner.stats.to_dict(v.name, str(v.version)) for v in versions]})
+
     @_endpoint("ready")
     async def model_ready(self, request: Request) -> Response:
         self._version(request)  # 404 unknown, 503 not ready
@@ -260,7 +284,9 @@ class _Api:
             # hand-off would cost more than that (0.65 ms a request measured on a Zen 1): decoded here.
             # Binary BYTES (text) are split element by element, so they count whole.
             json_part = len(body) if header_length is None or text_task else header_length
+            started = time.perf_counter()
             req = parse() if json_part < _INLINE else await asyncio.to_thread(parse)
+            v.runner.stats.add("compute_input", time.perf_counter() - started)
             if req.alternative:
                 outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
             else:
@@ -268,7 +294,9 @@ class _Api:
                 outputs = await v.runner.infer(req.inputs)
             encode = functools.partial(protocol.encode_response, req, v.name, str(v.version), outputs)
             size = sum(a.nbytes for a in outputs.values())
+            started = time.perf_counter()
             payload, json_length = encode() if size < _INLINE // 8 else await asyncio.to_thread(encode)
+            v.runner.stats.add("compute_output", time.perf_counter() - started)
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
@@ -462,8 +490,9 @@ class _Guard:
     """Pure ASGI middleware: it sees every request, before routing and before any body is read."""
 
     def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, routes: list[Route] = ()) -> None:
         self.app = app
+        self.routes = routes
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body
         self.metrics = metrics
@@ -490,6 +519,13 @@ class _Guard:
                 await self.app(scope, self._limited(receive), send_counted)
         finally:
             self._log(scope, status[0], start)
+
+    def _route_of(self, scope) -> str:
+        """The route a request answered before its handler ran (401, 413, 405) was meant for."""
+        for r in self.routes:
+            if r.matches(scope)[0] is not Match.NONE:
+                return getattr(r.endpoint, "route", "other")
+        return "other"
 
     def _refuse(self, scope) -> Response | None:
         headers = dict(scope["headers"])
@@ -535,7 +571,7 @@ class _Guard:
 
     def _log(self, scope, status: int, start: float) -> None:
         ms = (time.perf_counter() - start) * 1000
-        route = scope.get("edgekit.route", "other")
+        route = scope.get("edgekit.route") or self._route_of(scope)
         method = scope["method"] if scope["method"] in _METHODS else "other"  # clients choose it: bound it
         self.metrics.http.labels(method, route, str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):

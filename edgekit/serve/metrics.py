@@ -6,6 +6,9 @@ unknown model is counted under the HTTP metrics by route, so clients cannot grow
 
 from __future__ import annotations
 
+import threading
+import time
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Edge inference spans tens of microseconds to seconds.
@@ -36,3 +39,60 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class InferenceStats:
+    """One model version's totals since it loaded, as Triton's statistics extension reports them
+    (``GET /v2/models[/NAME[/versions/V]]/stats``; tritonclient's ``get_inference_statistics``).
+
+    Durations are a count and nanoseconds. ``success`` / ``fail``: whole requests that reached the
+    model, from routing to answer. ``queue``: the wait for a worker (or a batch). ``compute_input`` /
+    ``compute_output``: decoding the request's tensors and encoding the answer (``/infer``).
+    ``compute_infer``: the model run a request was part of (a task endpoint's pre- and
+    post-processing run there too). ``cache_hit`` / ``cache_miss`` stay 0: there is no response cache.
+    Updated from the event loop and the model's workers.
+    """
+
+    DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+                 "cache_hit", "cache_miss")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._durations = {k: [0, 0] for k in self.DURATIONS}
+        self._batches: dict[int, list[int]] = {}  # rows in one run -> [runs, ns]
+        self._inferences = self._executions = 0
+        self._last_ms = 0
+
+    def add(self, what: str, seconds: float, requests: int = 1) -> None:
+        ns = int(seconds * 1e9)
+        with self._lock:
+            d = self._durations[what]
+            d[0] += requests
+            d[1] += ns * requests
+
+    def executed(self, seconds: float, rows: int, requests: int = 1) -> None:
+        """One model run over ``rows`` inferences for ``requests`` requests (more than one: a batch)."""
+        ns = int(seconds * 1e9)
+        with self._lock:
+            d = self._durations["compute_infer"]
+            d[0] += requests
+            d[1] += ns * requests
+            b = self._batches.setdefault(rows, [0, 0])
+            b[0] += 1
+            b[1] += ns
+            self._inferences += rows
+            self._executions += 1
+            self._last_ms = int(time.time() * 1000)
+
+    def to_dict(self, name: str, version: str) -> dict:
+        with self._lock:
+            def stat(count_ns):
+                return {"count": count_ns[0], "ns": count_ns[1]}
+            zero = {"count": 0, "ns": 0}
+            return {
+                "name": name, "version": version, "last_inference": self._last_ms,
+                "inference_count": self._inferences, "execution_count": self._executions,
+                "inference_stats": {k: stat(v) for k, v in self._durations.items()},
+                "batch_stats": [{"batch_size": rows, "compute_input": zero, "compute_infer": stat(b),
+                                 "compute_output": zero} for rows, b in sorted(self._batches.items())],
+            }

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..model import Model
 from .errors import NotReady
-from .metrics import Metrics
+from .metrics import InferenceStats, Metrics
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
@@ -67,12 +67,18 @@ def warm_up(model: Model, batch_sizes: range, warmup: dict | None = None,
     return done, None
 
 
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    """Inferences in one request: its first input's batch dim (1 for a scalar or no input)."""
+    first = next(iter(arrays.values()), None)
+    return first.shape[0] if first is not None and first.ndim else 1
+
+
 class _Item:
     __slots__ = ("arrays", "rows", "key", "future", "enqueued")
 
     def __init__(self, arrays: dict[str, np.ndarray], future: asyncio.Future) -> None:
         self.arrays = arrays
-        self.rows = next(iter(arrays.values())).shape[0] if arrays else 1
+        self.rows = _rows(arrays)
         # Requests join one batch only when every input agrees on everything but the first dim.
         self.key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in arrays.items())
         if any(a.shape[0] != self.rows for a in arrays.values()):
@@ -91,6 +97,7 @@ class Runner:
         self._queue_s = metrics.queue_seconds.labels(*self.labels)
         self._compute_s = metrics.compute_seconds.labels(*self.labels)
         self._batch_size = metrics.batch_size.labels(*self.labels)
+        self.stats = InferenceStats()
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
         self._active = 0
@@ -130,23 +137,27 @@ class Runner:
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on checked inputs (under :meth:`hold`); batched with others when batching is on."""
         if self._queue is None:
-            return await self.call(self.model.run, arrays)
+            return await self.call(self.model.run, arrays, rows=_rows(arrays))
         item = _Item(arrays, asyncio.get_running_loop().create_future())
         await self._queue.put(item)
         return await item.future
 
-    async def call(self, fn: Callable, *args):
-        """Run ``fn(*args)`` on one of this model's workers (under :meth:`hold`); task endpoints use it."""
+    async def call(self, fn: Callable, *args, rows: int = 1):
+        """Run ``fn(*args)`` (``rows`` inferences) on one of this model's workers (under :meth:`hold`);
+        task endpoints use it."""
         enqueued = time.perf_counter()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args, enqueued)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args, enqueued, rows)
 
-    def _timed(self, fn: Callable, args: tuple, enqueued: float):
+    def _timed(self, fn: Callable, args: tuple, enqueued: float, rows: int):
         start = time.perf_counter()
         self._queue_s.observe(start - enqueued)
+        self.stats.add("queue", start - enqueued)
         try:
             return fn(*args)
         finally:
-            self._compute_s.observe(time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self._compute_s.observe(took)
+            self.stats.executed(took, rows)
 
     # -- dynamic batching ---------------------------------------------------------------------
 
@@ -180,13 +191,16 @@ class Runner:
             start = time.perf_counter()
             for item in batch:
                 self._queue_s.observe(start - item.enqueued)
+                self.stats.add("queue", start - item.enqueued)
             self._batch_size.observe(len(batch))
             try:
                 results = await loop.run_in_executor(self._pool, self._run_batch, batch)
             except Exception as e:  # the pool itself failed: answer everyone rather than leave them waiting
                 results = [e] * len(batch)
             finally:
-                self._compute_s.observe(time.perf_counter() - start)
+                took = time.perf_counter() - start
+                self._compute_s.observe(took)
+                self.stats.executed(took, rows, requests=len(batch))
             for item, result in zip(batch, results):
                 if item.future.done():
                     continue
