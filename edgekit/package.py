@@ -6,9 +6,13 @@ artifact's checksum and lets selection pick artifact and device together.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,9 +164,43 @@ def verify(artifact: Artifact) -> None:
 
 
 def staging_dir(dest: Path) -> Path:
-    """A fresh temporary folder beside ``dest`` (same filesystem, so publishing is a rename)."""
+    """A fresh temporary folder beside ``dest`` (same filesystem, so publishing is a rename).
+
+    Its name carries this host and process (``.NAME-<pid>-<host>-...``), so that one left behind by
+    a process that was killed outright (SIGKILL, power loss) is removed by the next writer: see
+    :func:`remove_abandoned`. Folders of older edgekits, without that mark, are left alone.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    remove_abandoned(dest)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-{_owner()}-"))
+
+
+def _owner() -> str:
+    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def remove_abandoned(dest: Path) -> list[Path]:
+    """Remove the staging folders beside ``dest`` whose process on this host has gone; returns them."""
+    host = _owner().split("-", 1)[1]
+    mark = re.compile(rf"\.{re.escape(dest.name)}-([0-9]+)-{host}-")
+    removed = []
+    with contextlib.suppress(OSError):
+        for child in dest.parent.iterdir():
+            found = mark.match(child.name)
+            if found and child.is_dir() and not _alive(int(found.group(1))):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid we can ask about): not ours to judge
+    return True
 
 
 def publish(staging: Path, dest: Path, manifest: dict) -> Path:
@@ -190,7 +228,9 @@ def publish(staging: Path, dest: Path, manifest: dict) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-old-")) / "pkg" if dest.exists() else None
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-{_owner()}-old-")) / "pkg"
     try:
         if old is not None:
             os.replace(dest, old)

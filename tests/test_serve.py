@@ -504,6 +504,8 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--name", "fresh")
     assert r.returncode == 2 and f"{pkg / 'mlp-0.onnx'}: checksum mismatch" in r.stderr, r.stderr
     assert not (repo / "fresh").exists()
+    r = run_cli("repo", "add", str(pkg), "--repository", str(tmp_path / "new-repo"))  # nor an empty repository
+    assert r.returncode == 2 and not (tmp_path / "new-repo").exists()
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -603,6 +605,18 @@ def test_repo_add_cleans_up_when_terminated(tmp_path, models):
         assert code == 128 + signal.SIGTERM and leftovers == [], (code, leftovers, proc.stderr.read())
     else:  # finished first: a whole version, nothing else
         assert code == 0 and leftovers == ["1"], (code, leftovers)
+    # SIGKILL leaves the staging copy behind; the next writer removes it, since its process is gone
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "repo", "add", str(pkg), "--repository", str(repo)])
+    wait_for(lambda: proc.poll() is not None or any((repo / "mlp").glob(".new-*/pkg")),
+             what="the staging copy", timeout=60, interval=0.002)
+    proc.kill()
+    proc.wait(60)
+    left = sorted((repo / "mlp").glob(".new-*"))
+    if left:  # killed while copying (the usual case)
+        assert left[0].name.startswith(f".new-{proc.pid}-")
+    mine = package.staging_dir(repo / "mlp" / "new")  # this live process's own is never taken for abandoned
+    repository.add(pkg, repo)
+    assert not any(p.exists() for p in left) and mine.exists()
 
 
 def test_versions_load_and_unload_while_serving(tmp_path):

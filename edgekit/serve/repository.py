@@ -270,7 +270,8 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     for folder, what in ((repo, "a repository"), (model_dir, f"the folder of model {name!r}")):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder}: exists and is not a folder, so it cannot be {what}")
-    created, added = not model_dir.exists(), None
+    created = [d for d in (model_dir, repo) if not d.exists()]  # the folders a refusal removes again
+    added = None
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = package.staging_dir(model_dir / "new")
     try:
@@ -304,9 +305,10 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
         raise UsageError(f"{model_dir}: could not take a new version number")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if added is None and created:  # a refused package leaves no model behind ("no versions")
-            with contextlib.suppress(OSError):
-                model_dir.rmdir()  # only if still empty: another writer may have added a version
+        if added is None:  # a refused package leaves no model ("no versions") or repository behind
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if still empty: another writer may have added a version
 
 
 def _next_version(model_dir: Path) -> int:
