@@ -382,7 +382,7 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
 def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None) -> dict:
     manifest = dict(metadata)
     # The source's input specs: their dim names hold for every artifact (IR and TFLite lose them).
-    manifest["inputs"] = [{k: v for k, v in s.to_dict().items() if k != "layout"} for s in prep.inputs]
+    manifest["inputs"] = [s.to_dict() for s in prep.inputs]
     manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
     manifest["conversion"] = {
         "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,

@@ -144,7 +144,13 @@ def _runtime_reference(path: Path, fmt: Format):
 
 def _carried(meta: dict) -> dict:
     keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs", "dims")
-    return {k: meta[k] for k in keys if k in meta}
+    carried = {k: meta[k] for k in keys if k in meta}
+    try:
+        package.parse_dims(carried.get("dims"))
+    except ValueError as e:  # a card is read leniently: a bad entry is dropped, not made the new package's
+        log.warning("not carrying the source's dim limits: %s", e)
+        carried.pop("dims")
+    return carried
 
 
 def _from_package(path: Path, work: Path) -> Prepared:
@@ -345,11 +351,23 @@ def max_length_of(folder: Path, config: dict) -> int:
     return int(config.get("max_position_embeddings", 512))
 
 
+# Models whose position ids start after the padding id (fairseq's convention), so that
+# max_position_embeddings - padding_idx - 1 tokens fit: RoBERTa's 514 positions hold 512.
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
+                                      "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm", "ibert"})
+
+
 def sequence_limit(config: dict) -> dict:
-    """The package's ``dims`` entry for a transformer's positions: past them its graph fails (a
-    Gather or Add deep inside), so ``Model.run`` refuses longer sequences up front."""
+    """The package's ``dims`` entry for a transformer's absolute positions: past them its graph fails
+    (a Gather or Add deep inside), so ``Model.run`` refuses longer sequences up front. None for
+    relative positions only (DeBERTa-v2/v3's ``position_biased_input: false``), which take more."""
     top = config.get("max_position_embeddings")
-    return {"dims": {"sequence": {"max": top}}} if isinstance(top, int) and top > 0 else {}
+    if not isinstance(top, int) or config.get("position_biased_input") is False:
+        return {}
+    if config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        pad = config.get("pad_token_id")
+        top -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+    return {"dims": {"sequence": {"max": top}}} if top > 0 else {}
 
 
 def _from_huggingface(folder: Path, work: Path) -> Prepared:

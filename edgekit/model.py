@@ -94,8 +94,9 @@ def _declared(specs: list[TensorSpec], package) -> list[TensorSpec]:
         return specs
     out = []
     for spec in specs:
-        names = package.dim_names.get(spec.name)
-        if names and spec.shape is not None and len(names) == len(spec.shape):
+        names, layout = package.dim_names.get(spec.name, ((), None))
+        same_axes = not (layout and spec.layout and layout != spec.layout)  # NHWC's axes are not NCHW's
+        if names and same_axes and spec.shape is not None and len(names) == len(spec.shape):
             spec = replace(spec, shape=tuple(n if d is None and n else d for d, n in zip(spec.shape, names)))
         out.append(spec)
     return out

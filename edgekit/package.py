@@ -48,7 +48,7 @@ class Package:
     artifacts: list[Artifact] = field(default_factory=list)
     # What the source model declared of its inputs, for every artifact: the named dims of each input
     # (OpenVINO IR and TFLite keep no names) and the largest size a named dim may take.
-    dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> (name or None per axis)
+    dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> ((name or None per axis), layout)
     dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
 
     @property
@@ -111,20 +111,32 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     """``inputs`` (the source's input specs: named dims) and ``dims`` (``{"sequence": {"max": 512}}``)."""
     names: dict[str, tuple] = {}
     for spec in manifest.get("inputs") or []:
-        shape = spec.get("shape") if isinstance(spec, dict) else None
-        if not isinstance(spec.get("name") if isinstance(spec, dict) else None, str) or not isinstance(shape, list):
-            raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list")
-        names[spec["name"]] = tuple(d if isinstance(d, str) and d else None for d in shape)
-    dims = manifest.get("dims") or {}
+        shape = spec.get("shape", ()) if isinstance(spec, dict) else ()
+        if not isinstance(spec.get("name") if isinstance(spec, dict) else None, str) or not (
+                shape is None or isinstance(shape, list)):
+            raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list (or null)")
+        if shape:  # null: a scalar or a rank the runtime did not know; nothing to name
+            names[spec["name"]] = (tuple(d if isinstance(d, str) and d else None for d in shape), spec.get("layout"))
+    try:
+        limits = parse_dims(manifest.get("dims"))
+    except ValueError as e:
+        raise ModelFileError(where, str(e)) from None
+    return names, limits
+
+
+def parse_dims(dims) -> dict[str, int]:
+    """A manifest's ``dims`` (``{"sequence": {"max": 512}}``) as {name: max}; ValueError names the problem."""
+    if dims is None:
+        return {}
     if not isinstance(dims, dict):
-        raise ModelFileError(where, "'dims' must map dimension names to {\"max\": size}")
+        raise ValueError("'dims' must map dimension names to {\"max\": size}")
     limits = {}
     for dim, info in dims.items():
         top = info.get("max") if isinstance(info, dict) else None
         if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-            raise ModelFileError(where, f"dims[{dim!r}] must be {{\"max\": a positive integer}}, not {info!r}")
+            raise ValueError(f"dims[{dim!r}] must be {{\"max\": a positive integer}}, not {info!r}")
         limits[dim] = top
-    return names, limits
+    return limits
 
 
 def _measured_on_this_host(manifest: dict) -> bool:
@@ -176,31 +188,35 @@ def staging_dir(dest: Path) -> Path:
 
 
 def _owner() -> str:
-    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+    """This process as a staging folder's name gives it: its pid, and a hash of the host and pid
+    namespace it is a pid in (a container's writer on a shared folder is never taken for gone)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    where = hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
+    return f"{os.getpid()}-{where}"
 
 
 def remove_abandoned(dest: Path) -> list[Path]:
-    """Remove the staging folders beside ``dest`` whose process on this host has gone; returns them."""
-    host = _owner().split("-", 1)[1]
-    mark = re.compile(rf"\.{re.escape(dest.name)}-([0-9]+)-{host}-")
+    """Remove the staging folders beside ``dest`` whose process (on this host and in this pid
+    namespace) has gone; returns them. A package that a killed ``publish`` had moved aside while
+    ``dest`` was missing is moved back, not removed."""
+    import psutil
+
+    where = _owner().split("-", 1)[1]
+    mark = re.compile(rf"\.{re.escape(dest.name)}-([0-9]+)-{where}-(old-)?")
     removed = []
     with contextlib.suppress(OSError):
         for child in dest.parent.iterdir():
             found = mark.match(child.name)
-            if found and child.is_dir() and not _alive(int(found.group(1))):
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child)
+            if not found or not child.is_dir() or psutil.pid_exists(int(found.group(1))):
+                continue
+            if found.group(2) and (child / "pkg").is_dir() and not os.path.lexists(dest):
+                os.replace(child / "pkg", dest)  # killed between publish's two renames: the old package
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or not a pid we can ask about): not ours to judge
-    return True
 
 
 def publish(staging: Path, dest: Path, manifest: dict) -> Path:

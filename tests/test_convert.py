@@ -215,6 +215,39 @@ def test_a_broadcast_input_keeps_its_own_size(tmp_path):
         np.testing.assert_allclose(next(iter(m.run([x, bias]).values())), x * 2 + bias)
 
 
+def test_a_scalar_input_is_recorded_without_names_and_the_package_loads(tmp_path):
+    """ONNX Runtime reports a scalar as shape None; the package's recorded inputs keep it so."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "scale",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "scale.onnx")
+    report = convert(tmp_path / "scale.onnx", to=["onnx"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok, [(a.target, a.reason) for a in report.artifacts]
+    recorded = {i["name"]: i["shape"] for i in json.loads((tmp_path / "pkg" / "edgekit.json").read_text())["inputs"]}
+    assert recorded["x"] == ["batch", 4] and recorded["s"] in (None, [])
+    with edgekit.load(tmp_path / "pkg") as m:
+        x = np.ones((3, 4), np.float32)
+        np.testing.assert_allclose(m.run({"x": x, "s": np.float32(2)})["y"], 2 * x)
+
+
+def test_transformer_position_limits():
+    from converters.sources import sequence_limit
+
+    limit = {"dims": {"sequence": {"max": 512}}}
+    assert sequence_limit({"model_type": "bert", "max_position_embeddings": 512}) == limit
+    # fairseq-style positions start after the padding id: RoBERTa's 514 hold 512 tokens
+    assert sequence_limit({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == limit
+    assert sequence_limit({"model_type": "mpnet", "max_position_embeddings": 514}) == limit
+    # relative positions only: no limit from the table
+    assert sequence_limit({"model_type": "deberta-v2", "max_position_embeddings": 512,
+                           "position_biased_input": False}) == {}
+    assert sequence_limit({"model_type": "bert"}) == {}
+
+
 def test_pytorch_module_converts_to_every_format_and_matches_pytorch(torch_report):
     module, report, out = torch_report
     assert report.ok, [(a.target, a.precision, a.reason) for a in report.artifacts]

@@ -124,3 +124,55 @@ def test_bad_manifest(tmp_path, manifest, fragment):
     (tmp_path / "edgekit.json").write_text(manifest)
     with pytest.raises(edgekit.ModelFileError, match=fragment):
         edgekit.load(tmp_path)
+
+
+def test_recorded_input_names_apply_only_where_they_fit(tmp_path):
+    """A package's recorded dim names go on the artifact's unnamed dims of the same input and rank
+    (OpenVINO IR keeps none); entries for other inputs or other ranks are left out."""
+    from samples import synthetic as builders
+
+    builders.to_ir(builders.add_onnx(tmp_path / "add.onnx", dynamic_batch=True), tmp_path / "add.xml")
+    recorded = [{"name": "a", "shape": ["rows", 4], "dtype": "float32"},
+                {"name": "b", "shape": ["rows", 4, 1], "dtype": "float32"},  # another rank: ignored
+                {"name": "elsewhere", "shape": ["n"], "dtype": "float32"}]  # no such input: ignored
+    manifest = {"artifacts": [{"path": "add.xml", "format": "openvino"}], "inputs": recorded}
+    (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+    with edgekit.load(tmp_path) as m:
+        assert [s.shape for s in m.inputs] == [("rows", 4), (None, 4)]
+    recorded[1]["shape"] = ["rows", 4]
+    (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+    with edgekit.load(tmp_path) as m:
+        x = np.ones((2, 4), np.float32)
+        np.testing.assert_array_equal(m.run({"a": x, "b": x})["y"], 2 * x)
+        with pytest.raises(edgekit.InputError, match="disagree on dimension 'rows'.*a 2, b 1"):
+            m.run({"a": x, "b": x[:1]})  # OpenVINO itself would broadcast it
+
+
+def test_staging_left_by_a_killed_writer_is_removed_and_a_package_moved_aside_is_restored(tmp_path):
+    """package.staging_dir names its folders with pid and host; the next writer removes those whose
+    process is gone, and puts back a package a killed publish had moved aside."""
+    import subprocess
+    import sys
+
+    from edgekit import package
+
+    dest = tmp_path / "pkg"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = int(gone.stdout)
+    where = package._owner().split("-", 1)[1]
+    abandoned = tmp_path / f".pkg-{dead}-{where}-abcd1234"
+    abandoned.mkdir()
+    (abandoned / "half.onnx").write_bytes(b"half")
+    moved_aside = tmp_path / f".pkg-{dead}-{where}-old-efgh5678"
+    (moved_aside / "pkg").mkdir(parents=True)
+    (moved_aside / "pkg" / "edgekit.json").write_text("{}")
+    live = package.staging_dir(dest)  # this process's: kept by the next call
+    other_host = tmp_path / f".pkg-{dead}-00000000-ijkl9012"  # another host's or pid namespace's: not ours
+    other_host.mkdir()
+    old_style = tmp_path / ".pkg-mnop3456"  # an older edgekit's, without the mark
+    old_style.mkdir()
+    again = package.staging_dir(dest)
+    assert not abandoned.exists() and not moved_aside.exists()
+    assert (dest / "edgekit.json").read_text() == "{}"  # the package a killed publish moved aside
+    assert live.exists() and again.exists() and other_host.exists() and old_style.exists()

@@ -478,6 +478,29 @@ def test_statistics_extension_counts_per_version(served, samples):
     for path in ("/v2/models/no-such/stats", f"/v2/models/{name}/versions/9/stats"):
         assert served.request("GET", path)[0] == 404
 
+    # a request the model itself refuses (600 tokens, past its 512 positions) counts only as a failure;
+    # 3 texts as BYTES are 3 inferences in one run
+    text = samples["text"].name
+    before = stats(text)
+    ids = np.ones((1, 600), np.int64)
+    assert error_of(lambda: infer(c, text, {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}))[0] == 400
+    after = stats(text)
+    assert after["inference_stats"]["fail"]["count"] == before["inference_stats"]["fail"]["count"] + 1
+    for key in ("queue", "compute_input", "compute_infer", "compute_output", "success"):
+        assert after["inference_stats"][key] == before["inference_stats"][key], key
+    assert after["inference_count"] == before["inference_count"]
+    texts = tc.InferInput("text", [3], "BYTES")
+    texts.set_data_from_numpy(np.array([b"a cat", b"a dog", b"a car"], dtype=object))
+    c.infer(text, [texts])
+    assert stats(text)["inference_count"] == after["inference_count"] + 3
+    # a model that cannot batch counts a request as one inference, whatever its first input's shape
+    audio = samples["audio"].name
+    before = stats(audio)["inference_count"]
+    with edgekit.load(samples["audio"]) as m:
+        feeds = {s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], s.dtype) for s in m.inputs}
+    infer(c, audio, feeds)
+    assert stats(audio)["inference_count"] == before + 1
+
 
 # -- versions, policies and the repository API --------------------------------------------------
 
@@ -577,6 +600,8 @@ def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, model
         repository.add(pkg, repo, version=10 ** 9)
     with pytest.raises(edgekit.UsageError, match="invalid model name ''"):
         repository.add(pkg, repo, name="")
+    with pytest.raises(edgekit.UsageError, match="cannot be named 'stats'"):  # /v2/models/stats is the statistics
+        repository.add(pkg, repo, name="stats")
     # "2" and "002" are both version 2 (as Triton reads them): flagged, not guessed
     shutil.copytree(repo / "mlp" / "2", repo / "mlp" / "002")
     two = next(v for v in repository.scan_model(repo / "mlp").versions if v.version == 2)
@@ -800,6 +825,13 @@ def test_api_key_and_binding_rules(tmp_path):
         got = infer(c, "mlp", {"x": x}, headers=good).as_numpy("logits")
         np.testing.assert_allclose(got, builders.mlp_reference(x, w), rtol=1e-5, atol=1e-5)
         assert server.request("GET", "/metrics", headers=good)[0] == 200
+        # refusals are counted under the route the request was for: a POST to .../stats is a task
+        # request (GET .../stats is the statistics), as it would be routed with the key
+        assert server.request("POST", "/v2/models/mlp/stats", b"{}")[0] == 401
+        _, _, metrics = server.request("GET", "/metrics", headers=good)
+        refused = [line for line in metrics.decode().splitlines() if 'status="401"' in line]
+        assert any('method="POST",route="task"' in line for line in refused), refused
+        assert any('method="POST",route="infer"' in line for line in refused), refused
     finally:
         assert server.stop() == 0, server.log()
 

@@ -286,9 +286,10 @@ class _Api:
             json_part = len(body) if header_length is None or text_task else header_length
             started = time.perf_counter()
             req = parse() if json_part < _INLINE else await asyncio.to_thread(parse)
-            v.runner.stats.add("compute_input", time.perf_counter() - started)
+            decoded = time.perf_counter() - started
             if req.alternative:
-                outputs = await v.runner.call(_run_text_task, v, req.inputs["text"])
+                texts = req.inputs["text"]
+                outputs = await v.runner.call(_run_text_task, v, texts, rows=texts.shape[0] if texts.ndim else 1)
             else:
                 protocol.check_outputs(req, v.model.outputs)
                 outputs = await v.runner.infer(req.inputs)
@@ -297,6 +298,7 @@ class _Api:
             started = time.perf_counter()
             payload, json_length = encode() if size < _INLINE // 8 else await asyncio.to_thread(encode)
             v.runner.stats.add("compute_output", time.perf_counter() - started)
+            v.runner.stats.add("compute_input", decoded)  # counted for answered requests only, as Triton does
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
@@ -522,10 +524,14 @@ class _Guard:
 
     def _route_of(self, scope) -> str:
         """The route a request answered before its handler ran (401, 413, 405) was meant for."""
+        partial = None  # the path matches but not the method: Starlette's 405, unless a route matches both
         for r in self.routes:
-            if r.matches(scope)[0] is not Match.NONE:
+            match = r.matches(scope)[0]
+            if match is Match.FULL:
                 return getattr(r.endpoint, "route", "other")
-        return "other"
+            if match is Match.PARTIAL and partial is None:
+                partial = getattr(r.endpoint, "route", "other")
+        return partial or "other"
 
     def _refuse(self, scope) -> Response | None:
         headers = dict(scope["headers"])

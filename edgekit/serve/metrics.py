@@ -46,15 +46,18 @@ class InferenceStats:
     (``GET /v2/models[/NAME[/versions/V]]/stats``; tritonclient's ``get_inference_statistics``).
 
     Durations are a count and nanoseconds. ``success`` / ``fail``: whole requests that reached the
-    model, from routing to answer. ``queue``: the wait for a worker (or a batch). ``compute_input`` /
-    ``compute_output``: decoding the request's tensors and encoding the answer (``/infer``).
-    ``compute_infer``: the model run a request was part of (a task endpoint's pre- and
-    post-processing run there too). ``cache_hit`` / ``cache_miss`` stay 0: there is no response cache.
-    Updated from the event loop and the model's workers.
+    model, from routing to answer. As in Triton, the rest count successful requests only: ``queue``
+    (the wait for a worker or a batch), ``compute_input`` / ``compute_output`` (decoding the
+    request's tensors and encoding the answer, on ``/infer``), ``compute_infer`` (the model run a
+    request was part of; a task endpoint's pre- and post-processing run there too).
+    ``inference_count`` counts rows (a batch of 8 is 8; 1 per request for a model that cannot batch
+    or a task endpoint), ``execution_count`` model runs (a dynamic batch is one). ``cache_hit`` /
+    ``cache_miss`` stay 0: there is no response cache. Updated from the event loop and the workers.
     """
 
     DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
                  "cache_hit", "cache_miss")
+    MAX_BATCH_SIZES = 64  # distinct batch sizes kept in batch_stats: clients choose them
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -63,23 +66,28 @@ class InferenceStats:
         self._inferences = self._executions = 0
         self._last_ms = 0
 
-    def add(self, what: str, seconds: float, requests: int = 1) -> None:
-        ns = int(seconds * 1e9)
+    def add(self, what: str, seconds: float) -> None:
         with self._lock:
             d = self._durations[what]
-            d[0] += requests
-            d[1] += ns * requests
+            d[0] += 1
+            d[1] += int(seconds * 1e9)
 
-    def executed(self, seconds: float, rows: int, requests: int = 1) -> None:
-        """One model run over ``rows`` inferences for ``requests`` requests (more than one: a batch)."""
+    def ran(self, seconds: float, queued: list[float], rows: int) -> None:
+        """One model run that answered ``len(queued)`` requests (which waited ``queued`` seconds each)
+        over ``rows`` inferences; only the requests it answered without an error."""
         ns = int(seconds * 1e9)
         with self._lock:
-            d = self._durations["compute_infer"]
-            d[0] += requests
-            d[1] += ns * requests
-            b = self._batches.setdefault(rows, [0, 0])
-            b[0] += 1
-            b[1] += ns
+            q, c = self._durations["queue"], self._durations["compute_infer"]
+            q[0] += len(queued)
+            q[1] += sum(int(w * 1e9) for w in queued)
+            c[0] += len(queued)
+            c[1] += ns * len(queued)
+            b = self._batches.get(rows)
+            if b is None and len(self._batches) < self.MAX_BATCH_SIZES:
+                b = self._batches[rows] = [0, 0]
+            if b is not None:
+                b[0] += 1
+                b[1] += ns
             self._inferences += rows
             self._executions += 1
             self._last_ms = int(time.time() * 1000)

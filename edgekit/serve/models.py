@@ -161,7 +161,12 @@ class ModelManager:
                     continue
                 known = self.models.get(d.name)
                 if known is None:
-                    self._add_model(d.name, d)
+                    try:
+                        self._add_model(d.name, d)
+                    except UsageError as e:  # a name the protocol reserves
+                        if d.name not in self._clashes:
+                            self._clashes.add(d.name)
+                            log.warning("%s is not served: %s", d, e)
                 elif known.source != d and d.name not in self._clashes:
                     self._clashes.add(d.name)
                     log.warning("%s is not served: a model named %r is already served from %s", d, d.name,

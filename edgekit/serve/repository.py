@@ -248,6 +248,9 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise UsageError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "
                          f"(at most 128, starting with a letter or digit)")
+    if name == "stats":  # GET /v2/models/stats is the statistics of every model (Triton's URL)
+        raise UsageError("a model cannot be named 'stats': /v2/models/stats is the statistics endpoint "
+                         "(give another name with --name)")
     return name
 
 

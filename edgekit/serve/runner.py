@@ -98,6 +98,7 @@ class Runner:
         self._compute_s = metrics.compute_seconds.labels(*self.labels)
         self._batch_size = metrics.batch_size.labels(*self.labels)
         self.stats = InferenceStats()
+        self._batchable = can_batch(model) is None  # else each request is one inference, whatever its shape
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
         self._active = 0
@@ -137,7 +138,7 @@ class Runner:
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on checked inputs (under :meth:`hold`); batched with others when batching is on."""
         if self._queue is None:
-            return await self.call(self.model.run, arrays, rows=_rows(arrays))
+            return await self.call(self.model.run, arrays, rows=_rows(arrays) if self._batchable else 1)
         item = _Item(arrays, asyncio.get_running_loop().create_future())
         await self._queue.put(item)
         return await item.future
@@ -151,13 +152,13 @@ class Runner:
     def _timed(self, fn: Callable, args: tuple, enqueued: float, rows: int):
         start = time.perf_counter()
         self._queue_s.observe(start - enqueued)
-        self.stats.add("queue", start - enqueued)
         try:
-            return fn(*args)
+            result = fn(*args)
         finally:
             took = time.perf_counter() - start
             self._compute_s.observe(took)
-            self.stats.executed(took, rows)
+        self.stats.ran(took, [start - enqueued], rows)
+        return result
 
     # -- dynamic batching ---------------------------------------------------------------------
 
@@ -191,7 +192,6 @@ class Runner:
             start = time.perf_counter()
             for item in batch:
                 self._queue_s.observe(start - item.enqueued)
-                self.stats.add("queue", start - item.enqueued)
             self._batch_size.observe(len(batch))
             try:
                 results = await loop.run_in_executor(self._pool, self._run_batch, batch)
@@ -200,7 +200,9 @@ class Runner:
             finally:
                 took = time.perf_counter() - start
                 self._compute_s.observe(took)
-                self.stats.executed(took, rows, requests=len(batch))
+            answered = [item for item, result in zip(batch, results) if not isinstance(result, BaseException)]
+            if answered:
+                self.stats.ran(took, [start - item.enqueued for item in answered], sum(i.rows for i in answered))
             for item, result in zip(batch, results):
                 if item.future.done():
                     continue
