@@ -35,8 +35,8 @@ def add_parsers(add) -> None:
     s.add_argument("--keep-alive-s", type=float, metavar="S",
                    help="seconds an idle client connection stays open (default: 65, as KServe's server)")
     s.add_argument("--body-timeout-s", type=float, metavar="S",
-                   help="a request body that stops arriving for S seconds gets 408 and its connection closed "
-                        "(default 60)")
+                   help="a request whose head takes longer than S seconds, or whose body stops arriving for S "
+                        "seconds, gets 408 and its connection closed (default 60)")
     s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
                    help="one log line per request on stderr (default text)")
 

@@ -3,6 +3,7 @@ with tritonclient (http) as any Triton/KServe client would, and with raw HTTP fo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import io
@@ -775,8 +776,9 @@ def test_serve_refuses_out_of_range_settings(tmp_path, flag, value, problem):
 
 # -- security -------------------------------------------------------------------------------------
 
-def test_a_stalled_request_body_gets_408_and_its_connection_closed(tmp_path):
-    """A client that sends 5 bytes of a 100-byte body and stops (slowloris) holds no connection for good."""
+def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
+    """A client that sends 5 bytes of a 100-byte body and stops, or its head a byte now and then (slowloris),
+    holds no connection for good; a head past 64 KiB is refused before it is kept whole."""
     import socket
 
     pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
@@ -795,6 +797,35 @@ def test_a_stalled_request_body_gets_408_and_its_connection_closed(tmp_path):
         assert server.client.is_server_ready()
         x = np.ones((1, 8), np.float32)  # a body that arrives in time is unaffected
         assert infer(server.client, "mlp", {"x": x}).as_numpy("logits").shape == (1, 3)
+
+        def answer_to(*parts: bytes, pause: float = 0.0) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                with contextlib.suppress(OSError):  # the server may close before all is sent
+                    for part in parts:
+                        sock.sendall(part)
+                        time.sleep(pause)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+        # a head sent slowly (a byte now and then) gets 408 within the same timeout
+        start = time.monotonic()
+        answer = answer_to(b"GET /v2/health/live HTTP/1.1\r\n", *[b"X-A: b\r\n"] * 20, pause=0.1)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer, answer
+        assert time.monotonic() - start < 20
+        # a head over 64 KiB (one endless header) gets 431 before it is kept whole
+        status_line, _, body = answer_to(b"GET /v2/health/live HTTP/1.1\r\nX-Big: ",
+                                         *[b"a" * 65536] * 64).partition(b"\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 431") and "over the limit of 65536" in json.loads(body)["error"]
+        # not HTTP: uvicorn's refusal, as JSON
+        status_line, _, body = answer_to(b"garbage\r\n\r\n").partition(b"\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 400") and set(json.loads(body)) == {"error"}
+        # 30 KB of headers is fine
+        headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(300))
+        assert answer_to(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n"
+                         ).startswith(b"HTTP/1.1 200")
+        assert server.client.is_server_ready()
     finally:
         assert server.stop() == 0, server.log()
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 
 from ..errors import UsageError
@@ -20,6 +21,13 @@ from .app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY, MIN_API_KEY, create_a
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
+
+# A request's head (request line and headers) must fit in this many bytes and arrive whole within the
+# body timeout, as nginx bounds it (large_client_header_buffers; client_header_timeout, 60 s like
+# its client_body_timeout). uvicorn's httptools parser has neither: one header of 200 MiB, sent
+# without an end, grew the server by 367 MiB before any API key was checked, and a head sent a byte
+# at a time held its connection for good. h11, uvicorn's other parser, stops at 16 KiB already.
+MAX_HEAD = 64 * 1024
 
 # How long an idle keep-alive connection stays open. uvicorn's own 5 s is shorter than clients keep
 # pooled connections: tritonclient reuses one after 5.6 s of building a JSON request on a busy Zen 1
@@ -69,8 +77,8 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
     bound = sock.getsockname()
     url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful_s,
-                            timeout_keep_alive=keep_alive_s,
-                            server_header=False, lifespan="on", loop="auto", http="auto")
+                            timeout_keep_alive=keep_alive_s, server_header=False, lifespan="on", loop="auto",
+                            http=http_protocol(MAX_HEAD, body_timeout_s), h11_max_incomplete_event_size=MAX_HEAD)
     server = uvicorn.Server(config)
     if on_ready is not None:
         _after_startup(server, lambda: on_ready(url))
@@ -79,6 +87,74 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
         signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def http_protocol(max_head: int, head_timeout_s: float):
+    """uvicorn's httptools protocol with a request head of at most ``max_head`` bytes that must arrive
+    within ``head_timeout_s`` (else 431 or 408, and the connection closed), and its own refusals (a
+    request that is not HTTP) answered as JSON like every other error; h11 (which bounds the head
+    itself) where httptools is not installed."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "h11"
+
+    class BoundedHeadProtocol(HttpToolsProtocol):
+        _in_head = False
+        _head_bytes = 0
+        _messages = 0
+        _head_timer = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_bytes = True, 0
+            self._messages += 1
+            self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408,
+                                                    f"the request head did not arrive within {head_timeout_s:g} s")
+
+        def on_headers_complete(self) -> None:
+            self._end_head()
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            in_head, messages = self._in_head, self._messages
+            super().data_received(data)
+            # A chunk counts when the head it belongs to began before it: httptools keeps a header
+            # whole until it ends, so the bound holds to within one read (uvloop reads 256 KiB).
+            if self._in_head and in_head and messages == self._messages:
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head:
+                    self._refuse(431, f"the request head (request line and headers) is over the limit of "
+                                      f"{max_head} bytes")
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn has logged it
+            self._refuse(400, msg, logged=True)
+
+        def connection_lost(self, exc) -> None:
+            self._end_head()
+            super().connection_lost(exc)
+
+        def _end_head(self) -> None:
+            self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _refuse(self, status: int, message: str, logged: bool = False) -> None:
+            """Answer ``{"error": message}`` and close: the rest of this connection cannot be read."""
+            self._end_head()
+            if self.transport.is_closing():
+                return
+            if not logged:
+                log.warning("%s: %d %s", self.client[0] if self.client else "-", status, message)
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(b"".join([
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
+                b"content-type: application/json\r\n", f"content-length: {len(body)}\r\n".encode(),
+                b"connection: close\r\n\r\n", body]))
+            self.transport.close()
+
+    return BoundedHeadProtocol
 
 
 def _bind(host: str, port: int) -> socket.socket:
