@@ -15,7 +15,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,7 @@ def _from_onnx(path: Path, work: Path) -> Prepared:
     ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
     hub = prepare_onnx(path, work / "hub.onnx", notes)
     card = formats.read_card(path, Format.ONNX)
+    inputs = declared_ranks(inputs, hub)
     return Prepared("onnx", str(path), card.get("name") or path.stem, inputs, outputs, ref,
                     f"{path.name} on ONNX Runtime", onnx=hub, metadata=_carried(card), notes=notes)
 
@@ -140,6 +141,20 @@ def _runtime_reference(path: Path, fmt: Format):
         return [out[n] for n in names]
 
     return reference, list(model.inputs), names
+
+
+def declared_ranks(inputs: list[TensorSpec], onnx_path: Path) -> list[TensorSpec]:
+    """``inputs`` with the scalars the ONNX graph declares as such: ONNX Runtime reports a scalar like
+    an input of unknown rank, and check inputs made for "any rank" are [1], which OpenVINO refuses."""
+    if all(s.shape is not None for s in inputs):
+        return inputs
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    scalars = {i.name for i in graph.input
+               if i.type.HasField("tensor_type") and i.type.tensor_type.HasField("shape")
+               and not i.type.tensor_type.shape.dim}
+    return [replace(s, shape=()) if s.shape is None and s.name in scalars else s for s in inputs]
 
 
 def _carried(meta: dict) -> dict:
@@ -296,7 +311,7 @@ def _hub_inputs(path: Path) -> list[TensorSpec]:
     import edgekit
 
     with edgekit.load(path, device="onnxruntime") as m:
-        return list(m.inputs)
+        return declared_ranks(list(m.inputs), path)
 
 
 # --- Hugging Face folders -------------------------------------------------------------------------
