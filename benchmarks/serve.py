@@ -365,6 +365,8 @@ def bad_requests(x: np.ndarray, over_limit: int) -> dict:
         "garbage upload to /classify": (400, "/classify", np.random.default_rng(1).bytes(4096), octets),
         "multipart with two files": (400, "/classify", *multipart(b"a", b"b")),
         "not HTTP": (400, None, b"GARBAGE \x01\x02\r\n\r\n", None),
+        "head over 64 KiB": (431, None, b"GET /v2/health/live HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+                             None),
         "client gone mid-body": (None, None, head + data[:4096], None),
     }
 

@@ -28,6 +28,7 @@ log = logging.getLogger("edgekit.serve")
 # without an end, grew the server by 367 MiB before any API key was checked, and a head sent a byte
 # at a time held its connection for good. h11, uvicorn's other parser, stops at 16 KiB already.
 MAX_HEAD = 64 * 1024
+LINGER_S = 2.0  # how long a refused connection is read (and dropped) before it is closed
 
 # How long an idle keep-alive connection stays open. uvicorn's own 5 s is shorter than clients keep
 # pooled connections: tritonclient reuses one after 5.6 s of building a JSON request on a busy Zen 1
@@ -99,36 +100,51 @@ def http_protocol(max_head: int, head_timeout_s: float):
     except ImportError:
         return "h11"
 
+    too_large = f"the request head (request line and headers) is over the limit of {max_head} bytes"
+
     class BoundedHeadProtocol(HttpToolsProtocol):
         _in_head = False
-        _head_bytes = 0
+        _head_read = 0  # bytes of reads that fell wholly inside the head
+        _head_over = False
         _messages = 0
         _head_timer = None
+        _refused = False
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._in_head, self._head_bytes = True, 0
+            self._in_head, self._head_read, self._head_over = True, 0, False
             self._messages += 1
-            self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408,
-                                                    f"the request head did not arrive within {head_timeout_s:g} s")
 
         def on_headers_complete(self) -> None:
             self._end_head()
+            if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > max_head:
+                self._head_over = True
+                raise ValueError(too_large)  # stops the parser; uvicorn answers through send_400_response
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:  # the answer is sent: what the client still sends is dropped unread
+                return
             in_head, messages = self._in_head, self._messages
             super().data_received(data)
-            # A chunk counts when the head it belongs to began before it: httptools keeps a header
-            # whole until it ends, so the bound holds to within one read (uvloop reads 256 KiB).
-            if self._in_head and in_head and messages == self._messages:
-                self._head_bytes += len(data)
-                if self._head_bytes > max_head:
-                    self._refuse(431, f"the request head (request line and headers) is over the limit of "
-                                      f"{max_head} bytes")
+            if not self._in_head:
+                return
+            # A head still coming: from now on it must arrive within the timeout (most heads come in
+            # one read and never need a timer) and, as httptools keeps one header whole until it ends,
+            # its reads are counted here: those that began inside the head and ended inside it.
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408,
+                                                        f"the request head did not arrive within {head_timeout_s:g} s")
+            if in_head and messages == self._messages:
+                self._head_read += len(data)
+                if self._head_read > max_head:
+                    self._refuse(431, too_large)
 
-        def send_400_response(self, msg: str) -> None:  # uvicorn has logged it
-            self._refuse(400, msg, logged=True)
+        def send_400_response(self, msg: str) -> None:  # uvicorn has logged "Invalid HTTP request received."
+            if self._head_over:
+                self._refuse(431, too_large)
+            else:
+                self._refuse(400, msg, logged=True)
 
         def connection_lost(self, exc) -> None:
             self._end_head()
@@ -143,7 +159,7 @@ def http_protocol(max_head: int, head_timeout_s: float):
         def _refuse(self, status: int, message: str, logged: bool = False) -> None:
             """Answer ``{"error": message}`` and close: the rest of this connection cannot be read."""
             self._end_head()
-            if self.transport.is_closing():
+            if self._refused or self.transport.is_closing():
                 return
             if not logged:
                 log.warning("%s: %d %s", self.client[0] if self.client else "-", status, message)
@@ -152,7 +168,15 @@ def http_protocol(max_head: int, head_timeout_s: float):
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
                 b"content-type: application/json\r\n", f"content-length: {len(body)}\r\n".encode(),
                 b"connection: close\r\n\r\n", body]))
-            self.transport.close()
+            # Closing with the client's bytes still unread would reset the connection, and the reset can
+            # discard the answer before the client reads it. As nginx's lingering close: end our side,
+            # drop what still comes, and close a moment later.
+            self._refused = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+            else:
+                self.transport.close()
 
     return BoundedHeadProtocol
 
