@@ -20,7 +20,10 @@ SATURATION_NOTE = "this CPU has no VNNI: 8-bit weights saturate its int8 kernels
 
 
 def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``x`` (laid out as the source wants) in the layout ``spec`` wants: NCHW -> NHWC, padded sequences."""
+    """``x`` (laid out as the source wants) in the layout ``spec`` wants: NCHW -> NHWC, padded sequences,
+    a scalar as the one-element vector onnx2tf makes of it."""
+    if x.ndim == 0 and spec.shape is not None and len(spec.shape) == 1 and spec.shape[0] in (1, None):
+        return x.reshape(1)
     if spec.shape is None or len(spec.shape) != x.ndim:
         return x
     if _fits(x.shape, spec.shape):

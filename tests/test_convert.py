@@ -225,7 +225,8 @@ def test_a_scalar_input_converts_and_the_package_loads(tmp_path):
                                helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "scale.onnx")
-    report = convert(tmp_path / "scale.onnx", to=["onnx", "openvino"], precisions=["fp32"], out=tmp_path / "pkg")
+    report = convert(tmp_path / "scale.onnx", to=["onnx", "openvino", "tflite"], precisions=["fp32"],
+                     out=tmp_path / "pkg")
     # checked on a scalar s, as the graph declares it (ONNX Runtime reports it as of unknown rank)
     assert report.ok, [(a.target, a.reason) for a in report.artifacts]
     recorded = {i["name"]: i["shape"] for i in json.loads((tmp_path / "pkg" / "edgekit.json").read_text())["inputs"]}

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 import tritonclient.http as tc
@@ -776,6 +777,58 @@ def test_serve_refuses_out_of_range_settings(tmp_path, flag, value, problem):
 
 # -- security -------------------------------------------------------------------------------------
 
+def raw_exchange(host: str, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send ``parts`` on a fresh connection (``pause`` s apart), then read until the server closes it."""
+    import socket
+
+    h, p = host.rsplit(":", 1)
+    with socket.create_connection((h, int(p)), timeout=30) as sock:
+        with contextlib.suppress(OSError):  # the server may close before all is sent
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(pause)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_connections_are_bounded_but_keep_alive_and_pipelining_work(tmp_path):
+    """Trailers without end, idle connections and stray CRLFs are bounded as heads are; requests kept
+    alive, pipelined, trickled or chunked are served as before."""
+    pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
+    server = Server(str(pkg), "--body-timeout-s", "1", "--keep-alive-s", "1")
+    try:
+        x = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [1.0] * 8}]}).encode()
+        post = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(x), x)
+        live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        # kept alive, then pipelined in one send: every answer, in order
+        answer = raw_exchange(server.host, post, live, post + live + post + last, pause=0.05)
+        assert answer.count(b"HTTP/1.1 200") == 6 and answer.count(b'"logits"') == 3, answer[:300]
+        # a head trickled in small pieces within the timeout, and a chunked body with a trailer
+        trickled = [post[i:i + 7] for i in range(0, len(post), 7)]
+        assert raw_exchange(server.host, *trickled, last, pause=0.005).count(b"HTTP/1.1 200") == 2
+        chunked = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"%x\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(x), x))
+        assert raw_exchange(server.host, chunked, last).count(b"HTTP/1.1 200") == 2
+        # an endless trailer: 431 before it is kept whole, and the server does not grow
+        rss = psutil.Process(server.proc.pid).memory_info().rss
+        endless = [b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"1\r\n{\r\n0\r\nX-T: ", *[b"a" * 65536] * 256]
+        status_line, _, body = raw_exchange(server.host, *endless).partition(b"\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 431") and "trailers" in json.loads(body)["error"], status_line
+        assert psutil.Process(server.proc.pid).memory_info().rss - rss < 64 << 20
+        # a connection that sends nothing, or only stray CRLFs, is closed after the keep-alive time
+        for parts, answers in (([b""], 0), ([live, *[b"\r\n"] * 100], 1)):  # CRLFs for 10 s, one each 0.1 s
+            start = time.monotonic()
+            answer = raw_exchange(server.host, *parts, pause=0.1)
+            assert time.monotonic() - start < 8 and answer.count(b"HTTP/1.1") == answers, answer
+        assert server.healthy() and " ERROR" not in server.log(), server.log()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
 def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
     """A client that sends 5 bytes of a 100-byte body and stops, or its head a byte now and then (slowloris),
     holds no connection for good; a head past 64 KiB is refused before it is kept whole."""
@@ -798,16 +851,7 @@ def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
         x = np.ones((1, 8), np.float32)  # a body that arrives in time is unaffected
         assert infer(server.client, "mlp", {"x": x}).as_numpy("logits").shape == (1, 3)
 
-        def answer_to(*parts: bytes, pause: float = 0.0) -> bytes:
-            with socket.create_connection((host, int(port)), timeout=30) as sock:
-                with contextlib.suppress(OSError):  # the server may close before all is sent
-                    for part in parts:
-                        sock.sendall(part)
-                        time.sleep(pause)
-                answer = b""
-                while chunk := sock.recv(65536):
-                    answer += chunk
-            return answer
+        answer_to = functools.partial(raw_exchange, server.host)
 
         # a head sent slowly (a byte now and then) gets 408 within the same timeout
         start = time.monotonic()
@@ -865,6 +909,12 @@ def test_api_key_and_binding_rules(tmp_path):
         refused = [line for line in metrics.decode().splitlines() if 'status="401"' in line]
         assert any('method="POST",route="task"' in line for line in refused), refused
         assert any('method="POST",route="infer"' in line for line in refused), refused
+        # refused (401) before its body: an endless trailer after that ends the connection, no second answer
+        rss = psutil.Process(server.proc.pid).memory_info().rss
+        answer = raw_exchange(server.host, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\nX-T: ", *[b"a" * 65536] * 256)
+        assert answer.startswith(b"HTTP/1.1 401") and answer.count(b"HTTP/1.1") == 1, answer[:200]
+        assert psutil.Process(server.proc.pid).memory_info().rss - rss < 64 << 20
     finally:
         assert server.stop() == 0, server.log()
 

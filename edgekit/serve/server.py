@@ -13,22 +13,18 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from http import HTTPStatus
 from pathlib import Path
 
 from ..errors import UsageError
 from .app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY, MIN_API_KEY, create_app
+from .connection import bounded_protocol
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
 
-# A request's head (request line and headers) must fit in this many bytes and arrive whole within the
-# body timeout, as nginx bounds it (large_client_header_buffers; client_header_timeout, 60 s like
-# its client_body_timeout). uvicorn's httptools parser has neither: one header of 200 MiB, sent
-# without an end, grew the server by 367 MiB before any API key was checked, and a head sent a byte
-# at a time held its connection for good. h11, uvicorn's other parser, stops at 16 KiB already.
+# A request's head (request line and headers) must fit in this many bytes, as nginx bounds it
+# (large_client_header_buffers); it must also arrive within the body timeout: see connection.py.
 MAX_HEAD = 64 * 1024
-LINGER_S = 2.0  # how long a refused connection is read (and dropped) before it is closed
 
 # How long an idle keep-alive connection stays open. uvicorn's own 5 s is shorter than clients keep
 # pooled connections: tritonclient reuses one after 5.6 s of building a JSON request on a busy Zen 1
@@ -79,7 +75,7 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
     url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful_s,
                             timeout_keep_alive=keep_alive_s, server_header=False, lifespan="on", loop="auto",
-                            http=http_protocol(MAX_HEAD, body_timeout_s), h11_max_incomplete_event_size=MAX_HEAD)
+                            http=bounded_protocol(MAX_HEAD, body_timeout_s), h11_max_incomplete_event_size=MAX_HEAD)
     server = uvicorn.Server(config)
     if on_ready is not None:
         _after_startup(server, lambda: on_ready(url))
@@ -88,97 +84,6 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
         signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     return 0 if server.started else 1
-
-
-def http_protocol(max_head: int, head_timeout_s: float):
-    """uvicorn's httptools protocol with a request head of at most ``max_head`` bytes that must arrive
-    within ``head_timeout_s`` (else 431 or 408, and the connection closed), and its own refusals (a
-    request that is not HTTP) answered as JSON like every other error; h11 (which bounds the head
-    itself) where httptools is not installed."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "h11"
-
-    too_large = f"the request head (request line and headers) is over the limit of {max_head} bytes"
-
-    class BoundedHeadProtocol(HttpToolsProtocol):
-        _in_head = False
-        _head_read = 0  # bytes of reads that fell wholly inside the head
-        _head_over = False
-        _messages = 0
-        _head_timer = None
-        _refused = False
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_head, self._head_read, self._head_over = True, 0, False
-            self._messages += 1
-
-        def on_headers_complete(self) -> None:
-            self._end_head()
-            if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > max_head:
-                self._head_over = True
-                raise ValueError(too_large)  # stops the parser; uvicorn answers through send_400_response
-            super().on_headers_complete()
-
-        def data_received(self, data: bytes) -> None:
-            if self._refused:  # the answer is sent: what the client still sends is dropped unread
-                return
-            in_head, messages = self._in_head, self._messages
-            super().data_received(data)
-            if not self._in_head:
-                return
-            # A head still coming: from now on it must arrive within the timeout (most heads come in
-            # one read and never need a timer) and, as httptools keeps one header whole until it ends,
-            # its reads are counted here: those that began inside the head and ended inside it.
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408,
-                                                        f"the request head did not arrive within {head_timeout_s:g} s")
-            if in_head and messages == self._messages:
-                self._head_read += len(data)
-                if self._head_read > max_head:
-                    self._refuse(431, too_large)
-
-        def send_400_response(self, msg: str) -> None:  # uvicorn has logged "Invalid HTTP request received."
-            if self._head_over:
-                self._refuse(431, too_large)
-            else:
-                self._refuse(400, msg, logged=True)
-
-        def connection_lost(self, exc) -> None:
-            self._end_head()
-            super().connection_lost(exc)
-
-        def _end_head(self) -> None:
-            self._in_head = False
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _refuse(self, status: int, message: str, logged: bool = False) -> None:
-            """Answer ``{"error": message}`` and close: the rest of this connection cannot be read."""
-            self._end_head()
-            if self._refused or self.transport.is_closing():
-                return
-            if not logged:
-                log.warning("%s: %d %s", self.client[0] if self.client else "-", status, message)
-            body = json.dumps({"error": message}).encode()
-            self.transport.write(b"".join([
-                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
-                b"content-type: application/json\r\n", f"content-length: {len(body)}\r\n".encode(),
-                b"connection: close\r\n\r\n", body]))
-            # Closing with the client's bytes still unread would reset the connection, and the reset can
-            # discard the answer before the client reads it. As nginx's lingering close: end our side,
-            # drop what still comes, and close a moment later.
-            self._refused = True
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                self.loop.call_later(LINGER_S, self.transport.close)
-            else:
-                self.transport.close()
-
-    return BoundedHeadProtocol
 
 
 def _bind(host: str, port: int) -> socket.socket:
