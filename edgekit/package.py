@@ -7,6 +7,7 @@ artifact's checksum and lets selection pick artifact and device together.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -111,11 +112,11 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     """``inputs`` (the source's input specs: named dims) and ``dims`` (``{"sequence": {"max": 512}}``)."""
     names: dict[str, tuple] = {}
     for spec in manifest.get("inputs") or []:
-        shape = spec.get("shape", ()) if isinstance(spec, dict) else ()
-        if not isinstance(spec.get("name") if isinstance(spec, dict) else None, str) or not (
-                shape is None or isinstance(shape, list)):
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "shape" in spec
+                and isinstance(spec["shape"], (list, type(None)))):
             raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list (or null)")
-        if shape:  # null: a scalar or a rank the runtime did not know; nothing to name
+        shape = spec["shape"]
+        if shape:  # null or []: a scalar, or a rank the runtime did not know; nothing to name
             names[spec["name"]] = (tuple(d if isinstance(d, str) and d else None for d in shape), spec.get("layout"))
     try:
         limits = parse_dims(manifest.get("dims"))
@@ -188,14 +189,19 @@ def staging_dir(dest: Path) -> Path:
 
 
 def _owner() -> str:
-    """This process as a staging folder's name gives it: its pid, and a hash of the host and pid
-    namespace it is a pid in (a container's writer on a shared folder is never taken for gone)."""
+    """This process as a staging folder's name gives it: ``<pid>-<where>`` (see :func:`_where`)."""
+    return f"{os.getpid()}-{_where()}"
+
+
+@functools.lru_cache(maxsize=1)
+def _where() -> str:
+    """A hash of this host and the pid namespace its pids belong to: a writer in another container
+    on a shared folder is never taken for gone."""
     try:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         namespace = 0
-    where = hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
-    return f"{os.getpid()}-{where}"
+    return hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
 def remove_abandoned(dest: Path) -> list[Path]:
@@ -204,8 +210,7 @@ def remove_abandoned(dest: Path) -> list[Path]:
     ``dest`` was missing is moved back, not removed."""
     import psutil
 
-    where = _owner().split("-", 1)[1]
-    mark = re.compile(rf"\.{re.escape(dest.name)}-([0-9]+)-{where}-(old-)?")
+    mark = re.compile(rf"\.{re.escape(dest.name)}-([0-9]+)-{_where()}-(old-)?")
     removed = []
     with contextlib.suppress(OSError):
         for child in dest.parent.iterdir():

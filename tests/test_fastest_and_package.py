@@ -160,7 +160,7 @@ def test_staging_left_by_a_killed_writer_is_removed_and_a_package_moved_aside_is
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead = int(gone.stdout)
-    where = package._owner().split("-", 1)[1]
+    where = package._where()
     abandoned = tmp_path / f".pkg-{dead}-{where}-abcd1234"
     abandoned.mkdir()
     (abandoned / "half.onnx").write_bytes(b"half")

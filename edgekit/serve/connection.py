@@ -89,8 +89,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             if self.transport.is_closing() or not self._answered():
                 return
             if self._in_head:  # a head that waited for this answer
-                if self._head_timer is None:
-                    self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, too_slow)
+                self._arm_head()
             elif not self._in_body:
                 self._arm_idle()
 
@@ -118,8 +117,8 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
                 if self._unbodied > max_head:
                     self._refuse(431, too_large if self._in_head else no_body)
                     return
-            if self._in_head and self._head_timer is None and self._answered():
-                self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, too_slow)
+            if self._in_head and self._answered():
+                self._arm_head()
 
         def send_400_response(self, msg: str) -> None:  # uvicorn has logged "Invalid HTTP request received."
             if self._head_over:
@@ -132,6 +131,10 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
         def _answered(self) -> bool:
             """No earlier request on this connection is still being answered."""
             return not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+
+        def _arm_head(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, too_slow)
 
         def _arm_idle(self) -> None:
             self._cancel("_idle_timer")
