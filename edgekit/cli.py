@@ -13,8 +13,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import __version__, cli_serve, cli_tasks
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                "samples": _task_command(cli_tasks.cmd_samples), "predict": _task_command(cli_tasks.cmd_predict),
                "demo": _task_command(cli_tasks.cmd_demo), "convert": _task_command(_cmd_convert),
                "serve": _task_command(cli_serve.cmd_serve), "repo": _task_command(cli_serve.cmd_repo)}[args.command]
+    # SIGTERM (a build step's timeout, kill) ends a command as Ctrl-C does: every clean-up on the way
+    # out runs, so no staging folder or child process is left. `serve` installs its own for a graceful stop.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         code = handler(args) or 0
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
@@ -96,6 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edgekit ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a path given that cannot be written or read (/proc/x, a file where a folder goes)
+        if e.filename is None:
+            print(f"edgekit: error: {e}", file=sys.stderr)
+            return 1
+        print(f"edgekit: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("edgekit: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt (not caught by ``except Exception``)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def _add_convert(add) -> None:

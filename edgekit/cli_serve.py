@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 
 from .errors import UsageError
@@ -53,6 +52,7 @@ def cmd_serve(args, emit_json, table) -> int:
         from .serve import serve
     except ImportError as e:
         raise UsageError(f"edgekit serve needs its extra: pip install 'edgekit[serve]' ({e})") from None
+    from .selection import parse_policy
     from .serve.repository import MAX_INSTANCES, Batching
     from .serve.server import JsonLogFormatter
 
@@ -70,6 +70,7 @@ def cmd_serve(args, emit_json, table) -> int:
     for flag, value, ok, what in checks:  # NaN fails every comparison, so it is refused too
         if not ok:
             raise UsageError(f"{flag} must be {what}, got {value}")
+    parse_policy(args.device)  # an unknown device is a mistake to report now, not a server of unavailable models
     _serve_logging(args.access_log, JsonLogFormatter)
 
     def ready(url: str) -> None:
@@ -113,12 +114,7 @@ def cmd_repo(args, emit_json, table) -> int:
     if args.action == "add":
         if not args.target or not args.repository:
             raise UsageError("usage: edgekit repo add PKG --repository REPO [--name N] [--version V]")
-        # SIGTERM (a build step's timeout, kill) as Ctrl-C: the staging copy is removed on the way out
-        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-        try:
-            dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
         doc = {"name": dest.parent.name, "version": int(dest.name), "path": str(dest)}
         if args.json:
             emit_json(doc)

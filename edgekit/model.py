@@ -102,6 +102,15 @@ def _declared(specs: list[TensorSpec], package) -> list[TensorSpec]:
     return out
 
 
+def _in_source_order(specs: list[TensorSpec], package) -> list[TensorSpec]:
+    """``specs`` in the order the package's source declared them, where it names the same inputs."""
+    order = package.input_order if package is not None else ()
+    if sorted(order) != sorted(s.name for s in specs):
+        return specs
+    by_name = {s.name: s for s in specs}
+    return [by_name[n] for n in order]
+
+
 def _closed(arrays):
     raise EdgekitError("this model was closed; load it again to run it")
 
@@ -129,7 +138,13 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        self.inputs: list[TensorSpec] = _declared(list(session.inputs), package)
+        declared = _declared(list(session.inputs), package)
+        # Every artifact of a package takes its inputs in the source's order, so a list (or the
+        # server's positional tensors) means the same on each: onnx2tf's TFLite files list them
+        # sorted by tensor index (MiniLM's attention_mask first).
+        self.inputs: list[TensorSpec] = _in_source_order(declared, package)
+        self._to_session = None if self.inputs == declared else [self.inputs.index(s) for s in declared]
+        self._session_specs = declared
         self.outputs: list[TensorSpec] = list(session.outputs)
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
@@ -191,23 +206,31 @@ class Model:
             if top is not None and sizes[0] > top:
                 raise InputError(f"input {self._in_names[places[0][0]]!r}: dimension {dim!r} is {sizes[0]}, "
                                  f"over this model's limit of {top}")
+        if self._to_session is not None:
+            arrays = [arrays[i] for i in self._to_session]
         try:
             outputs = self._run(arrays)
         except EdgekitError:
             raise
         except Exception as e:
-            raise self._runtime_error(e) from e
+            raise self._runtime_error(e, arrays) from e
         return dict(zip(self._out_names, outputs))
 
     __call__ = run
 
-    def _runtime_error(self, e: Exception) -> EdgekitError:
+    def _runtime_error(self, e: Exception, arrays: list[np.ndarray]) -> EdgekitError:
         """Translate a runtime's own exception at the boundary; the cause is kept as __cause__."""
         text = " ".join(str(e).split())[:500] or type(e).__name__
         where = f"{self.backend}:{self.device}"
         # What the runtimes raise for inputs they refuse (ORT InvalidArgument, LiteRT ValueError)
         if type(e).__name__ == "InvalidArgument" or isinstance(e, ValueError):
             return InputError(f"{where} rejected the inputs: {text}")
+        # An empty input the graph cannot take (MiniLM on a sequence of 0 fails inside ONNX Runtime):
+        # the input is what is wrong, whatever the runtime calls it. (Empty inputs can be legitimate,
+        # such as a key-value cache before the first token, so they are not refused up front.)
+        empty = [s.name for s, x in zip(self._session_specs, arrays) if x.size == 0]
+        if empty:
+            return InputError(f"{where} failed on the empty input {', '.join(map(repr, empty))}: {text}")
         return BackendError(f"{where} failed to run {self.path.name}: {text}")
 
     def _name_error(self, inputs: Mapping) -> None:

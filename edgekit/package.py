@@ -51,6 +51,7 @@ class Package:
     # (OpenVINO IR and TFLite keep no names) and the largest size a named dim may take.
     dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> ((name or None per axis), layout)
     dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
+    input_order: tuple[str, ...] = ()  # the source's input names in its order (TFLite may sort them otherwise)
 
     @property
     def name(self) -> str:
@@ -73,6 +74,7 @@ def read(folder: Path) -> Package:
         raise ModelFileError(manifest_path, f"not valid JSON ({e})") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
         raise ModelFileError(manifest_path, "no 'artifacts' list")
+    _check_fields(manifest, manifest_path)
     version = manifest.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ModelFileError(manifest_path, f"schema_version {version!r} is newer than this edgekit "
@@ -108,10 +110,33 @@ def read(folder: Path) -> Package:
     return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path))
 
 
-def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int]]:
-    """``inputs`` (the source's input specs: named dims) and ``dims`` (``{"sequence": {"max": 512}}``)."""
+# The manifest's fields that the tasks and the server read, and the JSON type each must have.
+_FIELD_TYPES = {"name": (str, "a string"), "version": ((str, int), "a string"), "task": (str, "a string"),
+                "description": (str, "a string"), "preprocess": (dict, "an object"),
+                "postprocess": (dict, "an object"), "warmup_inputs": (dict, "an object"),
+                "labels": (list, "a list of strings")}
+
+
+def _check_fields(manifest: dict, where: Path) -> None:
+    """Refuse a manifest whose fields have the wrong JSON type (null counts as absent)."""
+    for key, (kind, what) in _FIELD_TYPES.items():
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise ModelFileError(where, f"'{key}' must be {what}, not {json.dumps(value)[:80]}")
+    labels = manifest.get("labels")
+    if labels is not None and not all(isinstance(x, str) for x in labels):
+        bad = next(x for x in labels if not isinstance(x, str))
+        raise ModelFileError(where, f"'labels' must be a list of strings; it holds {json.dumps(bad)[:80]}")
+
+
+def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:
+    """``inputs`` (the source's input specs: named dims, and their order) and ``dims``
+    (``{"sequence": {"max": 512}}``)."""
     names: dict[str, tuple] = {}
-    for spec in manifest.get("inputs") or []:
+    specs = manifest.get("inputs") or []
+    if not isinstance(specs, list):
+        raise ModelFileError(where, "'inputs' must be a list of input specs")
+    for spec in specs:
         if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "shape" in spec
                 and isinstance(spec["shape"], (list, type(None)))):
             raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list (or null)")
@@ -122,7 +147,7 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
         limits = parse_dims(manifest.get("dims"))
     except ValueError as e:
         raise ModelFileError(where, str(e)) from None
-    return names, limits
+    return names, limits, tuple(spec["name"] for spec in specs)
 
 
 def parse_dims(dims) -> dict[str, int]:

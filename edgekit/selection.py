@@ -218,13 +218,37 @@ class _Opener:
         backend = backends.get(cand.backend)
         session = backend.open(art.path, art.format, cand.device, self.precision, concurrency=self.concurrency)
         if self.verify:
-            feeds = list(synthetic_inputs(session.inputs, warmup=self.warmup).values())
             try:
-                session.run(feeds)
+                self._first_inference(session, art)
             except Exception as e:
                 session.close()
                 raise BackendError(f"first inference failed: {_one_line(e)}") from e
         return session
+
+    def _first_inference(self, session, art: Artifact) -> None:
+        try:
+            session.run(list(synthetic_inputs(session.inputs, warmup=self.warmup).values()))
+        except Exception:
+            # A lone file's dynamic sizes are guessed (1), which a streaming audio model cannot take:
+            # retry with the warm-up inputs of its card or of the package that lists it, where there are.
+            warmup = None if self.warmup else _lone_file_warmup(art)
+            if not warmup:
+                raise
+            self.warmup = warmup
+            session.run(list(synthetic_inputs(session.inputs, warmup=warmup).values()))
+
+
+def _lone_file_warmup(art: Artifact) -> dict | None:
+    """``warmup_inputs`` from the file's card, or from the package in whose folder it is listed."""
+    warmup = formats.read_card(art.path, art.format).get("warmup_inputs")
+    if not warmup and (art.path.parent / formats.MANIFEST).is_file():
+        try:
+            pkg = package.read(art.path.parent)
+        except ModelFileError:
+            return None
+        if any(a.path.resolve() == art.path.resolve() for a in pkg.artifacts):
+            warmup = pkg.manifest.get("warmup_inputs")
+    return warmup if isinstance(warmup, dict) else None
 
 
 def select(source: Source, policy: Policy, precision: Precision, *, strict: bool = False,

@@ -100,6 +100,18 @@ def test_run_usage_errors_exit_2_without_traceback(models, args, fragment):
     assert fragment in out.stderr and "Traceback" not in out.stderr
 
 
+def test_unusable_output_paths_exit_2_naming_the_path(models, tmp_path):
+    """A path the system refuses (a file where a folder goes, a folder nothing may be made in) is one line."""
+    (tmp_path / "plain").write_text("not a folder")
+    blocked = tmp_path / "plain" / "sub"
+    for args in (["run", str(models["mlp.onnx"]), "--synthetic", "--out", str(blocked / "o.npz")],
+                 ["samples", "build", "--out", str(blocked)]):
+        out = run_cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert str(blocked) in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) <= 2, out.stderr  # samples build says where it builds first
+
+
 def test_run_wrong_input_shape_names_the_input(models, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((1, 9), np.float32))
     out = run_cli("run", str(models["mlp.tflite"]), "-i", f"x={tmp_path / 'x.npy'}")

@@ -145,3 +145,65 @@ def test_openvino_does_not_write_into_the_callers_arrays(models):
     m.run(np.zeros((40000, 8), np.float32))
     m.run(np.full((1, 8), 5, np.float32))
     np.testing.assert_array_equal(big, keep)
+
+
+def test_every_artifact_of_a_package_takes_its_inputs_in_the_sources_order(tmp_path, samples):
+    """onnx2tf's TFLite files list inputs by tensor index (MiniLM's fp32 file puts attention_mask
+    first), so a list meant a different thing on each artifact: the package's recorded source order
+    is what every artifact takes, and a list in that order gives the dict's answer."""
+    import json
+    import shutil
+
+    manifest = json.loads((samples["text"] / "edgekit.json").read_text())
+    source_order = [s["name"] for s in manifest["inputs"]]
+    for artifact in ("model-fp32.tflite", "model-fp32.xml", "model-fp32.onnx"):
+        pkg = tmp_path / artifact.replace(".", "-")
+        pkg.mkdir()
+        for entry in manifest["artifacts"]:
+            if entry["path"] == artifact:
+                for f in [artifact, *([artifact[:-3] + "bin"] if artifact.endswith(".xml") else [])]:
+                    shutil.copy(samples["text"] / f, pkg / f)
+                (pkg / "edgekit.json").write_text(json.dumps({**manifest, "artifacts": [entry]}))
+        with edgekit.load(pkg) as m:
+            assert [s.name for s in m.inputs] == source_order, artifact
+            ids = np.array([[101, 7592, 2088, 102, 0]], np.int64)
+            feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64),
+                     "token_type_ids": np.zeros_like(ids)}
+            if m.inputs[0].shape[1] != 5 and isinstance(m.inputs[0].shape[1], int):  # TFLite: fixed length
+                n = m.inputs[0].shape[1]
+                feeds = {k: np.pad(v, ((0, 0), (0, n - 5))) for k, v in feeds.items()}
+            by_dict = m.run(feeds)["sentence_embedding"]
+            by_list = m.run([feeds[n] for n in source_order])["sentence_embedding"]
+            np.testing.assert_array_equal(by_list, by_dict)
+
+
+def test_openvino_names_outputs_as_the_model_file_does(samples):
+    """Compiling Silero's int8 IR adds the name 'mean' to its first output; the file calls it 'output'."""
+    with edgekit.load(samples["audio"] / "model-int8.xml") as m:
+        assert [s.name for s in m.outputs] == ["output", "stateN"]
+
+
+def test_empty_input_that_fails_in_the_graph_is_an_input_error(samples):
+    """MiniLM on a sequence of 0 fails inside ONNX Runtime's graph: the input is named, not a BackendError."""
+    with edgekit.load(samples["text"], device="onnxruntime") as m:
+        empty = np.zeros((1, 0), np.int64)
+        with pytest.raises(edgekit.InputError, match="empty input"):
+            m.run({s.name: empty for s in m.inputs})
+
+
+def test_malformed_manifest_fields_name_the_manifest(tmp_path, models):
+    import json
+    import shutil
+
+    shutil.copy(models["add.onnx"], tmp_path / "add.onnx")
+    for extra, problem in (({"preprocess": [1]}, "'preprocess' must be an object, not \\[1\\]"),
+                           ({"labels": "cat"}, "'labels' must be a list of strings"),
+                           ({"labels": ["cat", 3]}, "it holds 3"), ({"task": 5}, "'task' must be a string"),
+                           ({"inputs": {"a": 1}}, "'inputs' must be a list")):
+        manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], **extra}
+        (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+        with pytest.raises(edgekit.ModelFileError, match=problem):
+            edgekit.load(tmp_path)
+    manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], "preprocess": None, "labels": None}
+    (tmp_path / "edgekit.json").write_text(json.dumps(manifest))  # null is as good as absent
+    edgekit.load(tmp_path).close()

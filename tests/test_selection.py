@@ -59,6 +59,17 @@ def test_first_inference_failure_falls_back(models, caplog):
     assert "fell back" in caplog.text
 
 
+def test_a_lone_file_retries_its_first_inference_with_its_packages_warmup(samples):
+    """Silero's own file needs a whole window and a sample rate: the guessed [1, 1] input fails in its
+    graph, so the first inference is retried with the warm-up inputs of the package that lists it."""
+    with edgekit.load(samples["audio"] / "model.onnx") as m:
+        statuses = {a.status for a in m.selection.attempts}
+        assert m.backend == "onnxruntime" and "opened" in statuses and "failed" not in statuses, m.selection
+        out = m.run({"input": np.zeros((1, 576), np.float32), "state": np.zeros((2, 1, 128), np.float32),
+                     "sr": np.array(16000, np.int64)})
+        assert out["output"].shape == (1, 1)
+
+
 def test_strict_raises_instead_of_falling_back(models):
     _fake({"GPU0": (DeviceKind.GPU, "open_fails")})
     with pytest.raises(edgekit.BackendError, match="fake:GPU0 failed.*strict"):

@@ -543,6 +543,7 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     ('{"dynamic_batching": {"max_batch_size": -1}}', "max_batch_size must be a positive integer, got -1"),
     ('{"dynamic_batching": {"max_queue_delay_ms": 1e9}}', "max_queue_delay_ms must be between 0 and 10000"),
     ('{"device": 3}', "device must be a string"),
+    ('{"device": "warp"}', "unknown device 'warp'"),
     ('{"replicas": 2}', "unknown keys ['replicas']"),
 ])
 def test_bad_model_configs_name_the_file_and_the_problem(tmp_path, text, problem):
@@ -550,6 +551,13 @@ def test_bad_model_configs_name_the_file_and_the_problem(tmp_path, text, problem
     with pytest.raises(edgekit.ModelFileError) as info:
         repository.read_config(tmp_path)
     assert str(info.value).startswith(str(tmp_path / "config.json")) and problem in str(info.value)
+
+
+def test_an_unknown_device_is_refused_before_serving(samples):
+    from conftest import run_cli
+
+    r = run_cli("serve", str(samples["audio"]), "--port", "0", "--device", "warp")
+    assert r.returncode == 2 and "unknown device 'warp'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_deleted_model_folder_leaves_the_index(tmp_path):

@@ -31,7 +31,9 @@ _MISSING = {
 _COPY_LIMIT = 1 << 20
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port, model_port) -> TensorSpec:
+    """``port``'s spec, named as ``model_port`` (the port before compiling) was: compiling can add
+    a name (Silero's int8 output became {'mean', 'output'}, and any name was 'mean')."""
     pshape = port.get_partial_shape()
     if pshape.rank.is_dynamic:
         shape = None
@@ -47,8 +49,8 @@ def _spec(port) -> TensorSpec:
             dtype = np.dtype(etype.to_dtype())
         except Exception:
             dtype = np.dtype(np.float32)
-    names = port.get_names()
-    name = port.get_any_name() if names else f"port{port.get_index()}"
+    named = model_port if model_port.get_names() else port
+    name = named.get_any_name() if named.get_names() else f"port{port.get_index()}"
     return TensorSpec(name, shape, dtype, guess_layout(shape))
 
 
@@ -68,11 +70,11 @@ class _Request:
 
 
 class OvSession:
-    def __init__(self, compiled, ov, precision: str) -> None:
+    def __init__(self, compiled, ov, precision: str, model) -> None:
         self._compiled = compiled
         self._ov = ov
-        self.inputs = [_spec(p) for p in compiled.inputs]
-        self.outputs = [_spec(p) for p in compiled.outputs]
+        self.inputs = [_spec(p, m) for p, m in zip(compiled.inputs, model.inputs)]
+        self.outputs = [_spec(p, m) for p, m in zip(compiled.outputs, model.outputs)]
         self.precision = precision
         # Idle requests, taken by a run and given back after it: as many as runs ever overlapped.
         # (Not a threading.local: requests kept in a thread's state are destroyed when that thread
@@ -201,7 +203,7 @@ class OpenVinoBackend:
             computed = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         except Exception:
             computed = "device default"
-        return OvSession(compiled, ov, computed)
+        return OvSession(compiled, ov, computed, model)
 
 
 def _first_line(e: BaseException) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import formats, package
 from ..errors import EdgekitError, ModelFileError, UsageError
+from ..selection import parse_policy
 
 CONFIG = "config.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -126,6 +127,10 @@ def read_config(model_dir: Path) -> ModelConfig:
     if doc.get("device") is not None:
         if not isinstance(doc["device"], str):
             raise ModelFileError(path, "device must be a string such as \"auto\" or \"openvino:CPU\"")
+        try:
+            parse_policy(doc["device"])
+        except UsageError as e:
+            raise ModelFileError(path, str(e)) from None
         kwargs["device"] = doc["device"]
     return ModelConfig(**kwargs)
 
