@@ -709,6 +709,15 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
         wait_for(lambda: c.get_model_metadata("mlp")["versions"] == ["2", "1"], what="policy all")
         np.testing.assert_allclose(answer("1"), builders.mlp_reference(x, w1), rtol=1e-5, atol=1e-5)
+        # a device config.json asks for that is not here: the loaded copies go on serving, and say why
+        def reasons():
+            return {r["version"]: r.get("reason", "") for r in c.get_model_repository_index() if r.get("version")}
+
+        (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}, "device": "npu"}))
+        wait_for(lambda: all("config.json changed" in reasons().get(n, "") for n in ("1", "2")), what="the npu")
+        assert c.is_model_ready("mlp", "2") and "npu" in reasons()["2"], reasons()
+        (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
+        wait_for(lambda: reasons().get("1") == reasons().get("2") == "", what="the reasons cleared")
         # the repository API: unload, then load again
         c.unload_model("mlp")
         assert not c.is_model_ready("mlp")

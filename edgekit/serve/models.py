@@ -273,7 +273,7 @@ class ModelManager:
 
     async def _apply(self, m: ServedModel, entries: list[VersionEntry]) -> None:
         on_disk = {e.version: e for e in entries}
-        failed: set[int] = set()
+        failed: dict[int, str] = {}  # version -> why it did not load
 
         def kept() -> set[int]:
             """Versions serving now whose folder changed into something that does not load: the
@@ -295,16 +295,23 @@ class ModelManager:
             if not todo:
                 break
             for v in todo:
-                if not await self._load(m, on_disk[v], settings):
-                    failed.add(v)
+                problem = await self._load(m, on_disk[v], settings)
+                if problem is not None:
+                    failed[v] = problem
         for v in list(m.versions.values()):  # after the new ones are ready, release what the policy dropped
             if v.version not in on_disk:
                 await self._release(v, reason="removed from the repository", forget=True)
             elif v.version not in wanted and v.state == READY:
                 await self._release(v, reason="not in the version policy")
             elif v.version in keep:
-                problem = on_disk[v.version].problem or "it does not load"
-                v.reason = f"serving the copy loaded before its folder changed; on disk now: {problem}"
+                if on_disk[v.version].problem or v.settings == settings:
+                    problem = on_disk[v.version].problem or failed.get(v.version, "it does not load")
+                    v.reason = f"serving the copy loaded before its folder changed; on disk now: {problem}"
+                else:
+                    v.reason = (f"serving the copy loaded before config.json changed; with its settings now: "
+                                f"{failed.get(v.version, 'it does not load')}")
+            elif v.state == READY:
+                v.reason = ""  # whatever kept it serving an older copy is over
 
     def _settings(self, m: ServedModel) -> tuple:
         c = m.config
@@ -317,7 +324,8 @@ class ModelManager:
             return  # _apply keeps it serving
         m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
 
-    async def _load(self, m: ServedModel, e: VersionEntry, settings: tuple) -> bool:
+    async def _load(self, m: ServedModel, e: VersionEntry, settings: tuple) -> str | None:
+        """Load (or reload) one version; None when it is ready, else why not."""
         device, batching, instances = settings
         old = m.versions.get(e.version)
         if old is None or old.state != READY:
@@ -334,7 +342,7 @@ class ModelManager:
             log.warning("%s version %d cannot be served: %s", m.name, e.version, reason)
             if old is None or old.state != READY:
                 m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
-            return False
+            return reason
         why_not = can_batch(model) if batching else None
         # Batch 1 ran in load()'s first-inference check; the larger batches run here, before the
         # version is published, so that no request waits out a first run's compilation.
@@ -365,7 +373,7 @@ class ModelManager:
                  f"1-{largest}" if largest > 1 else largest,
                  f" of {sizes[-1]}, then out of time" if sizes and not failed and largest < sizes[-1] else "",
                  warmed)
-        return True
+        return None
 
     @staticmethod
     def _loaded_labels(v: Version) -> tuple:
