@@ -192,7 +192,8 @@ def cmd_info(args) -> int:
         doc = {"package": str(path), "name": pkg.name, "task": pkg.task,
                "manifest": {k: v for k, v in pkg.manifest.items() if k != "artifacts"},
                "artifacts": [{"path": a.path.name, "format": a.format.value, "precision": a.precision,
-                              "layout": a.layout, "status": a.status, **package.measured(entry)}
+                              "layout": a.layout, "status": a.status if a.path.is_file() else "missing",
+                              **package.measured(entry)}
                              for a, entry in zip(pkg.artifacts, pkg.manifest["artifacts"])]}
     else:
         fmt = formats.detect(path)

@@ -63,7 +63,8 @@ class Package:
 
 
 def read(folder: Path) -> Package:
-    """Read and check ``folder/edgekit.json``; every listed artifact must exist."""
+    """Read and check ``folder/edgekit.json``. An artifact's file is checked when it is opened
+    (:func:`verify`): a missing or damaged one is passed over for the package's others."""
     manifest_path = folder / formats.MANIFEST
     if not manifest_path.is_file():
         raise ModelFileError(folder, f"a folder is a model only as a package, and this one has no "

@@ -171,6 +171,11 @@ def test_info_and_run_on_a_package(models, tmp_path):
     out = run_cli("run", str(pkg), "--synthetic", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["selection"]["attempts"][-1]["artifact"].startswith("mlp.tflite")
+    manifest["artifacts"].append({"path": "gone.onnx", "format": "onnx", "precision": "fp32"})
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))  # a listed file deleted: info says so
+    out = run_cli("info", str(pkg), "--json")
+    assert out.returncode == 0, out.stderr
+    assert [a["status"] for a in json.loads(out.stdout)["artifacts"]] == ["ok", "missing"]
 
 
 def test_output_piped_into_a_closed_reader_ends_quietly(models):

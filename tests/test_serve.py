@@ -560,6 +560,15 @@ def test_an_unknown_device_is_refused_before_serving(samples):
     assert r.returncode == 2 and "unknown device 'warp'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_version_folder_served_alone_takes_its_models_name(tmp_path):
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.models import ModelManager
+
+    pkg, _ = mlp_package(tmp_path / "repo" / "mlp" / "3", seed=1)
+    assert list(ModelManager([pkg], metrics=Metrics()).models) == ["mlp"]
+    assert list(ModelManager([pkg.parent / "mlp-1.onnx"], metrics=Metrics()).models) == ["mlp-1"]
+
+
 def test_a_deleted_model_folder_leaves_the_index(tmp_path):
     repo = tmp_path / "repo"
     pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)

@@ -32,6 +32,15 @@ log = logging.getLogger("edgekit.serve")
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 
 
+def _lone_name(path: Path) -> str:
+    """A lone package's or file's model name: its folder's name, or its model's for a version folder
+    given alone (``REPO/NAME/3``)."""
+    if path.is_file():
+        return path.stem
+    path = path.resolve()
+    return path.parent.name if path.name.isdigit() and path.parent.name else path.name
+
+
 @dataclass
 class Version:
     name: str
@@ -110,7 +119,7 @@ class ModelManager:
                                      f"repository that holds it, {path.parent}, or one version's package")
                 self.repositories.append(path)
             else:
-                self._add_model(path.stem if path.is_file() else path.resolve().name, path, lone=True)
+                self._add_model(_lone_name(path), path, lone=True)
         self._poller: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
         self._clashes: set[str] = set()
