@@ -139,6 +139,9 @@ def cmd_repo(args, emit_json, table) -> int:
                       else "ok, not in the version policy")
             rows.append([m.name, str(v.version), v.task or "-", _formats_text(v.formats), status])
     print(table(rows, ["model", "version", "task", "formats", "status"]) if rows else f"{repo}: no models")
+    for m in models:  # a model whose config.json is bad: its versions are listed above, its problem here
+        if m.problem and m.versions:
+            print(f"{m.name}: {m.problem}")
     return 0
 
 

@@ -525,6 +525,10 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     assert [v["version"] for v in doc["models"][0]["versions"]] == [1, 2]
     r = run_cli("repo", "list", str(repo))
     assert r.returncode == 0 and "mlp" in r.stdout and "not in the version policy" in r.stdout
+    (repo / "mlp" / "config.json").write_text('{"instances": 0}')  # the text table names its problem too
+    r = run_cli("repo", "list", str(repo))
+    assert r.returncode == 0 and "config.json: instances must be a positive integer" in r.stdout, r.stdout
+    (repo / "mlp" / "config.json").unlink()
     # the error names the source's file; a refused first version leaves no empty model behind
     r = run_cli("repo", "add", str(pkg), "--repository", str(repo), "--name", "fresh")
     assert r.returncode == 2 and f"{pkg / 'mlp-0.onnx'}: checksum mismatch" in r.stderr, r.stderr
