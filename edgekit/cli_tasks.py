@@ -24,8 +24,8 @@ def add_parsers(add) -> None:
     p = add("predict", "Run a package's task on images, texts or audio files.")
     p.add_argument("model", help="a package folder (its edgekit.json names the task)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image paths, texts, or audio paths")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--labels", help="comma-separated labels: zero-shot text classification with an embedder")
+    p.add_argument("--top-k", type=int, help="categories to print, for classifiers (default 5)")
+    p.add_argument("--labels", help="comma-separated distinct labels: zero-shot text classification with an embedder")
     p.add_argument("--device", default="auto")
 
     add("demo", "Build the samples if needed, then classify an image, embed text and find speech.")
@@ -75,8 +75,8 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def predict(task, inputs: list[str], *, top_k: int, labels: list[str] | None) -> dict:
-    """Run ``task`` on CLI inputs; returns a JSON-able document."""
+def predict(task, inputs: list[str], *, top_k: int | None, labels: list[str] | None) -> dict:
+    """Run ``task`` on CLI inputs; returns a JSON-able document (``top_k`` None: the task's default)."""
     from .tasks.audio import AudioClassifier, VoiceActivityDetector
     from .tasks.image import ImageClassifier
     from .tasks.text import TextClassifier, TextEmbedder
@@ -123,13 +123,16 @@ def _print_results(doc: dict) -> None:
 def cmd_predict(args, emit_json, table) -> int:
     from .tasks.base import for_model
 
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    labels = _labels(args.labels) if args.labels is not None else None
     with for_model(args.model, device=args.device) as task:
-        if labels and not (task.metadata.get("task") or "").startswith("text-"):
-            raise UsageError(f"--labels is for text models (zero-shot classification); {args.model} is a "
-                             f"{task.metadata.get('task') or 'model without a task'}")
+        kind = task.metadata.get("task")
+        if labels is not None and kind != "text-embedding":
+            raise UsageError(f"--labels is for text models that embed (zero-shot classification); {args.model} "
+                             f"is a {kind} model")
+        if args.top_k is not None and labels is None and not hasattr(task, "classify"):
+            raise UsageError(f"--top-k is for classifiers; {args.model} is a {kind} model, which gives no categories")
         doc = predict(task, args.inputs, top_k=args.top_k, labels=labels)
         doc.update(task=task.metadata.get("task"), device=f"{task.model.backend}:{task.model.device}")
     if args.json:
@@ -138,6 +141,16 @@ def cmd_predict(args, emit_json, table) -> int:
         _print_results(doc)
         print(f"({doc['device']}, {doc['seconds'] * 1e3:.1f} ms)")
     return 0
+
+
+def _labels(text: str) -> list[str]:
+    """``--labels a,b,c`` as a list; an empty label (``""``, ``a,,b``) is refused, not skipped."""
+    labels = [x.strip() for x in text.split(",")]
+    empty = next((i for i, label in enumerate(labels) if not label), None)
+    if empty is not None:
+        raise UsageError(f"--labels {text!r}: label #{empty} is empty; give comma-separated names, "
+                         f"such as --labels sports,finance")
+    return labels
 
 
 def cmd_demo(args, emit_json, table) -> int:
@@ -157,7 +170,7 @@ def cmd_demo(args, emit_json, table) -> int:
         why = chosen.reason or "first usable candidate under 'auto'"
         if model.selection.fell_back:
             why += ", after a fallback"
-        others = sum(1 for a in model.selection.attempts if a.status == "skipped")
+        others = len({(a.backend, a.device) for a in model.selection.attempts if a.status == "skipped"})
         lines.append(f"\n== {title}: {model.path.parent.name} on {model.backend}:{model.device} ({model.precision})")
         lines.append(f"   why: {why}; {others} other known devices are unavailable here (`edgekit devices`)")
         doc.setdefault("models", {})[title] = {"device": chosen.spec, "precision": model.precision,

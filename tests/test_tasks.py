@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import struct
 
 import numpy as np
@@ -203,6 +205,62 @@ def test_classifier_options(image_clf):
     assert len(clf.classify(IMAGES / "cat.jpg")) == 2
 
 
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"top_k": "3"}, "top_k must be a whole number of at least 1, got '3'"),
+    ({"top_k": 1.5}, "top_k must be a whole number of at least 1, got 1.5"),
+    ({"top_k": True}, "top_k must be a whole number"),
+    ({"score_threshold": "0.5"}, "score_threshold must be a finite number, got '0.5'"),
+    ({"allow": "tabby"}, "allow must be a list of labels, not the string 'tabby'"),
+])
+def test_classify_options_of_the_wrong_type_are_input_errors(image_clf, options, fragment):
+    with pytest.raises(edgekit.InputError, match=fragment):
+        image_clf.classify(IMAGES / "cat.jpg", **options)
+
+
+def test_classifier_arguments_are_checked_when_it_opens(image_clf):
+    with pytest.raises(edgekit.UsageError, match="labels must be a list of strings, not the string 'ab'"):
+        ImageClassifier(image_clf.model, labels="ab")
+    with pytest.raises(edgekit.UsageError, match="labels name 2 classes, and the model outputs 1000 scores"):
+        ImageClassifier(image_clf.model, labels=["cat", "dog"])
+    with pytest.raises(edgekit.UsageError, match="options must be a ClassifierOptions, not dict"):
+        ImageClassifier(image_clf.model, options={"top_k": 3})
+    with pytest.raises(edgekit.InputError, match="top_k must be a whole number of at least 1, got 0"):
+        ClassifierOptions(top_k=0)
+
+
+def _package_copy(src, dest, artifact: str, **changes):
+    """A copy of sample package ``src`` holding one artifact, its edgekit.json updated with ``changes``
+    (checksums cover the artifacts, not edgekit.json)."""
+    dest.mkdir()
+    manifest = json.loads((src / "edgekit.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] == artifact]
+    for name in (artifact, "tokenizer.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+    (dest / "edgekit.json").write_text(json.dumps({**manifest, **changes}))
+    return dest
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"postprocess": {"activation": "foo"}}, "postprocess activation 'foo' is not one of softmax, sigmoid, none"),
+    ({"labels": ["cat", "dog"]}, "'labels' name 2 classes, and the model outputs 1000 scores"),
+    ({"preprocess": {"image": "tf1"}}, "'preprocess.image' must be an object, not 'tf1'"),
+])
+def test_malformed_image_metadata_names_the_packages_edgekit_json(samples, tmp_path, changes, fragment):
+    pkg = _package_copy(samples["image"], tmp_path / "pkg", "model-int8.onnx", **changes)
+    with pytest.raises(edgekit.ModelFileError, match=re.escape(f"{pkg / 'edgekit.json'}: {fragment}")):
+        ImageClassifier(pkg)
+
+
+def test_a_package_without_an_activation_gives_raw_scores(samples, tmp_path, image_clf):
+    pkg = _package_copy(samples["image"], tmp_path / "pkg", "model-fp32.onnx", postprocess={"activation": "none"})
+    with ImageClassifier(pkg) as raw:
+        logits = raw.scores(IMAGES / "cat.jpg")
+    assert logits.min() < 0  # logits, not probabilities
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), image_clf.scores(IMAGES / "cat.jpg"),
+                               atol=1e-5)
+
+
 def test_image_results_agree_across_backends_and_layouts(samples, image_clf, tmp_path):
     """The same package on OpenVINO, and an NHWC twin of the model, give the same answer."""
     import onnx
@@ -266,6 +324,43 @@ def test_zero_shot_puts_a_sports_sentence_under_sports(embedder):
     assert zs.classify("Heavy rain is expected tomorrow.", top_k=1)[0].label == "weather"
 
 
+def test_text_classifier_takes_a_list_of_texts_like_embed(embedder):
+    zs = TextClassifier(embedder.model, labels=["sports", "finance", "weather"])
+    texts = ["The striker scored twice.", "Interest rates rose."]
+    both = zs.classify(texts, top_k=2)  # one list of categories per text
+    assert [[c.label for c in cats] for cats in both] == [[c.label for c in zs.classify(t, top_k=2)] for t in texts]
+    assert [cats[0].label for cats in both] == ["sports", "finance"]
+    np.testing.assert_allclose(zs.scores(texts), np.stack([zs.scores(t) for t in texts]), atol=1e-5)
+
+
+def test_zero_shot_labels_must_be_a_list_of_distinct_strings(embedder):
+    with pytest.raises(edgekit.UsageError, match="labels must be a list of strings, not the string 'sports'"):
+        TextClassifier(embedder.model, labels="sports")
+    with pytest.raises(edgekit.InputError, match="label 'sports' is given twice"):
+        TextClassifier(embedder.model, labels=["sports", "finance", "sports"])
+
+
+def test_a_text_classification_package_checks_its_labels_and_classifies_lists(samples, tmp_path):
+    """MiniLM's 384 outputs stand in for a classifier's logits: what matters is the path through them."""
+    labels = [f"class {i}" for i in range(384)]
+    pkg = _package_copy(samples["text"], tmp_path / "pkg", "model-int8.onnx", task="text-classification",
+                        labels=labels)
+    with TextClassifier(pkg) as clf:
+        texts = ["A man plays guitar.", "Rain is expected tomorrow.", "Stocks fell."]
+        rows = clf.scores(texts)
+        assert rows.shape == (3, 384)
+        np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-5)  # the package's softmax
+        # dynamic int8 quantizes each batch with its own range: a text's scores move a little with its batch-mates
+        np.testing.assert_allclose(rows[1], clf.scores(texts[1]), atol=2e-4)
+        top = clf.classify(texts, top_k=3)
+        assert [len(cats) for cats in top] == [3, 3, 3]
+        assert [cats[0].label for cats in top] == [labels[i] for i in rows.argmax(axis=1)]
+    manifest = json.loads((pkg / "edgekit.json").read_text())
+    (pkg / "edgekit.json").write_text(json.dumps({**manifest, "labels": labels[:2]}))
+    with pytest.raises(edgekit.ModelFileError, match=r"edgekit\.json: 'labels' name 2 classes, and the model outputs"):
+        TextClassifier(pkg)
+
+
 def test_text_results_agree_across_backends(samples, embedder):
     ov = TextEmbedder(samples["text"] / "model-fp32.xml", device="openvino")
     lines = (INPUTS / "text.txt").read_text().splitlines()
@@ -275,6 +370,8 @@ def test_text_results_agree_across_backends(samples, embedder):
 @pytest.mark.parametrize(("text", "fragment"), [
     ("", "text is empty"), ("   ", "text is empty"), ([], "no texts"),
     (b"\xff\xfe\xfa", "not valid UTF-8"), (["ok", 5], "text #1: expected a string"),
+    (None, "text: expected a string or a list of strings, got NoneType"),
+    (5, "text: expected a string or a list of strings, got int"),
     ("caf\udce9", r"text: not valid Unicode \('\\udce9' at character 3 is a lone surrogate"),  # argv's escape
     (["ok", "\ud800"], "text #1: not valid Unicode"),
 ])
@@ -409,6 +506,47 @@ def test_vad_stream_matches_whole_file(vad):
     assert again.feed(np.stack([x, x], axis=1)[:4096]) == stream.feed(x[:4096])  # stereo chunk down-mixed
 
 
+@pytest.mark.parametrize("to_pcm", [lambda y: (y * 32767).astype(np.int16),
+                                    lambda y: np.round((y + 1) * 127.5).astype(np.uint8)], ids=["int16", "uint8"])
+def test_vad_stream_scales_pcm_chunks_as_detect_does(vad, to_pcm):
+    import soundfile as sf
+
+    y, sr = sf.read(str(AUDIO / "speech.wav"), dtype="float32")
+    pcm = to_pcm(y)
+    stream = vad.stream()
+    events = [e for i in range(0, len(pcm), 1600) for e in stream.feed(pcm[i:i + 1600])] + stream.close()
+    whole = vad.detect(pcm, sr)
+    assert whole and len(events) == 2 * len(whole)
+    for s, (start, end) in zip(whole, zip(events[::2], events[1::2])):
+        assert start[0] == "start" and end[0] == "end"
+        assert abs(s.start_s - start[1]) <= 0.032 and abs(s.end_s - end[1]) <= 0.032  # within one window
+    with pytest.raises(edgekit.InputError, match="audio chunk: expected numeric samples"):
+        vad.stream().feed(np.array(["a", "b"]))
+
+
+@pytest.mark.parametrize(("option", "fragment"), [
+    ({"threshold": "x"}, "threshold='x': expected a probability from 0 to 1"),
+    ({"threshold": 1.5}, "threshold=1.5: expected a probability from 0 to 1"),
+    ({"neg_threshold": -0.1}, "neg_threshold=-0.1: expected None or a probability"),
+    ({"speech_pad_ms": None}, "speech_pad_ms=None: expected a number of milliseconds, at least 0"),
+    ({"min_silence_duration_ms": -5}, "min_silence_duration_ms=-5: expected a number of milliseconds"),
+    ({"max_speech_duration_s": 0}, r"max_speech_duration_s=0: expected None \(no limit\) or a number"),
+    ({"treshold": 0.5}, r"unknown VAD options \['treshold'\]"),
+])
+def test_vad_options_are_checked_when_it_opens(samples, option, fragment):
+    with pytest.raises(edgekit.UsageError, match=fragment):
+        VoiceActivityDetector(samples["audio"], **option)
+
+
+def test_malformed_vad_metadata_names_the_packages_edgekit_json(samples, tmp_path):
+    manifest = json.loads((samples["audio"] / "edgekit.json").read_text())
+    vad_params = {**manifest["postprocess"]["vad"], "threshold": "high"}
+    pkg = _package_copy(samples["audio"], tmp_path / "pkg", "model-fp32.onnx", postprocess={"vad": vad_params})
+    with pytest.raises(edgekit.ModelFileError,
+                       match=re.escape(f"{pkg / 'edgekit.json'}: postprocess.vad: threshold='high': expected")):
+        VoiceActivityDetector(pkg)
+
+
 def _corrupt_wav_header(d):
     data = bytearray((AUDIO / "speech.wav").read_bytes())
     data[8:12] = b"XXXX"  # "WAVE" -> garbage
@@ -506,6 +644,18 @@ def test_predict_dispatches_on_the_package_task(samples):
 def test_predict_labels_are_for_text_models(samples):
     out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--labels", "cat,dog")
     assert out.returncode == 2 and "--labels is for text models" in out.stderr
+
+
+@pytest.mark.parametrize(("kind", "args", "fragment"), [
+    ("audio", [str(AUDIO / "speech.wav"), "--top-k", "3"], "--top-k is for classifiers; "),
+    ("text", ["one text", "--top-k", "3"], "--top-k is for classifiers; "),
+    ("text", ["one text", "--labels", ""], "--labels '': label #0 is empty"),
+    ("text", ["one text", "--labels", "sports,,finance"], "--labels 'sports,,finance': label #1 is empty"),
+    ("text", ["one text", "--labels", "sports,sports"], "label 'sports' is given twice"),
+])
+def test_predict_options_that_do_not_apply_exit_2(samples, kind, args, fragment):
+    out = run_cli("predict", str(samples[kind]), *args)
+    assert out.returncode == 2 and f"edgekit: error: {fragment}" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_predict_bad_input_exits_2_without_traceback(samples):

@@ -18,13 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, ModelFileError, UsageError
 from .base import Task, input_file
-from .results import Category, ClassifierOptions, Segment, softmax
+from .results import Category, ClassifierOptions, Segment, classifier_options, is_integer, is_number
 
 # Silero's get_speech_timestamps defaults (max_speech_duration_s None: no limit, JSON-safe).
 VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_duration_ms": 100,
                 "speech_pad_ms": 30, "max_speech_duration_s": None, "neg_threshold": None}
+# What each VAD parameter may be, in words and as a test.
+_VAD_RULES = {
+    "threshold": ("a probability from 0 to 1", lambda v: is_number(v) and 0 <= v <= 1),
+    "neg_threshold": ("None or a probability from 0 to 1", lambda v: v is None or (is_number(v) and 0 <= v <= 1)),
+    "min_speech_duration_ms": ("a number of milliseconds, at least 0", lambda v: is_number(v) and v >= 0),
+    "min_silence_duration_ms": ("a number of milliseconds, at least 0", lambda v: is_number(v) and v >= 0),
+    "speech_pad_ms": ("a number of milliseconds, at least 0", lambda v: is_number(v) and v >= 0),
+    "max_speech_duration_s": ("None (no limit) or a number of seconds above 0",
+                              lambda v: v is None or v == float("inf") or (is_number(v) and v > 0)),
+}
+_LOAD_OPTIONS = ("precision", "strict", "verify", "cache")  # passed on to edgekit.load
 _MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
 MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of float32, 70 min of 16 kHz mono
 # The lowest rate resampled: below it a tiny file declaring, say, 1 Hz would be resampled 16000x
@@ -70,28 +81,13 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         if len(data) > limit:
             raise InputError(f"{what}: longer than {limit / sample_rate:.0f} s ({MAX_SAMPLES} samples in all); "
                              f"feed long recordings chunk by chunk with .stream()")
+    elif sample_rate is None:
+        raise InputError(f"{what}: an array needs its sample rate (sample_rate=...)")
     else:
-        if sample_rate is None:
-            raise InputError(f"{what}: an array needs its sample rate (sample_rate=...)")
-        data = np.asarray(audio)
-        if data.dtype.kind not in "fiu":
-            raise InputError(f"{what}: expected numeric samples, got {data.dtype}")
-        if data.dtype.kind == "i":  # signed PCM to [-1, 1)
-            data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-        elif data.dtype.kind == "u":  # unsigned PCM (8-bit WAV): silence sits at mid-scale
-            half = float(np.iinfo(data.dtype).max + 1) / 2
-            data = (data.astype(np.float32) - half) / half
-        data = data.astype(np.float32, copy=False)
-        if data.ndim == 1:
-            data = data[:, None]
-        elif data.ndim != 2:
-            raise InputError(f"{what}: expected samples or samples x channels, got shape {data.shape}")
-        elif data.shape[0] <= _MAX_CHANNELS < data.shape[1]:  # channels x samples, the other convention
-            data = data.T
+        data = audio
+    data = pcm_frames(data, what)
     if data.shape[0] == 0:
         raise InputError(f"{what}: no samples (0-length audio)")
-    if not np.isfinite(data).all():
-        raise InputError(f"{what}: contains NaN or infinite samples")
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"{what}: invalid sample rate {sample_rate!r}")
     sample_rate = int(sample_rate)  # a NumPy int16 would overflow in the limit check below
@@ -102,12 +98,69 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         raise InputError(f"{what}: {len(data)} samples at {sample_rate} Hz would be "
                          f"{len(data) * target_rate // sample_rate} at {target_rate} Hz, "
                          f"over the limit of {MAX_SAMPLES}")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = _mono(data)
     if sample_rate != target_rate:
         import soxr
 
         mono = soxr.resample(mono, int(sample_rate), int(target_rate), quality="HQ").astype(np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def check_vad_params(params: dict, error) -> None:
+    """Raise ``error(message)`` naming the first unknown VAD parameter or bad value in ``params``."""
+    unknown = sorted(set(params) - set(VAD_DEFAULTS))
+    if unknown:
+        raise error(f"unknown VAD options {unknown}; known: {sorted(VAD_DEFAULTS)}")
+    for name, value in params.items():
+        expected, ok = _VAD_RULES[name]
+        if not ok(value):
+            raise error(f"{name}={value!r}: expected {expected}")
+
+
+def check_audio_preprocess(pp: dict, where: str) -> None:
+    """Raise UsageError, naming ``where``, unless ``pp``'s sizes, clip length and features are usable."""
+    for key in ("sample_rate", "window", "context", "n_mels", "n_fft", "hop"):
+        v = pp.get(key)
+        if v is not None and not (is_integer(v) and v > 0):
+            raise UsageError(f"{where}: audio {key} {v!r} is not a positive whole number")
+    clip = pp.get("clip_s")
+    if clip is not None and not (is_number(clip) and clip > 0):
+        raise UsageError(f"{where}: audio clip_s {clip!r} is not a positive number of seconds")
+    features = pp.get("features", "waveform")
+    if features not in ("waveform", "log-mel"):
+        raise UsageError(f"{where}: audio features {features!r} is not 'waveform' or 'log-mel'")
+
+
+def pcm_frames(samples, what: str) -> np.ndarray:
+    """Numeric samples as float32 frames x channels, as :func:`load_audio` and ``VadStream.feed``
+    read them: signed PCM scaled to [-1, 1), unsigned PCM (8-bit WAV) centred on its mid-scale, float
+    kept as it is, and channels x samples (at most 16 rows, more columns) transposed.
+
+    Raises:
+        InputError: not numeric, not samples or samples x channels, NaN or infinite samples.
+    """
+    data = np.asarray(samples)
+    if data.dtype.kind not in "fiu":
+        raise InputError(f"{what}: expected numeric samples, got {data.dtype}")
+    if data.dtype.kind == "i":  # signed PCM to [-1, 1)
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    elif data.dtype.kind == "u":  # unsigned PCM (8-bit WAV): silence sits at mid-scale
+        half = float(np.iinfo(data.dtype).max + 1) / 2
+        data = (data.astype(np.float32) - half) / half
+    data = data.astype(np.float32, copy=False)
+    if data.ndim == 1:
+        data = data[:, None]
+    elif data.ndim != 2:
+        raise InputError(f"{what}: expected samples or samples x channels, got shape {data.shape}")
+    elif data.shape[0] <= _MAX_CHANNELS < data.shape[1]:  # channels x samples, the other convention
+        data = data.T
+    if not np.isfinite(data).all():
+        raise InputError(f"{what}: contains NaN or infinite samples")
+    return data
+
+
+def _mono(frames: np.ndarray) -> np.ndarray:
+    return frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
 
 
 class VoiceActivityDetector(Task):
@@ -124,32 +177,41 @@ class VoiceActivityDetector(Task):
         threshold, min_speech_duration_ms, min_silence_duration_ms, speech_pad_ms,
         max_speech_duration_s, neg_threshold: as in Silero's utility (defaults: the package's,
         else Silero's).
+
+    Raises:
+        UsageError: an unknown option, or a value out of range (a threshold outside [0, 1], a
+            negative duration), named with its value; ModelFileError when the package's
+            edgekit.json holds such a value.
     """
 
     task = "voice-activity-detection"
 
     def __init__(self, source, *, device: str = "auto", **options) -> None:
-        known = set(VAD_DEFAULTS)
-        unknown = set(options) - known - {"precision", "strict", "verify", "cache"}
-        if unknown:
-            raise UsageError(f"unknown VAD options {sorted(unknown)}; known: {sorted(known)}")
-        load_opts = {k: options.pop(k) for k in list(options) if k not in known}
+        load_opts = {k: options.pop(k) for k in _LOAD_OPTIONS if k in options}
+        check_vad_params(options, UsageError)
         super().__init__(source, device=device, **load_opts)
-        pp = self.preprocess("audio")
-        self.sample_rate = int(pp.get("sample_rate", 16000))
-        self.window = int(pp.get("window", 512 if self.sample_rate == 16000 else 256))
-        self.context = int(pp.get("context", 64 if self.sample_rate == 16000 else 32))
-        self.params = {**VAD_DEFAULTS, **self.postprocess().get("vad", {}), **options}
-        names = [s.name for s in self.model.inputs]
-        outputs = [s.name for s in self.model.outputs]
-        if not ({"input", "state"} <= set(names) <= {"input", "state", "sr"} and len(outputs) == 2):
-            raise UsageError(f"{self.model.source}: not a Silero-style VAD (inputs {names}, outputs {outputs}; "
-                             f"expected input, state and optionally sr in, a probability and stateN out)")
-        self._state_out = "stateN" if "stateN" in outputs else outputs[1]
-        self._prob_out = next(n for n in outputs if n != self._state_out)
-        state_spec = next(s for s in self.model.inputs if s.name == "state")
-        self._state_shape = tuple(d if isinstance(d, int) else 1 for d in (state_spec.shape or (2, 1, 128)))
-        self._sr = {"sr": np.array(self.sample_rate, dtype=np.int64)} if "sr" in names else {}
+        with self.closed_on_error():
+            where = self.metadata_source()
+            pp = self.preprocess("audio")
+            check_audio_preprocess(pp, where)
+            self.sample_rate = pp.get("sample_rate", 16000)
+            self.window = pp.get("window", 512 if self.sample_rate == 16000 else 256)
+            self.context = pp.get("context", 64 if self.sample_rate == 16000 else 32)
+            package_params = self.postprocess().get("vad", {})
+            if not isinstance(package_params, dict):
+                raise ModelFileError(where, f"postprocess.vad must be an object, not {package_params!r}")
+            check_vad_params(package_params, lambda problem: ModelFileError(where, f"postprocess.vad: {problem}"))
+            self.params = {**VAD_DEFAULTS, **package_params, **options}
+            names = [s.name for s in self.model.inputs]
+            outputs = [s.name for s in self.model.outputs]
+            if not ({"input", "state"} <= set(names) <= {"input", "state", "sr"} and len(outputs) == 2):
+                raise UsageError(f"{self.model.source}: not a Silero-style VAD (inputs {names}, outputs {outputs}; "
+                                 f"expected input, state and optionally sr in, a probability and stateN out)")
+            self._state_out = "stateN" if "stateN" in outputs else outputs[1]
+            self._prob_out = next(n for n in outputs if n != self._state_out)
+            state_spec = next(s for s in self.model.inputs if s.name == "state")
+            self._state_shape = tuple(d if isinstance(d, int) else 1 for d in (state_spec.shape or (2, 1, 128)))
+            self._sr = {"sr": np.array(self.sample_rate, dtype=np.int64)} if "sr" in names else {}
 
     def _step(self, window_with_context: np.ndarray, state: np.ndarray,
               record: list | None = None) -> tuple[float, np.ndarray]:
@@ -212,9 +274,11 @@ class VoiceActivityDetector(Task):
 class VadStream:
     """Chunk-by-chunk VAD (Silero's VADIterator logic) over a :class:`VoiceActivityDetector`.
 
-    ``feed(samples)`` takes mono float32 samples at the detector's rate and returns the
-    events completed by them: ``("start", t_s)`` and ``("end", t_s)``; ``probabilities``
-    keeps every window's probability. ``close()`` ends an open segment.
+    ``feed(samples)`` takes samples at the detector's rate, in any dtype and layout that
+    :meth:`VoiceActivityDetector.detect` takes an array in (int16 PCM is scaled to [-1, 1),
+    channels are down-mixed), and returns the events completed by them: ``("start", t_s)`` and
+    ``("end", t_s)``; ``probabilities`` keeps every window's probability. ``close()`` ends an
+    open segment.
     """
 
     vad: VoiceActivityDetector
@@ -227,13 +291,7 @@ class VadStream:
     _temp_end: int = 0
 
     def feed(self, samples) -> list[tuple[str, float]]:
-        x = np.asarray(samples, dtype=np.float32)
-        if x.ndim == 2:  # samples x channels (or channels x samples): down-mix as load_audio does
-            x = (x.T if x.shape[0] <= _MAX_CHANNELS < x.shape[1] else x).mean(axis=1)
-        elif x.ndim != 1:
-            raise InputError(f"audio chunk: expected samples or samples x channels, got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise InputError("audio chunk contains NaN or infinite samples")
+        x = _mono(pcm_frames(samples, "audio chunk"))  # the dtypes and layouts detect() takes
         v = self.vad
         if self._state is None:
             self._state = np.zeros(v._state_shape, np.float32)
@@ -393,11 +451,14 @@ class AudioClassifier(Task):
     def __init__(self, source, *, device: str = "auto", labels=None, options: ClassifierOptions | None = None,
                  preprocess: dict | None = None, **load_options) -> None:
         super().__init__(source, device=device, **load_options)
-        self.pp = {**self.preprocess("audio"), **(preprocess or {})}
-        self.sample_rate = int(self.pp.get("sample_rate", 16000))
-        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
-        self.options = options or ClassifierOptions()
-        self.input_name = self.model.inputs[0].name
+        with self.closed_on_error():
+            self.pp = self.preprocess("audio", preprocess)
+            check_audio_preprocess(self.pp, str(self.model.source))
+            self.sample_rate = self.pp.get("sample_rate", 16000)
+            self.labels = self.class_labels(labels)
+            self.options = classifier_options(options)
+            self._activate = self.activation()
+            self.input_name = self.model.inputs[0].name
 
     def features(self, audio, sample_rate: int | None = None) -> np.ndarray:
         x = load_audio(audio, sample_rate, target_rate=self.sample_rate)
@@ -413,12 +474,7 @@ class AudioClassifier(Task):
     def classify(self, audio, sample_rate: int | None = None, top_k: int | None = None, *,
                  score_threshold: float | None = None, allow=None, deny=None) -> list[Category]:
         out = next(iter(self.model.run({self.input_name: self.features(audio, sample_rate)}).values()))
-        scores = np.asarray(out, np.float32).reshape(-1)
-        activation = self.postprocess().get("activation", "softmax")
-        if activation == "softmax":
-            scores = softmax(scores)
-        elif activation == "sigmoid":  # multi-label heads
-            scores = (1 / (1 + np.exp(-scores))).astype(np.float32)
+        scores = self._activate(np.asarray(out, np.float32).reshape(-1))
         opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
         return opts.select(scores, self.labels)
 

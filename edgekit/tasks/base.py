@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from .. import formats
+from ..errors import InputError, ModelFileError, UsageError
 from ..model import Model, load
+from .results import ACTIVATIONS
 
 
 def input_file(path: str | Path, kind: str) -> Path:
@@ -19,6 +23,20 @@ def input_file(path: str | Path, kind: str) -> Path:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     return path
+
+
+def label_list(labels, fail) -> list[str]:
+    """``labels`` as a list of strings, else raise ``fail(problem)``. A string is refused: its letters
+    would become the labels."""
+    if isinstance(labels, (str, bytes)):
+        raise fail(f"must be a list of strings, not the string {labels!r}")
+    if isinstance(labels, dict) or not isinstance(labels, Iterable):
+        raise fail(f"must be a list of strings, not {type(labels).__name__} {labels!r:.60}")
+    labels = list(labels)
+    bad = next((i for i, label in enumerate(labels) if not isinstance(label, str)), None)
+    if bad is not None:
+        raise fail(f"must be strings: #{bad} is {labels[bad]!r}")
+    return labels
 
 
 class Task:
@@ -38,17 +56,79 @@ class Task:
         self.metadata = self.model.metadata
         declared = self.metadata.get("task")
         if declared and self.task and declared not in self.accepts():
+            self.close()
             raise UsageError(f"{self.model.source}: this package is a {declared!r} model, "
                              f"not {self.task!r}; use {task_class_name(declared)}")
 
     def accepts(self) -> tuple[str, ...]:
         return (self.task,)
 
-    def preprocess(self, kind: str) -> dict:
-        return dict(self.metadata.get("preprocess", {}).get(kind, {}))
+    @contextlib.contextmanager
+    def closed_on_error(self):
+        """Wrap the rest of a constructor: if it raises, the model this task opened is closed."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def metadata_source(self) -> str:
+        """What an error about the package's metadata names: its edgekit.json, or the lone model file
+        that carries the package's card."""
+        package = self.model.package
+        return str(package.root / formats.MANIFEST) if package is not None else str(self.model.source)
+
+    def _metadata_object(self, value, key: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ModelFileError(self.metadata_source(), f"{key!r} must be an object, not {value!r}")
+        return value
+
+    def preprocess(self, kind: str, overrides: dict | None = None) -> dict:
+        """The package's pre-processing of ``kind`` ("image", "text", "audio") with the caller's overrides."""
+        if overrides is not None and not isinstance(overrides, dict):
+            raise UsageError(f"preprocess must be a dict of overrides, not {overrides!r}")
+        section = self._metadata_object(self.metadata.get("preprocess"), "preprocess")
+        return {**self._metadata_object(section.get(kind), f"preprocess.{kind}"), **(overrides or {})}
 
     def postprocess(self) -> dict:
-        return dict(self.metadata.get("postprocess", {}))
+        return dict(self._metadata_object(self.metadata.get("postprocess"), "postprocess"))
+
+    def activation(self):
+        """The function the package's ``postprocess.activation`` names (default softmax)."""
+        name = self.postprocess().get("activation", "softmax")
+        name = "none" if name is None else name  # null: the outputs are the scores
+        if not isinstance(name, str) or name not in ACTIVATIONS:
+            raise ModelFileError(self.metadata_source(), f"postprocess activation {name!r} is not one of "
+                                                         f"{', '.join(ACTIVATIONS)}")
+        return ACTIVATIONS[name]
+
+    def class_labels(self, labels=None) -> list[str] | None:
+        """The name of each score the model outputs: ``labels``, else the package's (None: indices).
+
+        Duplicates are allowed: ImageNet names two classes "crane".
+
+        Raises:
+            UsageError: ``labels`` is a string or holds a non-string, or their number is not the
+                number of classes the model declares (ModelFileError naming edgekit.json when the
+                labels are the package's).
+        """
+        given = labels is not None
+        labels = labels if given else self.metadata.get("labels")
+        if labels is None:
+            return None
+
+        def fail(problem: str) -> UsageError:
+            return UsageError(f"labels {problem}") if given else \
+                ModelFileError(self.metadata_source(), f"'labels' {problem}")
+
+        labels = label_list(labels, fail)
+        shape = self.model.outputs[0].shape
+        classes = shape[-1] if shape else None
+        if isinstance(classes, int) and len(labels) != classes:
+            raise fail(f"name {len(labels)} classes, and the model outputs {classes} scores")
+        return labels
 
     def artifact_entry(self) -> dict:
         """The manifest entry of the artifact that runs (layout, precision, parity)."""
@@ -79,11 +159,11 @@ _TASK_CLASSES = {
 
 def is_known_task(task: str | None) -> bool:
     """Whether edgekit has a task object for ``task`` (an edgekit.json "task")."""
-    return task in _TASK_CLASSES
+    return isinstance(task, str) and task in _TASK_CLASSES
 
 
 def task_class_name(task: str) -> str:
-    return _TASK_CLASSES.get(task, ("", "a task of its own"))[1]
+    return _TASK_CLASSES[task][1] if is_known_task(task) else "a task of its own"
 
 
 def for_model(source: str | Path | Model, *, device: str = "auto", **options) -> Task:
@@ -91,12 +171,17 @@ def for_model(source: str | Path | Model, *, device: str = "auto", **options) ->
     import importlib
 
     model = source if isinstance(source, Model) else load(source, device=device)
-    task = model.metadata.get("task")
-    if task not in _TASK_CLASSES:
-        known = ", ".join(_TASK_CLASSES)
-        raise UsageError(f"{model.source}: no task declared in edgekit.json (task={task!r}); "
-                         f"known tasks: {known}; run it with `edgekit run` instead")
-    module, cls = _TASK_CLASSES[task]
-    obj = getattr(importlib.import_module(f".{module}", __package__), cls)(model, **options)
-    obj._owns = not isinstance(source, Model)
+    try:
+        task = model.metadata.get("task")
+        if not is_known_task(task):
+            known = ", ".join(_TASK_CLASSES)
+            raise UsageError(f"{model.source}: no task declared in edgekit.json (task={task!r}); "
+                             f"known tasks: {known}; run it with `edgekit run` instead")
+        module, cls = _TASK_CLASSES[task]
+        obj = getattr(importlib.import_module(f".{module}", __package__), cls)(model, **options)
+    except BaseException:
+        if model is not source:  # loaded here: nobody else will close it
+            model.close()
+        raise
+    obj._owns = model is not source
     return obj

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .base import Task, input_file
-from .results import Category, ClassifierOptions, softmax
+from .results import Category, ClassifierOptions, classifier_options
 
 # Images larger than this are refused before decoding (a 10000 x 10000 photo, 100 MP, is allowed;
 # decompression bombs declaring billions of pixels are not).
@@ -403,6 +403,11 @@ class ImageClassifier(Task):
         labels: class names (default: the package's).
         preprocess: overrides of the package's image pre-processing (resize, crop, mean, std, ...).
         options: default :class:`ClassifierOptions` (top_k, score_threshold, allow, deny).
+
+    Raises:
+        UsageError: ``labels`` a string or not one per model output, bad pre-processing, ``options``
+            not a ClassifierOptions; ModelFileError naming edgekit.json when the package's labels
+            or its postprocess ``activation`` (softmax, sigmoid or none) are wrong.
     """
 
     task = "image-classification"
@@ -410,34 +415,31 @@ class ImageClassifier(Task):
     def __init__(self, source, *, device: str = "auto", labels=None, preprocess: dict | None = None,
                  options: ClassifierOptions | None = None, **load_options) -> None:
         super().__init__(source, device=device, **load_options)
-        reuse_pillow_memory()
-        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
-        self.pp = {**self.preprocess("image"), **(preprocess or {})}
-        try:
+        with self.closed_on_error():
+            reuse_pillow_memory()
+            self.labels = self.class_labels(labels)
+            self.pp = self.preprocess("image", preprocess)
             check_preprocess(self.pp, str(self.model.source))
-        except UsageError:
-            self.close()
-            raise
-        self.options = options or ClassifierOptions()
-        spec = self.model.inputs[0]
-        self.input_name = spec.name
-        self.input_dtype = spec.dtype
-        # The running artifact's own layout wins (a TFLite sibling is NHWC), then the spec's.
-        self.layout = self.artifact_entry().get("layout") or spec.layout or self.pp.get("layout", "NCHW")
-        if "crop" not in self.pp and spec.shape is not None and len(spec.shape) == 4:
-            hw = spec.shape[2:4] if self.layout == "NCHW" else spec.shape[1:3]
-            if all(isinstance(d, int) for d in hw):
-                self.pp["crop"] = list(hw)
-        self.activation = self.postprocess().get("activation", "softmax")
-        crop = self.pp.get("crop") or 224
-        if self.pp.get("resampling") == "tf1":
-            # TensorFlow decodes at full size, and a reduced decode changes what it samples (a
-            # 512x512 sample photo drafted to 256x256 was up to 113 levels off): no draft decode.
-            self.decode_min = None
-            import cv2  # noqa: F401 - imported here (0.27 s), so that the first classify() is not slowed
-        else:  # the smallest side a JPEG may be draft-decoded to without losing pixels the resize needs
-            self.decode_min = max(int(self.pp.get("resize") or 0),
-                                  *(crop if isinstance(crop, (list, tuple)) else [crop]))
+            self.options = classifier_options(options)
+            self._activate = self.activation()
+            spec = self.model.inputs[0]
+            self.input_name = spec.name
+            self.input_dtype = spec.dtype
+            # The running artifact's own layout wins (a TFLite sibling is NHWC), then the spec's.
+            self.layout = self.artifact_entry().get("layout") or spec.layout or self.pp.get("layout", "NCHW")
+            if "crop" not in self.pp and spec.shape is not None and len(spec.shape) == 4:
+                hw = spec.shape[2:4] if self.layout == "NCHW" else spec.shape[1:3]
+                if all(isinstance(d, int) for d in hw):
+                    self.pp["crop"] = list(hw)
+            crop = self.pp.get("crop") or 224
+            if self.pp.get("resampling") == "tf1":
+                # TensorFlow decodes at full size, and a reduced decode changes what it samples (a
+                # 512x512 sample photo drafted to 256x256 was up to 113 levels off): no draft decode.
+                self.decode_min = None
+                import cv2  # noqa: F401 - imported here (0.27 s), so that the first classify() is not slowed
+            else:  # the smallest side a JPEG may be draft-decoded to without losing pixels the resize needs
+                self.decode_min = max(int(self.pp.get("resize") or 0),
+                                      *(crop if isinstance(crop, (list, tuple)) else [crop]))
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
@@ -447,12 +449,7 @@ class ImageClassifier(Task):
     def scores(self, image) -> np.ndarray:
         """Class probabilities (or raw scores when the package says no activation)."""
         out = next(iter(self.model.run({self.input_name: self.preprocess_input(image)}).values()))
-        logits = np.asarray(out, dtype=np.float32).reshape(-1)
-        if self.activation == "softmax":
-            return softmax(logits)
-        if self.activation == "sigmoid":
-            return (1 / (1 + np.exp(-logits))).astype(np.float32)
-        return logits
+        return self._activate(np.asarray(out, dtype=np.float32).reshape(-1))
 
     def classify(self, image, top_k: int | None = None, *, score_threshold: float | None = None,
                  allow=None, deny=None) -> list[Category]:

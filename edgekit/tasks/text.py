@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, ModelFileError, UsageError
-from .base import Task
-from .results import Category, ClassifierOptions, softmax
+from .base import Task, label_list
+from .results import Category, ClassifierOptions, classifier_options, is_integer
 
 
 class Tokenizer:
@@ -54,7 +54,12 @@ class Tokenizer:
 
 
 def _as_texts(texts, what: str = "text") -> list[str]:
-    items = [texts] if isinstance(texts, (str, bytes, bytearray)) else list(texts)
+    if isinstance(texts, (str, bytes, bytearray)):
+        items = [texts]
+    elif isinstance(texts, Iterable) and not isinstance(texts, dict):
+        items = list(texts)
+    else:
+        raise InputError(f"{what}: expected a string or a list of strings, got {type(texts).__name__}")
     if not items:
         raise InputError(f"{what}: no texts given")
     out = []
@@ -78,30 +83,48 @@ def _as_texts(texts, what: str = "text") -> list[str]:
     return out
 
 
+def _zero_shot_labels(labels) -> list[str]:
+    """The caller's zero-shot labels: each is embedded as a text, and each is a class of its own."""
+    if labels is None:
+        raise UsageError("no labels: zero-shot classification needs labels=[...]")
+    items = _as_texts(label_list(labels, lambda problem: UsageError(f"labels {problem}")), "label")
+    seen: set[str] = set()
+    for label in items:
+        if label in seen:
+            raise InputError(f"label {label!r} is given twice")
+        seen.add(label)
+    return items
+
+
 class _TextTask(Task):
     def __init__(self, source, *, device: str = "auto", tokenizer: str | Path | None = None,
                  max_length: int | None = None, **load_options) -> None:
+        if max_length is not None and not (is_integer(max_length) and max_length >= 1):
+            raise UsageError(f"max_length must be a whole number of tokens, at least 1; got {max_length!r}")
         super().__init__(source, device=device, **load_options)
-        pp = self.preprocess("text")
-        # beside the package's edgekit.json, or beside a lone artifact that carries the package's card
-        src = Path(self.model.source)
-        folder = src if src.is_dir() else src.parent
-        tok_path = tokenizer or (folder / pp["tokenizer"] if "tokenizer" in pp else None)
-        if tok_path is None:
-            raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
-        limit = int(max_length or pp.get("max_length") or 512)
-        # static shapes (TFLite from onnx2tf): the sequence length caps the token limit, and the
-        # batch dimension is what every run must be filled to
-        static = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
-        lengths = [sh[1] for sh in static if isinstance(sh[1], int)]
-        batches = [sh[0] for sh in static if isinstance(sh[0], int)]
-        try:
-            self.tokenizer = Tokenizer(tok_path, max_length=min([limit, *lengths]))
-        except UsageError:
-            self.close()
-            raise
-        self.input_names = [s.name for s in self.model.inputs]
-        self.static_batch = min(batches) if batches else None
+        with self.closed_on_error():
+            pp = self.preprocess("text")
+            name, top = pp.get("tokenizer"), pp.get("max_length")
+            if name is not None and not (isinstance(name, str) and name):
+                raise ModelFileError(self.metadata_source(), f"preprocess.text tokenizer {name!r} is not a file name")
+            if top is not None and not (is_integer(top) and top >= 1):
+                raise ModelFileError(self.metadata_source(),
+                                     f"preprocess.text max_length {top!r} is not a positive whole number")
+            # beside the package's edgekit.json, or beside a lone artifact that carries the package's card
+            src = Path(self.model.source)
+            folder = src if src.is_dir() else src.parent
+            tok_path = tokenizer or (folder / name if name else None)
+            if tok_path is None:
+                raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
+            limit = max_length or top or 512
+            # static shapes (TFLite from onnx2tf): the sequence length caps the token limit, and the
+            # batch dimension is what every run must be filled to
+            static = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
+            lengths = [sh[1] for sh in static if isinstance(sh[1], int)]
+            batches = [sh[0] for sh in static if isinstance(sh[0], int)]
+            self.tokenizer = Tokenizer(tok_path, max_length=int(min([limit, *lengths])))
+            self.input_names = [s.name for s in self.model.inputs]
+            self.static_batch = min(batches) if batches else None
 
     def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.encode(texts)
@@ -117,9 +140,10 @@ class _TextTask(Task):
                 feeds[spec.name] = np.pad(x, ((0, 0), (0, length - x.shape[1])))
         return feeds
 
-    def _embed(self, items: list[str], batch_size: int = 32) -> np.ndarray:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    def _outputs(self, items: list[str], batch_size: int = 32) -> np.ndarray:
+        """The model's output row for each text, in order, run in batches of texts of similar length."""
+        if not (is_integer(batch_size) and batch_size >= 1):
+            raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         order = sorted(range(len(items)), key=lambda i: len(items[i]))  # similar lengths pad less
         batch_size = self.static_batch or batch_size
         out: np.ndarray | None = None
@@ -129,10 +153,14 @@ class _TextTask(Task):
             if self.static_batch:  # fill a static batch with copies; their rows are dropped
                 texts += texts[:1] * (self.static_batch - len(texts))
             result = next(iter(self.model.run(self._feeds(texts)).values()))
-            vecs = np.asarray(result, np.float32)[:len(idx)]
+            rows = np.asarray(result, np.float32).reshape(len(texts), -1)[:len(idx)]
             if out is None:
-                out = np.empty((len(items), vecs.shape[-1]), np.float32)
-            out[idx] = vecs
+                out = np.empty((len(items), rows.shape[-1]), np.float32)
+            out[idx] = rows
+        return out
+
+    def _embed(self, items: list[str], batch_size: int = 32) -> np.ndarray:
+        out = self._outputs(items, batch_size)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)  # a no-op when the graph normalises, a guarantee when not
 
@@ -146,6 +174,11 @@ class TextEmbedder(_TextTask):
     task = "text-embedding"
 
     def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """Unit-norm embeddings, one row per text (one row for a single string).
+
+        Raises:
+            InputError: not a string or a list of strings, an empty text, bytes that are not UTF-8.
+        """
         return self._embed(_as_texts(texts), batch_size)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> float | np.ndarray:
@@ -159,7 +192,11 @@ class TextClassifier(_TextTask):
     """Text classification with a package's labels, or zero-shot over ``labels`` with an embedder.
 
     With a text-embedding model, each label is embedded as "This text is about {label}." and a
-    text's score for a label is the cosine similarity of the two embeddings.
+    text's score for a label is the cosine similarity of the two embeddings. Zero-shot labels must
+    be distinct; a classification package's labels must name each of its outputs.
+
+    Like :meth:`TextEmbedder.embed`, ``scores`` and ``classify`` take one text or a list of texts;
+    a list gives one row (one list of categories) per text.
     """
 
     task = "text-classification"
@@ -168,34 +205,37 @@ class TextClassifier(_TextTask):
     def __init__(self, source, *, device: str = "auto", labels: Sequence[str] | None = None,
                  options: ClassifierOptions | None = None, template: str | None = None, **kwargs) -> None:
         super().__init__(source, device=device, **kwargs)
-        self.zero_shot = self.metadata.get("task") == "text-embedding" or (
-            not self.metadata.get("task") and labels is not None)
-        self.labels = list(labels) if labels is not None else self.metadata.get("labels")
-        if not self.labels:
-            raise UsageError("no labels: pass labels=[...] (zero-shot needs them) or use a package with labels")
-        if labels is not None:  # the caller's: strings, none empty, valid Unicode
-            try:
-                self.labels = _as_texts(self.labels, "label")
-            except InputError:
-                self.close()
-                raise
-        self.options = options or ClassifierOptions()
-        self._label_vecs = None
-        if self.zero_shot:
-            self.template = template or self.ZERO_SHOT_TEMPLATE
-            self._label_vecs = self._embed([self.template.format(label) for label in self.labels])
+        with self.closed_on_error():
+            self.zero_shot = self.metadata.get("task") == "text-embedding" or (
+                not self.metadata.get("task") and labels is not None)
+            self.labels = _zero_shot_labels(labels) if self.zero_shot else self.class_labels(labels)
+            if not self.labels:
+                raise UsageError(f"{self.model.source}: no labels: the package has none; pass labels=[...]")
+            self.options = classifier_options(options)
+            self._label_vecs = None
+            if self.zero_shot:
+                self.template = template or self.ZERO_SHOT_TEMPLATE
+                self._label_vecs = self._embed([self.template.format(label) for label in self.labels])
+            else:
+                self._activate = self.activation()
 
     def accepts(self) -> tuple[str, ...]:
         return ("text-classification", "text-embedding")
 
-    def scores(self, text: str) -> np.ndarray:
-        (item,) = _as_texts(text)
+    def scores(self, text: str | Sequence[str]) -> np.ndarray:
+        """Each label's score for ``text``: a vector for one text, a texts x labels matrix for a list."""
+        items = _as_texts(text)
         if self.zero_shot:
-            return (self._embed([item]) @ self._label_vecs.T)[0]
-        logits = next(iter(self.model.run(self._feeds([item] * (self.static_batch or 1))).values()))[:1]
-        return softmax(np.asarray(logits, np.float32).reshape(-1))
+            scores = self._embed(items) @ self._label_vecs.T
+        else:
+            scores = self._activate(self._outputs(items))
+        return scores[0] if isinstance(text, (str, bytes, bytearray)) else scores
 
-    def classify(self, text: str, top_k: int | None = None, *, score_threshold: float | None = None,
-                 allow=None, deny=None) -> list[Category]:
+    def classify(self, text: str | Sequence[str], top_k: int | None = None, *, score_threshold: float | None = None,
+                 allow=None, deny=None) -> list[Category] | list[list[Category]]:
+        """Top categories of ``text``, best first; for a list of texts, one such list per text."""
         opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
-        return opts.select(self.scores(text), self.labels)
+        scores = self.scores(text)
+        if scores.ndim == 1:
+            return opts.select(scores, self.labels)
+        return [opts.select(row, self.labels) for row in scores]
