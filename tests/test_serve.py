@@ -1057,3 +1057,27 @@ def test_warm_up_runs_each_batch_size_within_its_time_budget(tmp_path):
         seen.clear()
         assert warm_up(model, range(1, 5), budget_s=0) == (1, None)  # out of time after the first
         assert seen == [(1, 8)]
+
+
+def test_bytes_on_a_text_classifier_score_every_text_in_one_run(samples, tmp_path):
+    """The BYTES form of /infer on a text-classification package: one scores row per text, as the task
+    gives them (MiniLM's 384 outputs stand in for a classifier's logits)."""
+    import types
+
+    from edgekit.serve.app import _run_text_task
+    from edgekit.tasks import TextClassifier
+
+    pkg = tmp_path / "clf"
+    pkg.mkdir()
+    manifest = json.loads((samples["text"] / "edgekit.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] == "model-fp32.onnx"]
+    for name in ("model-fp32.onnx", "tokenizer.json"):
+        shutil.copy(samples["text"] / name, pkg / name)
+    manifest.update(task="text-classification", labels=[f"class {i}" for i in range(384)])
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    texts = ["A man plays guitar.", "Stocks fell."]
+    with TextClassifier(pkg) as clf:
+        version = types.SimpleNamespace(task="text-classification", task_object=lambda: clf)
+        got = _run_text_task(version, np.array([t.encode() for t in texts], dtype=object))["scores"]
+        assert got.shape == (2, 384) and got.dtype == np.float32
+        np.testing.assert_allclose(got, np.stack([clf.scores(t) for t in texts]), atol=1e-6)

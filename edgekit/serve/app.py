@@ -482,8 +482,7 @@ def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
             raise InputError(f"input 'text' element {i} is not UTF-8") from None
     if v.task == "text-embedding":
         return {"embedding": v.task_object().embed(items)}
-    clf = v.task_object()
-    return {"scores": np.stack([clf.scores(t) for t in items]).astype(np.float32)}
+    return {"scores": np.asarray(v.task_object().scores(items), np.float32)}  # one row per text, batched
 
 
 # -- the guard: API key, body limit, access log ----------------------------------------------------
