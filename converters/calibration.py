@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError, UsageError
-from edgekit.types import TensorSpec
+from edgekit.types import TensorSpec, shape_text
 
 log = logging.getLogger("edgekit.convert")
 
@@ -24,7 +24,9 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".ogg"}
 ARRAY_EXT = {".npy", ".npz"}
 TEXT_EXT = {".txt"}
-KNOWN_EXT = IMAGE_EXT | AUDIO_EXT | ARRAY_EXT | TEXT_EXT
+KINDS = {"images": IMAGE_EXT, "audio": AUDIO_EXT, "text": TEXT_EXT, "arrays": ARRAY_EXT}
+_A = {"images": "an image", "audio": "an audio file", "text": "a text file"}  # one file of a kind
+_ON = {"images": "images", "audio": "audio", "text": "a .txt of lines", "arrays": ".npy/.npz arrays"}
 HOW = ("give a folder or files of images, audio (WAV/FLAC/OGG), a .txt of lines, or .npy/.npz arrays "
        "named after the model's inputs")
 
@@ -66,44 +68,85 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
     """Model inputs from ``spec``: paths (see :func:`files_of`) or, from Python, a list of
     feed dicts / arrays.
 
+    Files of the model's own kind (see :func:`modality`) and arrays are read; any other file, and
+    one that cannot be decoded or does not fit the model's inputs, is skipped with a warning.
+
     Raises:
-        UsageError: nothing usable (names the folder or files and what would do).
+        UsageError: nothing usable (names the folder or files and what would do), or a file of the
+            model's kind that the model cannot take (names the file).
     """
     if isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (str, Path)):
-        feeds = [_as_feed(item, inputs, f"{what} sample #{i}") for i, item in enumerate(spec)]
+        feeds = [_as_feed(item, inputs, f"{what} sample #{i}: ") for i, item in enumerate(spec)]
         return Samples([f for feed in feeds for f in _split(feed, inputs)], "python", kind="arrays")
     files = files_of(spec)
     label = str(spec) if isinstance(spec, (str, Path)) else f"{len(files)} files"
+    want = modality(inputs, metadata)
     out = Samples([], label)
     kinds = set()
     for f in files:
-        ext = f.suffix.lower()
-        if ext not in KNOWN_EXT:
-            out.skipped.append((str(f), f"not a kind of file edgekit calibrates with ({ext or 'no extension'})"))
-            continue
-        try:
-            if ext in IMAGE_EXT:
-                new = [_image_feed(f, inputs, metadata)]
-                kinds.add("images")
-            elif ext in AUDIO_EXT:
-                new = _audio_feeds(f, inputs, metadata)
-                kinds.add("audio")
-            elif ext in TEXT_EXT:
-                new = _text_feeds(f, inputs, metadata, package_dir)
-                kinds.add("text")
+        kind = next((k for k, ext in KINDS.items() if f.suffix.lower() in ext), None)
+        if kind is None:
+            why = f"not a kind of file edgekit calibrates with ({f.suffix.lower() or 'no extension'})"
+        elif kind not in (want, "arrays"):
+            why = f"{_A[kind]}, and this model calibrates on {_ON[want]}" + (" or arrays" if want != "arrays" else "")
+        else:
+            try:
+                new = _read(kind, f, inputs, metadata, package_dir)
+            except (InputError, _Undecodable) as e:  # this file is bad; the others may be fine
+                why = str(e)
+            except UsageError as e:  # the model cannot take this kind of file at all
+                raise UsageError(f"{what} file {f}: {e}") from e
             else:
-                new = _array_feeds(f, inputs)
-                kinds.add("arrays")
-        except (InputError, _Undecodable) as e:  # this file is bad; the others may be fine
-            out.skipped.append((str(f), str(e)))
-            continue
-        out.feeds.extend(new)
-    for path, why in out.skipped:
-        log.warning("%s: skipped %s (%s)", what, path, why)
+                out.feeds.extend(new)
+                kinds.add(kind)
+                continue
+        out.skipped.append((str(f), why))
+        log.warning("%s: skipped %s (%s)", what, f, why)
     if not out.feeds:
-        raise UsageError(f"{what} data {label}: no usable samples ({len(out.skipped)} files skipped); {HOW}")
+        first = f"; {out.skipped[0][0]}: {out.skipped[0][1]}" if out.skipped else ""
+        raise UsageError(f"{what} data {label}: no usable samples ({len(out.skipped)} files skipped{first}); {HOW}")
     out.kind = "+".join(sorted(kinds))
     return out
+
+
+def modality(inputs: list[TensorSpec], metadata: dict) -> str:
+    """The kind of file that calibrates this model ("images", "audio", "text"; "arrays" alone when
+    nothing says): what its task or pre-processing names, else what its inputs look like."""
+    task = str(metadata.get("task") or "")
+    pp = metadata.get("preprocess") or {}
+    for kind, word in (("images", "image"), ("audio", "audio"), ("text", "text")):
+        if task.startswith(word) or word in pp:
+            return kind
+    if inputs and all(s.dtype.kind in "iu" for s in inputs):
+        return "text"  # token ids (the tokenizer then says whether it can be found)
+    if len(inputs) == 1 and inputs[0].shape is not None and inputs[0].dtype.kind == "f":
+        rank = len(inputs[0].shape)
+        return "images" if rank == 4 else "audio" if 1 <= rank <= 3 else "arrays"
+    return "arrays"
+
+
+def _read(kind: str, path: Path, inputs: list[TensorSpec], metadata: dict, package_dir: Path | None) -> list[dict]:
+    """The samples in one file, each checked against the model's inputs."""
+    if kind == "images":
+        feeds = [_image_feed(path, inputs, metadata)]
+    elif kind == "audio":
+        feeds = _audio_feeds(path, inputs, metadata)
+    elif kind == "text":
+        feeds = _text_feeds(path, inputs, metadata, package_dir)
+    else:
+        feeds = _array_feeds(path, inputs)
+    for feed in feeds:
+        _check_shapes(feed, inputs)
+    return feeds
+
+
+def _check_shapes(feed: dict, inputs: list[TensorSpec]) -> None:
+    """Refuse a sample whose shape the model would refuse later, when no file could be named."""
+    for spec in inputs:
+        got = feed[spec.name].shape
+        if spec.shape is not None and (len(got) != len(spec.shape) or any(
+                isinstance(d, int) and d != g for d, g in zip(spec.shape, got))):
+            raise InputError(f"gives input {spec.name!r} the shape {got}; the model takes {shape_text(spec.shape)}")
 
 
 class _Undecodable(UsageError):
@@ -123,7 +166,7 @@ def _image_feed(path: Path, inputs: list[TensorSpec], metadata: dict) -> dict:
 
     spec = _single_input(inputs, "image")
     if spec.shape is None or len(spec.shape) != 4:
-        raise UsageError(f"{path}: an image calibrates a model whose input is an image batch (rank 4); "
+        raise UsageError(f"an image calibrates a model whose input is an image batch (rank 4); "
                          f"{spec.name!r} has shape {spec.shape}")
     pp = image_preprocess(spec, metadata)
     img = load_image(path)
@@ -170,8 +213,8 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
 
     pp = (metadata.get("preprocess") or {}).get("text") or {}
     if "tokenizer" not in pp or package_dir is None:
-        raise UsageError(f"{path}: text calibration needs the model's tokenizer (a Hugging Face folder or "
-                         f"a package whose edgekit.json names one)")
+        raise UsageError("text calibration needs the model's tokenizer (a Hugging Face folder or "
+                         "a package whose edgekit.json names one)")
     tok = Tokenizer(package_dir / pp["tokenizer"], max_length=int(pp.get("max_length", 512)))
     try:
         lines = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
@@ -182,7 +225,7 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
         enc = tok.encode([line])
         missing = [s.name for s in inputs if s.name not in enc]
         if missing:
-            raise UsageError(f"{path}: the tokenizer gives no {', '.join(missing)} for this model")
+            raise UsageError(f"the tokenizer gives no {', '.join(missing)} for this model")
         feeds.append({s.name: enc[s.name].astype(s.dtype) for s in inputs})
     return feeds
 
@@ -196,14 +239,14 @@ def _array_feeds(path: Path, inputs: list[TensorSpec]) -> list[dict]:
             feed = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise _Undecodable(f"cannot be read as a NumPy file ({e})") from e
-    return _split(_as_feed(feed, inputs, str(path)), inputs)
+    return _split(_as_feed(feed, inputs), inputs)
 
 
-def _as_feed(item, inputs: list[TensorSpec], what: str) -> dict:
+def _as_feed(item, inputs: list[TensorSpec], where: str = "") -> dict:
     if isinstance(item, dict):
         names = {s.name for s in inputs}
         if set(item) != names:
-            raise UsageError(f"{what}: arrays are named {sorted(item)}; the model's inputs are {sorted(names)}")
+            raise InputError(f"{where}arrays are named {sorted(item)}; the model's inputs are {sorted(names)}")
         return {k: np.asarray(v) for k, v in item.items()}
     return {_single_input(inputs, "array").name: np.asarray(item)}
 
@@ -233,11 +276,11 @@ def _split(feed: dict, inputs: list[TensorSpec]) -> list[dict]:
         if a.ndim == rank - 1:
             a = np.expand_dims(a, axis)
         elif a.ndim != rank:
-            raise UsageError(f"calibration array {name!r}: rank {a.ndim}, the input has rank {rank}")
+            raise InputError(f"array {name!r}: rank {a.ndim}, the input has rank {rank}")
         arrays[name] = a.astype(spec.dtype, copy=False)
     counts = {a.shape[axes[k]] for k, a in arrays.items()}
     if len(counts) != 1:
-        raise UsageError(f"calibration arrays have different batch sizes {sorted(counts)}")
+        raise InputError(f"arrays of different batch sizes {sorted(counts)}")
     return [{k: np.take(v, [i], axis=axes[k]) for k, v in arrays.items()} for i in range(counts.pop())]
 
 

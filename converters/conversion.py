@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgekit import __version__, package
+from edgekit import __version__, formats, package
 from edgekit.errors import BackendError, UsageError
 from edgekit.hostinfo import cpu_id, cpu_name
 from edgekit.types import Format
@@ -61,6 +62,43 @@ def default_out(source) -> Path:
         p = Path(source)
         return p.parent / f"{p.stem if p.is_file() else p.name}-edgekit"
     raise UsageError("out= is required when converting a PyTorch module")
+
+
+def check_destination(out: Path) -> None:
+    """Refuse a destination whose replacement would lose the user's files, or that cannot be replaced.
+
+    Allowed: a path that does not exist (missing parent folders are created), an empty folder,
+    or an edgekit package (a folder with edgekit.json), which the new package replaces whole.
+
+    Raises:
+        UsageError: ``out`` is a file, a symbolic link, a folder with other contents, or the current
+            folder or one above it (names the path and why).
+    """
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"cannot write the package to {out}: {why}; give a new path, an empty folder "
+                          f"or an existing edgekit package to replace")
+
+    if out.is_symlink():
+        raise refuse(f"it is a symbolic link (to {os.readlink(out)})")
+    if not out.exists():
+        above = next(p for p in out.absolute().parents if p.exists())
+        if not above.is_dir():
+            raise refuse(f"{above} is a file, not a folder")
+        return
+    if not out.is_dir():
+        raise refuse("it is a file")
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):
+        raise refuse("it is the current folder or a folder above it")
+    if (out / formats.MANIFEST).is_file():
+        return
+    try:
+        entries = sum(1 for _ in out.iterdir())
+    except OSError as e:
+        raise refuse(f"its contents cannot be listed ({e.strerror or e})") from e
+    if entries:
+        raise refuse(f"it is a folder with {entries} {'entry' if entries == 1 else 'entries'} and not an edgekit "
+                     f"package (no {formats.MANIFEST})")
 
 
 def read_labels(labels) -> list[str] | None:
@@ -106,11 +144,17 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     t_start = time.perf_counter()
     targets = parse_list(to, TARGETS, "target")
     precs = parse_list(precisions, PRECISIONS, "precision")
+    if min_cosine is not None and not -1 <= min_cosine <= 1:
+        raise UsageError(f"min_cosine {min_cosine} is not a cosine similarity: give a value from -1 to 1")
     out_dir = Path(out) if out is not None else default_out(source)
+    check_destination(out_dir)
     label_list = read_labels(labels)
     say = _progress(progress, t_start)
 
-    staging = package.staging_dir(out_dir)
+    try:
+        staging = package.staging_dir(out_dir)
+    except OSError as e:
+        raise UsageError(f"cannot write the package to {out_dir}: {e.strerror or e}") from e
     work = staging / ".work"
     work.mkdir()
     try:
@@ -140,6 +184,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             _finish_or_raise(report, strict)
             shutil.rmtree(work)
             manifest = _manifest(metadata, prep, report, min_cosine)
+            check_destination(out_dir)  # again: something may have been put there while we worked
             package.publish(staging, out_dir, manifest)
             report.written = True
             for a in report.artifacts:  # publish measured them

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import formats, package
-from edgekit.errors import ModelFileError, UsageError
+from edgekit.errors import BackendError, ModelFileError, UsageError
 from edgekit.types import Format, TensorSpec
 
 from .report import one_line
@@ -94,7 +94,7 @@ def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
     """
     import onnx
 
-    model = onnx.load(str(src))
+    model = read_onnx(src)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset < MIN_OPSET:
         try:
@@ -120,9 +120,25 @@ def prepare_onnx(src: Path, dst: Path, notes: list[str]) -> Path:
     return dst
 
 
+def read_onnx(path: Path):
+    """``onnx.load`` with the external data; a file it cannot read (corrupt, short external data) is
+    the user's bad file, not a failure of ours."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as e:
+        raise ModelFileError(path, f"cannot be read as ONNX ({one_line(e)})") from e
+
+
 def _from_onnx(path: Path, work: Path) -> Prepared:
     notes: list[str] = []
-    ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
+    try:
+        ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
+    except BackendError:
+        read_onnx(path)  # the file may be at fault (ONNX Runtime's error for short external data is a runtime one)
+        raise
     hub = prepare_onnx(path, work / "hub.onnx", notes)
     card = formats.read_card(path, Format.ONNX)
     inputs = declared_ranks(inputs, hub)

@@ -50,6 +50,19 @@ _SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "integer_quant", "int8-
 # onnx2tf looks for this file in its working folder before downloading it (utils/common_functions.py).
 _ONNX2TF_TEST_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TIMEOUT_S = 1800
+# `python -m onnx2tf`, in a child that Linux kills when its parent ends, even killed outright (SIGKILL,
+# or SIGTERM without a handler), so onnx2tf never runs on, orphaned, in an abandoned staging folder.
+# Set in the child itself rather than in a preexec_fn, which is unsafe in a process with threads.
+# (PR_SET_PDEATHSIG is 1 in <linux/prctl.h>; it survives the exec. A parent that died first is
+# seen as a changed parent id.)
+_LAUNCH = """import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(137)
+runpy.run_module("onnx2tf", run_name="__main__", alter_sys=True)
+"""
 
 
 class Onnx2TfError(RuntimeError):
@@ -149,7 +162,8 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     shapes = static_copy(hub, model, inputs, samples[0], length)
     # Erf/GeLU would become Flex (TensorFlow) ops, which LiteRT's builtin interpreter cannot run:
     # onnx2tf's builtin-op replacements instead (the parity check measures what that costs).
-    cmd = [sys.executable, "-m", "onnx2tf", "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
+    cmd = [sys.executable, "-c", _LAUNCH, str(os.getpid()),
+           "-i", model.name, "-o", "tf", "-osd", "-v", "error", "-rtpo", "Erf", "GeLU"]
     kept = state_inputs(inputs)
     if kept:
         cmd += ["-kat", *kept]
@@ -186,6 +200,7 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
     log_path = work / "onnx2tf.log"
     with log_path.open("w") as logf:
         try:
+            # run() kills and waits for the child on any exception (Ctrl-C, SIGTERM made an exception)
             proc = subprocess.run(cmd, cwd=work, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=TIMEOUT_S,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,11 @@ import edgekit  # noqa: E402
 from converters import ConversionError, convert  # noqa: E402
 from edgekit import formats  # noqa: E402
 from edgekit.errors import ModelFileError, UsageError  # noqa: E402
-from edgekit.types import Format  # noqa: E402
+from edgekit.types import Format, TensorSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "samples" / "inputs" / "images"
+AUDIO = ROOT / "samples" / "inputs" / "audio"
 PP = {"image": {"resize": 40, "crop": 32, "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0]}}
 LABELS = [f"class {i}" for i in range(10)]
 ALL = ("onnx", "openvino", "tflite")
@@ -390,12 +392,61 @@ def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
     for p in sorted(IMAGES.iterdir())[:3]:
         (mixed / p.name).write_bytes(p.read_bytes())
     (mixed / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (mixed / "readme.txt").write_text("photos for calibration\n")
+    shutil.copy(AUDIO / "noise.wav", mixed)
     report = convert(cnn_onnx, to=["onnx"], precisions=["int8"], calibration=mixed, out=tmp_path / "b",
                      preprocess=PP, min_cosine=0.9)
     assert report.calibration["samples"] == 3
-    assert [Path(p).name for p, _ in report.calibration["skipped"]] == ["broken.jpg"]
+    assert [Path(p).name for p, _ in report.calibration["skipped"]] == ["broken.jpg", "noise.wav", "readme.txt"]
     r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "int8", "--calib", str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+IMAGE_INPUT = [TensorSpec("image", ("batch", 3, 32, 32), np.dtype(np.float32), "NCHW")]
+
+
+def test_calibration_takes_the_models_kind_of_file_and_skips_the_others_one_by_one(tmp_path, caplog):
+    from converters import calibration
+
+    for p in sorted(IMAGES.iterdir())[:2]:
+        shutil.copy(p, tmp_path)
+    (tmp_path / "readme.txt").write_text("not a calibration sample\n")
+    shutil.copy(AUDIO / "noise.wav", tmp_path)
+    np.save(tmp_path / "small.npy", np.zeros((1, 3, 16, 16), np.float32))  # decodes, but does not fit the input
+    np.save(tmp_path / "fits.npy", np.zeros((2, 3, 32, 32), np.float32))
+    with caplog.at_level("WARNING", logger="edgekit.convert"):
+        samples = calibration.load(tmp_path, IMAGE_INPUT, {"preprocess": PP})
+    assert len(samples.feeds) == 4 and samples.kind == "arrays+images"  # 2 images, 2 samples in fits.npy
+    assert {Path(p).name for p, _ in samples.skipped} == {"readme.txt", "noise.wav", "small.npy"}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 3 and all(any(n in w for w in warned) for n in ("readme.txt", "noise.wav", "small.npy"))
+    assert any("small.npy (gives input 'image' the shape (1, 3, 16, 16)" in w for w in warned)
+
+
+def test_calibration_modality_comes_from_the_model():
+    from converters.calibration import modality
+
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    assert modality(IMAGE_INPUT, {}) == "images"
+    assert modality([TensorSpec("x", ("batch", 16000), f32)], {}) == "audio"
+    assert modality([TensorSpec("ids", ("batch", "sequence"), i64)] * 2, {}) == "text"
+    assert modality([TensorSpec("x", ("batch", 4), f32)], {"task": "image-classification"}) == "images"
+    assert modality([TensorSpec("x", ("batch", 4), f32)] * 2, {"preprocess": {"audio": {}}}) == "audio"
+    assert modality([TensorSpec("x", ("batch", 4), f32), TensorSpec("y", (1,), i64)], {}) == "arrays"
+
+
+def test_a_calibration_file_the_model_cannot_take_is_named(tmp_path):
+    from converters import calibration
+
+    two_inputs = [TensorSpec(n, ("batch", 4), np.dtype(np.float32)) for n in ("a", "b")]
+    np.save(tmp_path / "one.npy", np.zeros((1, 4), np.float32))
+    with pytest.raises(UsageError, match=r"calibration file \S*one\.npy: array calibration needs a model with one"):
+        calibration.load(tmp_path, two_inputs, {})
+    text = [TensorSpec("input_ids", ("batch", "sequence"), np.dtype(np.int64))]
+    (tmp_path / "one.npy").unlink()
+    (tmp_path / "lines.txt").write_text("hello\n")
+    with pytest.raises(UsageError, match=r"calibration file \S*lines\.txt: text calibration needs the model's"):
+        calibration.load(tmp_path, text, {})
 
 
 def test_ops_a_target_cannot_take_fail_that_target_only(tmp_path):
@@ -424,8 +475,72 @@ def test_bad_options_are_usage_errors(cnn_onnx, tmp_path):
         convert(cnn_onnx, precisions=["int4"], out=tmp_path / "x")
     with pytest.raises(ModelFileError, match="no such file"):
         convert(tmp_path / "missing.onnx", out=tmp_path / "x")
+    for bad in (2, -1.5, float("nan")):
+        with pytest.raises(UsageError, match="not a cosine similarity: give a value from -1 to 1"):
+            convert(cnn_onnx, min_cosine=bad, out=tmp_path / "x")
+    r = run_cli("convert", str(cnn_onnx), "--min-cosine", "2", "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "cosine" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("convert", str(cnn_onnx), "--preprocess", "{not json", "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "--preprocess" in r.stderr
+
+
+def test_short_external_data_is_a_bad_file(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.ones((64, 64), np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ext",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    src = tmp_path / "ext.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
+              save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    os.truncate(tmp_path / "ext.onnx.data", 1000)
+    r = run_cli("convert", str(src), "--to", "onnx", "--precision", "fp32", "--out", str(tmp_path / "pkg"))
+    assert r.returncode == 2, r.stderr
+    assert "ext.onnx: cannot be read as ONNX" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "pkg").exists()
+
+
+# --- the destination ----------------------------------------------------------------------------------------
+
+def test_out_must_be_new_empty_or_a_package(cnn_onnx, tmp_path, monkeypatch):
+    from converters import conversion
+
+    def no_work(*a, **k):
+        raise AssertionError("the destination is checked before any work")
+
+    monkeypatch.setattr(conversion.sources, "prepare", no_work)
+    docs = tmp_path / "mydocs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("mine")
+    (docs / "sub").mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("mine too")
+    (tmp_path / "link").symlink_to(docs)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    refused = {docs: "it is a folder with 2 entries and not an edgekit package", afile: "it is a file",
+               afile / "pkg": f"{afile} is a file, not a folder", tmp_path / "link": "it is a symbolic link",
+               Path("."): "it is the current folder or a folder above it", Path(".."): "it is the current folder"}
+    for out, why in refused.items():
+        with pytest.raises(UsageError, match=f"cannot write the package to {re.escape(str(out))}: {re.escape(why)}"):
+            convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out=out)
+    assert (docs / "notes.txt").read_text() == "mine" and afile.read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "here", "link", "mydocs"]  # no staging folder
+    monkeypatch.undo()
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--out", str(docs))
+    assert r.returncode == 2 and "not an edgekit package" in r.stderr and "Traceback" not in r.stderr
+    assert (docs / "notes.txt").read_text() == "mine"
+
+
+def test_out_may_be_an_empty_folder_or_a_missing_path(cnn_onnx, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "deeper" / "pkg"):
+        assert convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out=out).written
+        assert (out / "edgekit.json").is_file()
 
 
 # --- atomicity --------------------------------------------------------------------------------------------
@@ -462,6 +577,37 @@ def test_sigint_leaves_nothing_behind(cnn_onnx, tmp_path):
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child is tied to its parent on Linux only")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_onnx2tf_does_not_outlive_a_killed_convert(cnn_onnx, tmp_path, sig):
+    psutil = pytest.importorskip("psutil")
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "convert", str(cnn_onnx), "--to", "tflite",
+                             "--precision", "fp32", "--out", str(tmp_path / "pkg")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "onnx2tf" in line:
+                break
+        def runs_onnx2tf(child) -> bool:
+            try:
+                return "onnx2tf" in " ".join(child.cmdline())
+            except psutil.Error:  # a short-lived child ended (or is a zombie not yet reaped)
+                return False
+
+        deadline, onnx2tf = time.monotonic() + 30, []
+        while not onnx2tf and time.monotonic() < deadline:
+            onnx2tf = [c for c in psutil.Process(proc.pid).children() if runs_onnx2tf(c)]
+            time.sleep(0.05)
+        assert onnx2tf, "onnx2tf never started"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(onnx2tf, timeout=10)
+        assert not alive, f"onnx2tf outlived its parent: {alive}"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_an_interrupt_swallowed_by_a_runtime_still_stops_the_conversion(cnn_onnx, tmp_path, monkeypatch):
