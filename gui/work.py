@@ -313,6 +313,22 @@ class ConvertOptions:
     calibration: str | None = None
 
 
+def package_folder_in(folder: Path, source: str) -> Path:
+    """Where a package goes when a person picks ``folder`` for it: the folder itself when it is empty
+    or an edgekit package (replaced), else a new ``<source>-edgekit`` folder inside it (numbered when
+    taken), since the converter refuses to replace a folder of other files."""
+    from edgekit.formats import MANIFEST
+
+    if (folder / MANIFEST).is_file() or (folder.is_dir() and not any(folder.iterdir())):
+        return folder
+    stem = Path(source).stem if source else "model"
+    for n in range(1, 1000):
+        candidate = folder / (f"{stem}-edgekit" if n == 1 else f"{stem}-edgekit-{n}")
+        if not candidate.exists():
+            return candidate
+    return folder / f"{stem}-edgekit-{time.time_ns()}"
+
+
 def convert(options: ConvertOptions, *, progress: Progress, cancelled: Callable[[], bool] = lambda: False):
     """Run the converter in a child process; each of its step lines is a progress step.
 

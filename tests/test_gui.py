@@ -447,6 +447,24 @@ def test_convert_a_small_model_with_progress_then_open_the_package(qtbot, window
     assert window.session.loaded.info.is_package
 
 
+def test_choosing_a_folder_of_other_files_puts_the_package_in_a_new_folder_inside(window, tmp_path, monkeypatch):
+    """The converter refuses to replace a folder holding other files: Browse proposes one inside it."""
+    from PySide6.QtWidgets import QFileDialog
+
+    page = window.convert_page
+    page.source.setText(str(tmp_path / "mlp.onnx"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("keep me")
+    (docs / "mlp-edgekit").mkdir()  # taken: the next name is used
+    (docs / "mlp-edgekit" / "x").write_text("")
+    for chosen, expected in ((docs, docs / "mlp-edgekit-2"), (tmp_path / "empty", tmp_path / "empty")):
+        chosen.mkdir(exist_ok=True)
+        monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, c=chosen: str(c))
+        page.browse_out()
+        assert page.out.text() == str(expected)
+
+
 def test_cancelling_a_conversion_leaves_nothing_behind(qtbot, window, models, tmp_path):
     page = window.convert_page
     page.source.setText(str(models["mlp.onnx"]))

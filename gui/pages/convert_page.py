@@ -129,9 +129,9 @@ class ConvertPage(QWidget):
             self.calibration.setText(path)
 
     def browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder for the new package")
+        path = QFileDialog.getExistingDirectory(self, "Folder to put the new package in")
         if path:
-            self.out.setText(path)
+            self.out.setText(str(work.package_folder_in(Path(path), self.source.text().strip())))
 
     # --- running ---
     def options(self) -> work.ConvertOptions:
