@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import formats, package
-from edgekit.errors import BackendError, ModelFileError, UsageError
+from edgekit.errors import ModelFileError, UsageError
 from edgekit.types import Format, TensorSpec
 
 from .report import one_line
@@ -134,11 +134,7 @@ def read_onnx(path: Path):
 
 def _from_onnx(path: Path, work: Path) -> Prepared:
     notes: list[str] = []
-    try:
-        ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
-    except BackendError:
-        read_onnx(path)  # the file may be at fault (ONNX Runtime's error for short external data is a runtime one)
-        raise
+    ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly
     hub = prepare_onnx(path, work / "hub.onnx", notes)
     card = formats.read_card(path, Format.ONNX)
     inputs = declared_ranks(inputs, hub)

@@ -90,8 +90,8 @@ def _validate_onnx(path: Path) -> None:
     model = _parse_onnx(path)
     if not model.graph.node and not model.graph.output:
         raise ModelFileError(path, "not a valid ONNX model: it holds no graph")
-    for location in external_data_locations(model):
-        _check_external(path, location)
+    for location, end in _external_data_ends(model).items():
+        _check_external(path, location, end)
 
 
 def _parse_onnx(path: Path):
@@ -105,18 +105,30 @@ def _parse_onnx(path: Path):
 
 
 def external_data_locations(model) -> list[str]:
+    return sorted(_external_data_ends(model))
+
+
+def _external_data_ends(model) -> dict[str, int]:
+    """Each external data file the model names, and how many bytes its tensors need of it (0 where
+    a tensor gives no length: then only the file's existence is checked)."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    locations = []
+    ends: dict[str, int] = {}
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor):
             info = {e.key: e.value for e in tensor.external_data}
-            locations.append(info.get("location", ""))
-    return sorted(set(locations))
+            try:
+                end = int(info.get("offset") or 0) + int(info.get("length") or 0) if info.get("length") else 0
+            except ValueError:
+                end = 0  # onnx itself refuses such a tensor when it loads it
+            location = info.get("location", "")
+            ends[location] = max(ends.get(location, 0), end)
+    return ends
 
 
-def _check_external(path: Path, location: str) -> None:
-    """External data must stay inside the model's folder: no absolute paths, no '..', no escaping links."""
+def _check_external(path: Path, location: str, end: int = 0) -> None:
+    """External data must stay inside the model's folder (no absolute paths, no '..', no escaping
+    links), and hold the bytes its tensors say they take."""
     base = path.parent.resolve()
     rel = Path(location)
     if not location or rel.is_absolute() or rel.drive or ".." in rel.parts:
@@ -128,6 +140,10 @@ def _check_external(path: Path, location: str) -> None:
         raise ModelFileError(path, f"refusing external data {location!r}: it links outside {base}")
     if not resolved.is_file():
         raise ModelFileError(path, f"its external data file {location!r} is missing")
+    size = resolved.stat().st_size
+    if size < end:
+        raise ModelFileError(path, f"its external data file {location!r} is {size} bytes, and its tensors "
+                                   f"need {end}: truncated")
 
 
 def model_files(path: Path, fmt: Format) -> list[Path]:

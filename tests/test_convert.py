@@ -499,8 +499,11 @@ def test_short_external_data_is_a_bad_file(tmp_path):
     os.truncate(tmp_path / "ext.onnx.data", 1000)
     r = run_cli("convert", str(src), "--to", "onnx", "--precision", "fp32", "--out", str(tmp_path / "pkg"))
     assert r.returncode == 2, r.stderr
-    assert "ext.onnx: cannot be read as ONNX" in r.stderr and "Traceback" not in r.stderr
+    assert "ext.onnx: its external data file 'ext.onnx.data' is 1000 bytes, and its tensors need 16384: " \
+           "truncated" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "pkg").exists()
+    r = run_cli("run", str(src), "--synthetic")  # the runtime layer reads it the same way
+    assert r.returncode == 2 and "truncated" in r.stderr, r.stderr
 
 
 # --- the destination ----------------------------------------------------------------------------------------
