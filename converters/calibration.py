@@ -117,11 +117,13 @@ def modality(inputs: list[TensorSpec], metadata: dict) -> str:
     for kind, word in (("images", "image"), ("audio", "audio"), ("text", "text")):
         if task.startswith(word) or word in pp:
             return kind
+    one = inputs[0] if len(inputs) == 1 and inputs[0].shape is not None else None
+    if one is not None and len(one.shape) == 4:
+        return "images"  # an image batch, float or uint8
     if inputs and all(s.dtype.kind in "iu" for s in inputs):
         return "text"  # token ids (the tokenizer then says whether it can be found)
-    if len(inputs) == 1 and inputs[0].shape is not None and inputs[0].dtype.kind == "f":
-        rank = len(inputs[0].shape)
-        return "images" if rank == 4 else "audio" if 1 <= rank <= 3 else "arrays"
+    if one is not None and one.dtype.kind == "f" and 1 <= len(one.shape) <= 3:
+        return "audio"
     return "arrays"
 
 

@@ -146,7 +146,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     precs = parse_list(precisions, PRECISIONS, "precision")
     if min_cosine is not None and not -1 <= min_cosine <= 1:
         raise UsageError(f"min_cosine {min_cosine} is not a cosine similarity: give a value from -1 to 1")
-    out_dir = Path(out) if out is not None else default_out(source)
+    out_dir = Path(out).expanduser() if out is not None else default_out(source)
     check_destination(out_dir)
     label_list = read_labels(labels)
     say = _progress(progress, t_start)
@@ -197,34 +197,50 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
 
 
 _interrupted = threading.Event()
+_interruption: list[type[BaseException]] = [KeyboardInterrupt]  # what the signal raised
 
 
 @contextlib.contextmanager
 def _interrupts_noted():
     """Ctrl-C as usual, but remembered: a KeyboardInterrupt raised inside a runtime's own code can
     come out as another error (pybind11 turned one during OpenVINO's module setup into ImportError
-    "initialization failed", and the conversion went on), which :func:`_failed` must not swallow."""
+    "initialization failed", and the conversion went on), which :func:`_failed` must not swallow.
+    So is SIGTERM where a handler of the caller's turns it into an exception (the CLI's does)."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:
         yield  # a worker thread cannot take signals; an ignored or custom SIGINT is the caller's choice
         return
+    on_term = signal.getsignal(signal.SIGTERM)
 
     def note(signum, frame):
+        if signum == signal.SIGTERM:
+            try:
+                on_term(signum, frame)
+            except BaseException as e:
+                _interrupted.set()
+                _interruption[0] = type(e)
+                raise
+            return
         _interrupted.set()
+        _interruption[0] = KeyboardInterrupt
         raise KeyboardInterrupt
 
     _interrupted.clear()
     signal.signal(signal.SIGINT, note)
+    if callable(on_term):
+        signal.signal(signal.SIGTERM, note)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if callable(on_term):
+            signal.signal(signal.SIGTERM, on_term)
         _interrupted.clear()
 
 
 def _stop_if_interrupted(cause: BaseException | None = None) -> None:
     if _interrupted.is_set() and threading.current_thread() is threading.main_thread():
-        raise KeyboardInterrupt from cause
+        raise _interruption[0] from cause
 
 
 def _failed(rep, dst: Path, e: Exception) -> None:

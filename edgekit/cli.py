@@ -10,6 +10,7 @@ so ``edgekit --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -121,6 +122,13 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame) -> None:
+    """SIGTERM: end this command's child processes (a bench run, onnx2tf and what it started), which
+    a signal sent to one pid does not reach, then unwind as Ctrl-C does."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
     raise Terminated
 
 
@@ -182,6 +190,14 @@ def cmd_devices(args) -> int:
 
 # --- info ---------------------------------------------------------------------------------
 
+def _on_disk(artifact) -> bool:
+    """The artifact's file is there (and an OpenVINO IR's .bin beside it)."""
+    from .types import Format
+
+    ir = artifact.format is Format.OPENVINO
+    return artifact.path.is_file() and (not ir or artifact.path.with_suffix(".bin").is_file())
+
+
 def cmd_info(args) -> int:
     from . import formats, package
     from .model import load
@@ -192,7 +208,7 @@ def cmd_info(args) -> int:
         doc = {"package": str(path), "name": pkg.name, "task": pkg.task,
                "manifest": {k: v for k, v in pkg.manifest.items() if k != "artifacts"},
                "artifacts": [{"path": a.path.name, "format": a.format.value, "precision": a.precision,
-                              "layout": a.layout, "status": a.status if a.path.is_file() else "missing",
+                              "layout": a.layout, "status": a.status if _on_disk(a) else "missing",
                               **package.measured(entry)}
                              for a, entry in zip(pkg.artifacts, pkg.manifest["artifacts"])]}
     else:

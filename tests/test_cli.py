@@ -186,3 +186,33 @@ def test_output_piped_into_a_closed_reader_ends_quietly(models):
         proc = subprocess.run(f"{sys.executable} -m edgekit devices --json | {reader}", shell=True,
                               capture_output=True, text=True, timeout=120)
         assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_sigterm_ends_bench_and_its_child_process(models):
+    """bench times each candidate in a child process, which a SIGTERM sent to edgekit alone does not
+    reach: edgekit ends it, then exits 143 with one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(models["mlp.onnx"]), "--runs", "10000000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.05)
+        assert children, "bench started no child process"
+        time.sleep(1)  # the child is timing now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, alive
+        err = proc.stderr.read()
+        assert "edgekit: terminated" in err and "Traceback" not in err, err
+    finally:
+        proc.kill()
+        proc.wait()

@@ -428,6 +428,7 @@ def test_calibration_modality_comes_from_the_model():
 
     f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
     assert modality(IMAGE_INPUT, {}) == "images"
+    assert modality([TensorSpec("image", (1, 224, 224, 3), np.dtype(np.uint8))], {}) == "images"  # not token ids
     assert modality([TensorSpec("x", ("batch", 16000), f32)], {}) == "audio"
     assert modality([TensorSpec("ids", ("batch", "sequence"), i64)] * 2, {}) == "text"
     assert modality([TensorSpec("x", ("batch", 4), f32)], {"task": "image-classification"}) == "images"
@@ -608,34 +609,49 @@ def test_onnx2tf_does_not_outlive_a_killed_convert(cnn_onnx, tmp_path, sig):
         proc.wait(timeout=60)
         _, alive = psutil.wait_procs(onnx2tf, timeout=10)
         assert not alive, f"onnx2tf outlived its parent: {alive}"
+        if sig == signal.SIGTERM:  # as Ctrl-C: exit 143, one line, the staging folder removed
+            err = proc.stderr.read()
+            assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err and "Traceback" not in err, err
+            assert list(tmp_path.iterdir()) == []
     finally:
         proc.kill()
         proc.wait()
 
 
-def test_an_interrupt_swallowed_by_a_runtime_still_stops_the_conversion(cnn_onnx, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_swallowed_by_a_runtime_still_stops_the_conversion(cnn_onnx, tmp_path, monkeypatch, sig):
     """pybind11 turns a KeyboardInterrupt during OpenVINO's module setup into ImportError
-    "initialization failed": that must stop the conversion, not mark one artifact failed and go on."""
+    "initialization failed": that must stop the conversion, not mark one artifact failed and go on.
+    SIGTERM too, where a handler turns it into an exception, as the CLI's does."""
     from converters import conversion
+    from edgekit.cli import Terminated
+
+    raised = KeyboardInterrupt if sig == signal.SIGINT else Terminated
+
+    def _terminate(*_):  # the CLI's, less its ending of child processes (pytest's servers are ours)
+        raise Terminated
 
     def interrupted_inside(*a, **k):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
             time.sleep(1)  # the handler raises here
-        except KeyboardInterrupt:
+        except raised:
             pass
         raise ImportError("initialization failed")
 
     monkeypatch.setattr(conversion.openvino_target, "build", interrupted_inside)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive Python has it
+    previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(raised):
             convert(cnn_onnx, to=["openvino", "onnx"], precisions=["fp32"], out=tmp_path / "pkg")
         assert list(tmp_path.iterdir()) == []
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+        assert signal.getsignal(signal.SIGTERM) is _terminate
         assert not conversion._interrupted.is_set()  # and forgotten: the next conversion starts clean
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def test_a_lone_converted_file_classifies_with_its_own_labels(offline_cli_package, tmp_path):

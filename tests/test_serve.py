@@ -569,8 +569,11 @@ def test_a_version_folder_served_alone_takes_its_models_name(tmp_path):
     from edgekit.serve.models import ModelManager
 
     pkg, _ = mlp_package(tmp_path / "repo" / "mlp" / "3", seed=1)
+    (pkg.parent / "mlp-1.onnx").rename(tmp_path / "mlp-1.onnx")  # the model folder holds versions alone
     assert list(ModelManager([pkg], metrics=Metrics()).models) == ["mlp"]
-    assert list(ModelManager([pkg.parent / "mlp-1.onnx"], metrics=Metrics()).models) == ["mlp-1"]
+    other, _ = mlp_package(tmp_path / "exports" / "2024", seed=2)  # a folder named for a year, in no repository
+    assert list(ModelManager([other], metrics=Metrics()).models) == ["2024"]
+    assert list(ModelManager([tmp_path / "mlp-1.onnx"], metrics=Metrics()).models) == ["mlp-1"]
 
 
 def test_a_deleted_model_folder_leaves_the_index(tmp_path):

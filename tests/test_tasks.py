@@ -690,3 +690,55 @@ def test_audio_bytes_and_a_decompression_bomb(samples, monkeypatch):
             vad.detect(buf.getvalue())
         with pytest.raises(edgekit.InputError, match="empty"):
             vad.detect(b"")
+
+
+def test_an_embedding_packages_own_labels_serve_zero_shot(samples, tmp_path):
+    """`convert --task text-embedding --labels ...` writes labels an embedder classifies zero-shot over."""
+    pkg = _package_copy(samples["text"], tmp_path / "pkg", "model-fp32.onnx", labels=["sports", "cooking"])
+    with TextClassifier(pkg) as clf:
+        assert clf.zero_shot and clf.classify("The striker scored twice in the final.")[0].label == "sports"
+
+
+def test_a_score_map_of_ones_counts_its_classes_whole(tmp_path):
+    """Caffe-style classifiers answer [1, C, 1, 1]: C classes, not 1, and the package's C labels hold."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(  # each channel's mean: 3 "classes" red, green, blue
+        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=1)], "rgb",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 1, 1])])
+    (tmp_path / "pkg").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "pkg" / "m.onnx")
+    (tmp_path / "pkg" / "edgekit.json").write_text(json.dumps({
+        "task": "image-classification", "labels": ["red", "green", "blue"],
+        "preprocess": {"image": {"crop": 32, "scale": 1 / 255}}, "postprocess": {"activation": "none"},
+        "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
+    green = np.zeros((40, 40, 3), np.uint8)
+    green[..., 1] = 200
+    with ImageClassifier(tmp_path / "pkg") as clf:
+        assert [c.label for c in clf.classify(green, top_k=3)] == ["green", "red", "blue"]
+
+
+def test_an_embedder_that_answers_per_token_is_refused_by_name(samples, tmp_path):
+    """A text model exported without pooling ([batch, sequence, hidden]) gives no vector per text."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Unsqueeze", ["f", "axis"], ["u"]),
+         helper.make_node("Concat", ["u", "u"], ["hidden"], axis=2)], "per_token",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+         for n in ("input_ids", "attention_mask", "token_type_ids")],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "sequence", 2])],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [2])])
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), pkg / "m.onnx")
+    shutil.copy(samples["text"] / "tokenizer.json", pkg / "tokenizer.json")
+    (pkg / "edgekit.json").write_text(json.dumps({
+        "task": "text-embedding", "preprocess": {"text": {"tokenizer": "tokenizer.json"}},
+        "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
+    with TextEmbedder(pkg) as emb, pytest.raises(edgekit.UsageError, match=r"not one vector per text"):
+        emb.embed(["a short text", "another one"])

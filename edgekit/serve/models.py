@@ -38,7 +38,7 @@ def _lone_name(path: Path) -> str:
     if path.is_file():
         return path.stem
     path = path.resolve()
-    return path.parent.name if path.name.isdigit() and path.parent.name else path.name
+    return path.parent.name if path.name.isdigit() and repository.is_model_folder(path.parent) else path.name
 
 
 @dataclass

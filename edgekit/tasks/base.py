@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from .. import formats
 from ..errors import InputError, ModelFileError, UsageError
 from ..model import Model, load
@@ -124,9 +126,10 @@ class Task:
                 ModelFileError(self.metadata_source(), f"'labels' {problem}")
 
         labels = label_list(labels, fail)
-        shape = self.model.outputs[0].shape
-        classes = shape[-1] if shape else None
-        if isinstance(classes, int) and len(labels) != classes:
+        shape = self.model.outputs[0].shape or ()
+        per_row = shape[1:] if len(shape) > 1 else shape  # [1, 1000], or [1, 1000, 1, 1] from Caffe
+        classes = int(np.prod(per_row)) if per_row and all(isinstance(d, int) for d in per_row) else None
+        if classes is not None and len(labels) != classes:
             raise fail(f"name {len(labels)} classes, and the model outputs {classes} scores")
         return labels
 

@@ -152,8 +152,11 @@ class _TextTask(Task):
             texts = [items[i] for i in idx]
             if self.static_batch:  # fill a static batch with copies; their rows are dropped
                 texts += texts[:1] * (self.static_batch - len(texts))
-            result = next(iter(self.model.run(self._feeds(texts)).values()))
-            rows = np.asarray(result, np.float32).reshape(len(texts), -1)[:len(idx)]
+            result = np.asarray(next(iter(self.model.run(self._feeds(texts)).values())), np.float32)
+            if result.ndim > 2 and np.prod(result.shape[1:-1]) != 1:  # per token, not per text
+                raise UsageError(f"{self.model.source}: its first output has shape {result.shape}, not one "
+                                 f"vector per text; export it with pooling (a sentence embedding) or as a classifier")
+            rows = result.reshape(len(texts), -1)[:len(idx)]
             if out is None:
                 out = np.empty((len(items), rows.shape[-1]), np.float32)
             out[idx] = rows
@@ -208,7 +211,8 @@ class TextClassifier(_TextTask):
         with self.closed_on_error():
             self.zero_shot = self.metadata.get("task") == "text-embedding" or (
                 not self.metadata.get("task") and labels is not None)
-            self.labels = _zero_shot_labels(labels) if self.zero_shot else self.class_labels(labels)
+            self.labels = (_zero_shot_labels(labels if labels is not None else self.metadata.get("labels"))
+                           if self.zero_shot else self.class_labels(labels))
             if not self.labels:
                 raise UsageError(f"{self.model.source}: no labels: the package has none; pass labels=[...]")
             self.options = classifier_options(options)
