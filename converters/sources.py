@@ -170,13 +170,16 @@ def declared_ranks(inputs: list[TensorSpec], onnx_path: Path) -> list[TensorSpec
 
 
 def _carried(meta: dict) -> dict:
-    keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs", "dims")
+    keys = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs", "dims",
+            "values")
     carried = {k: meta[k] for k in keys if k in meta}
-    try:
-        package.parse_dims(carried.get("dims"))
-    except ValueError as e:  # a card is read leniently: a bad entry is dropped, not made the new package's
-        log.warning("not carrying the source's dim limits: %s", e)
-        carried.pop("dims")
+    checks = (("dims", package.parse_dims, "dim limits"), ("values", package.parse_values, "value ranges"))
+    for key, parse, what in checks:
+        try:
+            parse(carried.get(key))
+        except ValueError as e:  # a card is read leniently: a bad entry is dropped, not made the new package's
+            log.warning("not carrying the source's %s: %s", what, e)
+            carried.pop(key)
     return carried
 
 
@@ -397,6 +400,17 @@ def sequence_limit(config: dict) -> dict:
     return {"dims": {"sequence": {"max": top}}} if top > 0 else {}
 
 
+def token_ranges(config: dict, inputs: list[str]) -> dict:
+    """The package's ``values`` entry: the ids a transformer's embedding tables hold, so that
+    ``Model.run`` refuses others on every runtime (ONNX Runtime failed in a Gather; OpenVINO answered)."""
+    out = {}
+    for name, key in (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size")):
+        n = config.get(key)
+        if name in inputs and isinstance(n, int) and n > 0:
+            out[name] = {"min": 0, "max": n - 1}
+    return {"values": out} if out else {}
+
+
 def _from_huggingface(folder: Path, work: Path) -> Prepared:
     try:
         import torch  # noqa: F401
@@ -434,6 +448,7 @@ def _from_huggingface(folder: Path, work: Path) -> Prepared:
     meta = {"name": folder.name, "task": "text-classification" if classify else "text-embedding",
             "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": limit}}}
     meta.update(sequence_limit(config))
+    meta.update(token_ranges(config, names_in))
     if classify:
         id2label = config.get("id2label") or {}
         meta["labels"] = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]

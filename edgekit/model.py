@@ -154,6 +154,10 @@ class Model:
         limits = package.dim_max if package is not None else {}
         self._dims = [(dim, places, limits.get(dim)) for dim, places in _named_dims(self.inputs).items()
                       if len(places) > 1 or dim in limits]
+        # ... and the ids its embedding tables hold: past them ONNX Runtime refuses the Gather, and
+        # OpenVINO read past the table into a plausible embedding of nothing.
+        ranges = package.value_range if package is not None else {}
+        self._ranges = [(i, s.name, *ranges[s.name]) for i, s in enumerate(self.inputs) if s.name in ranges]
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
@@ -206,6 +210,11 @@ class Model:
             if top is not None and sizes[0] > top:
                 raise InputError(f"input {self._in_names[places[0][0]]!r}: dimension {dim!r} is {sizes[0]}, "
                                  f"over this model's limit of {top}")
+        for i, name, lo, hi in self._ranges:
+            x = arrays[i]
+            if x.size and (x.min() < lo or x.max() > hi):
+                bad = x.min() if x.min() < lo else x.max()
+                raise InputError(f"input {name!r}: values must be from {lo} to {hi} for this model, got {bad}")
         if self._to_session is not None:
             arrays = [arrays[i] for i in self._to_session]
         try:

@@ -52,6 +52,7 @@ class Package:
     dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> ((name or None per axis), layout)
     dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
     input_order: tuple[str, ...] = ()  # the source's input names in its order (TFLite may sort them otherwise)
+    value_range: dict[str, tuple] = field(default_factory=dict)  # input -> (lowest, highest) value it takes
 
     @property
     def name(self) -> str:
@@ -108,7 +109,11 @@ def read(folder: Path) -> Package:
                                   latency_ms=_p50(entry) if measured_here else None))
     if not artifacts:
         raise ModelFileError(manifest_path, "the package lists no artifacts")
-    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path))
+    try:
+        ranges = parse_values(manifest.get("values"))
+    except ValueError as e:
+        raise ModelFileError(manifest_path, str(e)) from None
+    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path), value_range=ranges)
 
 
 # The manifest's fields that the tasks and the server read, and the JSON type each must have.
@@ -149,6 +154,22 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     except ValueError as e:
         raise ModelFileError(where, str(e)) from None
     return names, limits, tuple(spec["name"] for spec in specs)
+
+
+def parse_values(values) -> dict[str, tuple]:
+    """A manifest's ``values`` (``{"input_ids": {"min": 0, "max": 30521}}``: the ids a transformer's
+    embedding tables hold) as {input: (min, max)}; ValueError names the problem."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError("'values' must map input names to {\"min\": m, \"max\": n}")
+    ranges = {}
+    for name, info in values.items():
+        lo, hi = (info.get("min"), info.get("max")) if isinstance(info, dict) else (None, None)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
+            raise ValueError(f"values[{name!r}] must be {{\"min\": m, \"max\": n}} with m <= n, not {info!r}")
+        ranges[name] = (lo, hi)
+    return ranges
 
 
 def parse_dims(dims) -> dict[str, int]:

