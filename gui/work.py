@@ -333,8 +333,9 @@ def convert(options: ConvertOptions, *, progress: Progress, cancelled: Callable[
     """Run the converter in a child process; each of its step lines is a progress step.
 
     A child process, because TensorFlow's and NNCF's imports hold the GIL for hundreds of
-    milliseconds and would freeze the window. Cancelling asks the child to stop at its next
-    step: the converter then removes its temporary folder, so nothing half-written is left.
+    milliseconds and would freeze the window. Cancelling (closing the window too) stops the child
+    at once with SIGTERM: the converter then removes its temporary folder and ends onnx2tf, so
+    nothing half-written is left.
 
     Returns:
         The ConversionReport, or None when cancelled.
@@ -360,9 +361,14 @@ def convert(options: ConvertOptions, *, progress: Progress, cancelled: Callable[
             try:
                 kind, payload = messages.get(timeout=0.1)
             except queues.Empty:
-                if cancelled():
+                if cancelled() and not stop.is_set():
                     stop.set()
+                    # SIGTERM now, not at the next step (onnx2tf alone runs for minutes): the converter
+                    # removes what it had started writing, its own child with it, and says so
+                    child.terminate()
                 if not child.is_alive() and messages.empty():
+                    if stop.is_set():  # stopped before it could say so (SIGTERM while it started)
+                        return None
                     raise BackendError(f"the converter process ended unexpectedly (exit code {child.exitcode})"
                                        ) from None
                 continue
@@ -383,12 +389,18 @@ def convert(options: ConvertOptions, *, progress: Progress, cancelled: Callable[
 
 
 def _convert_in_child(options: ConvertOptions, messages, stop) -> None:
+    import signal
     import traceback
 
     from converters import convert as run_converter
 
     class Stop(BaseException):
         pass
+
+    def stopped(signum, frame) -> None:
+        raise Stop
+
+    signal.signal(signal.SIGTERM, stopped)
 
     def step(line: str) -> None:
         if stop.is_set():

@@ -465,6 +465,74 @@ def test_choosing_a_folder_of_other_files_puts_the_package_in_a_new_folder_insid
         assert page.out.text() == str(expected)
 
 
+def test_convert_takes_the_destinations_the_converter_takes(qtbot, window, models, tmp_path):
+    """The form checks the output as the converter does: a folder of other files is refused with a
+    dialog before anything starts; an empty folder (what Browse proposes) is taken."""
+    page = window.convert_page
+    page.source.setText(str(models["mlp.onnx"]))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("keep me")
+    page.out.setText(str(docs))
+    page.convert_button.click()
+    assert page.job is None and window.last_error is not None
+    assert "docs: it is a folder with 1 entry and not an edgekit package" in window.last_error.text()
+    assert (docs / "notes.txt").read_text() == "keep me"
+    window.last_error = None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page.out.setText(str(empty))
+    for cb in page.targets.values():
+        cb.setChecked(cb is page.targets["onnx"])
+    for p, cb in page.precisions.items():
+        cb.setChecked(p == "fp32")
+    page.convert_button.click()
+    qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
+    assert window.last_error is None, window.last_error.text()
+    assert (empty / "edgekit.json").is_file()
+
+
+@pytest.mark.parametrize("how", ["cancel", "close the window"])
+def test_cancelling_during_onnx2tf_stops_at_once_and_leaves_nothing(qtbot, window, models, tmp_path, how):
+    """Cancel (and closing the window) stops the converter with SIGTERM, not at its next step: it
+    removes its staging folder and ends onnx2tf."""
+    import psutil
+
+    page = window.convert_page
+    page.source.setText(str(models["mlp.onnx"]))
+    out = tmp_path / "never"
+    page.out.setText(str(out))
+    for t, cb in page.targets.items():
+        cb.setChecked(t == "tflite")
+    for p, cb in page.precisions.items():
+        cb.setChecked(p == "fp32")
+    page.convert_button.click()
+    qtbot.waitUntil(lambda: "onnx2tf" in page.log.toPlainText(), timeout=300_000)
+    onnx2tf = []
+    qtbot.waitUntil(lambda: bool(onnx2tf.extend(c for c in psutil.Process().children(recursive=True)
+                                                if "onnx2tf" in " ".join(_cmdline(c))) or onnx2tf), timeout=60_000)
+    started = time.monotonic()
+    if how == "cancel":
+        page.cancel_button.click()
+    else:
+        window.close()  # waits for background work, so the staging folder is gone when it returns
+    qtbot.waitUntil(lambda: page.job is None, timeout=60_000)
+    # 0.24 s here; waiting for onnx2tf's own end instead took 7.5 s (a 20 s MiniLM run: 60 s)
+    assert time.monotonic() - started < 5, "cancel waited for onnx2tf to finish"
+    assert "cancelled" in page.step.text() and window.last_error is None
+    _, alive = psutil.wait_procs(onnx2tf, timeout=10)
+    assert not alive and not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+
+def _cmdline(proc) -> list[str]:
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_cancelling_a_conversion_leaves_nothing_behind(qtbot, window, models, tmp_path):
     page = window.convert_page
     page.source.setText(str(models["mlp.onnx"]))

@@ -83,7 +83,7 @@ class ConvertPage(QWidget):
         self.convert_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("Stops after the current step; nothing half-written is left")
+        self.cancel_button.setToolTip("Stops the conversion now; nothing half-written is left")
         self.cancel_button.clicked.connect(self.cancel)
         self.open_button = QPushButton("Open the new package")
         self.open_button.setObjectName("openConverted")
@@ -135,7 +135,7 @@ class ConvertPage(QWidget):
 
     # --- running ---
     def options(self) -> work.ConvertOptions:
-        from converters.conversion import default_out
+        from converters.conversion import check_destination, default_out
         from edgekit.errors import UsageError
 
         source = self.source.text().strip()
@@ -145,18 +145,17 @@ class ConvertPage(QWidget):
         precisions = [p for p, cb in self.precisions.items() if cb.isChecked()]
         if not targets or not precisions:
             raise UsageError("tick at least one target and one precision")
-        out = self.out.text().strip() or str(default_out(source))
-        return work.ConvertOptions(source, out, targets, precisions, self.calibration.text().strip() or None)
+        out = Path(self.out.text().strip() or default_out(source)).expanduser()
+        if not out.is_absolute():  # the app's working folder means nothing to a person: beside the source
+            out = Path(source).expanduser().resolve().parent / out
+        check_destination(out)  # the converter's own rule, before the child process starts
+        return work.ConvertOptions(source, str(out), targets, precisions, self.calibration.text().strip() or None)
 
     def start(self) -> None:
         try:
             options = self.options()
         except Exception as e:  # noqa: BLE001 - a form error is a dialog
             self.window_.show_exception("Cannot convert", e)
-            return
-        if Path(options.out).exists():
-            self.window_.show_exception("Cannot convert", FileExistsError(
-                f"{options.out} already exists: choose another output folder (nothing is overwritten)"))
             return
         self.report = None
         self.log.clear()
