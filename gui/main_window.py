@@ -80,6 +80,7 @@ class MainWindow(QMainWindow):
         self.last_error = None
         self.devices_known = False
         self._opening = 0  # the number of the latest Open: results of earlier ones are dropped
+        self._loaded_device: str | None = None  # the device setting the loaded model was opened with
         self._building: set[str] = set()
 
         self.model_page = ModelPage()
@@ -248,6 +249,7 @@ class MainWindow(QMainWindow):
                 return
             previous = self.session.loaded
             self.session.set_loaded(loaded)
+            self._loaded_device = device
             if previous is None or previous.info.path != loaded.info.path:  # a new model: go and run it
                 self.tabs.setCurrentWidget(self.run_page)
             self.statusBar().showMessage(f"opened {path.name} in {loaded.load_ms:.0f} ms", 5000)
@@ -256,8 +258,8 @@ class MainWindow(QMainWindow):
             if number != self._opening:
                 return
             self.statusBar().clearMessage()
-            if fallback_device is not None:
-                self._revert_device(fallback_device)
+            if fallback_device is not None:  # a device switch failed: back to what the loaded model runs with
+                self._revert_device(self._loaded_device if self.session.loaded is not None else fallback_device)
             self.show_exception(f"Cannot open {path.name} on {device}", exc, details)
 
         self.jobs.submit(lambda job: open_model(path, device), name=f"Opening {path.name}",

@@ -239,6 +239,18 @@ def test_switching_device_reopens_the_model_there_and_says_why(qtbot, window, sa
     assert "onnxruntime" in view.status.text()
 
 
+def test_a_failed_switch_after_a_superseded_one_shows_the_loaded_models_device(qtbot, window, models):
+    """openvino:CPU then at once onnxruntime (which cannot read .tflite): the first open is dropped,
+    the second fails, and the box must show what the loaded model runs with, not openvino:CPU."""
+    open_and_wait(qtbot, window, models["mlp.tflite"])
+    window.set_device("openvino:CPU")
+    window.set_device("onnxruntime:CPUExecutionProvider")
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=LOAD_TIMEOUT)
+    idle(qtbot, window)
+    assert window.session.loaded.model.backend == "litert"
+    assert window.session.device == "auto" and window.device_combo.currentData() == "auto"
+
+
 def test_only_the_latest_open_wins(qtbot, window, samples, models):
     window.open_path(samples["image"])
     window.open_path(models["mlp.onnx"])  # the person changed their mind before the first finished
