@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .types import TensorSpec
+
+log = logging.getLogger("edgekit")
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,30 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     return feeds
 
 
-def targets(path) -> list[tuple[Path, str]]:
+def targets(path, problems: list[str] | None = None) -> list[tuple[Path, str]]:
     """Every (file, "backend:device") that can run ``path``, best-ranked first: each artifact of a
-    package as a lone file (its checksum verified here), on every available device that reads it."""
+    package as a lone file (its checksum verified here), on every available device that reads it.
+
+    A package's artifact that fails verification (checksum, damaged or missing file) is left out,
+    with a warning and a line in ``problems``: the others can still be measured.
+    """
     from . import package
+    from .errors import ModelFileError
     from .selection import build_candidates, parse_policy, resolve_source
 
     source = resolve_source(path)
     cands, _ = build_candidates(source, parse_policy("auto"))
     if source.package is not None:
+        bad = set()
         for artifact in {c.artifact.path: c.artifact for c in cands}.values():
-            package.verify(artifact)
+            try:
+                package.verify(artifact)
+            except ModelFileError as e:
+                bad.add(artifact.path)
+                log.warning("left out of the benchmark: %s", e)
+                if problems is not None:
+                    problems.append(str(e))
+        cands = [c for c in cands if c.artifact.path not in bad]
     return [(c.artifact.path if source.package else source.path, f"{c.backend}:{c.device.id}") for c in cands]
 
 

@@ -216,3 +216,23 @@ def test_sigterm_ends_bench_and_its_child_process(models):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_bench_all_devices_leaves_out_an_artifact_that_fails_its_checksum(models, tmp_path):
+    import shutil
+
+    from edgekit import formats
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    for name in ("mlp.onnx", "mlp.tflite"):
+        shutil.copy(models[name], pkg / name)
+    manifest = {"artifacts": [{"path": n, "format": n.split(".")[1], "precision": "fp32",
+                               "sha256": formats.sha256_files([pkg / n])} for n in ("mlp.onnx", "mlp.tflite")]}
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    (pkg / "mlp.tflite").write_bytes((pkg / "mlp.tflite").read_bytes()[:-4] + b"oops")
+    out = run_cli("bench", str(pkg), "--all-devices", "--runs", "3", "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "left out of the benchmark" in out.stderr and "mlp.tflite: checksum mismatch" in out.stderr
+    rows = json.loads(out.stdout)["results"]
+    assert rows and all(r["artifact"].endswith("mlp.onnx") for r in rows), rows
