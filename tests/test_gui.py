@@ -386,6 +386,20 @@ def test_about_box_shows_versions_and_copies_diagnostics(qtbot, window):
 
 # --- benchmark and convert --------------------------------------------------------------------
 
+def test_a_benchmark_of_the_previous_model_leaves_the_page_when_another_opens(qtbot, window, models):
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    page = window.bench_page
+    qtbot.waitUntil(lambda: page.candidates.count() > 0, timeout=60_000)
+    page.set_checked([page.candidates.item(0).text()])
+    page.iterations.setValue(page.iterations.maximum())
+    page.run_button.click()
+    qtbot.waitUntil(lambda: page.job is not None, timeout=10_000)
+    open_and_wait(qtbot, window, models["mlp.tflite"])
+    idle(qtbot, window)
+    assert page.job is None and page.rows == [] and page.results.rowCount() == 0
+    assert not page.export_button.isEnabled() and page.chart.items == []
+
+
 def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window, samples, tmp_path):
     open_and_wait(qtbot, window, samples["image"])
     page = window.bench_page

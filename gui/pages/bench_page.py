@@ -78,7 +78,16 @@ class BenchPage(QWidget):
         layout.addWidget(split)
 
     def model_changed(self, loaded) -> None:
+        """Another model: a benchmark of the old one stops, and its results leave the page."""
         self.candidates.clear()
+        if self.job is not None:
+            self.job.cancel()
+        self.rows = []
+        self.chart.set_items([])
+        self.throughput.set_items([])
+        self.results.setRowCount(0)
+        self.export_button.setEnabled(False)
+        self.step.setText("")
 
     def find_candidates(self, loaded) -> None:
         """List what can run the model (in a job: it verifies a package's checksums)."""
@@ -126,9 +135,15 @@ class BenchPage(QWidget):
             if cancelled:
                 self.step.setText("cancelled")
 
+        measured = self.window_.session.loaded
+
+        def show(rows) -> None:
+            if self.window_.session.loaded is measured:  # else they belong to a model no longer open
+                self.show(rows)
+
         self.job = self.window_.jobs.submit(
             lambda job: work.benchmark(chosen, iterations=n, progress=job.progress), name="Benchmark",
-            on_result=self.show, on_progress=self.on_progress, on_finished=finished,
+            on_result=show, on_progress=self.on_progress, on_finished=finished,
             on_error=lambda e, d: self.window_.show_exception("Benchmark failed", e, d))
 
     def on_progress(self, done: int, total: int, text: str) -> None:
