@@ -131,14 +131,18 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     Meant to run in a fresh process per candidate, so ``peak_rss_mb`` is that
     candidate's own peak (interpreter and runtime included).
     """
+    from . import formats
     from .model import load
+    from .selection import lone_file_warmup
 
     t0 = time.perf_counter()
     model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
     try:
-        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs,
-                                                                   warmup=model.metadata.get("warmup_inputs"))
+        # a package's artifact is measured as a lone file: its package's warm-up sizes still apply
+        sizes = model.metadata.get("warmup_inputs") or (
+            None if model.package else lone_file_warmup(model.path, formats.detect(model.path)))
+        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=sizes)
         t0 = time.perf_counter()
         model.run(feeds)
         first_ms = (time.perf_counter() - t0) * 1e3

@@ -23,7 +23,7 @@ from .bench import measure, synthetic_inputs
 from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
 from .hostinfo import has_int8_dot
 from .package import Artifact, Package
-from .types import Attempt, Device, DeviceKind, Precision, Selection
+from .types import Attempt, Device, DeviceKind, Format, Precision, Selection
 
 log = logging.getLogger("edgekit")
 
@@ -231,22 +231,23 @@ class _Opener:
         except Exception:
             # A lone file's dynamic sizes are guessed (1), which a streaming audio model cannot take:
             # retry with the warm-up inputs of its card or of the package that lists it, where there are.
-            warmup = None if self.warmup else _lone_file_warmup(art)
+            warmup = None if self.warmup else lone_file_warmup(art.path, art.format)
             if not warmup:
                 raise
             self.warmup = warmup
             session.run(list(synthetic_inputs(session.inputs, warmup=warmup).values()))
 
 
-def _lone_file_warmup(art: Artifact) -> dict | None:
-    """``warmup_inputs`` from the file's card, or from the package in whose folder it is listed."""
-    warmup = formats.read_card(art.path, art.format).get("warmup_inputs")
-    if not warmup and (art.path.parent / formats.MANIFEST).is_file():
+def lone_file_warmup(path: Path, fmt: Format) -> dict | None:
+    """A lone model file's ``warmup_inputs``: from its card, or from the package in whose folder it
+    is listed."""
+    warmup = formats.read_card(path, fmt).get("warmup_inputs")
+    if not warmup and (path.parent / formats.MANIFEST).is_file():
         try:
-            pkg = package.read(art.path.parent)
+            pkg = package.read(path.parent)
         except ModelFileError:
             return None
-        if any(a.path.resolve() == art.path.resolve() for a in pkg.artifacts):
+        if any(a.path.resolve() == path.resolve() for a in pkg.artifacts):
             warmup = pkg.manifest.get("warmup_inputs")
     return warmup if isinstance(warmup, dict) else None
 

@@ -236,3 +236,12 @@ def test_bench_all_devices_leaves_out_an_artifact_that_fails_its_checksum(models
     assert "left out of the benchmark" in out.stderr and "mlp.tflite: checksum mismatch" in out.stderr
     rows = json.loads(out.stdout)["results"]
     assert rows and all(r["artifact"].endswith("mlp.onnx") for r in rows), rows
+
+
+def test_bench_of_a_packages_lone_file_uses_the_packages_warmup_sizes(samples):
+    """Silero's own model.onnx needs a whole window and its sample rate; [1, 1] fails in its graph."""
+    out = run_cli("bench", str(samples["audio"] / "model.onnx"), "--device", "onnxruntime", "--runs", "3",
+                  "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["failures"] == [] and len(doc["results"]) == 1 and doc["results"][0]["p50_ms"] > 0, doc
