@@ -251,6 +251,15 @@ def test_a_failed_switch_after_a_superseded_one_shows_the_loaded_models_device(q
     assert window.session.device == "auto" and window.device_combo.currentData() == "auto"
 
 
+def test_a_picture_given_during_a_run_is_classified_after_it(qtbot, window, samples):
+    open_and_wait(qtbot, window, samples["image"])
+    view = window.run_page.views["image"]
+    view.open_file(INPUTS / "images" / "cat.jpg")
+    view.open_file(INPUTS / "images" / "coffee.jpg")  # while the cat is being classified
+    qtbot.waitUntil(lambda: view.bars.title.endswith("coffee.jpg") and not view.busy, timeout=60_000)
+    assert window.session.last_result.image.name == "coffee.jpg"
+
+
 def test_only_the_latest_open_wins(qtbot, window, samples, models):
     window.open_path(samples["image"])
     window.open_path(models["mlp.onnx"])  # the person changed their mind before the first finished

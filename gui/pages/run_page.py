@@ -48,6 +48,7 @@ class _TaskView(QWidget):
         super().__init__()
         self.window_ = window
         self.busy = False
+        self.pending = False  # asked to run while running: runs again, on the latest input, after
         self.status = QLabel("")
         self.status.setObjectName("runStatus")
         self.status.setWordWrap(True)
@@ -61,7 +62,11 @@ class _TaskView(QWidget):
 
     def submit(self, name: str, fn, on_result) -> None:
         loaded = self.window_.session.loaded
-        if loaded is None or self.busy:  # one run at a time (Ctrl+R and drops included)
+        if loaded is None:
+            return
+        if self.busy:  # one run at a time: a picture dropped meanwhile (or Ctrl+R) runs when this one ends
+            self.pending = True
+            self.status.setText("running… (then again, on the latest input)")
             return
         self.busy = True
         self.status.setText("running…")
@@ -86,12 +91,16 @@ class _TaskView(QWidget):
         def finished(_cancelled) -> None:
             self.busy = False
             self.run_button.setEnabled(True)
+            if self.pending:
+                self.pending = False
+                self.run()
 
         self.window_.jobs.submit(lambda job: fn(loaded), name=name, on_result=done, on_error=failed,
                                  on_finished=finished)
 
     def model_changed(self, loaded) -> None:
         self.status.setText("")
+        self.pending = False
 
     # Views that take files (pictures, sounds) set these.
     file_title, file_filter, file_suffixes = "", "", frozenset()
