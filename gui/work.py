@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import UsageError
+
 from .state import Loaded
 
 Progress = Callable[[int, int, str], None]
@@ -247,19 +249,54 @@ def bench_csv(rows: Sequence[BenchRow]) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and a rename: never
+    half-written. A link is written through (its target changes, the link stays); a file that exists
+    keeps its permission bits, a new one gets what ``open()`` gives (0666 less the umask).
+
+    Raises:
+        ExportError (a UsageError and an OSError): ``path`` cannot be written; the message names it
+        and says why.
+    """
     import os
+    import stat
     import tempfile
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    chosen = Path(path)
+    target = Path(os.path.realpath(chosen))  # through links; a dangling link's target is created
+    folder = target.parent
+    if target.is_dir():
+        raise ExportError(f"{chosen}: it is a folder; choose a file name inside it")
+    if not folder.exists():
+        raise ExportError(f"{chosen}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ExportError(f"{chosen}: {folder} is a file, not a folder")
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ExportError(f"{chosen}: cannot write it there ({e.strerror or e})") from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, mode)  # mkstemp makes it 0600
+        os.replace(tmp, target)
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ExportError(f"{chosen}: cannot write it ({e.strerror or e})") from e
         raise
+
+
+class ExportError(UsageError, OSError):
+    """A file the app cannot write: shown in a dialog as it is, and an OSError for code that catches those."""
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)  # reading it means setting it
+    os.umask(mask)
+    return mask
 
 
 # --- building a sample ---------------------------------------------------------------------
