@@ -724,3 +724,18 @@ def test_exporting_over_a_symlink_writes_its_target_and_keeps_the_link(tmp_path)
     assert dangling.is_symlink() and (data / "next.csv").read_text() == "next\n"
     assert sorted(p.name for p in data.iterdir()) == ["bench.csv", "next.csv"]  # the temporary files were beside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "latest.csv", "next.csv"]  # the targets
+
+
+def test_a_big_picture_is_shown_decoded_small_and_turned_as_its_exif_says(window, tmp_path):
+    """A 48 MP photo took 768 ms to decode whole on the UI thread; the model sees EXIF orientation,
+    and so does the person."""
+    from PIL import Image
+
+    photo = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (4000, 1000), (200, 30, 30)).save(photo, exif=exif)
+    picture = window.run_page.views["image"].picture
+    assert picture.set_image(photo)
+    size = picture._pixmap.size()
+    assert (size.width(), size.height()) == (512, 2048)  # portrait, at most 2048 a side
