@@ -133,7 +133,6 @@ def envelope(x: np.ndarray, points: int = 1200) -> np.ndarray:
 def run_generic(loaded: Loaded, files: dict[str, str | None]) -> GenericResult:
     """Run a model without a task: each input from a .npy file, or synthetic where none is given."""
     from edgekit.bench import synthetic_inputs
-    from edgekit.errors import InputError
 
     model = loaded.model
     synthetic = synthetic_inputs(model.inputs, warmup=model.metadata.get("warmup_inputs"))
@@ -141,16 +140,31 @@ def run_generic(loaded: Loaded, files: dict[str, str | None]) -> GenericResult:
     for spec in model.inputs:
         path = files.get(spec.name)
         if path:
-            try:
-                feeds[spec.name] = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise InputError(f"{path}: cannot be read as a .npy array for input {spec.name!r} ({e})") from e
+            feeds[spec.name] = _array_for(Path(path), spec.name)
             came_from[spec.name] = Path(path).name
         else:
             feeds[spec.name] = synthetic[spec.name]
             came_from[spec.name] = "synthetic " + "x".join(map(str, feeds[spec.name].shape))
     out, ms = _timed(lambda: model.run(feeds))
     return GenericResult(came_from, [summarize(k, v) for k, v in out.items()], ms, loaded.where)
+
+
+def _array_for(path: Path, name: str) -> np.ndarray:
+    """Input ``name`` from a .npy file, or from a .npz holding an array of that name (or just one)."""
+    from edgekit.errors import InputError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot be read as a NumPy array for input {name!r} ({e})") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        return data
+    with data:
+        names = list(data.files)
+        key = name if name in names else names[0] if len(names) == 1 else None
+        if key is None:
+            raise InputError(f"{path}: holds the arrays {names}, none named {name!r} (the input)")
+        return data[key]
 
 
 def summarize(name: str, a: np.ndarray, head: int = 8) -> OutputSummary:

@@ -739,3 +739,19 @@ def test_a_big_picture_is_shown_decoded_small_and_turned_as_its_exif_says(window
     assert picture.set_image(photo)
     size = picture._pixmap.size()
     assert (size.width(), size.height()) == (512, 2048)  # portrait, at most 2048 a side
+
+
+def test_a_generic_input_may_come_from_an_npz(tmp_path):
+    """A .npz was handed to the model as it was: "expected float32, got <U1", naming nothing."""
+    import numpy as np
+
+    from edgekit.errors import InputError
+    from gui.work import _array_for
+
+    x = np.arange(8, dtype=np.float32).reshape(1, 8)
+    np.savez(tmp_path / "named.npz", x=x, other=x * 2)
+    np.savez(tmp_path / "one.npz", whatever=x)
+    np.testing.assert_array_equal(_array_for(tmp_path / "named.npz", "x"), x)
+    np.testing.assert_array_equal(_array_for(tmp_path / "one.npz", "x"), x)
+    with pytest.raises(InputError, match=r"named\.npz: holds the arrays \['x', 'other'\], none named 'y'"):
+        _array_for(tmp_path / "named.npz", "y")
