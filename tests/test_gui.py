@@ -304,6 +304,7 @@ def test_model_without_task_runs_in_the_generic_view_from_npy(qtbot, window, mod
     view.run()
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
     assert "bad.npy" in window.last_error.text()
+    assert view.outputs.rowCount() == 0  # the last run's outputs would read as this one's
 
 
 def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, models, tmp_path):

@@ -86,6 +86,7 @@ class _TaskView(QWidget):
             if not current():  # the model was replaced (and closed) under this run
                 return
             self.status.setText("failed: see the message")
+            self.clear_results()  # the last run's results would read as this one's
             self.window_.show_exception(f"{name} failed", exc, details)
 
         def finished(_cancelled) -> None:
@@ -101,6 +102,9 @@ class _TaskView(QWidget):
     def model_changed(self, loaded) -> None:
         self.status.setText("")
         self.pending = False
+
+    def clear_results(self) -> None:
+        """Take the last results off the page."""
 
     # Views that take files (pictures, sounds) set these.
     file_title, file_filter, file_suffixes = "", "", frozenset()
@@ -168,6 +172,9 @@ class ImageTaskView(_TaskView):
 
     def model_changed(self, loaded) -> None:
         super().model_changed(loaded)
+        self.clear_results()
+
+    def clear_results(self) -> None:
         self.bars.set_items([])
 
 
@@ -219,6 +226,9 @@ class TextTaskView(_TaskView):
         self._clear()
         if loaded is not None and not self.editor.toPlainText().strip():
             self.editor.setPlainText(_sample_text())
+
+    def clear_results(self) -> None:
+        self._clear()
 
     def _clear(self) -> None:
         while self.results_layout.count() > 2:  # keep the similarity table and the stretch
@@ -359,6 +369,10 @@ class AudioTaskView(_TaskView):
         if self.record_button.isChecked():
             self.discard_recording = True  # it was for the previous model
             self.record_button.setChecked(False)  # stops the recording
+        self.clear_results()
+
+    def clear_results(self) -> None:
+        self.waveform.set_waveform(None, 0.0)
         self.summary.setText("")
         self.bars.set_items([])
         self.waveform.set_waveform(None, 0)
@@ -402,8 +416,11 @@ class GenericTaskView(_TaskView):
             self.inputs.setCellWidget(r, 4, button)
         table(["output", "shape", "dtype", "min", "max", "mean", "std", "first values"], [], widget=self.outputs)
 
+    def clear_results(self) -> None:
+        self.outputs.setRowCount(0)
+
     def choose(self, name: str, row: int) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, f"Data for input {name}", "", "NumPy arrays (*.npy)")
+        path, _ = QFileDialog.getOpenFileName(self, f"Data for input {name}", "", "NumPy arrays (*.npy *.npz)")
         if path:
             self.set_file(name, path)
 
