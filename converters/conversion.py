@@ -184,7 +184,6 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             _finish_or_raise(report, strict)
             shutil.rmtree(work)
             manifest = _manifest(metadata, prep, report, min_cosine)
-            check_destination(out_dir)  # again: something may have been put there while we worked
             package.publish(staging, out_dir, manifest)
             report.written = True
             for a in report.artifacts:  # publish measured them

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import formats
-from .errors import ModelFileError
+from .errors import ModelFileError, UsageError
 from .hostinfo import cpu_id
 from .types import Format
 
@@ -297,7 +297,13 @@ def publish(staging: Path, dest: Path, manifest: dict) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old = None
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
+        # Only a package (or an empty folder) is replaced: never a file or a folder of other files,
+        # whatever a caller checked before (something may have been put there since).
+        if dest.is_symlink() or not dest.is_dir() or not ((dest / formats.MANIFEST).is_file()
+                                                          or not any(dest.iterdir())):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UsageError(f"{dest}: not replaced, since it is not an edgekit package or an empty folder")
         old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-{_owner()}-old-")) / "pkg"
     try:
         if old is not None:

@@ -176,3 +176,29 @@ def test_staging_left_by_a_killed_writer_is_removed_and_a_package_moved_aside_is
     assert not abandoned.exists() and not moved_aside.exists()
     assert (dest / "edgekit.json").read_text() == "{}"  # the package a killed publish moved aside
     assert live.exists() and again.exists() and other_host.exists() and old_style.exists()
+
+
+def test_publish_replaces_only_a_package_or_an_empty_folder(tmp_path, models):
+    """Whatever its caller checked before, publishing never replaces a file or a folder of other files."""
+    import shutil
+
+    from edgekit import package
+
+    def publish(dest):
+        staging = package.staging_dir(dest)
+        shutil.copy(models["mlp.onnx"], staging / "mlp.onnx")
+        return package.publish(staging, dest, {"artifacts": [{"path": "mlp.onnx", "format": "onnx"}]})
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("keep me")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me too")
+    for dest in (docs, afile):
+        with pytest.raises(edgekit.UsageError, match="not replaced"):
+            publish(dest)
+    assert (docs / "notes.txt").read_text() == "keep me" and afile.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "docs"]  # no staging folder left
+    (tmp_path / "empty").mkdir()
+    for dest in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):  # empty, absent, then a package
+        assert (publish(dest) / "edgekit.json").is_file()
