@@ -165,6 +165,9 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             for note in prep.notes:
                 say(f"note: {note}")
             metadata = _metadata(prep, name, task, label_list, preprocess)
+            # The source's output shapes, which a TFLite file may lay out otherwise (read before the
+            # work folder holding the ONNX goes).
+            outputs = sources.onnx_outputs(prep.onnx) if prep.onnx is not None else None
             cal = _load_data(calibration, prep, metadata, "calibration", say)
             chk = _check_samples(check, cal, prep, metadata, say)
             refs = [prep.reference(f) for f in chk.feeds]
@@ -183,7 +186,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             _stop_if_interrupted()  # swallowed in a step that did not fail (checks, say): publish nothing
             _finish_or_raise(report, strict)
             shutil.rmtree(work)
-            manifest = _manifest(metadata, prep, report, min_cosine)
+            manifest = _manifest(metadata, prep, report, min_cosine, outputs)
             package.publish(staging, out_dir, manifest)
             report.written = True
             for a in report.artifacts:  # publish measured them
@@ -439,10 +442,13 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         raise ConversionError(f"no usable artifact, nothing written: {what}", report)
 
 
-def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None) -> dict:
+def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None,
+              outputs: list[dict] | None) -> dict:
     manifest = dict(metadata)
     # The source's input specs: their dim names hold for every artifact (IR and TFLite lose them).
     manifest["inputs"] = [s.to_dict() for s in prep.inputs]
+    if outputs is not None:
+        manifest["outputs"] = outputs
     manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
     manifest["conversion"] = {
         "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,

@@ -132,6 +132,23 @@ def read_onnx(path: Path):
         raise ModelFileError(path, f"cannot be read as ONNX ({one_line(e)})") from e
 
 
+def onnx_outputs(path: Path) -> list[dict]:
+    """The graph's outputs as a manifest lists them: name, shape (a dim's name where it has one, else
+    its size or null) and dtype. Every artifact is given back in these shapes where it only moved a
+    size-1 dim (onnx2tf returns Silero's state [2, 1, 128] as [1, 2, 128])."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    out = []
+    for v in model.graph.output:
+        t = v.type.tensor_type
+        shape = ([d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+                 if t.HasField("shape") else None)
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))) if t.elem_type else None
+        out.append({"name": v.name, "shape": shape, "dtype": dtype})
+    return out
+
+
 def _from_onnx(path: Path, work: Path) -> Prepared:
     notes: list[str] = []
     ref, inputs, outputs = _runtime_reference(path, Format.ONNX)  # first: it names a corrupt file clearly

@@ -111,6 +111,15 @@ def _in_source_order(specs: list[TensorSpec], package) -> list[TensorSpec]:
     return [by_name[n] for n in order]
 
 
+def _unit_dims_moved(have, want) -> bool:
+    """Whether static shapes ``have`` and ``want`` differ only in where their size-1 dims sit."""
+    if not have or not want or have == want or len(have) != len(want):
+        return False
+    if not all(isinstance(d, int) for d in (*have, *want)):
+        return False
+    return [d for d in have if d != 1] == [d for d in want if d != 1]
+
+
 def _closed(arrays):
     raise EdgekitError("this model was closed; load it again to run it")
 
@@ -146,6 +155,13 @@ class Model:
         self._to_session = None if self.inputs == declared else [self.inputs.index(s) for s in declared]
         self._session_specs = declared
         self.outputs: list[TensorSpec] = list(session.outputs)
+        # onnx2tf may move a size-1 dim of an output (Silero's state [2, 1, 128] comes back [1, 2, 128]):
+        # the same values in the same order, so the source's shape is given back, as on every artifact.
+        wanted = package.output_shapes if package is not None else {}
+        self._out_shapes = {i: wanted[s.name] for i, s in enumerate(self.outputs)
+                            if _unit_dims_moved(s.shape, wanted.get(s.name))}
+        for i, shape in self._out_shapes.items():
+            self.outputs[i] = replace(self.outputs[i], shape=shape)
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
         # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
@@ -223,6 +239,9 @@ class Model:
             raise
         except Exception as e:
             raise self._runtime_error(e, arrays) from e
+        if self._out_shapes:
+            outputs = [np.reshape(y, self._out_shapes[i]) if i in self._out_shapes else y
+                       for i, y in enumerate(outputs)]
         return dict(zip(self._out_names, outputs))
 
     __call__ = run

@@ -53,6 +53,9 @@ class Package:
     dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
     input_order: tuple[str, ...] = ()  # the source's input names in its order (TFLite may sort them otherwise)
     value_range: dict[str, tuple] = field(default_factory=dict)  # input -> (lowest, highest) value it takes
+    # The source's output shapes (a size, or None where a dim is named or unknown): an artifact that
+    # only moved a size-1 dim of an output gives it back in this shape.
+    output_shapes: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -113,7 +116,8 @@ def read(folder: Path) -> Package:
         ranges = parse_values(manifest.get("values"))
     except ValueError as e:
         raise ModelFileError(manifest_path, str(e)) from None
-    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path), value_range=ranges)
+    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path), value_range=ranges,
+                   output_shapes=_declared_outputs(manifest, manifest_path))
 
 
 # The manifest's fields that the tasks and the server read, and the JSON type each must have.
@@ -154,6 +158,22 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     except ValueError as e:
         raise ModelFileError(where, str(e)) from None
     return names, limits, tuple(spec["name"] for spec in specs)
+
+
+def _declared_outputs(manifest: dict, where: Path) -> dict[str, tuple]:
+    """``outputs`` (the source's output specs) as {name: shape}, a named dim as None; rankless ones left out."""
+    specs = manifest.get("outputs") or []
+    if not isinstance(specs, list):
+        raise ModelFileError(where, "'outputs' must be a list of output specs")
+    shapes = {}
+    for spec in specs:
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "shape" in spec
+                and isinstance(spec["shape"], (list, type(None)))):
+            raise ModelFileError(where, f"'outputs' entry {spec!r:.80} needs a 'name' and a 'shape' list (or null)")
+        if spec["shape"] is not None:
+            shapes[spec["name"]] = tuple(d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None
+                                         for d in spec["shape"])
+    return shapes
 
 
 def parse_values(values) -> dict[str, tuple]:

@@ -231,8 +231,9 @@ def test_a_scalar_input_converts_and_the_package_loads(tmp_path):
                      out=tmp_path / "pkg")
     # checked on a scalar s, as the graph declares it (ONNX Runtime reports it as of unknown rank)
     assert report.ok, [(a.target, a.reason) for a in report.artifacts]
-    recorded = {i["name"]: i["shape"] for i in json.loads((tmp_path / "pkg" / "edgekit.json").read_text())["inputs"]}
-    assert recorded == {"x": ["batch", 4], "s": []}
+    manifest = json.loads((tmp_path / "pkg" / "edgekit.json").read_text())
+    assert {i["name"]: i["shape"] for i in manifest["inputs"]} == {"x": ["batch", 4], "s": []}
+    assert manifest["outputs"] == [{"name": "y", "shape": ["batch", 4], "dtype": "float32"}]  # the source's
     for device in ("onnxruntime", "openvino"):
         with edgekit.load(tmp_path / "pkg", device=device) as m:
             x = np.ones((3, 4), np.float32)

@@ -195,6 +195,35 @@ def test_openvino_names_outputs_as_the_model_file_does(samples):
         assert [s.name for s in m.outputs] == ["output", "stateN"]
 
 
+@pytest.mark.parametrize("device", ["onnxruntime", "openvino", "litert"])
+def test_every_artifact_gives_outputs_in_the_sources_shapes(samples, device):
+    """onnx2tf returns Silero's state [2, 1, 128] as [1, 2, 128]: the package records the source's
+    output shapes, and every artifact answers in them, as its outputs say, with the same values."""
+    import json
+
+    declared = {o["name"]: tuple(o["shape"]) for o in json.loads((samples["audio"] / "edgekit.json").read_text())["outputs"]}
+    assert declared["stateN"] == (2, 1, 128)
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.standard_normal((1, 576), np.float32) * 0.1,
+             "state": rng.standard_normal((2, 1, 128), np.float32) * 0.1}
+    with edgekit.load(samples["audio"] / "model-fp32.onnx") as ref:
+        want = ref.run(feeds)
+    with edgekit.load(samples["audio"], device=device) as m:
+        assert {s.name: s.shape for s in m.outputs} == declared, m.path.name
+        out = m.run(feeds)
+    assert {k: v.shape for k, v in out.items()} == declared, m.path.name
+    a, b = want["stateN"].ravel(), out["stateN"].ravel()  # the state's values in the same places
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, m.path.name
+
+
+def test_a_lone_tflite_file_keeps_its_own_output_shapes(samples):
+    """Without a package there is no source shape to give back: the file's own is reported and returned."""
+    with edgekit.load(samples["audio"] / "model-fp32.tflite") as m:
+        spec = next(s for s in m.outputs if s.name == "stateN")
+        out = m.run({"input": np.zeros((1, 576), np.float32), "state": np.zeros((2, 1, 128), np.float32)})
+    assert out["stateN"].shape == spec.shape == (1, 2, 128)
+
+
 def test_empty_input_that_fails_in_the_graph_is_an_input_error(samples):
     """MiniLM on a sequence of 0 fails inside ONNX Runtime's graph: the input is named, not a BackendError."""
     with edgekit.load(samples["text"], device="onnxruntime") as m:
@@ -211,7 +240,9 @@ def test_malformed_manifest_fields_name_the_manifest(tmp_path, models):
     for extra, problem in (({"preprocess": [1]}, "'preprocess' must be an object, not \\[1\\]"),
                            ({"labels": "cat"}, "'labels' must be a list of strings"),
                            ({"labels": ["cat", 3]}, "it holds 3"), ({"task": 5}, "'task' must be a string"),
-                           ({"inputs": {"a": 1}}, "'inputs' must be a list")):
+                           ({"inputs": {"a": 1}}, "'inputs' must be a list"),
+                           ({"outputs": {"y": 1}}, "'outputs' must be a list"),
+                           ({"outputs": [{"name": "y"}]}, "'outputs' entry .* needs a 'name' and a 'shape'")):
         manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], **extra}
         (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
         with pytest.raises(edgekit.ModelFileError, match=problem):
