@@ -159,31 +159,52 @@ def _tick_step(duration: float) -> float:
     return 600.0
 
 
+# Pictures are decoded at most this many pixels a side: a screen shows no more, and libjpeg then
+# decodes a 48 MP photo at a fraction of its size (768 ms when decoded whole).
+LARGEST_PICTURE = 2048
+
+
+def decode_picture(path, largest: int = LARGEST_PICTURE):
+    """``path`` as a QImage at most ``largest`` pixels a side, turned as its EXIF orientation says
+    (as the model sees it); a null QImage where Qt cannot decode it. Safe off the UI thread."""
+    from PySide6.QtGui import QImageReader
+
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    size = reader.size()
+    if size.isValid() and max(size.width(), size.height()) > largest:
+        reader.setScaledSize(size.scaled(largest, largest, Qt.AspectRatioMode.KeepAspectRatio))
+    return reader.read()
+
+
 class Picture(QLabel):
     """A picture scaled to fit, keeping its aspect ratio."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
+        self._wanted = 0  # the latest load(): an earlier decode that ends later is dropped
         self.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
         self.setMinimumSize(200, 200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setText("Open or drop a picture")
 
-    # Pictures are decoded at most this many pixels a side: a screen shows no more, and libjpeg then
-    # decodes a 48 MP photo at a fraction of its size (768 ms on the UI thread when decoded whole).
-    LARGEST = 2048
+    def load(self, path, jobs) -> None:
+        """Decode ``path`` on a background job and show it when done: a 48 MP JPEG still took 390 ms
+        decoded small, and the window froze for it. The picture shown until then is kept."""
+        self._wanted += 1
+        wanted = self._wanted
 
-    def set_image(self, path) -> bool:
-        from PySide6.QtGui import QImageReader
+        def decoded(image) -> None:
+            if wanted == self._wanted:
+                self.set_image(image)
 
-        reader = QImageReader(str(path))
-        reader.setAutoTransform(True)  # EXIF orientation, as the model sees the picture
-        size = reader.size()
-        if size.isValid() and max(size.width(), size.height()) > self.LARGEST:
-            reader.setScaledSize(size.scaled(self.LARGEST, self.LARGEST, Qt.AspectRatioMode.KeepAspectRatio))
-        image = reader.read()
-        self._pixmap = None if image.isNull() else QPixmap.fromImage(image)
+        jobs.submit(lambda job: decode_picture(path), name="Opening the picture", on_result=decoded,
+                    on_error=lambda exc, details: decoded(None))  # Qt may not decode what PIL does
+
+    def set_image(self, image) -> bool:
+        """Show a decoded QImage (None or a null one: no picture)."""
+        self._pixmap = None if image is None or image.isNull() else QPixmap.fromImage(image)
         self._rescale()
         return self._pixmap is not None
 

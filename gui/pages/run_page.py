@@ -156,7 +156,7 @@ class ImageTaskView(_TaskView):
 
     def open_file(self, path: Path) -> None:
         self.image_path = Path(path)
-        self.picture.set_image(path)  # Qt may not decode every format PIL does; the model still runs
+        self.picture.load(path, self.window_.jobs)  # Qt may not decode every format PIL does; the model still runs
         self.run()
 
     def run(self) -> None:
