@@ -249,16 +249,19 @@ def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, 
     return rows
 
 
-def bench_csv(rows: Sequence[BenchRow]) -> str:
+def bench_csv(rows: Sequence[BenchRow], model: str | Path = "") -> str:
+    """The rows as CSV, each naming ``model`` (its path), so that exports of several models can be
+    put together."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["artifact", "device", "status", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "reason"])
+    w.writerow(["model", "artifact", "device", "status", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "reason"])
     for r in rows:
-        w.writerow([r.artifact, r.device, r.status, *(f"{v:.4f}" if v is not None else "" for v in
-                                                         (r.p50_ms, r.p90_ms, r.p99_ms, r.throughput)), r.reason])
+        w.writerow([str(model), r.artifact, r.device, r.status, *(f"{v:.4f}" if v is not None else "" for v in
+                                                                  (r.p50_ms, r.p90_ms, r.p99_ms, r.throughput)),
+                    r.reason])
     return buf.getvalue()
 
 

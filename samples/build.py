@@ -358,7 +358,7 @@ SAMPLES = {
                    recipe="8"),  # 8: the ids its embedding tables hold ("values") in edgekit.json
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,
                     {"check": partial(_vad_feeds, VAD_CHECK)},
-                    recipe="7"),  # 7: the source's output shapes ("outputs"): TFLite's state is given back as [2, 1, 128]
+                    recipe="7"),  # 7: the source's output shapes ("outputs"): TFLite's state comes back [2, 1, 128]
 }
 
 

@@ -440,6 +440,7 @@ def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window,
     page.export(str(out))
     rows = list(csv.DictReader(out.open()))
     assert sorted(r["artifact"] for r in rows) == ["model-fp32.onnx", "model-int8.xml"]
+    assert {r["model"] for r in rows} == {str(window.session.loaded.info.path)}  # exports of several models combine
     assert all(float(r["p50_ms"]) > 0 and r["status"] == "ok" for r in rows)
 
 

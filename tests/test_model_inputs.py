@@ -201,7 +201,8 @@ def test_every_artifact_gives_outputs_in_the_sources_shapes(samples, device):
     output shapes, and every artifact answers in them, as its outputs say, with the same values."""
     import json
 
-    declared = {o["name"]: tuple(o["shape"]) for o in json.loads((samples["audio"] / "edgekit.json").read_text())["outputs"]}
+    manifest = json.loads((samples["audio"] / "edgekit.json").read_text())
+    declared = {o["name"]: tuple(o["shape"]) for o in manifest["outputs"]}
     assert declared["stateN"] == (2, 1, 128)
     rng = np.random.default_rng(0)
     feeds = {"input": rng.standard_normal((1, 576), np.float32) * 0.1,

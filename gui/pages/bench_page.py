@@ -3,6 +3,8 @@ cancel), see p50/p90/p99 and throughput as a chart and a table, export CSV."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -28,6 +30,7 @@ class BenchPage(QWidget):
         super().__init__()
         self.window_ = window
         self.rows: list[work.BenchRow] = []
+        self.rows_model: Path | str = ""  # what the rows measured
         self.job = None
         self.candidates = QListWidget()
         self.candidates.setObjectName("benchCandidates")
@@ -82,7 +85,7 @@ class BenchPage(QWidget):
         self.candidates.clear()
         if self.job is not None:
             self.job.cancel()
-        self.rows = []
+        self.rows, self.rows_model = [], ""
         self.chart.set_items([])
         self.throughput.set_items([])
         self.results.setRowCount(0)
@@ -139,7 +142,7 @@ class BenchPage(QWidget):
 
         def show(rows) -> None:
             if self.window_.session.loaded is measured:  # else they belong to a model no longer open
-                self.show(rows)
+                self.show(rows, measured.info.path)
 
         self.job = self.window_.jobs.submit(
             lambda job: work.benchmark(chosen, iterations=n, progress=job.progress), name="Benchmark",
@@ -156,8 +159,8 @@ class BenchPage(QWidget):
             self.job.cancel()
             self.step.setText("cancelling…")
 
-    def show(self, rows: list[work.BenchRow]) -> None:
-        self.rows = rows
+    def show(self, rows: list[work.BenchRow], model: Path | str = "") -> None:
+        self.rows, self.rows_model = rows, model
         ok = [r for r in rows if r.status == "ok"]
         self.chart.set_items([(r.label, r.p50_ms) for r in ok], whiskers=[(r.p90_ms, r.p99_ms) for r in ok],
                              title="Latency: p50 bar, p90 and p99 ticks (lower is better)")
@@ -177,7 +180,7 @@ class BenchPage(QWidget):
         if not path:
             return
         try:
-            work.write_atomic(path, work.bench_csv(self.rows))
+            work.write_atomic(path, work.bench_csv(self.rows, self.rows_model))
         except OSError as e:
             self.window_.show_exception("Export failed", e)
             return
