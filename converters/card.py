@@ -12,7 +12,10 @@ from pathlib import Path
 from edgekit.formats import CARD_KEY
 from edgekit.types import Format
 
-CARD_FIELDS = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs")
+# What a lone file keeps of its package: how to use it, and what the source declared of its inputs
+# and outputs (their order, dim names and limits, the ids an embedding table holds, output shapes).
+CARD_FIELDS = ("name", "version", "description", "task", "labels", "preprocess", "postprocess", "warmup_inputs",
+               "inputs", "outputs", "dims", "values")
 
 
 def make(metadata: dict, entry: dict) -> str:

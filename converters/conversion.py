@@ -165,9 +165,6 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             for note in prep.notes:
                 say(f"note: {note}")
             metadata = _metadata(prep, name, task, label_list, preprocess)
-            # The source's output shapes, which a TFLite file may lay out otherwise (read before the
-            # work folder holding the ONNX goes).
-            outputs = sources.onnx_outputs(prep.onnx) if prep.onnx is not None else None
             cal = _load_data(calibration, prep, metadata, "calibration", say)
             chk = _check_samples(check, cal, prep, metadata, say)
             refs = [prep.reference(f) for f in chk.feeds]
@@ -186,7 +183,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             _stop_if_interrupted()  # swallowed in a step that did not fail (checks, say): publish nothing
             _finish_or_raise(report, strict)
             shutil.rmtree(work)
-            manifest = _manifest(metadata, prep, report, min_cosine, outputs)
+            manifest = _manifest(metadata, prep, report, min_cosine)
             package.publish(staging, out_dir, manifest)
             report.written = True
             for a in report.artifacts:  # publish measured them
@@ -275,6 +272,11 @@ def _metadata(prep, name, task, labels, preprocess) -> dict:
         meta["preprocess"] = merged
     if meta.get("task") in ("image-classification", "text-classification") and meta.get("labels") is None:
         log.info("no labels given: results will show class indices")
+    # The source's inputs and outputs, which hold for every artifact: IR and TFLite lose the dims' names,
+    # a TFLite file may order its inputs and lay out its outputs otherwise.
+    meta["inputs"] = [s.to_dict() for s in prep.inputs]
+    if prep.onnx is not None:
+        meta["outputs"] = sources.onnx_outputs(prep.onnx)
     return meta
 
 
@@ -442,13 +444,8 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         raise ConversionError(f"no usable artifact, nothing written: {what}", report)
 
 
-def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None,
-              outputs: list[dict] | None) -> dict:
+def _manifest(metadata: dict, prep, report: ConversionReport, min_cosine: float | None) -> dict:
     manifest = dict(metadata)
-    # The source's input specs: their dim names hold for every artifact (IR and TFLite lose them).
-    manifest["inputs"] = [s.to_dict() for s in prep.inputs]
-    if outputs is not None:
-        manifest["outputs"] = outputs
     manifest["artifacts"] = [a.manifest_entry() for a in report.artifacts if a.path]
     manifest["conversion"] = {
         "source": prep.label, "source_kind": prep.kind, "reference": prep.reference_label,

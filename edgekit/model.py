@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
-from .errors import BackendError, EdgekitError, InputError, UsageError
+from . import package as package_mod
+from .errors import BackendError, EdgekitError, InputError, ModelFileError, UsageError
+from .package import Declared
 from .selection import parse_policy, resolve_source, select
-from .types import Precision, Selection, TensorSpec, shape_text
+from .types import Format, Precision, Selection, TensorSpec, shape_text
 
 log = logging.getLogger("edgekit")
 
@@ -87,14 +89,14 @@ def _named_dims(specs: list[TensorSpec]) -> dict[str, list[tuple[int, int]]]:
     return places
 
 
-def _declared(specs: list[TensorSpec], package) -> list[TensorSpec]:
-    """``specs`` with the dim names the package's source declared where the artifact has none
+def _declared(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
+    """``specs`` with the dim names the source declared where the artifact has none
     (OpenVINO IR and TFLite keep no names), so every artifact of a package is checked alike."""
-    if package is None or not package.dim_names:
+    if not declared.dim_names:
         return specs
     out = []
     for spec in specs:
-        names, layout = package.dim_names.get(spec.name, ((), None))
+        names, layout = declared.dim_names.get(spec.name, ((), None))
         same_axes = not (layout and spec.layout and layout != spec.layout)  # NHWC's axes are not NCHW's
         if names and same_axes and spec.shape is not None and len(names) == len(spec.shape):
             spec = replace(spec, shape=tuple(n if d is None and n else d for d, n in zip(spec.shape, names)))
@@ -102,13 +104,27 @@ def _declared(specs: list[TensorSpec], package) -> list[TensorSpec]:
     return out
 
 
-def _in_source_order(specs: list[TensorSpec], package) -> list[TensorSpec]:
-    """``specs`` in the order the package's source declared them, where it names the same inputs."""
-    order = package.input_order if package is not None else ()
+def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
+    """``specs`` in the order the source declared them, where it names the same inputs."""
+    order = declared.input_order
     if sorted(order) != sorted(s.name for s in specs):
         return specs
     by_name = {s.name: s for s in specs}
     return [by_name[n] for n in order]
+
+
+def _card_declared(path: Path) -> Declared:
+    """What the card embedded in a lone TFLite or IR file declares of the source's inputs and outputs.
+    An ONNX file keeps its own names and order, and reading its card would parse the whole graph."""
+    fmt = formats.detect(path)
+    if fmt is Format.ONNX:
+        return Declared()
+    card = formats.read_card(path, fmt)
+    try:
+        return package_mod.declared(card, path) if card else Declared()
+    except ModelFileError as e:  # the card is a convenience: the model runs without it
+        log.warning("%s: its embedded card is ignored (%s)", path.name, e)
+        return Declared()
 
 
 def _unit_dims_moved(have, want) -> bool:
@@ -147,17 +163,18 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        declared = _declared(list(session.inputs), package)
+        facts = package.declared if package is not None else _card_declared(path)
+        in_specs = _declared(list(session.inputs), facts)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them
         # sorted by tensor index (MiniLM's attention_mask first).
-        self.inputs: list[TensorSpec] = _in_source_order(declared, package)
-        self._to_session = None if self.inputs == declared else [self.inputs.index(s) for s in declared]
-        self._session_specs = declared
+        self.inputs: list[TensorSpec] = _in_source_order(in_specs, facts)
+        self._to_session = None if self.inputs == in_specs else [self.inputs.index(s) for s in in_specs]
+        self._session_specs = in_specs
         self.outputs: list[TensorSpec] = list(session.outputs)
         # onnx2tf may move a size-1 dim of an output (Silero's state [2, 1, 128] comes back [1, 2, 128]):
         # the same values in the same order, so the source's shape is given back, as on every artifact.
-        wanted = package.output_shapes if package is not None else {}
+        wanted = facts.output_shapes
         self._out_shapes = {i: wanted[s.name] for i, s in enumerate(self.outputs)
                             if _unit_dims_moved(s.shape, wanted.get(s.name))}
         for i, shape in self._out_shapes.items():
@@ -167,12 +184,12 @@ class Model:
         # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
         # mask of 3, and broadcast a batch of 1 against 2 into a wrong answer of 2 rows. A package may
         # also cap a dim (MiniLM's 512 positions), past which the runtimes fail deep in the graph.
-        limits = package.dim_max if package is not None else {}
+        limits = facts.dim_max
         self._dims = [(dim, places, limits.get(dim)) for dim, places in _named_dims(self.inputs).items()
                       if len(places) > 1 or dim in limits]
         # ... and the ids its embedding tables hold: past them ONNX Runtime refuses the Gather, and
         # OpenVINO read past the table into a plausible embedding of nothing.
-        ranges = package.value_range if package is not None else {}
+        ranges = facts.value_range
         self._ranges = [(i, s.name, *ranges[s.name]) for i, s in enumerate(self.inputs) if s.name in ranges]
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)

