@@ -897,6 +897,8 @@ def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
         assert status_line.startswith(b"HTTP/1.1 431") and "over the limit of 65536" in json.loads(body)["error"]
         many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(100))  # 100 KB of whole headers at once
         assert answer_to(b"GET /v2/health/live HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+        assert "Invalid HTTP request" not in server.log()  # the 431s are logged once each, with their reason
+        assert server.log().count(" 431 the request head") == 2, server.log()
         # not HTTP: uvicorn's refusal, as JSON
         status_line, _, body = answer_to(b"garbage\r\n\r\n").partition(b"\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 400") and set(json.loads(body)) == {"error"}

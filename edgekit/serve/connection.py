@@ -32,6 +32,19 @@ log = logging.getLogger("edgekit.serve")
 LINGER_S = 2.0  # how long a refused connection is read (and dropped) before it is closed
 
 
+class _QuietOverHead(logging.LoggerAdapter):
+    """uvicorn's logger for one connection, less its "Invalid HTTP request received." for a head
+    over the limit: the 431 is logged once, with its reason, where it is answered."""
+
+    def __init__(self, logger: logging.Logger, protocol) -> None:
+        super().__init__(logger, {})
+        self.protocol = protocol
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if not self.protocol._head_over:
+            super().log(level, msg, *args, **kwargs)
+
+
 def bounded_protocol(max_head: int, head_timeout_s: float):
     """The protocol class for ``uvicorn.Config(http=...)``: "h11" where httptools is missing."""
     try:
@@ -58,6 +71,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            self.logger = _QuietOverHead(self.logger, self)
             self._arm_idle()
 
         def on_message_begin(self) -> None:
