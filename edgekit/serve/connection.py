@@ -32,17 +32,19 @@ log = logging.getLogger("edgekit.serve")
 LINGER_S = 2.0  # how long a refused connection is read (and dropped) before it is closed
 
 
-class _QuietOverHead(logging.LoggerAdapter):
-    """uvicorn's logger for one connection, less its "Invalid HTTP request received." for a head
-    over the limit: the 431 is logged once, with its reason, where it is answered."""
+class _QuietOverHead:
+    """uvicorn's logger for one connection, less its "Invalid HTTP request received." warning for a
+    head over the limit: the 431 is logged once, with its reason, where it is answered."""
 
     def __init__(self, logger: logging.Logger, protocol) -> None:
-        super().__init__(logger, {})
-        self.protocol = protocol
+        self._logger, self._protocol = logger, protocol
 
-    def log(self, level, msg, *args, **kwargs) -> None:
-        if not self.protocol._head_over:
-            super().log(level, msg, *args, **kwargs)
+    def warning(self, msg, *args, **kwargs) -> None:
+        if not self._protocol._head_over:
+            self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str):  # level, log, error ...: the logger's own
+        return getattr(self._logger, name)
 
 
 def bounded_protocol(max_head: int, head_timeout_s: float):
