@@ -3,7 +3,7 @@
     from converters import convert
     report = convert("model.onnx", to=["onnx", "openvino", "tflite"], precisions=["fp32", "fp16", "int8"],
                      calibration="images/", out="model-pkg")
-    print(report.table())
+    header, rows = report.table()  # the table the CLI prints; report.to_dict() is --json
 
 Work happens in a temporary folder beside ``out``; the package moves into place in one
 rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as it was.
