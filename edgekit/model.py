@@ -113,27 +113,31 @@ def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[Tensor
     return [by_name[n] for n in order]
 
 
-def _card_declared(path: Path) -> Declared:
-    """What the card embedded in a lone TFLite or IR file declares of the source's inputs and outputs.
-    An ONNX file keeps its own names and order, and reading its card would parse the whole graph."""
+def _card_declared(path: Path) -> tuple[Declared, dict | None]:
+    """What the card embedded in a lone TFLite or IR file declares of the source's inputs and
+    outputs, and the card (None: not read). An ONNX file keeps its own names and order, and reading
+    its card would parse the whole graph."""
     fmt = formats.detect(path)
     if fmt is Format.ONNX:
-        return Declared()
+        return Declared(), None
     card = formats.read_card(path, fmt)
     try:
-        return package_mod.declared(card, path) if card else Declared()
+        return (package_mod.declared(card, path) if card else Declared()), card
     except ModelFileError as e:  # the card is a convenience: the model runs without it
         log.warning("%s: its embedded card is ignored (%s)", path.name, e)
-        return Declared()
+        return Declared(), card
 
 
 def _unit_dims_moved(have, want) -> bool:
-    """Whether static shapes ``have`` and ``want`` differ only in where their size-1 dims sit."""
+    """Whether static shapes ``have`` and ``want`` differ only in where their size-1 dims sit, so
+    that a reshape keeps every value in place. Only where the other sizes all differ: [1, 8, 1, 8]
+    against [1, 1, 8, 8] may be a channels-last transpose, which a reshape would scramble."""
     if not have or not want or have == want or len(have) != len(want):
         return False
     if not all(isinstance(d, int) for d in (*have, *want)):
         return False
-    return [d for d in have if d != 1] == [d for d in want if d != 1]
+    sizes = [d for d in have if d != 1]
+    return len(set(sizes)) == len(sizes) and sizes == [d for d in want if d != 1]
 
 
 def _closed(arrays):
@@ -163,7 +167,7 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        facts = package.declared if package is not None else _card_declared(path)
+        facts, card = (package.declared, None) if package is not None else _card_declared(path)
         in_specs = _declared(list(session.inputs), facts)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them
@@ -175,9 +179,9 @@ class Model:
         # onnx2tf may move a size-1 dim of an output (Silero's state [2, 1, 128] comes back [1, 2, 128]):
         # the same values in the same order, so the source's shape is given back, as on every artifact.
         wanted = facts.output_shapes
-        self._out_shapes = {i: wanted[s.name] for i, s in enumerate(self.outputs)
+        self._out_shapes = {i: (s.shape, wanted[s.name]) for i, s in enumerate(self.outputs)
                             if _unit_dims_moved(s.shape, wanted.get(s.name))}
-        for i, shape in self._out_shapes.items():
+        for i, (_, shape) in self._out_shapes.items():
             self.outputs[i] = replace(self.outputs[i], shape=shape)
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
@@ -194,7 +198,7 @@ class Model:
         self._in_names = [s.name for s in self.inputs]
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
-        self._card: dict | None = None
+        self._card: dict | None = card
 
     @property
     def metadata(self) -> dict:
@@ -256,8 +260,9 @@ class Model:
             raise
         except Exception as e:
             raise self._runtime_error(e, arrays) from e
-        if self._out_shapes:
-            outputs = [np.reshape(y, self._out_shapes[i]) if i in self._out_shapes else y
+        if self._out_shapes:  # only where the runtime answered in the shape it reported
+            outputs = [np.reshape(y, self._out_shapes[i][1])
+                       if i in self._out_shapes and np.shape(y) == self._out_shapes[i][0] else y
                        for i, y in enumerate(outputs)]
         return dict(zip(self._out_names, outputs))
 

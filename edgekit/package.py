@@ -10,6 +10,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from . import formats
 from .errors import ModelFileError, UsageError
 from .hostinfo import cpu_id
 from .types import Format
+
+log = logging.getLogger("edgekit")
 
 SCHEMA_VERSION = 1
 
@@ -149,7 +152,12 @@ def declared(manifest: dict, where: Path) -> Declared:
     except ValueError as e:
         raise ModelFileError(where, str(e)) from None
     names, limits, order = _declared_dims(manifest, where)
-    return Declared(names, limits, order, ranges, _declared_outputs(manifest, where))
+    try:
+        outputs = _declared_outputs(manifest, where)
+    except ModelFileError as e:  # output shapes are a convenience (packages before them may hold anything there)
+        log.warning("%s", e)
+        outputs = {}
+    return Declared(names, limits, order, ranges, outputs)
 
 
 def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:

@@ -199,7 +199,10 @@ class Picture(QLabel):
             if wanted == self._wanted:
                 self.set_image(image)
 
-        jobs.submit(lambda job: decode_picture(path), name="Opening the picture", on_result=decoded,
+        def decode(job):  # one opened meanwhile makes this one moot before it starts
+            return decode_picture(path) if wanted == self._wanted else None
+
+        jobs.submit(decode, name="Opening the picture", on_result=decoded,
                     on_error=lambda exc, details: decoded(None))  # Qt may not decode what PIL does
 
     def set_image(self, image) -> bool:

@@ -240,6 +240,22 @@ def test_a_scalar_input_converts_and_the_package_loads(tmp_path):
             np.testing.assert_allclose(m.run({"x": x, "s": np.float32(2)})["y"], 2 * x)
 
 
+def test_a_channels_last_output_of_repeated_sizes_is_not_taken_for_a_moved_unit_dim(tmp_path):
+    """A 1x1 conv to [1, 8, 1, 8] comes back from onnx2tf channels-last, [1, 1, 8, 8]: the same
+    sizes in the same order as a moved size-1 dim would give, but a transpose. Reshaping it into the
+    source's shape scrambled the values (parity cosine 0.35); the check's own alignment is exact."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "conv.onnx")
+    report = convert(tmp_path / "conv.onnx", to=["tflite"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok and report.artifacts[0].cosine > 0.9999, [(a.target, a.reason) for a in report.artifacts]
+
+
 def test_transformer_position_limits():
     from converters.sources import sequence_limit
 

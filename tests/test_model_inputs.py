@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -265,9 +267,7 @@ def test_malformed_manifest_fields_name_the_manifest(tmp_path, models):
     for extra, problem in (({"preprocess": [1]}, "'preprocess' must be an object, not \\[1\\]"),
                            ({"labels": "cat"}, "'labels' must be a list of strings"),
                            ({"labels": ["cat", 3]}, "it holds 3"), ({"task": 5}, "'task' must be a string"),
-                           ({"inputs": {"a": 1}}, "'inputs' must be a list"),
-                           ({"outputs": {"y": 1}}, "'outputs' must be a list"),
-                           ({"outputs": [{"name": "y"}]}, "'outputs' entry .* needs a 'name' and a 'shape'")):
+                           ({"inputs": {"a": 1}}, "'inputs' must be a list")):
         manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], **extra}
         (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
         with pytest.raises(edgekit.ModelFileError, match=problem):
@@ -275,3 +275,30 @@ def test_malformed_manifest_fields_name_the_manifest(tmp_path, models):
     manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], "preprocess": None, "labels": None}
     (tmp_path / "edgekit.json").write_text(json.dumps(manifest))  # null is as good as absent
     edgekit.load(tmp_path).close()
+
+
+def test_malformed_output_shapes_are_ignored_with_a_warning(tmp_path, models, caplog):
+    """``outputs`` only restores shapes: a package that holds something else there still loads."""
+    import json
+    import shutil
+
+    shutil.copy(models["add.onnx"], tmp_path / "add.onnx")
+    for outputs, problem in (({"y": 1}, "'outputs' must be a list"),
+                             ([{"name": "y"}], "'outputs' entry .* needs a 'name' and a 'shape'")):
+        manifest = {"artifacts": [{"path": "add.onnx", "format": "onnx"}], "outputs": outputs}
+        (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edgekit"), edgekit.load(tmp_path) as m:
+            np.testing.assert_array_equal(next(iter(m.run({"a": A, "b": B}).values())), A + B)
+        assert re.search(problem, caplog.text), caplog.text
+
+
+def test_a_reshape_never_stands_for_a_transpose():
+    """[1, 8, 1, 8] against [1, 1, 8, 8] may be onnx2tf's channels-last layout: a reshape would
+    scramble the values, so only shapes whose other sizes all differ are given back."""
+    from edgekit.model import _unit_dims_moved
+
+    assert _unit_dims_moved((1, 2, 128), (2, 1, 128))
+    assert not _unit_dims_moved((1, 1, 8, 8), (1, 8, 1, 8))
+    assert not _unit_dims_moved((1, 128, 2), (2, 1, 128))  # the sizes in another order: a transpose
+    assert not _unit_dims_moved((1, 2, 128), (2, None, 128)) and not _unit_dims_moved((1, 2), (1, 2))
