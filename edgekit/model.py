@@ -21,7 +21,7 @@ from . import package as package_mod
 from .errors import BackendError, EdgekitError, InputError, ModelFileError, UsageError
 from .package import Declared
 from .selection import parse_policy, resolve_source, select
-from .types import Format, Precision, Selection, TensorSpec, shape_text
+from .types import Precision, Selection, TensorSpec, shape_text
 
 log = logging.getLogger("edgekit")
 
@@ -113,14 +113,10 @@ def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[Tensor
     return [by_name[n] for n in order]
 
 
-def _card_declared(path: Path) -> tuple[Declared, dict | None]:
-    """What the card embedded in a lone TFLite or IR file declares of the source's inputs and
-    outputs, and the card (None: not read). An ONNX file keeps its own names and order, and reading
-    its card would parse the whole graph."""
-    fmt = formats.detect(path)
-    if fmt is Format.ONNX:
-        return Declared(), None
-    card = formats.read_card(path, fmt)
+def _card_declared(path: Path) -> tuple[Declared, dict]:
+    """What the card embedded in a lone model file declares of the source's inputs and outputs
+    (TFLite and IR lose dim names and may reorder; none keeps dim limits or value ranges), and the card."""
+    card = formats.read_card(path, formats.detect(path))
     try:
         return (package_mod.declared(card, path) if card else Declared()), card
     except ModelFileError as e:  # the card is a convenience: the model runs without it
