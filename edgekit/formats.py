@@ -256,7 +256,8 @@ def onnx_metadata_props(path: Path) -> dict[str, str]:
         props = {}
         for field, value in _wire_fields(buf, 0, len(buf)):
             if field == _METADATA_PROPS and isinstance(value, tuple):
-                entry = {k: bytes(buf[v[0]:v[1]]).decode("utf-8") for k, v in _wire_fields(buf, *value)
+                # errors="replace": another tool's entry that is not UTF-8 must not cost the card
+                entry = {k: bytes(buf[v[0]:v[1]]).decode("utf-8", "replace") for k, v in _wire_fields(buf, *value)
                          if k in (1, 2) and isinstance(v, tuple)}
                 props[entry.get(1, "")] = entry.get(2, "")
     return props
@@ -284,14 +285,14 @@ def _wire_fields(buf, pos: int, end: int):
 
 def _varint(buf, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
-    while pos < end:
+    while pos < end and shift < 70:  # at most 10 bytes, as protobuf reads them
         b = buf[pos]
         pos += 1
         value |= (b & 0x7F) << shift
         if b < 0x80:
             return value, pos
         shift += 7
-    raise ValueError("truncated protobuf varint")
+    raise ValueError("truncated or overlong protobuf varint")
 
 
 def _tflite_metadata(path: Path, name: str) -> str | None:

@@ -124,6 +124,17 @@ def _card_declared(path: Path) -> tuple[Declared, dict]:
         return Declared(), card
 
 
+def _fits_inputs(facts: Declared, specs: list[TensorSpec], path: Path) -> Declared:
+    """A lone file's card facts, where the card names the file's own inputs: a file another tool
+    edited after conversion (inputs renamed, added) runs on what it declares itself."""
+    if facts.input_order and sorted(facts.input_order) != sorted(s.name for s in specs):
+        log.warning("%s: its embedded card describes inputs %s, the file has %s: the card's dims, "
+                    "ranges and shapes are ignored", path.name, ", ".join(facts.input_order),
+                    ", ".join(s.name for s in specs))
+        return Declared()
+    return facts
+
+
 def _unit_dims_moved(have, want) -> bool:
     """Whether static shapes ``have`` and ``want`` differ only in where their size-1 dims sit, so
     that a reshape keeps every value in place. Only where the other sizes all differ: [1, 8, 1, 8]
@@ -163,7 +174,11 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        facts, card = (package.declared, None) if package is not None else _card_declared(path)
+        if package is not None:
+            facts, card = package.declared, None
+        else:
+            facts, card = _card_declared(path)
+            facts = _fits_inputs(facts, list(session.inputs), path)
         in_specs = _declared(list(session.inputs), facts)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them

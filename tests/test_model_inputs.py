@@ -253,6 +253,31 @@ def test_onnx_metadata_is_read_without_parsing_the_graph(samples, tmp_path):
     cut.write_bytes(path.read_bytes()[:1000])  # inside the graph
     with pytest.raises(ValueError, match="truncated"):
         onnx_metadata_props(cut)
+    endless = tmp_path / "endless.onnx"
+    endless.write_bytes(b"\x08" + b"\xff" * 200_000)  # a varint that never ends: refused at its 10th byte
+    with pytest.raises(ValueError, match="overlong"):
+        onnx_metadata_props(endless)
+    other = tmp_path / "other.onnx"  # another tool's entry that is not UTF-8 does not cost the card
+    entry = b"\x0a\x05other\x12\x02\xff\xfe"  # key = 1, value = 2 (protobuf's own writer refuses it)
+    other.write_bytes(path.read_bytes() + b"\x72" + bytes([len(entry)]) + entry)  # metadata_props = 14
+    assert onnx_metadata_props(other)["edgekit"] == want["edgekit"]
+
+
+def test_a_card_that_names_other_inputs_is_not_applied(tmp_path, models, caplog):
+    """A file edited after conversion (its inputs renamed) runs on what it declares itself."""
+    import json
+    import shutil
+
+    from converters import card
+
+    edited = tmp_path / "add.onnx"
+    shutil.copy(models["add.onnx"], edited)
+    facts = {"inputs": [{"name": "x", "shape": [1, 4]}, {"name": "y", "shape": [1, 4]}],
+             "values": {"a": {"min": 0, "max": 1}}}
+    card.embed(edited, edgekit.Format.ONNX, json.dumps(facts))
+    with caplog.at_level("WARNING", logger="edgekit"), edgekit.load(edited) as m:
+        np.testing.assert_array_equal(next(iter(m.run({"a": A, "b": B}).values())), A + B)  # A holds 0-3
+    assert "its embedded card describes inputs x, y, the file has a, b" in caplog.text
 
 
 def test_a_lone_file_with_a_bad_card_runs_on_its_own_specs(tmp_path, models, caplog):
