@@ -113,26 +113,23 @@ def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[Tensor
     return [by_name[n] for n in order]
 
 
-def _card_declared(path: Path) -> tuple[Declared, dict]:
+def _card_declared(path: Path, specs: list[TensorSpec]) -> tuple[Declared, dict]:
     """What the card embedded in a lone model file declares of the source's inputs and outputs
-    (TFLite and IR lose dim names and may reorder; none keeps dim limits or value ranges), and the card."""
+    (TFLite and IR lose dim names and may reorder; none keeps dim limits or value ranges), and the
+    card. Nothing where the card is malformed, or names other inputs than ``specs`` (a file another
+    tool edited after conversion runs on what it declares itself)."""
     card = formats.read_card(path, formats.detect(path))
     try:
-        return (package_mod.declared(card, path) if card else Declared()), card
+        facts = package_mod.declared(card, path) if card else Declared()
     except ModelFileError as e:  # the card is a convenience: the model runs without it
         log.warning("%s: its embedded card is ignored (%s)", path.name, e)
         return Declared(), card
-
-
-def _fits_inputs(facts: Declared, specs: list[TensorSpec], path: Path) -> Declared:
-    """A lone file's card facts, where the card names the file's own inputs: a file another tool
-    edited after conversion (inputs renamed, added) runs on what it declares itself."""
     if facts.input_order and sorted(facts.input_order) != sorted(s.name for s in specs):
         log.warning("%s: its embedded card describes inputs %s, the file has %s: the card's dims, "
                     "ranges and shapes are ignored", path.name, ", ".join(facts.input_order),
                     ", ".join(s.name for s in specs))
-        return Declared()
-    return facts
+        return Declared(), card
+    return facts, card
 
 
 def _unit_dims_moved(have, want) -> bool:
@@ -174,11 +171,7 @@ class Model:
         self.source = source
         self.package = package
         self.precision = session.precision
-        if package is not None:
-            facts, card = package.declared, None
-        else:
-            facts, card = _card_declared(path)
-            facts = _fits_inputs(facts, list(session.inputs), path)
+        facts, card = (package.declared, None) if package is not None else _card_declared(path, session.inputs)
         in_specs = _declared(list(session.inputs), facts)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them

@@ -164,13 +164,8 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     """``inputs`` (the source's input specs: named dims, and their order) and ``dims``
     (``{"sequence": {"max": 512}}``)."""
     names: dict[str, tuple] = {}
-    specs = manifest.get("inputs") or []
-    if not isinstance(specs, list):
-        raise ModelFileError(where, "'inputs' must be a list of input specs")
+    specs = _tensor_specs(manifest, "inputs", where)
     for spec in specs:
-        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "shape" in spec
-                and isinstance(spec["shape"], (list, type(None)))):
-            raise ModelFileError(where, f"'inputs' entry {spec!r} needs a 'name' and a 'shape' list (or null)")
         shape = spec["shape"]
         if shape:  # null or []: a scalar, or a rank the runtime did not know; nothing to name
             names[spec["name"]] = (tuple(d if isinstance(d, str) and d else None for d in shape), spec.get("layout"))
@@ -181,16 +176,22 @@ def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[
     return names, limits, tuple(spec["name"] for spec in specs)
 
 
-def _declared_outputs(manifest: dict, where: Path) -> dict[str, tuple]:
-    """``outputs`` (the source's output specs) as {name: shape}, a named dim as None; rankless ones left out."""
-    specs = manifest.get("outputs") or []
+def _tensor_specs(manifest: dict, key: str, where: Path) -> list[dict]:
+    """``manifest[key]`` ("inputs" or "outputs"): a list of {"name": str, "shape": list or null, ...}."""
+    specs = manifest.get(key) or []
     if not isinstance(specs, list):
-        raise ModelFileError(where, "'outputs' must be a list of output specs")
-    shapes = {}
+        raise ModelFileError(where, f"'{key}' must be a list of {key[:-1]} specs")
     for spec in specs:
         if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "shape" in spec
                 and isinstance(spec["shape"], (list, type(None)))):
-            raise ModelFileError(where, f"'outputs' entry {spec!r:.80} needs a 'name' and a 'shape' list (or null)")
+            raise ModelFileError(where, f"'{key}' entry {spec!r:.80} needs a 'name' and a 'shape' list (or null)")
+    return specs
+
+
+def _declared_outputs(manifest: dict, where: Path) -> dict[str, tuple]:
+    """``outputs`` (the source's output specs) as {name: shape}, a named dim as None; rankless ones left out."""
+    shapes = {}
+    for spec in _tensor_specs(manifest, "outputs", where):
         if spec["shape"] is not None:
             shapes[spec["name"]] = tuple(d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None
                                          for d in spec["shape"])
