@@ -191,6 +191,30 @@ def test_every_artifact_of_a_package_takes_its_inputs_in_the_sources_order(tmp_p
             assert float(by_list[0] @ reference[0]) > 0.999, artifact  # the inputs reached the right places
 
 
+@pytest.mark.parametrize("sample, artifact", [("text", "model-fp32.tflite"), ("audio", "model-int8.tflite")])
+def test_openvino_names_a_tflite_files_tensors_as_litert_does(samples, sample, artifact):
+    """OpenVINO reads a .tflite file by tensor name (serving_default_attention_mask:0 first,
+    PartitionedCall:1): it names them by the file's signature as LiteRT does, so the package's
+    input order and output shapes hold and a list means the same on both."""
+    path = samples[sample] / artifact
+    with edgekit.load(path, device="litert") as lit, edgekit.load(path, device="openvino") as ov:
+        assert ov.backend == "openvino" and ov.path == path
+        assert [(s.name, s.shape) for s in ov.inputs] == [(s.name, s.shape) for s in lit.inputs]
+        assert [(s.name, s.shape) for s in ov.outputs] == [(s.name, s.shape) for s in lit.outputs]
+        if sample == "text":
+            ids = np.zeros((1, lit.inputs[0].shape[1]), np.int64)
+            ids[0, :5] = [101, 7592, 2088, 999, 102]
+            feeds = [ids, (ids > 0).astype(np.int64), np.zeros_like(ids)]
+        else:
+            rng = np.random.default_rng(0)
+            feeds = [rng.standard_normal(s.shape).astype(np.float32) * 0.1 for s in lit.inputs]
+        want, got = lit.run(feeds), ov.run(feeds)
+    assert list(got) == list(want)
+    for name in want:
+        a, b = want[name].ravel(), got[name].ravel()
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, name
+
+
 def test_openvino_names_outputs_as_the_model_file_does(samples):
     """Compiling Silero's int8 IR adds the name 'mean' to its first output; the file calls it 'output'."""
     with edgekit.load(samples["audio"] / "model-int8.xml") as m:

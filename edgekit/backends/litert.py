@@ -45,6 +45,29 @@ def _import():
         return mod, "tflite-runtime"
 
 
+def signature_names(path: Path) -> dict[str, str]:
+    """A TFLite file's tensor names -> the input and output keys of its one signature, as
+    :class:`LiteRtSession` names them ({} without one signature, or without LiteRT).
+
+    For OpenVINO, which reads .tflite files by tensor name: onnx2tf's MiniLM inputs come as
+    ``serving_default_attention_mask:0`` (first), its outputs as ``StatefulPartitionedCall:0``.
+    """
+    try:
+        mod, _ = _import()
+        resolver = getattr(getattr(mod, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
+        kwargs = {"experimental_op_resolver_type": resolver} if resolver is not None else {}
+        interp = mod.Interpreter(model_path=str(path), **kwargs)  # not allocated: 2 ms
+        sigs = interp.get_signature_list()
+        if len(sigs) != 1:
+            return {}
+        runner = interp.get_signature_runner(next(iter(sigs)))
+        details = (runner.get_input_details(), runner.get_output_details())
+    except Exception as e:  # a file LiteRT cannot read: OpenVINO reports its own error
+        log.debug("no TFLite signature read from %s: %s", path, e)
+        return {}
+    return {d["name"]: key for part in details for key, d in part.items()}
+
+
 def _spec(detail: dict, name: str | None = None) -> TensorSpec:
     sig = detail.get("shape_signature")
     dims = sig if sig is not None and len(sig) else detail["shape"]

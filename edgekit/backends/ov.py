@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import BackendError, ModelFileError
 from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
 from .base import BackendStatus
+from .litert import signature_names
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ _MISSING = {
 _COPY_LIMIT = 1 << 20
 
 
-def _spec(port, model_port) -> TensorSpec:
+def _spec(port, model_port, renamed: dict[str, str]) -> TensorSpec:
     """``port``'s spec, named as ``model_port`` (the port before compiling) was: compiling can add
-    a name (Silero's int8 output became {'mean', 'output'}, and any name was 'mean')."""
+    a name (Silero's int8 output became {'mean', 'output'}, and any name was 'mean'). A name in
+    ``renamed`` is replaced (a .tflite file's tensor name by its signature key)."""
     pshape = port.get_partial_shape()
     if pshape.rank.is_dynamic:
         shape = None
@@ -51,7 +53,7 @@ def _spec(port, model_port) -> TensorSpec:
             dtype = np.dtype(np.float32)
     named = model_port if model_port.get_names() else port
     name = named.get_any_name() if named.get_names() else f"port{port.get_index()}"
-    return TensorSpec(name, shape, dtype, guess_layout(shape))
+    return TensorSpec(renamed.get(name, name), shape, dtype, guess_layout(shape))
 
 
 class _Request:
@@ -70,11 +72,11 @@ class _Request:
 
 
 class OvSession:
-    def __init__(self, compiled, ov, precision: str, model) -> None:
+    def __init__(self, compiled, ov, precision: str, model, renamed: dict[str, str]) -> None:
         self._compiled = compiled
         self._ov = ov
-        self.inputs = [_spec(p, m) for p, m in zip(compiled.inputs, model.inputs)]
-        self.outputs = [_spec(p, m) for p, m in zip(compiled.outputs, model.outputs)]
+        self.inputs = [_spec(p, m, renamed) for p, m in zip(compiled.inputs, model.inputs)]
+        self.outputs = [_spec(p, m, renamed) for p, m in zip(compiled.outputs, model.outputs)]
         self.precision = precision
         # Idle requests, taken by a run and given back after it: as many as runs ever overlapped.
         # (Not a threading.local: requests kept in a thread's state are destroyed when that thread
@@ -203,7 +205,10 @@ class OpenVinoBackend:
             computed = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         except Exception:
             computed = "device default"
-        return OvSession(compiled, ov, computed, model)
+        # A .tflite file's tensors are named as LiteRT names them, by their signature's keys: the names
+        # the package and the tasks know (the source's), not onnx2tf's serving_default_input_ids:0.
+        renamed = signature_names(path) if fmt is Format.TFLITE else {}
+        return OvSession(compiled, ov, computed, model, renamed)
 
 
 def _first_line(e: BaseException) -> str:
