@@ -216,7 +216,10 @@ class _Opener:
                 raise
             self.checked.add(art.path)
         backend = backends.get(cand.backend)
-        session = backend.open(art.path, art.format, cand.device, self.precision, concurrency=self.concurrency)
+        precision = self.precision
+        if precision is Precision.FP16 and not getattr(backend, "sets_precision", True) and _stored_fp16(art):
+            precision = Precision.STORED  # an fp16 file, run as stored, is what was asked for
+        session = backend.open(art.path, art.format, cand.device, precision, concurrency=self.concurrency)
         if self.verify:
             try:
                 self._first_inference(session, art)
@@ -236,6 +239,15 @@ class _Opener:
                 raise
             self.warmup = warmup
             session.run(list(synthetic_inputs(session.inputs, warmup=warmup).values()))
+
+
+def _stored_fp16(art: Artifact) -> bool:
+    """Whether ``art`` is stored in fp16, as its package says or, for a lone file, its card."""
+    if art.precision != "stored":
+        return art.precision == "fp16"
+    entries = formats.read_card(art.path, art.format).get("artifacts")
+    return isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict) \
+        and entries[0].get("precision") == "fp16"
 
 
 def lone_file_warmup(path: Path, fmt: Format) -> dict | None:

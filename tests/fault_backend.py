@@ -30,6 +30,7 @@ class FaultBackend:
 
     formats = frozenset({Format.ONNX})
     native = frozenset()
+    sets_precision = False
 
     def __init__(self, name: str, behaviours: dict[str, tuple[DeviceKind, str]]) -> None:
         self.name = name

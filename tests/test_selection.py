@@ -185,3 +185,16 @@ def test_missing_runtime_package_is_reported_and_others_still_load(models):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_fp16_asked_of_a_file_stored_in_fp16_runs_it(samples):
+    """ONNX Runtime and LiteRT cannot be told a precision: precision="fp16" used to refuse even the
+    fp16 files ("load a model stored in fp16"). A file stored in fp16, as its package or card says,
+    is what it asks for; a file stored in fp32 is still refused."""
+    for name, device in [("model-fp16.onnx", "onnxruntime"), ("model-fp16.tflite", "litert")]:
+        with edgekit.load(samples["image"] / name, device=device, precision="fp16") as m:
+            assert m.backend == device and m.precision == "as stored"
+    with pytest.raises(edgekit.NoCandidateError, match="stored in fp16"):
+        edgekit.load(samples["image"] / "model-fp32.onnx", device="onnxruntime", precision="fp16")
+    with edgekit.load(samples["image"], precision="fp16") as m:  # OpenVINO may compute any IR in fp16
+        assert m.path.name.startswith("model-fp16") or m.backend == "openvino", m.selection

@@ -49,6 +49,10 @@ class Backend(Protocol):
     name: str
     formats: frozenset[Format]
     native: frozenset[Format]  # formats this runtime is the first choice for
+    # Whether ``open`` can be told to compute below the stored precision (fp16, bf16). Those that
+    # cannot run a model as stored, so for them an fp16 file is what precision="fp16" asks for
+    # (a backend without the attribute counts as one that can).
+    sets_precision: bool
 
     def status(self) -> BackendStatus: ...
 

@@ -156,6 +156,7 @@ class LiteRtBackend:
     name = "litert"
     formats = frozenset({Format.TFLITE})
     native = frozenset({Format.TFLITE})
+    sets_precision = False
 
     @functools.cached_property
     def _mod(self):

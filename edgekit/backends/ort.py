@@ -89,6 +89,7 @@ class OrtSession:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     formats = frozenset({Format.ONNX})
+    sets_precision = False
     native = frozenset({Format.ONNX})
 
     @functools.cached_property

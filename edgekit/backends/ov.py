@@ -125,6 +125,7 @@ class OpenVinoBackend:
     name = "openvino"
     formats = frozenset({Format.OPENVINO, Format.ONNX, Format.TFLITE})
     native = frozenset({Format.OPENVINO})
+    sets_precision = True
 
     @functools.cached_property
     def _ov(self):
