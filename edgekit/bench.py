@@ -66,6 +66,16 @@ def measure(call: Callable[[], object], *, warmup: int = 3, runs: int = 20,
                   float(np.percentile(ms, 99)), float(ms.mean()), float(ms.min()))
 
 
+def warmup_sizes(model) -> dict | None:
+    """``model``'s warm-up inputs (sizes and values a streaming model needs): its package's or card's,
+    or for a package's artifact loaded as a lone file, that package's."""
+    from . import formats
+    from .selection import lone_file_warmup
+
+    return model.metadata.get("warmup_inputs") or (
+        None if model.package else lone_file_warmup(model.path, formats.detect(model.path)))
+
+
 def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
                      warmup: dict | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
     """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero.
@@ -131,18 +141,13 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     Meant to run in a fresh process per candidate, so ``peak_rss_mb`` is that
     candidate's own peak (interpreter and runtime included).
     """
-    from . import formats
     from .model import load
-    from .selection import lone_file_warmup
 
     t0 = time.perf_counter()
     model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
     try:
-        # a package's artifact is measured as a lone file: its package's warm-up sizes still apply
-        sizes = model.metadata.get("warmup_inputs") or (
-            None if model.package else lone_file_warmup(model.path, formats.detect(model.path)))
-        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=sizes)
+        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=warmup_sizes(model))
         t0 = time.perf_counter()
         model.run(feeds)
         first_ms = (time.perf_counter() - t0) * 1e3

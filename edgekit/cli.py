@@ -306,14 +306,14 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from .bench import synthetic_inputs
+    from .bench import synthetic_inputs, warmup_sizes
     from .model import load
 
     model = load(args.model, device=args.device, precision=args.precision, strict=args.strict)
     if args.input:
         feeds = _read_inputs(args.input, model.inputs)
-    elif args.synthetic:
-        feeds = synthetic_inputs(model.inputs)
+    elif args.synthetic:  # sizes and values from the warm-up inputs, as the benchmark takes them
+        feeds = synthetic_inputs(model.inputs, warmup=warmup_sizes(model))
     else:
         expected = ", ".join(str(s) for s in model.inputs)
         raise InputError(f"no inputs: give --input NAME=FILE.npy (model inputs: {expected}) or --synthetic")

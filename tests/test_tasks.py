@@ -538,6 +538,12 @@ def test_vad_options_are_checked_when_it_opens(samples, option, fragment):
         VoiceActivityDetector(samples["audio"], **option)
 
 
+def test_vad_takes_the_load_options_every_task_takes(samples):
+    """concurrency (as the server's instances pass it) was refused as an unknown VAD option."""
+    with VoiceActivityDetector(samples["audio"], concurrency=2, precision="stored", cache=False) as vad:
+        assert vad.detect(AUDIO / "speech.wav")
+
+
 def test_malformed_vad_metadata_names_the_packages_edgekit_json(samples, tmp_path):
     manifest = json.loads((samples["audio"] / "edgekit.json").read_text())
     vad_params = {**manifest["postprocess"]["vad"], "threshold": "high"}

@@ -35,7 +35,7 @@ _VAD_RULES = {
     "max_speech_duration_s": ("None (no limit) or a number of seconds above 0",
                               lambda v: v is None or v == float("inf") or (is_number(v) and v > 0)),
 }
-_LOAD_OPTIONS = ("precision", "strict", "verify", "cache")  # passed on to edgekit.load
+_LOAD_OPTIONS = ("precision", "strict", "verify", "cache", "concurrency")  # passed on to edgekit.load
 _MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
 MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of float32, 70 min of 16 kHz mono
 # The lowest rate resampled: below it a tiny file declaring, say, 1 Hz would be resampled 16000x
