@@ -205,6 +205,12 @@ class Model:
         self._card: dict | None = card
 
     @property
+    def dim_limits(self) -> dict[str, int]:
+        """The largest size of each named input dim that has one (MiniLM's ``sequence``: 512), as the
+        package or card declares; ``run`` refuses more with InputError."""
+        return {dim: top for dim, _, top in self._dims if top is not None}
+
+    @property
     def metadata(self) -> dict:
         """The package manifest (task, labels, pre-processing); for a lone file, the card the
         converter embedded in it, or {}."""

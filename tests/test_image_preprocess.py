@@ -156,6 +156,9 @@ def test_crop_box_is_centred_and_never_leaves_the_image():
     ({"std": None}, "scale, mean and std must be numbers"),
     ({"std": [58.4, 0, 57.4]}, "std [58.4, 0, 57.4] has a zero, or scale or mean is not finite"),
     ({"scale": float("inf")}, "std 1.0 has a zero, or scale or mean is not finite"),
+    ({"color": "BRG"}, "color 'BRG' is not RGB or BGR"),
+    ({"layout": "HWC"}, "layout 'HWC' is not NCHW or NHWC"),
+    ({"layout": "nchw"}, "layout 'nchw' is not NCHW or NHWC"),
 ])
 def test_bad_preprocessing_values_are_a_clear_error(pp, problem):
     with pytest.raises(UsageError, match="^" + re.escape(f"pkg/edgekit.json: image {problem}")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -315,6 +316,26 @@ def test_long_text_is_truncated_at_the_model_limit(embedder):
     long = "word " * 2000
     assert embedder.tokenizer.count(long) == 256
     assert embedder.embed(long).shape == (1, 384)
+
+
+def test_max_length_over_the_models_limit_is_cut_to_it(samples, caplog):
+    """max_length=1000 was taken as given and the first long text failed with InputError: MiniLM's
+    512 positions (the package's declared limit) cap it, with a warning, as a static length does."""
+    with caplog.at_level(logging.WARNING), \
+            TextEmbedder(samples["text"] / "model-fp32.onnx", max_length=1000) as emb:
+        assert emb.tokenizer.count("word " * 2000) == 512
+        assert emb.embed("word " * 2000).shape == (1, 384)
+    assert "max_length 1000 is over this model's limit of 512 tokens" in caplog.text
+
+
+def test_text_arguments_of_odd_kinds(embedder):
+    """A 0-d string array is one text; a zero-shot template must have one {} for the label (one
+    without gave every label the same score, 'About {label}' a KeyError)."""
+    np.testing.assert_array_equal(embedder.embed(np.array("A man plays guitar.")),
+                                  embedder.embed("A man plays guitar."))
+    for template in ("About {label}", "About", "{} and {}", 42):
+        with pytest.raises(edgekit.UsageError, match="expected a string with one {} where each label goes"):
+            TextClassifier(embedder.model, labels=["sports", "finance"], template=template)
 
 
 def test_zero_shot_puts_a_sports_sentence_under_sports(embedder):

@@ -159,6 +159,11 @@ def check_preprocess(pp: dict, where: str) -> None:
     if not isinstance(interpolation, str) or interpolation not in RESAMPLING[resampling]:
         raise UsageError(f"{where}: image interpolation {interpolation!r} is not one of "
                          f"{list(RESAMPLING[resampling])} (resampling {resampling!r})")
+    color, layout = pp.get("color", "RGB"), pp.get("layout", "NCHW")
+    if not isinstance(color, str) or color.upper() not in ("RGB", "BGR"):
+        raise UsageError(f"{where}: image color {color!r} is not RGB or BGR")
+    if layout not in ("NCHW", "NHWC"):
+        raise UsageError(f"{where}: image layout {layout!r} is not NCHW or NHWC")
     for key in ("crop", "size", "resize"):  # crop and size may be [height, width]
         v = pp.get(key)
         if v is not None and not _pixels(v, pair=key != "resize"):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from ..errors import InputError, ModelFileError, UsageError
 from .base import Task, label_list
 from .results import Category, ClassifierOptions, classifier_options, is_integer
+
+log = logging.getLogger(__name__)
 
 
 class Tokenizer:
@@ -53,7 +56,21 @@ class Tokenizer:
         return len(self._tok.encode(text).ids)
 
 
+def _template(template) -> str:
+    """A zero-shot template: a string with one ``{}`` where the label goes."""
+    try:
+        ok = isinstance(template, str) and template.format("a") != template.format("b")
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"template {template!r}: expected a string with one {{}} where each label goes, "
+                         f"as {TextClassifier.ZERO_SHOT_TEMPLATE!r}")
+    return template
+
+
 def _as_texts(texts, what: str = "text") -> list[str]:
+    if isinstance(texts, np.ndarray) and texts.ndim == 0:  # np.array("one text")
+        texts = texts.item()
     if isinstance(texts, (str, bytes, bytearray)):
         items = [texts]
     elif isinstance(texts, Iterable) and not isinstance(texts, dict):
@@ -117,12 +134,17 @@ class _TextTask(Task):
             if tok_path is None:
                 raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
             limit = max_length or top or 512
-            # static shapes (TFLite from onnx2tf): the sequence length caps the token limit, and the
-            # batch dimension is what every run must be filled to
-            static = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
-            lengths = [sh[1] for sh in static if isinstance(sh[1], int)]
-            batches = [sh[0] for sh in static if isinstance(sh[0], int)]
-            self.tokenizer = Tokenizer(tok_path, max_length=int(min([limit, *lengths])))
+            # the sequence length caps the token limit: a static one (TFLite from onnx2tf) or the
+            # declared limit of a named one (MiniLM's 512 positions); a static batch dimension is
+            # what every run must be filled to
+            shapes = [s.shape for s in self.model.inputs if s.shape is not None and len(s.shape) == 2]
+            caps = [sh[1] if isinstance(sh[1], int) else self.model.dim_limits.get(sh[1]) for sh in shapes]
+            cap = min((c for c in caps if c is not None), default=None)
+            if max_length is not None and cap is not None and max_length > cap:
+                log.warning("%s: max_length %d is over this model's limit of %d tokens: texts are cut at %d",
+                            self.model.path.name, max_length, cap, cap)
+            batches = [sh[0] for sh in shapes if isinstance(sh[0], int)]
+            self.tokenizer = Tokenizer(tok_path, max_length=int(min(limit, cap or limit)))
             self.input_names = [s.name for s in self.model.inputs]
             self.static_batch = min(batches) if batches else None
 
@@ -218,7 +240,7 @@ class TextClassifier(_TextTask):
             self.options = classifier_options(options)
             self._label_vecs = None
             if self.zero_shot:
-                self.template = template or self.ZERO_SHOT_TEMPLATE
+                self.template = _template(template or self.ZERO_SHOT_TEMPLATE)
                 self._label_vecs = self._embed([self.template.format(label) for label in self.labels])
             else:
                 self._activate = self.activation()
