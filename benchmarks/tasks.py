@@ -149,7 +149,7 @@ def _resizers(cv2, tf) -> dict:
 
     return {
         "reference: TensorFlow 1 resize_bicubic of the whole-pixel crop": tensorflow,
-        "OpenCV warp (remap for tap rows) bicubic on float pixels (in use: resampling tf1)": lambda img, a, pp: resize_tf1(a, pp),
+        "OpenCV warp bicubic on float pixels (in use: resampling tf1)": lambda img, a, pp: resize_tf1(a, pp),
         "the same warp on uint8 pixels": warp_uint8,
         "OpenCV resize bicubic of the same crop (half-pixel centres)": half_pixel,
         "PIL antialiased bilinear of a 256 / 224 crop box (resampling pillow, declared before)": pillow,
