@@ -405,7 +405,7 @@ def cmd_bench(args) -> int:
         probe = load(targets[0][0], device=targets[0][1], verify=False)
         feeds = _read_inputs(args.input, probe.inputs)
         probe.close()
-    rows, failures = [], []
+    rows, failures, input_errors = [], [], []
     ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
     for n, (path, spec) in enumerate(targets, 1):
         print(f"[{n}/{len(targets)}] {spec} {Path(path).name}: {args.warmup} warm-up + {args.runs} runs",
@@ -421,6 +421,10 @@ def cmd_bench(args) -> int:
                 message = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
                 failures.append({"device": spec, "artifact": Path(path).name, "error": message})
                 print(f"  failed: {message}", file=sys.stderr)
+                if isinstance(e, InputError):
+                    input_errors.append(e)
+    if input_errors and not rows and len(input_errors) == len(failures):
+        raise input_errors[0]  # the --input given fits no candidate: a bad input (exit 2), as for run
     if args.json:
         _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,
                     "results": rows, "failures": failures})

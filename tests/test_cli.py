@@ -137,6 +137,15 @@ def test_bench_default_device_table(models):
     assert "litert:CPU" in out.stdout and "p50 ms" in out.stdout
 
 
+def test_bench_with_an_input_no_candidate_takes_is_a_bad_input(models, tmp_path):
+    """A mis-shaped --input is exit 2 with the problem, as for run (bench said exit 1, empty table)."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 5), np.float32))
+    for args in ([], ["--all-devices"]):
+        out = run_cli("bench", str(models["mlp.onnx"]), "--input", f"x={tmp_path / 'x.npy'}", "--runs", "2", *args)
+        assert out.returncode == 2, out.stderr
+        assert "edgekit: error: input 'x'" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_strict_flag_and_runtime_failure_exit_1(models, tmp_path):
     out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--device", "onnxruntime",
                   "--precision", "fp16", "--strict")
