@@ -92,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
         return code
     except UsageError as e:
-        print(f"edgekit: error: {e}", file=sys.stderr)
-        return 2
+        return _failed(args, str(e), 2)
     except EdgekitError as e:
-        print(f"edgekit: error: {e}", file=sys.stderr)
-        return 1
+        return _failed(args, str(e), 1)
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
@@ -105,16 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # a path given that cannot be written or read (/proc/x, a file where a folder goes)
         if e.filename is None:
-            print(f"edgekit: error: {e}", file=sys.stderr)
-            return 1
-        print(f"edgekit: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return 2
+            return _failed(args, str(e), 1)
+        return _failed(args, f"{e.filename}: {e.strerror or e}", 2)
     except Terminated:
         print("edgekit: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _failed(args, message: str, code: int) -> int:
+    """One line on stderr; with ``--json`` also ``{"error": ..., "exit_code": ...}`` on stdout, so a
+    script reading the document learns why there is no other."""
+    print(f"edgekit: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _emit_json({"error": message, "exit_code": code})
+    return code
 
 
 class Terminated(BaseException):

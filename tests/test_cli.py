@@ -146,6 +146,13 @@ def test_bench_with_an_input_no_candidate_takes_is_a_bad_input(models, tmp_path)
         assert "edgekit: error: input 'x'" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_failed_command_with_json_says_why_on_stdout(models, tmp_path):
+    out = run_cli("run", str(tmp_path / "missing.onnx"), "--synthetic", "--json")
+    assert out.returncode == 2
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == 2 and "missing.onnx" in doc["error"] and doc["error"] in out.stderr
+
+
 def test_strict_flag_and_runtime_failure_exit_1(models, tmp_path):
     out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--device", "onnxruntime",
                   "--precision", "fp16", "--strict")
