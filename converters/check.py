@@ -11,7 +11,7 @@ import numpy as np
 from edgekit.hostinfo import has_int8_dot, is_x86
 from edgekit.types import Format, TensorSpec
 
-from .report import MIN_COSINE, ArtifactReport, one_line
+from .report import MIN_COSINE, ArtifactReport, max_relative_error, one_line
 from .sources import RUNTIME_OF
 
 CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classification"}
@@ -70,18 +70,28 @@ def fidelity(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]], classif
     """Max abs error over all outputs of all samples; cosine of the worst output, each output's values over
     all samples (a VAD's one probability is not hidden behind its 256 state values); top-1 agreement of the
     first output."""
-    errors, cosines = [0.0], []
+    errors, cosines, relative = [0.0], [], [0.0]
     for k in range(len(refs[0]) if refs else 0):
         a = np.concatenate([np.ravel(sr[k]).astype(np.float64) for sr in refs])
         b = np.concatenate([np.ravel(align(np.asarray(so[k]), sr[k])).astype(np.float64) for so, sr in zip(outs, refs)])
         if a.size:
             errors.append(float(np.abs(a - b).max()))
         cosines.append(float("nan") if np.isnan(b).any() else _cosine(a, b))
-    result = {"max_abs_error": float(np.max(errors)), "cosine": float(np.min(cosines)) if cosines else 1.0}
+        relative.append(float("nan") if np.isnan(b).any() else relative_error(a, b))
+    result = {"max_abs_error": float(np.max(errors)), "cosine": float(np.min(cosines)) if cosines else 1.0,
+              "relative_error": float(np.max(relative))}
     if classifier:
         agree = [np.argmax(np.ravel(sr[0])) == np.argmax(np.ravel(so[0])) for sr, so in zip(refs, outs)]
         result["top1_agreement"] = float(np.mean(agree))
     return result
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """||b - a|| / ||a||: unlike the cosine, it sees ``b`` off in scale (0 where both are zero)."""
+    na, nd = np.linalg.norm(a), np.linalg.norm(b - a)
+    if na == 0:
+        return 0.0 if nd == 0 else float("inf")
+    return float(nd / na)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,6 +129,9 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
             rep.status, rep.reason = "failed", f"parity: cosine {rep.cosine:.4f} < {floor}"
             if rep.precision.startswith("int8") and is_x86() and has_int8_dot() is False:
                 rep.reason += f" ({SATURATION_NOTE})"
+        elif not rep.relative_error <= (most := max_relative_error(floor)):
+            rep.status, rep.reason = "failed", (f"parity: relative error {rep.relative_error:.3g} > {most:.3g} "
+                                                f"at cosine {rep.cosine:.4f} (outputs off in scale)")
         feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
         opened.append((rep, model, feed))
         if progress:

@@ -12,6 +12,14 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.999, "int8": 0.98, "int8-dynamic": 0.98}
 
 
+def max_relative_error(min_cosine: float) -> float:
+    """The largest ||artifact - source|| / ||source|| that goes with a cosine floor. Cosine misses
+    scale (twice the source's outputs has cosine 1): an error of the right scale at the floor is
+    sqrt(2 (1 - floor)), so twice that (0.09 for fp32, 0.4 for int8) passes any artifact the cosine
+    passes unless its outputs are off in scale."""
+    return 2 * (2 * max(0.0, 1 - min_cosine)) ** 0.5
+
+
 @dataclass
 class ArtifactReport:
     """One artifact (or one target that produced none).
@@ -32,6 +40,7 @@ class ArtifactReport:
     speedup: float | None = None  # over the fp32 artifact of the same target, measured in the same run
     max_abs_error: float | None = None
     cosine: float | None = None
+    relative_error: float | None = None  # of the worst output: ||artifact - source|| / ||source||
     top1_agreement: float | None = None
     status: str = "ok"
     reason: str | None = None
@@ -49,6 +58,7 @@ class ArtifactReport:
         if self.reason:
             entry["reason"] = self.reason
         parity = {k: v for k, v in (("max_abs_error", self.max_abs_error), ("cosine", self.cosine),
+                                    ("relative_error", self.relative_error),
                                     ("top1_agreement", self.top1_agreement)) if v is not None}
         if parity:
             entry["parity"] = parity

@@ -237,7 +237,7 @@ def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], refe
     import edgekit
 
     from .card import _set_metadata
-    from .check import adapt, align
+    from .check import adapt, align, relative_error
 
     with edgekit.load(src, device="litert") as m:
         in_specs = list(m.inputs)
@@ -245,23 +245,21 @@ def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], refe
             in_specs = sorted(in_specs, key=lambda s: names_in.index(s.name))
         ordered = [feed[n] for n in names_in] if all(n in feed for n in names_in) else list(feed.values())
         out = m.run({spec.name: adapt(x, spec) for spec, x in zip(in_specs, ordered)})
-    rename: dict[str, str] = {}
-    taken: set[str] = set()
+    # Each source output takes the artifact's output nearest to it, closest pairs first. By relative
+    # error, not cosine: outputs a and 2a have cosine 1, and were matched the wrong way round.
+    pairs = []
     for name, ref in zip(names_out, reference_out):
-        best, best_cos = None, -2.0
         for art_name, y in out.items():
-            if art_name in taken:
-                continue
             try:
                 a, b = np.ravel(align(y, ref)).astype(np.float64), np.ravel(ref).astype(np.float64)
             except ValueError:
                 continue
-            cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-            if cos > best_cos:
-                best, best_cos = art_name, cos
-        if best is not None:
-            rename[best] = name
-            taken.add(best)
+            err = relative_error(b, a)
+            pairs.append((err if err == err else np.inf, art_name != name, name, art_name))
+    rename: dict[str, str] = {}
+    for _, _, name, art_name in sorted(pairs):
+        if name not in rename.values() and art_name not in rename:
+            rename[art_name] = name
     in_rename = {spec.name: n for spec, n in zip(in_specs, names_in) if spec.name != n}
     model = fu.read_model(str(src))
     for sig in model.signatureDefs or []:

@@ -179,6 +179,10 @@ class Model:
         self.inputs: list[TensorSpec] = _in_source_order(in_specs, facts)
         self._to_session = None if self.inputs == in_specs else [self.inputs.index(s) for s in in_specs]
         self._session_specs = in_specs
+        # A scalar of the source is a one-element vector in a TFLite file: it takes the scalar.
+        self._scalars = [i for i, s in enumerate(self.inputs) if s.name in facts.scalars and s.shape in ((1,), (None,))]
+        for i in self._scalars:
+            self.inputs[i] = replace(self.inputs[i], shape=())
         self.outputs: list[TensorSpec] = list(session.outputs)
         # onnx2tf may move a size-1 dim of an output (Silero's state [2, 1, 128] comes back [1, 2, 128]):
         # the same values in the same order, so the source's shape is given back, as on every artifact.
@@ -262,6 +266,8 @@ class Model:
             if x.size and (x.min() < lo or x.max() > hi):
                 bad = x.min() if x.min() < lo else x.max()
                 raise InputError(f"input {name!r}: values must be from {lo} to {hi} for this model, got {bad}")
+        for i in self._scalars:
+            arrays[i] = arrays[i].reshape(1)
         if self._to_session is not None:
             arrays = [arrays[i] for i in self._to_session]
         try:

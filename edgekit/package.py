@@ -58,6 +58,8 @@ class Declared:
     # The source's output shapes (a size, or None where a dim is named or unknown): an artifact that
     # only moved a size-1 dim of an output gives it back in this shape.
     output_shapes: dict[str, tuple] = field(default_factory=dict)
+    # Inputs the source declared as scalars (shape []): onnx2tf makes them one-element vectors.
+    scalars: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -157,7 +159,8 @@ def declared(manifest: dict, where: Path) -> Declared:
     except ModelFileError as e:  # output shapes are a convenience (packages before them may hold anything there)
         log.warning("%s", e)
         outputs = {}
-    return Declared(names, limits, order, ranges, outputs)
+    scalars = frozenset(s["name"] for s in _tensor_specs(manifest, "inputs", where) if s["shape"] == [])
+    return Declared(names, limits, order, ranges, outputs, scalars)
 
 
 def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:

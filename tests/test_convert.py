@@ -234,9 +234,10 @@ def test_a_scalar_input_converts_and_the_package_loads(tmp_path):
     manifest = json.loads((tmp_path / "pkg" / "edgekit.json").read_text())
     assert {i["name"]: i["shape"] for i in manifest["inputs"]} == {"x": ["batch", 4], "s": []}
     assert manifest["outputs"] == [{"name": "y", "shape": ["batch", 4], "dtype": "float32"}]  # the source's
-    for device in ("onnxruntime", "openvino"):
+    for device in ("onnxruntime", "openvino", "litert"):  # TFLite's s is [1]: it takes the scalar too
         with edgekit.load(tmp_path / "pkg", device=device) as m:
-            x = np.ones((3, 4), np.float32)
+            assert next(s for s in m.inputs if s.name == "s").shape in ((), None), m.path.name
+            x = np.ones((1 if device == "litert" else 3, 4), np.float32)  # onnx2tf fixed the batch at 1
             np.testing.assert_allclose(m.run({"x": x, "s": np.float32(2)})["y"], 2 * x)
 
 
@@ -254,6 +255,61 @@ def test_a_channels_last_output_of_repeated_sizes_is_not_taken_for_a_moved_unit_
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "conv.onnx")
     report = convert(tmp_path / "conv.onnx", to=["tflite"], precisions=["fp32"], out=tmp_path / "pkg")
     assert report.ok and report.artifacts[0].cosine > 0.9999, [(a.target, a.reason) for a in report.artifacts]
+
+
+def _scaled_copies_onnx(path, factor: float = 2.0):
+    """Outputs c2 = factor * a, b = -a and a: equal in cosine, apart in scale."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    k = numpy_helper.from_array(np.array(factor, np.float32), "k")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["a"]),
+             helper.make_node("Neg", ["a"], ["b"]), helper.make_node("Mul", ["a", "k"], ["c2"])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("c2", "b", "a")]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              [1, 3, 16, 16])], outs, [w, k])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_tflite_outputs_that_differ_only_in_scale_keep_their_names(tmp_path):
+    """Outputs a and 2a have cosine 1: matched to the ONNX names by cosine, onnx2tf's a and c2 came
+    back swapped and the artifact passed its check. They are matched by relative error now."""
+    src = _scaled_copies_onnx(tmp_path / "scaled.onnx")
+    report = convert(src, to=["tflite"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok and report.artifacts[0].relative_error < 1e-4, [(a.path, a.reason) for a in report.artifacts]
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    import onnxruntime as ort
+
+    want = dict(zip(["c2", "b", "a"], ort.InferenceSession(str(src)).run(None, {"image": x})))
+    with edgekit.load(tmp_path / "pkg" / "model-fp32.tflite") as m:
+        got = m.run({"image": np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_parity_fails_an_artifact_whose_outputs_are_off_in_scale(tmp_path):
+    """Twice the source's outputs has cosine 1.0; the relative error (1.0) fails it."""
+    import onnxruntime as ort
+
+    from converters.check import check
+    from converters.report import ArtifactReport
+
+    src = _scaled_copies_onnx(tmp_path / "src.onnx", factor=2.0)
+    bad = _scaled_copies_onnx(tmp_path / "bad.onnx", factor=4.0)  # c2 off by 2x, a and b exact
+    feeds = [{"image": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+             for i in range(3)]
+    refs = [ort.InferenceSession(str(src)).run(None, f) for f in feeds]
+    reports = [ArtifactReport("onnx", "fp32", path="src.onnx", format="onnx"),
+               ArtifactReport("onnx", "fp32", path="bad.onnx", format="onnx")]
+    check(list(zip(reports, [src, bad])), feeds, refs, ["c2", "b", "a"], classifier=False, min_cosine=None,
+          timing_feed=feeds[0], rounds=1, runs=2)
+    good, off = reports
+    assert good.ok and good.relative_error == 0 and good.cosine == pytest.approx(1.0)
+    assert off.cosine == pytest.approx(1.0) and off.relative_error == pytest.approx(1.0)
+    assert off.status == "failed" and "relative error 1 > 0.0894" in off.reason and "off in scale" in off.reason
 
 
 def test_transformer_position_limits():
