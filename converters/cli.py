@@ -67,6 +67,8 @@ def cmd_convert(args, emit_json, table) -> int:
     bad = [a for a in report.artifacts if not a.ok]
     print(f"\npackage: {report.out}   ({report.seconds:.0f} s; parity on {report.check.get('samples')} "
           f"{report.check.get('kind')} inputs against {report.check.get('against')})")
+    if report.check.get("warning"):
+        print(f"edgekit: warning: {report.check['warning']}", file=sys.stderr)
     if bad:
         print(f"edgekit: warning: {len(bad)} of {len(report.artifacts)} artifacts not ok (see status); "
               f"use --strict to fail on that", file=sys.stderr)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from edgekit import __version__, formats, package
 from edgekit.errors import BackendError, UsageError
 from edgekit.hostinfo import cpu_id, cpu_name
@@ -171,6 +173,12 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             report = ConversionReport(source=prep.label, out=str(out_dir), artifacts=[], host=cpu_name(),
                                       calibration=cal.describe() if cal else {},
                                       check={**chk.describe(), "against": prep.reference_label})
+            constant = _constant_outputs(prep.output_names, refs)
+            if constant:
+                report.check["warning"] = (f"the source gave one value everywhere for {', '.join(constant)} on "
+                                           f"all {len(refs)} check inputs: their parity compares constants; "
+                                           f"give --check (or --calib) data that moves them")
+                say(f"warning: {report.check['warning']}")
             sources.copy_files(prep, staging)
             cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
@@ -289,6 +297,18 @@ def _load_data(spec, prep, metadata, what, say):
     return samples
 
 
+def _constant_outputs(names: list[str], refs: list[list[np.ndarray]]) -> list[str]:
+    """The outputs that hold one value over every check input (all zeros, say): a parity check can
+    only compare such an output with itself."""
+    out = []
+    for k, name in enumerate(names):
+        values = [np.ravel(np.asarray(r[k])) for r in refs if k < len(r)]
+        values = np.concatenate(values) if values else np.empty(0)
+        if values.size and (values == values[0]).all():
+            out.append(name)
+    return out
+
+
 def _check_samples(check, cal, prep, metadata, say):
     if check is not None:
         return _load_data(check, prep, metadata, "check", say)
@@ -298,7 +318,29 @@ def _check_samples(check, cal, prep, metadata, say):
     if prep.example is not None:  # random token ids mean nothing; the export's own example does
         return calib.Samples([prep.example], "the export's example inputs", kind="example")
     say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")
-    return calib.random_samples(prep.inputs, RANDOM_CHECK, metadata.get("warmup_inputs"))
+    return calib.random_samples(prep.inputs, RANDOM_CHECK, {**_crop_shapes(prep, metadata),
+                                                            **(metadata.get("warmup_inputs") or {})})
+
+
+def _crop_shapes(prep, metadata: dict) -> dict:
+    """Random check images of the size the package's image pre-processing crops to, where the model
+    leaves height and width open: at 1x1 they check little, and TFLite would be frozen at that size."""
+    crop = ((metadata.get("preprocess") or {}).get("image") or {}).get("crop")
+    if isinstance(crop, int):
+        crop = [crop, crop]
+    if not (isinstance(crop, list) and len(crop) == 2 and all(isinstance(c, int) and c > 0 for c in crop)):
+        return {}
+    shapes = {}
+    for spec in prep.inputs:
+        if spec.shape is None or len(spec.shape) != 4 or spec.layout not in ("NCHW", "NHWC"):
+            continue
+        hw = (2, 3) if spec.layout == "NCHW" else (1, 2)
+        if any(isinstance(spec.shape[i], int) for i in hw):
+            continue
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        shape[hw[0]], shape[hw[1]] = crop
+        shapes[spec.name] = {"shape": shape}
+    return shapes
 
 
 def _int8_is_dynamic(prep, target: str, transformer: bool) -> bool:
@@ -349,6 +391,14 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
         if not todo:
             continue
         if target == "tflite":
+            unsized = [] if report.check.get("kind") != "random" else _unsized_dims(prep, metadata, chk_feeds[0])
+            if unsized:
+                for rep in todo:
+                    rep.status, rep.path = "skipped", None
+                    rep.reason = (f"TFLite needs static sizes and {', '.join(unsized)} would be fixed at 1: "
+                                  f"give --check or --calib data of the size to run at")
+                say(f"tflite: skipped ({todo[0].reason})")
+                continue
             built += _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say)
             continue
         for rep in todo:
@@ -383,6 +433,22 @@ def _is_transformer(metadata: dict) -> bool:
 def _is_stateful(prep) -> bool:
     """A streaming model that takes its own state back (Silero VAD's ``state``): int8 is weights-only."""
     return bool(calib.state_inputs(prep.inputs))
+
+
+def _unsized_dims(prep, metadata: dict, sample: dict) -> list[str]:
+    """The open non-batch input dims a TFLite copy would fix at 1 from random check inputs (no data,
+    no warm-up shape, no text length): "input 'image' dims 2, 3"."""
+    if ((metadata.get("preprocess") or {}).get("text") or {}).get("max_length"):
+        return []
+    out = []
+    for spec in prep.inputs:
+        x = sample.get(spec.name)
+        if spec.shape is None or x is None or x.ndim != len(spec.shape):
+            continue
+        dims = [str(i) for i, d in enumerate(spec.shape) if i > 0 and not isinstance(d, int) and x.shape[i] == 1]
+        if dims:
+            out.append(f"input {spec.name!r} dim{'s' if len(dims) > 1 else ''} {', '.join(dims)}")
+    return out
 
 
 def _layout(prep, target: str) -> str | None:

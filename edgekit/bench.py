@@ -78,8 +78,12 @@ def warmup_sizes(model) -> dict | None:
 
 def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
                      warmup: dict | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
-    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, ints zero.
-    With ``batch``, a dynamic first dim is ``batch`` instead.
+    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, integers 1 and
+    booleans True. With ``batch``, a dynamic first dim is ``batch`` instead.
+
+    Integers are 1, not 0: a count or TopK's k of 0 asks for nothing (OpenVINO refused such a first
+    inference), an attention mask of 0 attends to nothing, and a factor of 0 hid every difference
+    from the converter's parity check.
 
     ``warmup`` (a package's ``warmup_inputs``, like Triton's model_warmup) gives, per input
     name, ``{"shape": [...], "value": v}`` for models that need real sizes or values
@@ -103,7 +107,7 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
         elif s.dtype.kind == "O":
             feeds[s.name] = np.full(shape, "", dtype=object)
         else:
-            feeds[s.name] = np.zeros(shape, dtype=s.dtype)
+            feeds[s.name] = np.ones(shape, dtype=s.dtype)
     return feeds
 
 

@@ -312,6 +312,67 @@ def test_parity_fails_an_artifact_whose_outputs_are_off_in_scale(tmp_path):
     assert off.status == "failed" and "relative error 1 > 0.0894" in off.reason and "off in scale" in off.reason
 
 
+def _open_size_cnn(path):
+    """A conv classifier whose batch, height and width are open."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((5, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info(
+        "image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
+    """Without data, the random check images were 1x1, so the TFLite files took only 1x1 images (and
+    `auto` picked them). A package crop sizes the check images; with neither, TFLite is skipped."""
+    src = _open_size_cnn(tmp_path / "cnn.onnx")
+    report = convert(src, to=["onnx", "tflite"], precisions=["fp32"], out=tmp_path / "bare")
+    tfl = next(a for a in report.artifacts if a.target == "tflite")
+    assert tfl.status == "skipped" and "input 'image' dims 2, 3 would be fixed at 1" in tfl.reason
+    report = convert(src, to=["tflite"], precisions=["fp32"], out=tmp_path / "cropped", task="image-classification",
+                     labels=list("abcde"), preprocess={"image": {"resize": 64, "crop": 56}})
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
+    from edgekit.tasks import ImageClassifier
+    from samples.build import INPUTS
+
+    with ImageClassifier(tmp_path / "cropped") as clf:
+        assert clf.model.inputs[0].shape == (1, 56, 56, 3)
+        assert len(clf.classify(INPUTS / "images" / "cat.jpg", top_k=2)) == 2
+
+
+def test_integer_inputs_are_checked_at_one_and_constant_outputs_are_flagged(tmp_path):
+    """Random check inputs gave integers 0: y = x * k was 0 everywhere, a parity check of nothing,
+    and TopK with k = 0 failed OpenVINO's first inference, so its working IR was marked failed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("TopK", ["x", "k"], ["values", "indices"])], "topk",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, None]),
+         helper.make_tensor_value_info("indices", TensorProto.INT64, [1, None])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "topk.onnx")
+    report = convert(tmp_path / "topk.onnx", to=["onnx", "openvino"], precisions=["fp32"], out=tmp_path / "topk")
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
+    assert "warning" not in report.check
+    with edgekit.load(tmp_path / "topk", device="openvino") as m:
+        got = m.run({"x": np.arange(8, dtype=np.float32)[None], "k": np.array([3])})
+        np.testing.assert_array_equal(got["indices"], [[7, 6, 5]])
+    graph = helper.make_graph(  # an output that is zero whatever the input
+        [helper.make_node("Sub", ["x", "x"], ["zero"])], "zero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("zero", TensorProto.FLOAT, [1, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "zero.onnx")
+    report = convert(tmp_path / "zero.onnx", to=["onnx"], precisions=["fp32"], out=tmp_path / "zero")
+    assert "one value everywhere for zero on all 8 check inputs" in report.check["warning"]
+
+
 def test_transformer_position_limits():
     from converters.sources import sequence_limit
 
