@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,7 @@ def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict,
             if d.dim_param:
                 d.ClearField("dim_param")
     del model.graph.value_info[:]
+    _tf_safe_output_names(model)
     try:
         import onnxslim
 
@@ -101,6 +103,29 @@ def static_copy(hub: Path, dst: Path, inputs: list[TensorSpec], sample: dict,
     _reduce_l2_as_sum_square(model)
     onnx.save(model, str(dst))
     return shapes
+
+
+# TensorFlow's pattern for a (non-root) scope name: onnx2tf makes one of each output's name, so an
+# output named "feat map" or "特徴" failed the whole conversion.
+_TF_SCOPE_NAME = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def _tf_safe_output_names(model) -> None:
+    """Outputs whose names TensorFlow refuses are renamed ``output_<i>``; :func:`finish` gives the
+    TFLite file the ONNX names back (it matches outputs by value)."""
+    inputs = {i.name for i in model.graph.input}
+    names = {o for n in model.graph.node for o in n.output} | inputs
+    for i, out in enumerate(model.graph.output):
+        if _TF_SCOPE_NAME.fullmatch(out.name) or out.name in inputs:
+            continue
+        new = f"output_{i}"
+        while new in names:
+            new += "_"
+        names.add(new)
+        for node in model.graph.node:
+            node.output[:] = [new if o == out.name else o for o in node.output]
+            node.input[:] = [new if x == out.name else x for x in node.input]
+        out.name = new
 
 
 def _reduce_l2_as_sum_square(model) -> None:
@@ -215,11 +240,14 @@ def run_onnx2tf(hub: Path, work: Path, inputs: list[TensorSpec], precisions: lis
 def tool_reason(log_text: str) -> str:
     """The line of onnx2tf's log that says why it failed."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith(("ValueError", "TypeError", "RuntimeError", "NotImplementedError", "KeyError",
-                          "IndexError", "AssertionError", "Exception", "ModuleNotFoundError", "ImportError",
-                          "requests.exceptions", "tensorflow.", "onnx.")):
-            return ln[:400]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(("ValueError", "TypeError", "RuntimeError", "NotImplementedError", "KeyError",
+                                "IndexError", "AssertionError", "Exception", "ModuleNotFoundError", "ImportError",
+                                "requests.exceptions", "tensorflow.", "onnx.")):
+            # Keras puts the cause on the line after ("... calling layer 'model_1'", then "'model_1/feat
+            # map/' is not a valid scope name")
+            more = [ln for ln in lines[i + 1:i + 3] if not ln.startswith(("File ", "Call arguments", "•"))]
+            return " ".join([lines[i], *more[:1]])[:400]
     errors = [ln for ln in lines if "ERROR" in ln]
     return (errors[0] if errors else (lines[-1] if lines else "no output"))[:400]
 

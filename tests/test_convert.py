@@ -373,6 +373,42 @@ def test_integer_inputs_are_checked_at_one_and_constant_outputs_are_flagged(tmp_
     assert "one value everywhere for zero on all 8 check inputs" in report.check["warning"]
 
 
+def test_tflite_takes_output_names_tensorflow_refuses(tmp_path):
+    """onnx2tf makes a TensorFlow scope of each output name: "feat map" and "特徴" failed the
+    conversion, with the first line of a Keras error as the only reason."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["feat map"]), helper.make_node("Neg", ["x"], ["特徴"])],
+                              "names", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("feat map", TensorProto.FLOAT, [1, 6]),
+                               helper.make_tensor_value_info("特徴", TensorProto.FLOAT, [1, 6])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "names.onnx")
+    report = convert(tmp_path / "names.onnx", to=["tflite"], precisions=["fp32"], out=tmp_path / "pkg")
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
+    x = np.linspace(-1, 1, 6, dtype=np.float32)[None]
+    with edgekit.load(tmp_path / "pkg" / "model-fp32.tflite") as m:
+        got = m.run({"x": x})
+    np.testing.assert_allclose(got["feat map"], np.maximum(x, 0))
+    np.testing.assert_allclose(got["特徴"], -x)
+
+
+def test_onnx2tf_failures_give_the_cause_keras_puts_on_the_next_line():
+    from converters.tflite_target import tool_reason
+
+    log = """Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+ValueError: Exception encountered when calling layer 'model_1' (type Functional).
+
+    'model_1/feat map/' is not a valid scope name. A scope name has to match the following pattern
+
+Call arguments received by layer 'model_1' (type Functional):
+"""
+    assert tool_reason(log) == ("ValueError: Exception encountered when calling layer 'model_1' (type Functional). "
+                                "'model_1/feat map/' is not a valid scope name. A scope name has to match the "
+                                "following pattern")
+
+
 def test_transformer_position_limits():
     from converters.sources import sequence_limit
 
