@@ -12,6 +12,7 @@ rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -431,8 +432,24 @@ def _is_transformer(metadata: dict) -> bool:
 
 
 def _is_stateful(prep) -> bool:
-    """A streaming model that takes its own state back (Silero VAD's ``state``): int8 is weights-only."""
-    return bool(calib.state_inputs(prep.inputs))
+    """A streaming model that takes its own state back (Silero VAD's ``state`` in, ``stateN`` out, of
+    one shape): int8 is weights-only. A batch off the first axis alone is not a state: a
+    sequence-first input ([10, 1, 8], PyTorch's RNN layout) is data, and was given weights-only int8."""
+    states = calib.state_inputs(prep.inputs)
+    if not states or prep.onnx is None:
+        return bool(states)
+    outputs = _output_shapes(prep.onnx)
+    return any(_alike(s.shape, out) for s in prep.inputs if s.name in states for out in outputs)
+
+
+@functools.lru_cache(maxsize=4)
+def _output_shapes(onnx_path: Path) -> tuple[tuple, ...]:
+    return tuple(tuple(o["shape"]) for o in sources.onnx_outputs(onnx_path) if o["shape"] is not None)
+
+
+def _alike(a, b) -> bool:
+    """Shapes of one rank whose sizes agree wherever both are known."""
+    return len(a) == len(b) and all(x == y or not isinstance(x, int) or not isinstance(y, int) for x, y in zip(a, b))
 
 
 def _unsized_dims(prep, metadata: dict, sample: dict) -> list[str]:

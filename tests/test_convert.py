@@ -409,6 +409,28 @@ Call arguments received by layer 'model_1' (type Functional):
                                 "following pattern")
 
 
+def test_a_sequence_first_input_is_data_not_a_state(tmp_path):
+    """[10, 1, 8] (PyTorch's RNN layout) has its batch off the first axis, as Silero's state does, and
+    was taken for a state: its int8 became weights-only. A state is an input the model gives back."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters.onnx_target import STATEFUL_INT8
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10, 1, 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "seq.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(8):
+        np.save(calib / f"s{i}.npy", np.random.default_rng(i).standard_normal((10, 1, 8)).astype(np.float32))
+    report = convert(tmp_path / "seq.onnx", to=["onnx"], precisions=["int8"], calibration=calib, out=tmp_path / "pkg")
+    assert report.ok and report.artifacts[0].recipe != STATEFUL_INT8, report.artifacts[0].recipe
+    assert report.artifacts[0].recipe.startswith("static QDQ")
+
+
 def test_transformer_position_limits():
     from converters.sources import sequence_limit
 
