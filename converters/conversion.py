@@ -93,6 +93,9 @@ def check_destination(out: Path) -> None:
     here = Path.cwd().resolve()
     if out.resolve() in (here, *here.parents):
         raise refuse("it is the current folder or a folder above it")
+    if os.path.ismount(out):  # a container's volume: the package replaces the folder whole, by a rename
+        raise UsageError(f"cannot write the package to {out}: it is a mount point, which cannot be replaced "
+                         f"by a rename; give a folder inside it ({out / 'package'})")
     if (out / formats.MANIFEST).is_file():
         return
     try:

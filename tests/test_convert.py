@@ -732,6 +732,20 @@ def test_out_must_be_new_empty_or_a_package(cnn_onnx, tmp_path, monkeypatch):
     assert (docs / "notes.txt").read_text() == "mine"
 
 
+def test_a_mount_point_out_is_refused_before_any_work(cnn_onnx, tmp_path, monkeypatch):
+    """An empty container volume passed every check, then failed after the whole conversion: the
+    package replaces the folder by a rename, which a mount point refuses (EBUSY)."""
+    from converters import conversion
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == vol or real(p))
+    monkeypatch.setattr(conversion.sources, "prepare", lambda *a, **k: pytest.fail("checked before any work"))
+    with pytest.raises(UsageError, match=f"it is a mount point.*give a folder inside it \\({re.escape(str(vol))}/package"):
+        convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out=vol)
+
+
 def test_out_may_be_an_empty_folder_or_a_missing_path(cnn_onnx, tmp_path):
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "empty", tmp_path / "new" / "deeper" / "pkg"):
