@@ -278,20 +278,24 @@ def _read_inputs(specs: list[str], model_inputs) -> dict:
             name, file = None, item
         path = Path(file)
         if not path.is_file():
-            raise InputError(f"{file}: no such input file")
+            raise InputError(f"{file}: not a regular file" if path.exists() else f"{file}: no such input file")
         try:
             data = np.load(path, allow_pickle=False)
         except Exception as e:
             raise InputError(f"{file}: not a readable .npy/.npz file ({e})") from e
         if isinstance(data, np.lib.npyio.NpzFile):
-            feeds.update({k: data[k] for k in data.files})
+            given = {k: data[k] for k in data.files}
         elif name is None:
             if len(names) != 1:
                 raise InputError(f"{file}: the model has {len(names)} inputs ({', '.join(names)}); "
                                  f"give NAME={file}")
-            feeds[names[0]] = data
+            given = {names[0]: data}
         else:
-            feeds[name] = data
+            given = {name: data}
+        twice = sorted(set(given) & set(feeds))
+        if twice:
+            raise UsageError(f"input {twice[0]!r} is given twice (the second time in {file})")
+        feeds.update(given)
     return feeds
 
 
@@ -314,6 +318,8 @@ def cmd_run(args) -> int:
     from .bench import synthetic_inputs, warmup_sizes
     from .model import load
 
+    if args.input and args.synthetic:
+        raise UsageError("give --input or --synthetic, not both")
     model = load(args.model, device=args.device, precision=args.precision, strict=args.strict)
     if args.input:
         feeds = _read_inputs(args.input, model.inputs)

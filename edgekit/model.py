@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -359,6 +360,8 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
         runs = 0
     if runs < 1:
         raise UsageError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"path must be a model file or package folder (str or Path), not {type(path).__name__}")
     policy = parse_policy(device)
     prec = Precision.parse(precision)
     source = resolve_source(path)

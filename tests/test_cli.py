@@ -265,3 +265,19 @@ def test_bench_of_a_packages_lone_file_uses_the_packages_warmup_sizes(samples):
     out = run_cli("run", str(samples["audio"] / "model.onnx"), "--synthetic", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["outputs"]["output"]["shape"] == [1, 1]
+
+
+def test_run_arguments_that_contradict_themselves_are_refused(models, samples, tmp_path):
+    """A repeated --input kept the last silently; --synthetic beside --input was ignored; /dev/null
+    was "no such file"."""
+    np.save(tmp_path / "a.npy", np.zeros((1, 8), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 8), np.float32))
+    model = str(models["mlp.onnx"])
+    out = run_cli("run", model, "--input", f"x={tmp_path / 'a.npy'}", "--input", f"x={tmp_path / 'b.npy'}")
+    assert out.returncode == 2 and f"input 'x' is given twice (the second time in {tmp_path / 'b.npy'})" in out.stderr
+    out = run_cli("run", model, "--input", f"x={tmp_path / 'a.npy'}", "--synthetic")
+    assert out.returncode == 2 and "give --input or --synthetic, not both" in out.stderr
+    out = run_cli("run", model, "--input", "x=/dev/null")
+    assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr
+    out = run_cli("predict", str(samples["image"]), "/dev/null")
+    assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr

@@ -198,3 +198,9 @@ def test_fp16_asked_of_a_file_stored_in_fp16_runs_it(samples):
         edgekit.load(samples["image"] / "model-fp32.onnx", device="onnxruntime", precision="fp16")
     with edgekit.load(samples["image"], precision="fp16") as m:  # OpenVINO may compute any IR in fp16
         assert m.path.name.startswith("model-fp16") or m.backend == "openvino", m.selection
+
+
+def test_load_of_something_that_is_not_a_path_is_a_usage_error():
+    for path in (None, b"model.onnx", 3):
+        with pytest.raises(edgekit.UsageError, match="path must be a model file or package folder"):
+            edgekit.load(path)

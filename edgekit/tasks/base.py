@@ -21,7 +21,7 @@ def input_file(path: str | Path, kind: str) -> Path:
         raise InputError(f"{path}: a folder, not an {kind} file" if kind[0] in "aeiou" else
                          f"{path}: a folder, not a {kind} file")
     if not path.is_file():
-        raise InputError(f"{path}: no such {kind} file")
+        raise InputError(f"{path}: not a regular file" if path.exists() else f"{path}: no such {kind} file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     return path
