@@ -441,12 +441,13 @@ def _is_stateful(prep) -> bool:
     states = calib.state_inputs(prep.inputs)
     if not states or prep.onnx is None:
         return bool(states)
-    outputs = _output_shapes(prep.onnx)
+    stat = prep.onnx.stat()
+    outputs = _output_shapes(prep.onnx, stat.st_mtime_ns, stat.st_size)
     return any(_alike(s.shape, out) for s in prep.inputs if s.name in states for out in outputs)
 
 
-@functools.lru_cache(maxsize=4)
-def _output_shapes(onnx_path: Path) -> tuple[tuple, ...]:
+@functools.lru_cache(maxsize=4)  # asked once per target and precision; keyed by the file's version too
+def _output_shapes(onnx_path: Path, mtime_ns: int, size: int) -> tuple[tuple, ...]:
     return tuple(tuple(o["shape"]) for o in sources.onnx_outputs(onnx_path) if o["shape"] is not None)
 
 
