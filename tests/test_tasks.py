@@ -390,6 +390,7 @@ def test_text_results_agree_across_backends(samples, embedder):
 
 @pytest.mark.parametrize(("text", "fragment"), [
     ("", "text is empty"), ("   ", "text is empty"), ([], "no texts"),
+    ("\x00\u200b", r"text is empty \(only control or invisible characters\)"),
     (b"\xff\xfe\xfa", "not valid UTF-8"), (["ok", 5], "text #1: expected a string"),
     (None, "text: expected a string or a list of strings, got NoneType"),
     (5, "text: expected a string or a list of strings, got int"),

@@ -96,6 +96,8 @@ def _as_texts(texts, what: str = "text") -> list[str]:
                              f"surrogate; were the bytes UTF-8?)") from None
         if not t.strip():
             raise InputError(f"{name} is empty")
+        if not any(c.isprintable() and not c.isspace() for c in t):  # the tokenizer drops them all
+            raise InputError(f"{name} is empty (only control or invisible characters)")
         out.append(t)
     return out
 
