@@ -286,21 +286,13 @@ def _split(feed: dict, inputs: list[TensorSpec]) -> list[dict]:
     return [{k: np.take(v, [i], axis=axes[k]) for k, v in arrays.items()} for i in range(counts.pop())]
 
 
-def random_samples(inputs: list[TensorSpec], n: int, warmup: dict | None = None) -> Samples:
-    """Synthetic inputs, for checking fp32/fp16 parity when no data was given (never for calibration).
-    Floats random, integers 1 (a 0 may ask for nothing: TopK's k), booleans random (both branches
-    of a mask are checked)."""
+def random_samples(inputs: list[TensorSpec], n: int, warmup: dict | None = None, integer: int = 0) -> Samples:
+    """Synthetic inputs, for checking fp32/fp16 parity when no data was given (never for calibration):
+    floats random, integers ``integer``, booleans False."""
     from edgekit.bench import synthetic_inputs
 
-    feeds = []
-    for i in range(n):
-        feed = synthetic_inputs(inputs, seed=i, warmup=warmup)
-        rng = np.random.default_rng(1000 + i)
-        for name, x in feed.items():
-            if x.dtype == np.bool_ and "value" not in (warmup or {}).get(name, {}):
-                feed[name] = rng.random(x.shape) < 0.5
-        feeds.append(feed)
-    return Samples(feeds, "random", kind="random")
+    return Samples([synthetic_inputs(inputs, seed=i, warmup=warmup, integer=integer) for i in range(n)],
+                   "random", kind="random")
 
 
 def subset(samples: Sequence[dict], n: int) -> list[dict]:

@@ -55,6 +55,7 @@ def cmd_convert(args, emit_json, table) -> int:
     except ConversionError as e:
         if args.json:
             emit_json({**e.report.to_dict(), "error": str(e)})
+            args.json_written = True  # the one document: main adds no other
         else:
             header, rows = e.report.table()
             print(table(rows, header))

@@ -322,17 +322,29 @@ def _check_samples(check, cal, prep, metadata, say):
     if prep.example is not None:  # random token ids mean nothing; the export's own example does
         return calib.Samples([prep.example], "the export's example inputs", kind="example")
     say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")
-    return calib.random_samples(prep.inputs, RANDOM_CHECK, {**_crop_shapes(prep, metadata),
-                                                            **(metadata.get("warmup_inputs") or {})})
+    warmup = {**_crop_shapes(prep, metadata), **(metadata.get("warmup_inputs") or {})}
+    # Integers of 1 where the source takes them: 0 can hide everything (y = x * k is 0, TopK's k = 0
+    # asks for nothing), but an index into a one-row table takes only 0.
+    samples = calib.random_samples(prep.inputs, RANDOM_CHECK, warmup, integer=1)
+    if any(s.dtype.kind in "iu" for s in prep.inputs):
+        try:
+            ok = all(np.isfinite(np.asarray(y, np.float64)).all() for y in prep.reference(samples.feeds[0])
+                     if np.asarray(y).dtype.kind in "fiub")
+        except Exception:
+            ok = False
+        if not ok:
+            samples = calib.random_samples(prep.inputs, RANDOM_CHECK, warmup)
+    return samples
 
 
 def _crop_shapes(prep, metadata: dict) -> dict:
     """Random check images of the size the package's image pre-processing crops to, where the model
     leaves height and width open: at 1x1 they check little, and TFLite would be frozen at that size."""
-    crop = ((metadata.get("preprocess") or {}).get("image") or {}).get("crop")
+    image = (metadata.get("preprocess") or {}).get("image") or {}
+    crop = image.get("crop") or image.get("size")  # as the image task reads them
     if isinstance(crop, int):
         crop = [crop, crop]
-    if not (isinstance(crop, list) and len(crop) == 2 and all(isinstance(c, int) and c > 0 for c in crop)):
+    if not (isinstance(crop, (list, tuple)) and len(crop) == 2 and all(isinstance(c, int) and c > 0 for c in crop)):
         return {}
     shapes = {}
     for spec in prep.inputs:
@@ -342,7 +354,7 @@ def _crop_shapes(prep, metadata: dict) -> dict:
         if any(isinstance(spec.shape[i], int) for i in hw):
             continue
         shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-        shape[hw[0]], shape[hw[1]] = crop
+        shape[hw[0]], shape[hw[1]] = crop  # [height, width]
         shapes[spec.name] = {"shape": shape}
     return shapes
 
@@ -466,7 +478,8 @@ def _unsized_dims(prep, metadata: dict, sample: dict) -> list[str]:
         x = sample.get(spec.name)
         if spec.shape is None or x is None or x.ndim != len(spec.shape):
             continue
-        dims = [str(i) for i, d in enumerate(spec.shape) if i > 0 and not isinstance(d, int) and x.shape[i] == 1]
+        batch = calib.batch_axis(spec)  # Silero's state [2, batch, 128] has it at 1
+        dims = [str(i) for i, d in enumerate(spec.shape) if i != batch and not isinstance(d, int) and x.shape[i] == 1]
         if dims:
             out.append(f"input {spec.name!r} dim{'s' if len(dims) > 1 else ''} {', '.join(dims)}")
     return out

@@ -77,13 +77,12 @@ def warmup_sizes(model) -> dict | None:
 
 
 def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
-                     warmup: dict | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
-    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, integers 1 and
-    booleans True. With ``batch``, a dynamic first dim is ``batch`` instead.
+                     warmup: dict | None = None, batch: int | None = None, integer: int = 0) -> dict[str, np.ndarray]:
+    """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, integers
+    ``integer``, booleans False. With ``batch``, a dynamic first dim is ``batch`` instead.
 
-    Integers are 1, not 0: a count or TopK's k of 0 asks for nothing (OpenVINO refused such a first
-    inference), an attention mask of 0 attends to nothing, and a factor of 0 hid every difference
-    from the converter's parity check.
+    Integers are 0 by default, an index into any table (a one-row ``token_type_ids`` table refuses
+    1); 1 is the other choice where 0 asks for nothing (TopK's k, a count, an attention mask).
 
     ``warmup`` (a package's ``warmup_inputs``, like Triton's model_warmup) gives, per input
     name, ``{"shape": [...], "value": v}`` for models that need real sizes or values
@@ -107,7 +106,7 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
         elif s.dtype.kind == "O":
             feeds[s.name] = np.full(shape, "", dtype=object)
         else:
-            feeds[s.name] = np.ones(shape, dtype=s.dtype)
+            feeds[s.name] = np.full(shape, integer if s.dtype != np.bool_ else 0, dtype=s.dtype)
     return feeds
 
 

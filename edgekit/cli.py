@@ -117,7 +117,7 @@ def _failed(args, message: str, code: int) -> int:
     """One line on stderr; with ``--json`` also ``{"error": ..., "exit_code": ...}`` on stdout, so a
     script reading the document learns why there is no other."""
     print(f"edgekit: error: {message}", file=sys.stderr)
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and not getattr(args, "json_written", False):
         _emit_json({"error": message, "exit_code": code})
     return code
 
@@ -434,7 +434,7 @@ def cmd_bench(args) -> int:
                 print(f"  failed: {message}", file=sys.stderr)
                 if isinstance(e, InputError):
                     input_errors.append(e)
-    if input_errors and not rows and len(input_errors) == len(failures):
+    if args.input and input_errors and not rows and len(input_errors) == len(failures):
         raise input_errors[0]  # the --input given fits no candidate: a bad input (exit 2), as for run
     if args.json:
         _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,

@@ -231,14 +231,24 @@ class _Opener:
     def _first_inference(self, session, art: Artifact) -> None:
         try:
             session.run(list(synthetic_inputs(session.inputs, warmup=self.warmup).values()))
-        except Exception:
-            # A lone file's dynamic sizes are guessed (1), which a streaming audio model cannot take:
-            # retry with the warm-up inputs of its card or of the package that lists it, where there are.
-            warmup = None if self.warmup else lone_file_warmup(art.path, art.format)
-            if not warmup:
-                raise
+            return
+        except Exception as e:
+            first = e
+        # A lone file's dynamic sizes are guessed (1), which a streaming audio model cannot take:
+        # retry with the warm-up inputs of its card or of the package that lists it, where there are.
+        warmup = None if self.warmup else lone_file_warmup(art.path, art.format)
+        if warmup:
             self.warmup = warmup
             session.run(list(synthetic_inputs(session.inputs, warmup=warmup).values()))
+            return
+        # Integers of 0 may ask for nothing (OpenVINO refuses TopK with k = 0): try 1s once
+        if any(s.dtype.kind in "iub" for s in session.inputs):
+            try:
+                session.run(list(synthetic_inputs(session.inputs, warmup=self.warmup, integer=1).values()))
+                return
+            except Exception:
+                pass
+        raise first
 
 
 def _stored_fp16(art: Artifact) -> bool:
@@ -268,6 +278,15 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
            verify: bool = True, use_cache: bool = True, concurrency: int = 1):
     """Open the model on the best candidate for ``policy``; returns (session, candidate, Selection)."""
     candidates, skipped = build_candidates(source, policy)
+    if precision is Precision.FP16 and source.package is not None:
+        # A package's fp32 and int8 files, on a runtime that runs them as stored, are not what was
+        # asked for: passed over as such, not as failures to fall back from.
+        fixed = [c for c in candidates if not getattr(backends.get(c.backend), "sets_precision", True)
+                 and not _stored_fp16(c.artifact)]
+        if fixed and len(fixed) < len(candidates):
+            candidates = [c for c in candidates if c not in fixed]
+            skipped += [c.attempt("skipped", f"stored in {c.artifact.precision}; {c.backend} runs a model at the "
+                                  f"precision it was stored in", show_artifact=True) for c in fixed]
     selection = Selection(policy=policy.text, precision=precision.value, attempts=list(skipped))
     if not candidates:
         raise _unmet(policy, skipped)

@@ -335,7 +335,7 @@ def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     tfl = next(a for a in report.artifacts if a.target == "tflite")
     assert tfl.status == "skipped" and "input 'image' dims 2, 3 would be fixed at 1" in tfl.reason
     report = convert(src, to=["tflite"], precisions=["fp32"], out=tmp_path / "cropped", task="image-classification",
-                     labels=list("abcde"), preprocess={"image": {"resize": 64, "crop": 56}})
+                     labels=list("abcde"), preprocess={"image": {"resize": 64, "size": [56, 56]}})  # crop's alias
     assert report.ok, [(a.path, a.reason) for a in report.artifacts]
     from edgekit.tasks import ImageClassifier
     from samples.build import INPUTS
@@ -343,6 +343,10 @@ def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     with ImageClassifier(tmp_path / "cropped") as clf:
         assert clf.model.inputs[0].shape == (1, 56, 56, 3)
         assert len(clf.classify(INPUTS / "images" / "cat.jpg", top_k=2)) == 2
+    out = run_cli("convert", str(src), "--to", "tflite", "--precision", "fp32", "--out", str(tmp_path / "no"), "--json")
+    assert out.returncode == 1  # nothing made: one JSON document, the report with its error
+    doc = json.loads(out.stdout)
+    assert "would be fixed at 1" in doc["artifacts"][0]["reason"] and doc["error"]
 
 
 def test_integer_inputs_are_checked_at_one_and_constant_outputs_are_flagged(tmp_path):
@@ -429,6 +433,36 @@ def test_a_sequence_first_input_is_data_not_a_state(tmp_path):
     report = convert(tmp_path / "seq.onnx", to=["onnx"], precisions=["int8"], calibration=calib, out=tmp_path / "pkg")
     assert report.ok and report.artifacts[0].recipe != STATEFUL_INT8, report.artifacts[0].recipe
     assert report.artifacts[0].recipe.startswith("static QDQ")
+
+
+def test_index_inputs_of_a_one_row_table_and_a_carried_state(tmp_path):
+    """Synthetic integers stay 0, an index any table has (a one-row token_type table refuses 1);
+    the check uses 1 only where the source takes it. A state [2, batch, 8] keeps its TFLite: its
+    batch is on axis 1, not an open size to refuse."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.ones((1, 4), np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "onerow",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "onerow.onnx")
+    with edgekit.load(tmp_path / "onerow.onnx", device="onnxruntime") as m:
+        assert m.run({"ids": np.zeros((1, 3), np.int64)})["y"].shape == (1, 3, 4)
+    report = convert(tmp_path / "onerow.onnx", to=["onnx"], precisions=["fp32"], out=tmp_path / "onerow")
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Add", ["state", "h"], ["stateN"]),
+             helper.make_node("ReduceMean", ["stateN"], ["output"], keepdims=0)]
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "vad", [vi("input", TensorProto.FLOAT, ["batch", 16]),
+                                             vi("state", TensorProto.FLOAT, [2, "batch", 8])],
+                              [vi("output", TensorProto.FLOAT, []),
+                               vi("stateN", TensorProto.FLOAT, [2, "batch", 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "vad.onnx")
+    report = convert(tmp_path / "vad.onnx", to=["tflite"], precisions=["fp32"], out=tmp_path / "vad")
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
 
 
 def test_transformer_position_limits():

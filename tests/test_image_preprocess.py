@@ -106,6 +106,15 @@ def test_tf1_from_a_pil_image_is_the_resize_of_its_array(size, crop, layout):
     np.testing.assert_allclose(half, want, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_a_callers_grayscale_or_rgba_image_is_taken_as_rgb(layout):
+    """load_image gives RGB; preprocess_image called with an "L" image left two planes unwritten."""
+    img = Image.open(INPUTS / "images" / "cat.jpg").convert("L")
+    want = preprocess_image(img.convert("RGB"), IMAGE_PREPROCESS, layout=layout)
+    np.testing.assert_array_equal(preprocess_image(img, IMAGE_PREPROCESS, layout=layout), want)
+    np.testing.assert_array_equal(preprocess_image(img.convert("RGBA"), IMAGE_PREPROCESS, layout=layout), want)
+
+
 def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
     assert tf1_crop((451, 300), IMAGE_PREPROCESS) == ((224, 224), (95, 19, 262, 262))
     assert tf1_crop((320, 480), IMAGE_PREPROCESS) == ((224, 224), (20, 100, 280, 280))  # 0.875 * 320, exactly

@@ -215,6 +215,18 @@ def test_openvino_names_a_tflite_files_tensors_as_litert_does(samples, sample, a
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, name
 
 
+def test_openvino_without_litert_still_names_a_tflite_files_inputs(samples, monkeypatch, caplog):
+    """Where ai-edge-litert cannot be installed, OpenVINO is the only reader of .tflite files: the
+    inputs take onnx2tf's names without its serving_default_ prefix, and the outputs' names are warned of."""
+    from edgekit.backends import ov
+
+    monkeypatch.setattr(ov, "signature_names", lambda path: None)
+    with caplog.at_level("WARNING", logger="edgekit"), \
+            edgekit.load(samples["text"] / "model-fp32.tflite", device="openvino") as m:
+        assert [s.name for s in m.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert "outputs keep their TFLite tensor names on OpenVINO" in caplog.text
+
+
 def test_openvino_names_outputs_as_the_model_file_does(samples):
     """Compiling Silero's int8 IR adds the name 'mean' to its first output; the file calls it 'output'."""
     with edgekit.load(samples["audio"] / "model-int8.xml") as m:

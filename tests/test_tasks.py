@@ -321,7 +321,7 @@ def test_long_text_is_truncated_at_the_model_limit(embedder):
 def test_max_length_over_the_models_limit_is_cut_to_it(samples, caplog):
     """max_length=1000 was taken as given and the first long text failed with InputError: MiniLM's
     512 positions (the package's declared limit) cap it, with a warning, as a static length does."""
-    with caplog.at_level(logging.WARNING), \
+    with caplog.at_level(logging.WARNING, logger="edgekit"), \
             TextEmbedder(samples["text"] / "model-fp32.onnx", max_length=1000) as emb:
         assert emb.tokenizer.count("word " * 2000) == 512
         assert emb.embed("word " * 2000).shape == (1, 384)

@@ -45,15 +45,18 @@ def _import():
         return mod, "tflite-runtime"
 
 
-def signature_names(path: Path) -> dict[str, str]:
+def signature_names(path: Path) -> dict[str, str] | None:
     """A TFLite file's tensor names -> the input and output keys of its one signature, as
-    :class:`LiteRtSession` names them ({} without one signature, or without LiteRT).
+    :class:`LiteRtSession` names them ({} without one signature; None without LiteRT to read it).
 
     For OpenVINO, which reads .tflite files by tensor name: onnx2tf's MiniLM inputs come as
     ``serving_default_attention_mask:0`` (first), its outputs as ``StatefulPartitionedCall:0``.
     """
     try:
         mod, _ = _import()
+    except ImportError:
+        return None
+    try:
         resolver = getattr(getattr(mod, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
         kwargs = {"experimental_op_resolver_type": resolver} if resolver is not None else {}
         interp = mod.Interpreter(model_path=str(path), **kwargs)  # not allocated: 2 ms

@@ -194,6 +194,8 @@ def preprocess_image(img, pp: dict, *, layout: str = "NCHW", dtype=np.float32) -
     models such as EfficientNet-Lite were trained and evaluated: see :func:`resize_tf1`.
     """
     check_preprocess(pp, "image pre-processing")
+    if img.mode != "RGB":  # load_image gives RGB; a caller's own grayscale or RGBA image too
+        img = img.convert("RGB")
     if pp.get("resampling", "pillow") == "tf1":
         size, (left, top, box_w, box_h) = tf1_crop(img.size, pp)
         rows, cols, _, _ = _tf1_maps(*size, box_w, box_h)
