@@ -192,6 +192,12 @@ class Model:
                             if _unit_dims_moved(s.shape, wanted.get(s.name))}
         for i, (_, shape) in self._out_shapes.items():
             self.outputs[i] = replace(self.outputs[i], shape=shape)
+        # ... and its outputs in the source's order, as its inputs (onnx2tf's TFLite sorts them by name)
+        names = [s.name for s in self.outputs]
+        self._out_order = None
+        if sorted(facts.output_order) == sorted(names) and list(facts.output_order) != names:
+            self._out_order = [names.index(n) for n in facts.output_order]
+            self.outputs = [self.outputs[i] for i in self._out_order]
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
         # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a
@@ -281,6 +287,8 @@ class Model:
             outputs = [np.reshape(y, self._out_shapes[i][1])
                        if i in self._out_shapes and np.shape(y) == self._out_shapes[i][0] else y
                        for i, y in enumerate(outputs)]
+        if self._out_order is not None:
+            outputs = [outputs[i] for i in self._out_order]
         return dict(zip(self._out_names, outputs))
 
     __call__ = run

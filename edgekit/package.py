@@ -60,6 +60,7 @@ class Declared:
     output_shapes: dict[str, tuple] = field(default_factory=dict)
     # Inputs the source declared as scalars (shape []): onnx2tf makes them one-element vectors.
     scalars: frozenset[str] = frozenset()
+    output_order: tuple[str, ...] = ()  # the source's output names in its order (TFLite sorts them by name)
 
 
 @dataclass
@@ -160,7 +161,11 @@ def declared(manifest: dict, where: Path) -> Declared:
         log.warning("%s", e)
         outputs = {}
     scalars = frozenset(s["name"] for s in _tensor_specs(manifest, "inputs", where) if s["shape"] == [])
-    return Declared(names, limits, order, ranges, outputs, scalars)
+    try:
+        out_order = tuple(s["name"] for s in _tensor_specs(manifest, "outputs", where))
+    except ModelFileError:  # warned of above
+        out_order = ()
+    return Declared(names, limits, order, ranges, outputs, scalars, out_order)
 
 
 def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:

@@ -286,6 +286,8 @@ def test_tflite_outputs_that_differ_only_in_scale_keep_their_names(tmp_path):
     want = dict(zip(["c2", "b", "a"], ort.InferenceSession(str(src)).run(None, {"image": x})))
     with edgekit.load(tmp_path / "pkg" / "model-fp32.tflite") as m:
         got = m.run({"image": np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
+        assert [o.name for o in m.outputs] == ["c2", "b", "a"]  # the source's order (TFLite sorts them)
+    assert list(got) == ["c2", "b", "a"]
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
 
