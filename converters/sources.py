@@ -142,8 +142,9 @@ def onnx_outputs(path: Path) -> list[dict]:
     out = []
     for v in model.graph.output:
         t = v.type.tensor_type
-        shape = ([d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
-                 if t.HasField("shape") else None)
+        # onnxslim's shape inference names every unknown dim "?": one name would say they are one size
+        shape = ([(d.dim_param if d.dim_param != "?" else None) or (d.dim_value if d.HasField("dim_value") else None)
+                  for d in t.shape.dim] if t.HasField("shape") else None)
         dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))) if t.elem_type else None
         out.append({"name": v.name, "shape": shape, "dtype": dtype})
     return out

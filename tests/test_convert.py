@@ -905,3 +905,17 @@ def test_a_lone_converted_file_classifies_with_its_own_labels(offline_cli_packag
 
     with ImageClassifier(lone) as clf:
         assert clf.layout == "NHWC" and clf.classify(IMAGES / "cat.jpg", top_k=1)[0].label in LABELS
+
+
+def test_onnxslims_unknown_dims_are_recorded_as_unknown(tmp_path):
+    """onnxslim names every unknown output dim "?": recorded as one name, it said they were one size."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from converters.sources import onnx_outputs
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["?", 4, "?", "n"])])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert onnx_outputs(tmp_path / "m.onnx") == [{"name": "y", "shape": [None, 4, None, "n"], "dtype": "float32"}]
