@@ -67,15 +67,15 @@ def default_out(source) -> Path:
     raise UsageError("out= is required when converting a PyTorch module")
 
 
-def check_destination(out: Path) -> None:
+def check_destination(out: Path, source=None) -> None:
     """Refuse a destination whose replacement would lose the user's files, or that cannot be replaced.
 
     Allowed: a path that does not exist (missing parent folders are created), an empty folder,
     or an edgekit package (a folder with edgekit.json), which the new package replaces whole.
 
     Raises:
-        UsageError: ``out`` is a file, a symbolic link, a folder with other contents, or the current
-            folder or one above it (names the path and why).
+        UsageError: ``out`` is a file, a symbolic link, a folder with other contents, the current
+            folder or one above it, or holds ``source`` (names the path and why).
     """
     def refuse(why: str) -> UsageError:
         return UsageError(f"cannot write the package to {out}: {why}; give a new path, an empty folder "
@@ -83,6 +83,10 @@ def check_destination(out: Path) -> None:
 
     if out.is_symlink():
         raise refuse(f"it is a symbolic link (to {os.readlink(out)})")
+    if isinstance(source, (str, Path)):  # replacing the folder would delete the model being converted
+        src, dst = Path(source).expanduser().absolute(), out.expanduser().absolute()
+        if src == dst or dst in src.parents or src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:
+            raise refuse(f"the source {source} is in it, and the new package replaces the folder whole")
     if not out.exists():
         above = next(p for p in out.absolute().parents if p.exists())
         if not above.is_dir():
@@ -153,7 +157,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     if min_cosine is not None and not -1 <= min_cosine <= 1:
         raise UsageError(f"min_cosine {min_cosine} is not a cosine similarity: give a value from -1 to 1")
     out_dir = Path(out).expanduser() if out is not None else default_out(source)
-    check_destination(out_dir)
+    check_destination(out_dir, source)
     label_list = read_labels(labels)
     say = _progress(progress, t_start)
 

@@ -43,17 +43,25 @@ class _Relay(QObject):
 
     @Slot(int, int, str)
     def progress(self, done: int, total: int, text: str) -> None:
-        if self.job.on_progress:
+        if self.job.on_progress and not self.job.owner.closed:
             self.job.on_progress(done, total, text)
 
     @Slot(object)
     def result(self, value) -> None:
+        if self.job.owner.closed:  # the window went: nothing to show it in (a model opened late is closed)
+            close = getattr(value, "close", None)
+            if callable(close):
+                close()
+            return
         if self.job.on_result:
             self.job.on_result(value)
 
     @Slot(object, str)
     def error(self, exc, details: str) -> None:
         self.job.error = exc
+        if self.job.owner.closed:
+            log.info("%s failed after the window closed: %s", self.job.name, exc)
+            return
         if self.job.on_error:
             self.job.on_error(exc, details)
         else:
@@ -134,6 +142,7 @@ class Jobs(QObject):
         self.pool = QThreadPool()
         self.pool.setMaxThreadCount(max_threads)
         self.running: list[Job] = []
+        self.closed = False  # after close(): results, progress and errors are dropped
 
     def submit(self, fn: Callable[[Job], object], *, name: str, on_result=None, on_error=None,
                on_progress=None, on_finished=None) -> Job:
@@ -161,6 +170,11 @@ class Jobs(QObject):
         self.pool.clear()  # drop jobs that have not started
         for job in list(self.running):
             job.cancel()
+
+    def close(self) -> None:
+        """Cancel everything, and drop what jobs still deliver (the window is closing)."""
+        self.closed = True
+        self.cancel_all()
 
     def wait(self, msecs: int = 30_000) -> bool:
         """Block until every job's function has returned (used when closing the app)."""

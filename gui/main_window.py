@@ -82,6 +82,7 @@ class MainWindow(QMainWindow):
         self._opening = 0  # the number of the latest Open: results of earlier ones are dropped
         self._loaded_device: str | None = None  # the device setting the loaded model was opened with
         self._building: set[str] = set()
+        self._shown_path: Path | None = None  # the model the pages show (a device switch keeps it)
 
         self.model_page = ModelPage()
         self.run_page = RunPage(self)
@@ -295,9 +296,14 @@ class MainWindow(QMainWindow):
         self.open_path(path)
 
     def _model_changed(self, loaded) -> None:
+        # Another model resets the benchmark page; the same one on another device (a device switch)
+        # keeps its benchmark running and its results: it measures every artifact and device anyway.
+        new_model = loaded is None or loaded.info.path != self._shown_path
+        self._shown_path = None if loaded is None else loaded.info.path
         self.model_page.show_model(loaded)
         self.run_page.model_changed(loaded)
-        self.bench_page.model_changed(loaded)
+        if new_model:
+            self.bench_page.model_changed(loaded)
         self.convert_page.model_changed(loaded)
         self.run_action.setEnabled(loaded is not None)
         if loaded is None:
@@ -305,7 +311,8 @@ class MainWindow(QMainWindow):
             self.setWindowTitle("edgekit")
             return
         self.where_label.setText(f"{loaded.info.name}: {loaded.model.path.name} on {loaded.where}")
-        self.bench_page.find_candidates(loaded)
+        if new_model:
+            self.bench_page.find_candidates(loaded)
         self.setWindowTitle(f"{loaded.info.name} — edgekit")
 
     # --- running ---
@@ -350,9 +357,13 @@ class MainWindow(QMainWindow):
         self.about = dialogs.AboutDialog(self)
         self.about.open()
 
+    def showEvent(self, event) -> None:
+        self.jobs.closed = False  # shown again after a close: jobs deliver again
+        super().showEvent(event)
+
     def closeEvent(self, event) -> None:
         self.hide()
-        self.jobs.cancel_all()  # running jobs stop at their next step; a conversion cleans up after itself
+        self.jobs.close()  # running jobs stop at their next step; a conversion cleans up after itself
         if not self.jobs.wait(60_000):
             log.warning("background work did not stop within 60 s; models stay open until it does")
         else:

@@ -174,7 +174,24 @@ def decode_picture(path, largest: int = LARGEST_PICTURE):
     size = reader.size()
     if size.isValid() and max(size.width(), size.height()) > largest:
         reader.setScaledSize(size.scaled(largest, largest, Qt.AspectRatioMode.KeepAspectRatio))
-    return reader.read()
+    image = reader.read()
+    # Qt refuses pictures over its 256 MB allocation limit (a 9000x9000 PNG decodes whole before it
+    # is scaled) and formats it has no plugin for: the model's own decoder shows them.
+    return image if not image.isNull() else _pillow_picture(path, largest)
+
+
+def _pillow_picture(path, largest: int):
+    from PySide6.QtGui import QImage
+
+    from edgekit.tasks.image import load_image
+
+    try:
+        pic = load_image(path, min_size=largest)  # what the model sees: EXIF turned, RGB, bombs refused
+        pic.thumbnail((largest, largest))
+    except Exception:  # noqa: BLE001 - nothing to show; the run reports the file's problem
+        return QImage()
+    data = pic.tobytes()
+    return QImage(data, pic.width, pic.height, 3 * pic.width, QImage.Format.Format_RGB888).copy()  # owns its pixels
 
 
 class Picture(QLabel):

@@ -132,10 +132,10 @@ def envelope(x: np.ndarray, points: int = 1200) -> np.ndarray:
 
 def run_generic(loaded: Loaded, files: dict[str, str | None]) -> GenericResult:
     """Run a model without a task: each input from a .npy file, or synthetic where none is given."""
-    from edgekit.bench import synthetic_inputs
+    from edgekit.bench import synthetic_inputs, warmup_sizes
 
     model = loaded.model
-    synthetic = synthetic_inputs(model.inputs, warmup=model.metadata.get("warmup_inputs"))
+    synthetic = synthetic_inputs(model.inputs, warmup=warmup_sizes(model))  # a package's lone file too
     feeds, came_from = {}, {}
     for spec in model.inputs:
         path = files.get(spec.name)
@@ -202,12 +202,15 @@ class BenchRow:
     throughput: float | None = None  # runs per second at batch 1
 
 
-def candidates(path) -> list[Candidate]:
+def candidates(path) -> tuple[list[Candidate], list[str]]:
     """What `edgekit bench --all-devices` measures: every artifact on every device that can run it,
-    best-ranked first (package checksums verified). Slow for big packages: call it in a job."""
+    best-ranked first (package checksums verified), and why any artifact was left out (a checksum
+    mismatch, a missing file). Slow for big packages: call it in a job."""
     from edgekit.bench import targets
 
-    return [Candidate(Path(file), spec, f"{Path(file).name} on {spec}") for file, spec in targets(path)]
+    problems: list[str] = []
+    found = [Candidate(Path(file), spec, f"{Path(file).name} on {spec}") for file, spec in targets(path, problems)]
+    return found, problems
 
 
 def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, progress: Progress) -> list[BenchRow]:

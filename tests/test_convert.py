@@ -919,3 +919,16 @@ def test_onnxslims_unknown_dims_are_recorded_as_unknown(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["?", 4, "?", "n"])])
     onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
     assert onnx_outputs(tmp_path / "m.onnx") == [{"name": "y", "shape": [None, 4, None, "n"], "dtype": "float32"}]
+
+
+def test_a_package_is_not_converted_into_the_folder_holding_its_source(tmp_path, models):
+    """The new package replaces its folder whole: a source inside it would be deleted."""
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    shutil.copy(models["mlp.onnx"], pkg / "mlp.onnx")
+    for out in (pkg, tmp_path):
+        with pytest.raises(UsageError, match="the source .*mlp.onnx is in it"):
+            convert(pkg / "mlp.onnx", to=["onnx"], precisions=["fp32"], out=out)
+    assert (pkg / "mlp.onnx").is_file()

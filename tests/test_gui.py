@@ -770,3 +770,88 @@ def test_a_generic_input_may_come_from_an_npz(tmp_path):
     np.testing.assert_array_equal(_array_for(tmp_path / "one.npz", "x"), x)
     with pytest.raises(InputError, match=r"named\.npz: holds the arrays \['x', 'other'\], none named 'y'"):
         _array_for(tmp_path / "named.npz", "y")
+
+
+def test_a_picture_over_qts_allocation_limit_is_shown_by_pillow(qtbot, window, tmp_path):
+    """Qt refuses to decode a 9000x9000 PNG (over its 256 MB limit, before scaling): it was
+    classified but never shown."""
+    from PIL import Image
+
+    Image.new("RGB", (9000, 9000), (20, 120, 40)).save(tmp_path / "huge.png", compress_level=1)
+    picture = window.run_page.views["image"].picture
+    picture.load(tmp_path / "huge.png", window.jobs)
+    qtbot.waitUntil(lambda: picture._pixmap is not None, timeout=60_000)
+    assert (picture._pixmap.width(), picture._pixmap.height()) == (2048, 2048)
+
+
+def test_a_device_switch_keeps_the_benchmark_and_the_convert_form(qtbot, window, samples):
+    """A switch reopens the same model elsewhere: the benchmark of every artifact and device goes on
+    and shows its rows, and a Source the person typed stays (it was overwritten)."""
+    open_and_wait(qtbot, window, samples["audio"])
+    page = window.bench_page
+    qtbot.waitUntil(lambda: page.candidates.count() > 1, timeout=60_000)
+    page.set_checked([page.candidates.item(0).text()])
+    page.iterations.setValue(300)
+    window.convert_page.source.setText("/somewhere/mine.onnx")
+    page.run_button.click()
+    qtbot.waitUntil(lambda: page.job is not None, timeout=10_000)
+    window.set_device("onnxruntime:CPUExecutionProvider")
+    qtbot.waitUntil(lambda: window.session.loaded.where.startswith("onnxruntime"), timeout=LOAD_TIMEOUT)
+    idle(qtbot, window)
+    assert window.last_error is None, window.last_error.text()
+    assert len(page.rows) == 1 and page.rows[0].status == "ok", page.rows
+    assert window.convert_page.source.text() == "/somewhere/mine.onnx"
+
+
+def test_an_artifact_left_out_of_the_benchmark_is_named_on_the_page(qtbot, window, samples, tmp_path):
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(samples["audio"], pkg)
+    data = bytearray((pkg / "model-fp16.tflite").read_bytes())
+    data[-1] ^= 0xFF
+    (pkg / "model-fp16.tflite").write_bytes(bytes(data))
+    open_and_wait(qtbot, window, pkg)
+    page = window.bench_page
+    qtbot.waitUntil(lambda: "can run this model" in page.step.text(), timeout=60_000)
+    assert "left out: " in page.step.text() and "model-fp16.tflite: checksum mismatch" in page.step.text()
+
+
+def test_a_model_that_opens_after_the_window_closed_is_closed_too(qtbot, tmp_path, samples):
+    from gui.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat),
+                   samples_dir=samples["image"].parent)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.devices_known, timeout=60_000)
+    opened = []
+    w.session.model_changed.connect(lambda loaded: opened.append(loaded))
+    w.open_path(samples["image"])
+    w.close()
+    qtbot.wait(300)  # the queued result arrives: it must not land in the closed window
+    assert w.session.loaded is None and all(x is None for x in opened), opened
+
+
+def test_converting_into_the_folder_that_holds_the_source_is_refused(window, samples, tmp_path):
+    """The new package replaces the folder whole: converting a package into itself deleted its model."""
+    import shutil
+
+    pkg = tmp_path / "vad"
+    shutil.copytree(samples["audio"], pkg)
+    page = window.convert_page
+    page.source.setText(str(pkg / "model.onnx"))
+    page.out.setText(str(pkg))
+    page.convert_button.click()
+    assert page.job is None and "the source" in window.last_error.text() and (pkg / "model.onnx").is_file()
+
+
+def test_a_source_under_home_gets_its_default_folder_beside_it(window, tmp_path, monkeypatch, models):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(models["mlp.onnx"], tmp_path / "tiny.onnx")
+    page = window.convert_page
+    page.source.setText("~/tiny.onnx")
+    page.out.setText("")
+    assert page.options().out == str(tmp_path / "tiny-edgekit")

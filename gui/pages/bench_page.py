@@ -97,8 +97,10 @@ class BenchPage(QWidget):
         self.step.setText("finding what can run this model…")
         running = f"{loaded.model.path.name} on {loaded.where}"
 
-        def fill(cands) -> None:
-            if self.window_.session.loaded is not loaded:
+        def fill(found) -> None:
+            cands, problems = found
+            now = self.window_.session.loaded
+            if now is None or now.info.path != loaded.info.path:  # another model since (a device switch is not)
                 return
             self.candidates.clear()
             for cand in cands:
@@ -106,7 +108,8 @@ class BenchPage(QWidget):
                 item.setData(Qt.ItemDataRole.UserRole, cand)
                 item.setCheckState(Qt.CheckState.Checked if cand.label == running else Qt.CheckState.Unchecked)
                 self.candidates.addItem(item)
-            self.step.setText(f"{len(cands)} artifact/device pairs can run this model")
+            self.step.setText(f"{len(cands)} artifact/device pairs can run this model" +
+                              "".join(f"\nleft out: {p}" for p in problems))
 
         self.window_.jobs.submit(lambda job: work.candidates(loaded.info.path), name="Listing devices",
                                  on_result=fill,
@@ -138,11 +141,12 @@ class BenchPage(QWidget):
             if cancelled:
                 self.step.setText("cancelled")
 
-        measured = self.window_.session.loaded
+        measured = self.window_.session.loaded.info.path
 
         def show(rows) -> None:
-            if self.window_.session.loaded is measured:  # else they belong to a model no longer open
-                self.show(rows, measured.info.path)
+            now = self.window_.session.loaded
+            if now is not None and now.info.path == measured:  # else they belong to a model no longer open
+                self.show(rows, measured)
 
         self.job = self.window_.jobs.submit(
             lambda job: work.benchmark(chosen, iterations=n, progress=job.progress), name="Benchmark",

@@ -45,6 +45,7 @@ class ConvertPage(QWidget):
         self.window_ = window
         self.job = None
         self.report = None
+        self._filled = ""  # the source this page filled in from the open model (the user's own text is kept)
         self.source = QLineEdit()
         self.source.setObjectName("convertSource")
         self.source.setPlaceholderText(".onnx / .tflite / .xml file, Hugging Face folder or package")
@@ -113,8 +114,11 @@ class ConvertPage(QWidget):
         layout.addWidget(self.results, 2)
 
     def model_changed(self, loaded) -> None:
-        if loaded is not None and not self.job:
-            self.source.setText(str(loaded.info.path))
+        if loaded is None or self.job:
+            return
+        if self.source.text().strip() in ("", self._filled):  # not a path the user typed or chose
+            self._filled = str(loaded.info.path)
+            self.source.setText(self._filled)
 
     # --- browsing ---
     def browse_source(self) -> None:
@@ -145,10 +149,10 @@ class ConvertPage(QWidget):
         precisions = [p for p, cb in self.precisions.items() if cb.isChecked()]
         if not targets or not precisions:
             raise UsageError("tick at least one target and one precision")
-        out = Path(self.out.text().strip() or default_out(source)).expanduser()
+        out = Path(self.out.text().strip() or default_out(Path(source).expanduser())).expanduser()
         if not out.is_absolute():  # the app's working folder means nothing to a person: beside the source
             out = Path(source).expanduser().resolve().parent / out
-        check_destination(out)  # the converter's own rule, before the child process starts
+        check_destination(out, source)  # the converter's own rule, before the child process starts
         return work.ConvertOptions(source, str(out), targets, precisions, self.calibration.text().strip() or None)
 
     def start(self) -> None:
