@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .errors import UsageError
+from .errors import EdgekitError, UsageError
 
 
 def add_parsers(add) -> None:
@@ -125,6 +125,13 @@ def cmd_repo(args, emit_json, table) -> int:
     if not repo:
         raise UsageError("usage: edgekit repo list REPO")
     models = repository.scan(Path(repo))
+    for m in models:  # as the server will find them: a version whose files fail their checksums is not served
+        for v in m.versions:
+            if not v.problem:
+                try:
+                    repository.verify_version(v.path)
+                except EdgekitError as e:
+                    v.problem = str(e)
     if args.json:
         emit_json({"repository": str(repo), "models": [m.to_dict() for m in models]})
         return 0

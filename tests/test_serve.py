@@ -537,6 +537,38 @@ def test_repo_add_verifies_and_numbers_versions(tmp_path, models):
     assert r.returncode == 2 and not (tmp_path / "new-repo").exists()
 
 
+def test_repo_versions_as_the_server_reads_them(tmp_path, models):
+    """A version "01" is version 1: adding 1 beside it made two of them and broke both. `repo list`
+    verifies checksums as the server does: a damaged version 2 was "ok" and the version 1 the
+    server falls back to "not in the version policy"."""
+    from conftest import run_cli
+
+    pkg, _ = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repo = tmp_path / "repo"
+    shutil.copytree(pkg, repo / "mlp" / "01")
+    with pytest.raises(edgekit.UsageError, match="version 1 of 'mlp' exists"):
+        repository.add(pkg, repo, version=1)
+    assert repository.add(pkg, repo).name == "2"
+    data = bytearray((repo / "mlp" / "2" / "mlp-0.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (repo / "mlp" / "2" / "mlp-0.onnx").write_bytes(bytes(data))
+    r = run_cli("repo", "list", str(repo))
+    rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("mlp")}
+    assert rows["1"].rstrip().endswith(" ok") and "invalid: " in rows["2"] and "checksum mismatch" in rows["2"]
+
+
+def test_uint64_json_takes_its_whole_range():
+    """[2**63, 0] became floats in NumPy and was refused as "non-integer values"."""
+    from edgekit.serve.protocol import ProtocolError, _from_json
+
+    u64 = np.dtype(np.uint64)
+    got = _from_json([2**64 - 1, 2**63, 1, 0], "x", u64, (4,), 4)
+    assert got.dtype == u64 and got.tolist() == [2**64 - 1, 2**63, 1, 0]
+    for bad in ([2**64, 0, 0, 0], [-1, 2**63, 0, 0]):
+        with pytest.raises(ProtocolError, match="out of range for UINT64"):
+            _from_json(bad, "x", u64, (4,), 4)
+
+
 @pytest.mark.parametrize("text, problem", [
     ("{bad", "not valid JSON"),
     ("[]", "expected a JSON object"),
@@ -968,6 +1000,54 @@ def test_chunked_body_over_the_limit_is_413(tmp_path):
         assert server.healthy()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_the_edges_of_a_connection(tmp_path):
+    """A head that stopped within its first read (it was held for good), a 413 answered mid-body
+    and then a stalled client (held for good), a client that half-closes after its request (got no
+    answer), a %0D%0A in the path (wrote a forged access-log line), and SIGTERM while a body is
+    still arriving (30 s, then a plain-text 500)."""
+    import socket
+
+    pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
+    server = Server(str(pkg), "--body-timeout-s", "1", "--keep-alive-s", "60", "--max-body-mb", "1")
+    host, port = server.host.rsplit(":", 1)
+
+    def exchange(data: bytes, *, half_close: bool = False) -> tuple[bytes, float]:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            start, answer = time.monotonic(), b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer, time.monotonic() - start
+
+    try:
+        answer, waited = exchange(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")  # one read, never ended
+        assert answer.startswith(b"HTTP/1.1 408") and waited < 10, (answer, waited)
+        chunk = b"8000\r\n" + b" " * 0x8000 + b"\r\n"
+        answer, waited = exchange(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 40)  # then stalls
+        assert answer.startswith(b"HTTP/1.1 413") and waited < 10, (answer[:100], waited)
+        x = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [1.0] * 8}]}).encode()
+        answer, _ = exchange(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(x), x), half_close=True)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"logits"' in answer, answer[:200]
+        exchange(b"GET /v2/x%0D%0Aedgekit:%20INFO:%20forged HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert "\nedgekit: INFO: forged" not in server.log() and "/v2/x\\x0d\\x0aedgekit" in server.log()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:  # a body still arriving
+            sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            time.sleep(0.3)
+            start = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            answer = sock.recv(65536)
+            assert server.proc.wait(30) == 0 and time.monotonic() - start < 10
+        assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer, answer
+        assert "Traceback" not in server.log() and "ERROR" not in server.log(), server.log()
+    finally:
+        server.stop()
 
 
 # -- dynamic batching and graceful shutdown --------------------------------------------------------

@@ -582,9 +582,19 @@ class _Guard:
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
             model = scope.get("edgekit.model")
-            access_log.info('%s "%s %s" %d %.2f ms', client[0], scope["method"], scope["path"], status, ms,
+            # The path is the client's (percent-decoded): a %0D%0A in it wrote a forged line of its own
+            access_log.info('%s "%s %s" %d %.2f ms', client[0], _printable(scope["method"]),
+                            _printable(scope["path"]), status, ms,
                             extra={"client": client[0], "method": scope["method"], "path": scope["path"],
                                    "status": status, "duration_ms": round(ms, 3), "route": route,
                                    "model": model[0] if model else None,
                                    "model_version": model[1] if model else None})
 
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str, limit: int = 2048) -> str:
+    """``text`` for a one-line log: control characters escaped (\\x0d), at most ``limit`` characters."""
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= limit else text[:limit] + "..."

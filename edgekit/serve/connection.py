@@ -13,6 +13,11 @@ one that sent a stray CRLF now and then were each held for good. As nginx bounds
   431, or a plain close once the request was answered;
 - a connection with no request under way is closed after uvicorn's keep-alive timeout, however it
   got there;
+- a request answered before its body was in (a 413, a 401) is the connection's last: the rest of
+  the body is read and dropped for :data:`LINGER_S`, then the connection closes;
+- a client that half-closes after its request (``nc -N``, HTTP/1.0 stacks) still gets the answer;
+- at shutdown, a request whose head or body has not arrived is answered 503 at once (it held the
+  server for its whole grace period, then got a plain 500);
 - a refusal is JSON like every other error, and the connection is read and dropped for
   :data:`LINGER_S` before it is closed: closing on unread bytes resets the connection, and the
   reset can discard the answer before the client reads it.
@@ -68,6 +73,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
         _head_timer = None
         _idle_timer = None
         _refused = False
+        _eof = False  # the client half-closed: close once the answer under way is sent
 
         # -- connection and request boundaries ---------------------------------------------------
 
@@ -104,10 +110,27 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             super().on_response_complete()
             if self.transport.is_closing() or not self._answered():
                 return
-            if self._in_head:  # a head that waited for this answer
+            if self._eof:
+                self.transport.close()
+            elif self._in_head:  # a head that waited for this answer
                 self._arm_head()
-            elif not self._in_body:
+            elif self._in_body:  # answered before its body was in: the rest is not wanted
+                self._linger()
+            else:
                 self._arm_idle()
+
+        def eof_received(self):
+            if self._in_head or self._in_body or self._answered():  # nothing to answer, or never whole
+                return None  # asyncio closes the connection
+            self._eof = True  # the request is in: answer it, then close
+            return True
+
+        def shutdown(self) -> None:
+            cycle = self.cycle
+            if self._in_head or (self._in_body and cycle is not None and not cycle.response_started):
+                self._refuse(503, "the server is shutting down")
+            else:
+                super().shutdown()
 
         def connection_lost(self, exc) -> None:
             self._end_head()
@@ -122,7 +145,11 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             in_head, in_body, messages = self._in_head, self._in_body, self._messages
             self._got_body = False
             super().data_received(data)
-            if self._refused or messages != self._messages:  # refused, or a new request began in this read
+            if self._refused:
+                return
+            if messages != self._messages:  # a new request began in this read
+                if self._in_head and self._answered():  # and its head did not end in it: the clock starts
+                    self._arm_head()
                 return
             if self._got_body:
                 self._unbodied = 0
@@ -171,6 +198,15 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             self._in_head = False
             self._cancel("_head_timer")
 
+        def _linger(self) -> None:
+            """Stop reading, say so (EOF), and close after :data:`LINGER_S`."""
+            self._refused = True  # data_received drops what still comes
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+            else:
+                self.transport.close()
+
         def _refuse(self, status: int, message: str, logged: bool = False) -> None:
             """Answer ``{"error": message}`` and close: the rest of this connection cannot be read."""
             self._end_head()
@@ -197,10 +233,6 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
                 b"content-type: application/json\r\n", f"content-length: {len(body)}\r\n".encode(),
                 b"connection: close\r\n\r\n", body]))
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                self.loop.call_later(LINGER_S, self.transport.close)
-            else:
-                self.transport.close()
+            self._linger()
 
     return BoundedProtocol

@@ -208,8 +208,11 @@ class ModelManager:
             return "unloaded"
         if m.problem:
             return m.problem
-        reasons = [f"version {v.version}: {v.reason}" for v in m.versions.values() if v.reason]
-        return "; ".join(reasons) or "no versions in the repository"
+        reasons = [f"version {v.version}: {v.reason or v.state.lower()}" for v in m.versions.values()
+                   if v.reason or v.state != READY]  # a version being loaded has no reason yet
+        if reasons:
+            return "; ".join(reasons)
+        return "no versions in the version policy" if m.on_disk else "no versions in the repository"
 
     def index(self) -> list[dict]:
         """Every version of every model, on disk or loaded, with its state and why (Triton's index)."""

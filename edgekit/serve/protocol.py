@@ -251,6 +251,14 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
     if raw.size != count:
         raise ProtocolError(f"input {name!r}: shape {list(shape)} needs {count} values, the request sends "
                             f"{raw.size}")
+    if dtype.kind in "ui" and raw.size and raw.dtype.kind in "fO":
+        # NumPy makes floats of integers past int64 mixed with small ones ([2**63, 0]): JSON gave ints
+        ints = np.array(data, dtype=object).ravel().tolist()
+        if all(type(x) is int for x in ints):
+            try:
+                return np.array(ints, dtype=dtype).reshape(shape)
+            except OverflowError:
+                raise ProtocolError(f"input {name!r}: values out of range for {datatype(dtype)}") from None
     ok = {"b": "b", "u": "ui", "i": "ui", "f": "uif"}[dtype.kind]
     if raw.size and raw.dtype.kind not in ok:
         want = "true/false" if dtype.kind == "b" else "numbers"

@@ -297,7 +297,8 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
             if v > MAX_VERSION:
                 raise UsageError(f"{model_dir}: version {MAX_VERSION} is the highest a repository holds; "
                                  f"give a free one with --version")
-            if dest.exists():
+            taken = dest.exists() or any(parse_version(d.name) == v for d in model_dir.iterdir())  # "01" is 1
+            if taken:
                 if version is not None:
                     raise UsageError(f"{dest}: version {v} of {name!r} exists; versions are never replaced, "
                                      f"add a new one")
