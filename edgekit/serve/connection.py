@@ -13,8 +13,9 @@ one that sent a stray CRLF now and then were each held for good. As nginx bounds
   431, or a plain close once the request was answered;
 - a connection with no request under way is closed after uvicorn's keep-alive timeout, however it
   got there;
-- a request answered before its body was in (a 413, a 401) is the connection's last: the rest of
-  the body is read and dropped for :data:`LINGER_S`, then the connection closes;
+- a request answered before its body was in (a 413, a 401): the rest of the body is read and
+  dropped as uvicorn does, so the connection stays usable, but it must end within
+  ``head_timeout_s`` of the answer, or the connection is closed;
 - a client that half-closes after its request (``nc -N``, HTTP/1.0 stacks) still gets the answer;
 - at shutdown, a request whose head or body has not arrived is answered 503 at once (it held the
   server for its whole grace period, then got a plain 500);
@@ -62,6 +63,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
     too_large = f"the request head (request line and headers) is over the limit of {max_head} bytes"
     no_body = f"{max_head} bytes of chunk headers or trailers came without body data"
     too_slow = f"the request head did not arrive within {head_timeout_s:g} s"
+    no_tail = f"the rest of the body did not arrive within {head_timeout_s:g} s of the answer"
 
     class BoundedProtocol(HttpToolsProtocol):
         _in_head = False  # from a request's first byte to the end of its head
@@ -72,6 +74,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
         _messages = 0
         _head_timer = None
         _idle_timer = None
+        _tail_timer = None  # the rest of an answered request's body
         _refused = False
         _eof = False  # the client half-closed: close once the answer under way is sent
 
@@ -102,6 +105,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
 
         def on_message_complete(self) -> None:
             self._in_body = False
+            self._cancel("_tail_timer")
             super().on_message_complete()
             if self._answered():  # answered before its body was in (a 401, a 413)
                 self._arm_idle()
@@ -114,8 +118,8 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
                 self.transport.close()
             elif self._in_head:  # a head that waited for this answer
                 self._arm_head()
-            elif self._in_body:  # answered before its body was in: the rest is not wanted
-                self._linger()
+            elif self._in_body:  # answered before its body was in: the rest must come in time
+                self._tail_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, no_tail)
             else:
                 self._arm_idle()
 
@@ -135,6 +139,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
         def connection_lost(self, exc) -> None:
             self._end_head()
             self._cancel("_idle_timer")
+            self._cancel("_tail_timer")
             super().connection_lost(exc)
 
         # -- reads ---------------------------------------------------------------------------------
