@@ -216,10 +216,8 @@ class _Opener:
                 raise
             self.checked.add(art.path)
         backend = backends.get(cand.backend)
-        precision = self.precision
-        if precision is Precision.FP16 and not getattr(backend, "sets_precision", True) and _stored_fp16(art):
-            precision = Precision.STORED  # an fp16 file, run as stored, is what was asked for
-        session = backend.open(art.path, art.format, cand.device, precision, concurrency=self.concurrency)
+        session = backend.open(art.path, art.format, cand.device, _asked_of(cand, self.precision) or self.precision,
+                               concurrency=self.concurrency)
         if self.verify:
             try:
                 self._first_inference(session, art)
@@ -251,6 +249,14 @@ class _Opener:
         raise first
 
 
+def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
+    """The precision to open ``cand`` at, or None where it cannot meet ``precision``. ONNX Runtime and
+    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored."""
+    if precision is not Precision.FP16 or getattr(backends.get(cand.backend), "sets_precision", True):
+        return precision
+    return Precision.STORED if _stored_fp16(cand.artifact) else None
+
+
 def _stored_fp16(art: Artifact) -> bool:
     """Whether ``art`` is stored in fp16, as its package says or, for a lone file, its card."""
     if art.precision != "stored":
@@ -278,11 +284,10 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
            verify: bool = True, use_cache: bool = True, concurrency: int = 1):
     """Open the model on the best candidate for ``policy``; returns (session, candidate, Selection)."""
     candidates, skipped = build_candidates(source, policy)
-    if precision is Precision.FP16 and source.package is not None:
-        # A package's fp32 and int8 files, on a runtime that runs them as stored, are not what was
-        # asked for: passed over as such, not as failures to fall back from.
-        fixed = [c for c in candidates if not getattr(backends.get(c.backend), "sets_precision", True)
-                 and not _stored_fp16(c.artifact)]
+    if source.package is not None:
+        # A package's files that cannot meet the precision (fp32 and int8 asked for fp16, on a runtime
+        # that runs them as stored) are passed over as such, not as failures to fall back from.
+        fixed = [c for c in candidates if _asked_of(c, precision) is None]
         if fixed and len(fixed) < len(candidates):
             candidates = [c for c in candidates if c not in fixed]
             skipped += [c.attempt("skipped", f"stored in {c.artifact.precision}; {c.backend} runs a model at the "

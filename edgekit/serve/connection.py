@@ -203,15 +203,6 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             self._in_head = False
             self._cancel("_head_timer")
 
-        def _linger(self) -> None:
-            """Stop reading, say so (EOF), and close after :data:`LINGER_S`."""
-            self._refused = True  # data_received drops what still comes
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                self.loop.call_later(LINGER_S, self.transport.close)
-            else:
-                self.transport.close()
-
         def _refuse(self, status: int, message: str, logged: bool = False) -> None:
             """Answer ``{"error": message}`` and close: the rest of this connection cannot be read."""
             self._end_head()
@@ -238,6 +229,10 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
                 b"content-type: application/json\r\n", f"content-length: {len(body)}\r\n".encode(),
                 b"connection: close\r\n\r\n", body]))
-            self._linger()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+            else:
+                self.transport.close()
 
     return BoundedProtocol
