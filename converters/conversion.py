@@ -12,7 +12,6 @@ rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -84,8 +83,8 @@ def check_destination(out: Path, source=None) -> None:
     if out.is_symlink():
         raise refuse(f"it is a symbolic link (to {os.readlink(out)})")
     if isinstance(source, (str, Path)):  # replacing the folder would delete the model being converted
-        src, dst = Path(source).expanduser().absolute(), out.expanduser().absolute()
-        if src == dst or dst in src.parents or src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:
+        src, dst = Path(source).expanduser().resolve(), out.expanduser().resolve()
+        if src == dst or dst in src.parents:
             raise refuse(f"the source {source} is in it, and the new package replaces the folder whole")
     if not out.exists():
         above = next(p for p in out.absolute().parents if p.exists())
@@ -363,19 +362,19 @@ def _crop_shapes(prep, metadata: dict) -> dict:
     return shapes
 
 
-def _int8_is_dynamic(prep, target: str, transformer: bool) -> bool:
+def _int8_is_dynamic(prep, target: str, transformer: bool, stateful: bool) -> bool:
     """Whether this target's int8 recipe for this model is weights-only (then the same as int8-dynamic).
 
     Streaming models (a state input) are weights-only on every target: see the targets' STATEFUL_INT8.
     """
-    return (_is_stateful(prep) or (target == "onnx" and transformer)
+    return (stateful or (target == "onnx" and transformer)
             or (target == "tflite" and tflite_target.dynamic_int8(prep.inputs) is not None))
 
 
 def _plan(prep, target: str, precision: str, precisions: list[str], has_calibration: bool,
-          transformer: bool) -> str | None:
+          transformer: bool, stateful: bool) -> str | None:
     """Why this artifact cannot be made from this source (None: it can)."""
-    dynamic = _int8_is_dynamic(prep, target, transformer)
+    dynamic = _int8_is_dynamic(prep, target, transformer, stateful)
     if precision == "int8-dynamic" and dynamic and "int8" in precisions:
         return "the same file as int8 for this model (its int8 recipe is dynamic)"
     if precision == "int8" and not has_calibration and not dynamic:
@@ -400,7 +399,8 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
         for precision in precs:
             rep = ArtifactReport(target, precision, format=FORMAT_OF[target].value)
             report.artifacts.append(rep)
-            why = _plan(prep, target, precision, precs, bool(cal_feeds), _is_transformer(metadata))
+            why = _plan(prep, target, precision, precs, bool(cal_feeds), _is_transformer(metadata),
+                        _is_stateful(prep, metadata))
             if why:
                 rep.status, rep.reason = "skipped", why
                 say(f"{target} {precision}: skipped ({why})")
@@ -429,13 +429,14 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
             try:
                 if target == "onnx":
                     rep.recipe = onnx_target.build(prep.onnx, rep.precision, dst, cal_feeds,
-                                                   transformer=_is_transformer(metadata), stateful=_is_stateful(prep))
+                                                   transformer=_is_transformer(metadata),
+                                                   stateful=_is_stateful(prep, metadata))
                     cards.embed(dst, Format.ONNX, cards.make(metadata, entry))
                 else:
                     src = prep.onnx if prep.onnx is not None else prep.native
                     rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
                                                        transformer=_is_transformer(metadata),
-                                                       stateful=_is_stateful(prep))
+                                                       stateful=_is_stateful(prep, metadata))
             except Exception as e:
                 _failed(rep, dst, e)
                 say(f"{target} {rep.precision}: failed ({rep.reason})")
@@ -450,21 +451,15 @@ def _is_transformer(metadata: dict) -> bool:
     return str(metadata.get("task", "")).startswith("text")
 
 
-def _is_stateful(prep) -> bool:
+def _is_stateful(prep, metadata: dict) -> bool:
     """A streaming model that takes its own state back (Silero VAD's ``state`` in, ``stateN`` out, of
     one shape): int8 is weights-only. A batch off the first axis alone is not a state: a
     sequence-first input ([10, 1, 8], PyTorch's RNN layout) is data, and was given weights-only int8."""
     states = calib.state_inputs(prep.inputs)
-    if not states or prep.onnx is None:
+    outputs = [o["shape"] for o in metadata.get("outputs") or [] if o.get("shape") is not None]
+    if not states or not outputs:  # no output shapes (a TFLite or IR source): the input's layout alone
         return bool(states)
-    stat = prep.onnx.stat()
-    outputs = _output_shapes(prep.onnx, stat.st_mtime_ns, stat.st_size)
     return any(_alike(s.shape, out) for s in prep.inputs if s.name in states for out in outputs)
-
-
-@functools.lru_cache(maxsize=4)  # asked once per target and precision; keyed by the file's version too
-def _output_shapes(onnx_path: Path, mtime_ns: int, size: int) -> tuple[tuple, ...]:
-    return tuple(tuple(o["shape"]) for o in sources.onnx_outputs(onnx_path) if o["shape"] is not None)
 
 
 def _alike(a, b) -> bool:
