@@ -132,8 +132,9 @@ def cmd_repo(args, emit_json, table) -> int:
                     repository.verify_version(v.path)
                 except EdgekitError as e:
                     v.problem = str(e)
+    ignored = repository.ignored_folders(Path(repo))
     if args.json:
-        emit_json({"repository": str(repo), "models": [m.to_dict() for m in models]})
+        emit_json({"repository": str(repo), "models": [m.to_dict() for m in models], "ignored": ignored})
         return 0
     rows = []
     for m in models:
@@ -145,10 +146,16 @@ def cmd_repo(args, emit_json, table) -> int:
             status = (f"invalid: {v.problem}" if v.problem else "ok" if v.version in chosen
                       else "ok, not in the version policy")
             rows.append([m.name, str(v.version), v.task or "-", _formats_text(v.formats), status])
+        rows += [[m.name, str(n), "-", "-", "missing: named by the version policy, not in the repository"]
+                 for n in m.config.missing([v.version for v in m.versions])]
     print(table(rows, ["model", "version", "task", "formats", "status"]) if rows else f"{repo}: no models")
     for m in models:  # a model whose config.json is bad: its versions are listed above, its problem here
         if m.problem and m.versions:
             print(f"{m.name}: {m.problem}")
+        for line in m.ignored:
+            print(f"{m.name}: ignored {line}")
+    for line in ignored:
+        print(f"ignored {line}")
     return 0
 
 

@@ -185,6 +185,27 @@ def test_health_and_metadata(served, samples):
     assert {(r["name"], r["state"]) for r in index} == {(samples[k].name, "READY") for k in samples}
 
 
+def test_model_configuration_extension(served, samples):
+    """tritonclient's get_model_config (and perf_analyzer, which reads it) get Triton's model config."""
+    image = samples["image"].name
+    config = served.client.get_model_config(image)
+    assert served.client.get_model_config(image, "1") == config
+    assert "model_configuration" in served.client.get_server_metadata()["extensions"]
+    with edgekit.load(samples["image"]) as m:
+        assert config["name"] == image and config["platform"] == f"edgekit_{m.backend}"
+        assert config["max_batch_size"] == 0  # no dynamic batching: dims are whole shapes
+        assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32",
+                                    "dims": protocol.dims(m.inputs[0].shape)}]
+        assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32",
+                                     "dims": protocol.dims(m.outputs[0].shape)}]
+        assert config["parameters"]["edgekit_artifact"] == {"string_value": m.path.name}
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["instance_group"][0]["count"] == 1 and "dynamic_batching" not in config
+    text = served.client.get_model_config(samples["text"].name)
+    assert [i["data_type"] for i in text["input"]] == ["TYPE_INT64"] * 3
+    assert error_of(lambda: served.client.get_model_config("no-such-model"))[0] == 404
+
+
 def test_infer_json_and_binary_equal_in_process(served, samples):
     with edgekit.load(samples["image"]) as m:
         x = np.random.default_rng(1).standard_normal(image_shape(samples, batch=2)).astype(np.float32)
@@ -229,6 +250,11 @@ def test_task_endpoints_answer_as_the_sdk(served, samples):
     status, _, doc2 = served.request("POST", f"/v2/models/{image}/versions/1/classify?top_k=5", form,
                                      {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert status == 200 and doc2["categories"] == doc["categories"]
+    import zlib
+    for encoding, packed in (("deflate", zlib.compress(form)), ("gzip", __import__("gzip").compress(form))):
+        status, _, doc3 = served.request("POST", f"/v2/models/{image}/classify?top_k=5", packed, {
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Encoding": encoding})
+        assert status == 200 and doc3["categories"] == doc["categories"], (encoding, doc3)
 
     sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell today."]
     status, _, doc = served.request("POST", f"/v2/models/{text}/embed", json.dumps({"texts": sentences}).encode())
@@ -371,6 +397,15 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert status == 400 and "disagree on dimension 'sequence'" in message, message
     assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
     assert served.request("GET", "/v2/nothing-here")[0] == 404
+    # a batch of 0 and the shared-memory extension are named as such, not as data missing from the body
+    status, message = binary([0, *shape[1:]], b"")
+    assert status == 400 and "a batch of 0" in message, message
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape, "parameters": {
+        "shared_memory_region": "r0", "shared_memory_byte_size": len(full)}}]}).encode())
+    assert status == 400 and "shared-memory extension is not supported" in message, message
+    # a trailing slash is no route: no redirect built from the client's Host header
+    status, headers, doc = served.request("GET", f"/v2/models/{image}/", headers={"Host": "elsewhere.example"})
+    assert status == 404 and "location" not in {k.lower() for k in headers} and set(doc) == {"error"}
     # a request naming a file on disk: there is no such parameter
     status, message = post(b'{"parameters": {"config": "{}"}}', path=f"/v2/repository/models/{image}/load")
     assert status == 400 and "repository" in message
@@ -784,6 +819,86 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         assert server.stop() == 0, server.log()
 
 
+def test_what_the_repository_cannot_serve_is_said(tmp_path):
+    """Folders that are no model or no version, and versions a "specific" policy names but the
+    repository lacks, were skipped in silence: the model went dark with "not in the version policy"."""
+    from conftest import run_cli
+
+    repo = tmp_path / "repo"
+    pkg, w = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repository.add(pkg, repo)
+    repository.add(pkg, repo)
+    shutil.copytree(repo / "mlp" / "1", repo / "mlp" / "v3")  # not a version folder
+    shutil.copytree(repo / "mlp", repo / "my model")  # not a model name
+    shutil.copytree(repo / "mlp", repo / "stats")  # the statistics endpoint's name
+    (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"specific": {"versions": [1, 5]}}}))
+    r = run_cli("repo", "list", str(repo))
+    assert r.returncode == 0, r.stderr
+    assert "mlp: ignored v3: not a version folder" in r.stdout
+    assert "ignored my model: not a valid model name" in r.stdout and "ignored stats: a model cannot" in r.stdout
+    rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("mlp ")}
+    assert rows["1"].rstrip().endswith(" ok") and "not in the version policy" in rows["2"]
+    assert "missing: named by the version policy" in rows["5"], r.stdout
+    doc = json.loads(run_cli("repo", "list", str(repo), "--json").stdout)
+    assert len(doc["ignored"]) == 2 and doc["models"][0]["ignored"] == ["v3: not a version folder (versions are "
+                                                                        "folders named 1, 2, ...)"]
+
+    server = Server(str(repo), "--poll-interval", "0.2")
+    try:
+        c = server.client
+        assert c.get_model_metadata("mlp")["versions"] == ["1"]
+        index = {r["version"]: r for r in c.get_model_repository_index() if r["name"] == "mlp"}
+        assert index["5"]["state"] == "UNAVAILABLE" and "named by the version policy" in index["5"]["reason"]
+        log = server.log()
+        assert "the version policy names version 5, which the repository does not hold (it holds versions 1, 2)" in log
+        assert "v3: not a version folder" in log and "my model is not served: not a valid model name" in log
+        assert log.count("stats is not served") == 1  # said once, not at every scan
+        # the policy now names only a missing version: nothing is served, and the 503 says why
+        (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"specific": {"versions": [5]}}}))
+        wait_for(lambda: not c.is_model_ready("mlp"), what="version 1 released")
+        status, message = error_of(lambda: infer(c, "mlp", {"x": np.ones((1, 8), np.float32)}))
+        assert status == 503 and "the version policy names version 5, which the repository does not hold" in message
+        assert server.log().count("stats is not served") == 1
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_a_version_being_loaded_says_so():
+    """A request while the only version loads was told "no versions in the repository"."""
+    import asyncio
+
+    from edgekit.serve.errors import NotReady
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.models import LOADING, ModelManager, Version
+
+    async def ask() -> str:
+        manager = ModelManager([], metrics=Metrics())
+        m = manager._add_model("mlp", Path("/nonexistent"))
+        m.on_disk = [1]
+        m.versions[1] = Version("mlp", 1, Path("/nonexistent/1"), LOADING)
+        with pytest.raises(NotReady) as e:
+            manager.get("mlp")
+        return str(e.value)
+
+    assert asyncio.run(ask()) == "model 'mlp' has no version ready: version 1: loading"
+
+
+def test_an_api_key_file_others_can_read_is_warned_of(tmp_path, caplog):
+    from edgekit.serve.server import read_api_key
+
+    key = tmp_path / "key"
+    key.write_text("0123456789abcdef0123\n")
+    key.chmod(0o644)
+    with caplog.at_level("WARNING", logger="edgekit.serve"):
+        assert read_api_key(key) == "0123456789abcdef0123"
+    assert "can be read by other users" in caplog.text and "chmod 600" in caplog.text
+    caplog.clear()
+    key.chmod(0o600)
+    with caplog.at_level("WARNING", logger="edgekit.serve"):
+        read_api_key(key)
+    assert caplog.text == ""
+
+
 def test_datatypes_map_exactly(tmp_path):
     import onnx
     from onnx import TensorProto, helper
@@ -931,6 +1046,10 @@ def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
         assert answer_to(b"GET /v2/health/live HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
         assert "Invalid HTTP request" not in server.log()  # the 431s are logged once each, with their reason
         assert server.log().count(" 431 the request head") == 2, server.log()
+        _, _, metrics = server.request("GET", "/metrics")  # answered by the connection, counted all the same
+        counted = {line.split('status="')[1][:3]: float(line.split()[-1]) for line in metrics.decode().splitlines()
+                   if line.startswith("edgekit_http_requests_total") and 'route="other"' in line}
+        assert counted.get("431") == 2 and counted.get("408", 0) >= 1, counted
         # not HTTP: uvicorn's refusal, as JSON
         status_line, _, body = answer_to(b"garbage\r\n\r\n").partition(b"\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 400") and set(json.loads(body)) == {"error"}

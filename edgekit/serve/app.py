@@ -7,6 +7,7 @@ Routes (``{model}`` may be followed by ``/versions/{v}``; without it the newest 
 
     GET  /v2/health/live | /v2/health/ready | /v2              server liveness, readiness, metadata
     GET  /v2/models/{model}[/ready]                            model metadata, readiness
+    GET  /v2/models/{model}/config                             Triton's model configuration
     POST /v2/models/{model}/infer                              tensors: JSON or the binary extension
     POST /v2/models/{model}/classify | embed | detect          the package's task: a file or JSON text in,
                                                                its typed result as JSON out
@@ -42,7 +43,7 @@ from ..errors import EdgekitError, InputError, UsageError
 from ..types import TensorSpec
 from . import protocol
 from .errors import NotFound, NotReady
-from .metrics import Metrics
+from .metrics import Metrics, method_label
 from .models import ModelManager, Version
 from .repository import Batching
 
@@ -54,7 +55,6 @@ DEFAULT_BODY_TIMEOUT_S = 60.0  # nginx's client_body_timeout
 _HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 MIN_API_KEY = 16  # characters
 _INLINE = 256 * 1024  # JSON smaller than this is decoded on the event loop
-_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no key; they reveal nothing
 _TEXT_INPUT = [TensorSpec("text", (None,), np.dtype(object))]
 _MAX_TEXTS = 4096  # texts (or zero-shot labels) in one request
@@ -126,12 +126,16 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
         routes += [
             Route(prefix, api.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", api.model_ready, methods=["GET"]),
+            Route(prefix + "/config", api.model_config, methods=["GET"]),
             Route(prefix + "/infer", api.infer, methods=["POST"]),
             Route(prefix + "/stats", api.statistics, methods=["GET"]),
             Route(prefix + "/{verb:str}", api.task, methods=["POST"]),
         ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
+    # No 307 to the path without its trailing slash: the protocol's paths have none, and Starlette
+    # builds the redirect from the client's Host header (a redirect to any host it names).
+    app.router.redirect_slashes = False
     app.state.manager = manager
     app.state.metrics = metrics
     app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics, body_timeout_s=body_timeout_s,
@@ -221,7 +225,8 @@ class _Api:
     @_endpoint("metadata")
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "edgekit", "version": __version__,
-                             "extensions": ["binary_tensor_data", "model_repository", "statistics", "edgekit_tasks"]})
+                             "extensions": ["binary_tensor_data", "model_repository", "model_configuration",
+                                            "statistics", "edgekit_tasks"]})
 
     @_endpoint("metrics")
     async def prometheus(self, request: Request) -> Response:
@@ -247,6 +252,15 @@ class _Api:
             doc["edgekit"]["task_inputs"] = [protocol.tensor_metadata(s) for s in _TEXT_INPUT]
             doc["edgekit"]["task_outputs"] = [{"name": out[0], "datatype": "FP32", "shape": out[1]}]
         return JSONResponse(doc)
+
+    @_endpoint("metadata")
+    async def model_config(self, request: Request) -> Response:
+        """Triton's model configuration extension (tritonclient's get_model_config, perf_analyzer)."""
+        v = self._version(request)
+        served = self.manager.models[v.name]
+        return JSONResponse(protocol.model_config(
+            v.name, v.model, policy=served.config.to_dict()["version_policy"], batching=v.runner.batching,
+            instances=v.runner.instances, task=v.task))
 
     @_endpoint("stats")
     async def statistics(self, request: Request) -> Response:
@@ -358,6 +372,12 @@ class _Api:
         """A file sent as the raw body, or as the one file of a multipart form (``curl -F file=@x.jpg``)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await self._body(request)
+        if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            body = await self._body(request)  # the form is parsed from the inflated body
+
+            async def inflated() -> dict:
+                return {"type": "http.request", "body": body, "more_body": False}
+            request = Request(request.scope, inflated)
         async with request.form(max_files=1, max_fields=8) as form:
             files = [f for f in form.values() if not isinstance(f, str)]
             if not files:
@@ -577,8 +597,7 @@ class _Guard:
     def _log(self, scope, status: int, start: float) -> None:
         ms = (time.perf_counter() - start) * 1000
         route = scope.get("edgekit.route") or self._route_of(scope)
-        method = scope["method"] if scope["method"] in _METHODS else "other"  # clients choose it: bound it
-        self.metrics.http.labels(method, route, str(status)).inc()
+        self.metrics.http.labels(method_label(scope["method"]), route, str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
             model = scope.get("edgekit.model")

@@ -53,8 +53,13 @@ class _QuietOverHead:
         return getattr(self._logger, name)
 
 
-def bounded_protocol(max_head: int, head_timeout_s: float):
-    """The protocol class for ``uvicorn.Config(http=...)``: "h11" where httptools is missing."""
+def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
+    """The protocol class for ``uvicorn.Config(http=...)``: "h11" where httptools is missing.
+
+    ``on_refuse(method, status)`` (method "" before the request line is in) is called for each
+    answer given here rather than by the app (a 431, a 408 for a head, a 503 at shutdown), so that
+    the metrics count them too.
+    """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -180,6 +185,13 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
             """No earlier request on this connection is still being answered."""
             return not self.pipeline and (self.cycle is None or self.cycle.response_complete)
 
+        def _method(self) -> str:
+            """This request's method once its request line is in, else ""."""
+            try:
+                return self.parser.get_method().decode("ascii", "replace") if self._messages else ""
+            except Exception:  # the request line is not parsed yet
+                return ""
+
         def _arm_head(self) -> None:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, too_slow)
@@ -224,6 +236,8 @@ def bounded_protocol(max_head: int, head_timeout_s: float):
                 cycle.message_event.set()
             if not logged:
                 log.warning("%s: %d %s", client, status, message)
+            if on_refuse is not None and (cycle is None or cycle.response_complete):  # else the app counts it
+                on_refuse(self._method(), status)
             body = json.dumps({"error": message}).encode()
             self.transport.write(b"".join([
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),

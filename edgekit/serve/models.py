@@ -32,6 +32,10 @@ log = logging.getLogger("edgekit.serve")
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 
 
+def _versions_text(numbers: list[int]) -> str:
+    return ("version " if len(numbers) == 1 else "versions ") + ", ".join(map(str, sorted(numbers)))
+
+
 def _lone_name(path: Path) -> str:
     """A lone package's or file's model name: its folder's name, or its model's for a version folder
     given alone (``REPO/NAME/3``)."""
@@ -166,16 +170,17 @@ class ModelManager:
             if not repo.is_dir():
                 continue
             for d in sorted(repo.iterdir()):
-                if not (d.is_dir() and repository.NAME_RE.match(d.name)):
+                if not d.is_dir() or d.name.startswith("."):  # hidden: staging folders, .git
+                    continue
+                why = repository.name_problem(d.name)
+                if why is not None:
+                    if d.name not in self._clashes:  # said once, not at every scan
+                        self._clashes.add(d.name)
+                        log.warning("%s is not served: %s", d, why)
                     continue
                 known = self.models.get(d.name)
                 if known is None:
-                    try:
-                        self._add_model(d.name, d)
-                    except UsageError as e:  # a name the protocol reserves
-                        if d.name not in self._clashes:
-                            self._clashes.add(d.name)
-                            log.warning("%s is not served: %s", d, e)
+                    self._add_model(d.name, d)
                 elif known.source != d and d.name not in self._clashes:
                     self._clashes.add(d.name)
                     log.warning("%s is not served: a model named %r is already served from %s", d, d.name,
@@ -210,6 +215,9 @@ class ModelManager:
             return m.problem
         reasons = [f"version {v.version}: {v.reason or v.state.lower()}" for v in m.versions.values()
                    if v.reason or v.state != READY]  # a version being loaded has no reason yet
+        missing = m.config.missing(m.on_disk)
+        if missing:  # a "specific" policy naming versions that are not there
+            reasons.append(f"the version policy names {_versions_text(missing)}, which the repository does not hold")
         if reasons:
             return "; ".join(reasons)
         return "no versions in the version policy" if m.on_disk else "no versions in the repository"
@@ -219,7 +227,8 @@ class ModelManager:
         rows = []
         for m in sorted(self.models.values(), key=lambda m: m.name):
             numbers = sorted(set(m.versions) | set(m.on_disk))
-            if not numbers:
+            missing = m.config.missing(numbers)
+            if not numbers and not missing:
                 rows.append({"name": m.name, "state": UNAVAILABLE, "reason": self._why_not(m)})
             for n in numbers:
                 v = m.versions.get(n)
@@ -229,6 +238,8 @@ class ModelManager:
                 if m.problem:
                     note = f"{m.problem} (the settings in force stay)"
                     rows[-1]["reason"] = f"{rows[-1]['reason']}; {note}" if rows[-1].get("reason") else note
+            rows += [{"name": m.name, "version": str(n), "state": UNAVAILABLE,
+                      "reason": "named by the version policy, not in the repository"} for n in missing]
         return rows
 
     def ready(self) -> bool:
@@ -264,12 +275,18 @@ class ModelManager:
                 m.unloaded, m._seen = False, ()
             if m.unloaded:
                 return
-            entries, config, problem = await asyncio.to_thread(self._scan, m)
-            seen = (tuple((e.version, e.signature) for e in entries), config, problem)
+            entries, config, problem, ignored = await asyncio.to_thread(self._scan, m)
+            seen = (tuple((e.version, e.signature) for e in entries), config, problem, tuple(ignored))
             if seen == m._seen:
                 return
             m._seen = seen
             m.on_disk = [e.version for e in entries]
+            for line in ignored:
+                log.warning("%s: ignored in %s: %s", m.name, m.source, line)
+            missing = config.missing(m.on_disk) if problem is None else []
+            if missing:
+                log.warning("%s: the version policy names %s, which the repository does not hold%s", m.name,
+                            _versions_text(missing), f" (it holds {_versions_text(m.on_disk)})" if m.on_disk else "")
             if problem is not None and problem != m.problem:
                 log.warning("%s: %s; the settings in force stay", m.name, problem)
             m.problem = problem
@@ -277,11 +294,11 @@ class ModelManager:
                 m.config = config
             await self._apply(m, entries)
 
-    def _scan(self, m: ServedModel) -> tuple[list[VersionEntry], ModelConfig, str | None]:
+    def _scan(self, m: ServedModel) -> tuple[list[VersionEntry], ModelConfig, str | None, list[str]]:
         if m.lone:
-            return [repository.describe_version(m.source, 1)], ModelConfig(), None
+            return [repository.describe_version(m.source, 1)], ModelConfig(), None, []
         found = repository.scan_model(m.source)
-        return found.versions, found.config, found.problem
+        return found.versions, found.config, found.problem, found.ignored
 
     async def _apply(self, m: ServedModel, entries: list[VersionEntry]) -> None:
         on_disk = {e.version: e for e in entries}

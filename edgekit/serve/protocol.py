@@ -57,6 +57,35 @@ def tensor_metadata(spec: TensorSpec) -> dict:
     return {"name": spec.name, "datatype": datatype(spec.dtype), "shape": dims(spec.shape)}
 
 
+def model_config(name: str, model, *, policy: dict, batching, instances: int, task: str | None) -> dict:
+    """Triton's model configuration (``GET .../config``), as its clients and perf_analyzer read it.
+
+    With dynamic batching on, ``max_batch_size`` is the batcher's and ``dims`` leave out the batch
+    axis, as Triton writes them; otherwise ``max_batch_size`` is 0 and ``dims`` are the whole
+    shapes (a model with a dynamic first axis still takes any batch in one request).
+    """
+    batched = batching is not None
+
+    def tensors(specs) -> list[dict]:
+        return [{"name": s.name, "data_type": "TYPE_STRING" if datatype(s.dtype) == "BYTES"
+                 else f"TYPE_{datatype(s.dtype)}", "dims": dims(s.shape)[1 if batched else 0:]} for s in specs]
+
+    kind = "KIND_GPU" if model.device.upper().startswith("GPU") or "CUDA" in model.device.upper() else "KIND_CPU"
+    doc = {"name": name, "platform": f"edgekit_{model.backend}", "backend": "edgekit", "version_policy": policy,
+           "max_batch_size": batching.max_batch_size if batched else 0,
+           "input": tensors(model.inputs), "output": tensors(model.outputs),
+           "instance_group": [{"name": f"{name}_0", "kind": kind, "count": instances}],
+           "model_transaction_policy": {"decoupled": False},
+           "parameters": {k: {"string_value": str(v)} for k, v in (
+               ("edgekit_backend", model.backend), ("edgekit_device", model.device),
+               ("edgekit_artifact", model.path.name), ("edgekit_precision", model.precision),
+               ("edgekit_task", task)) if v is not None}}
+    if batched:
+        doc["dynamic_batching"] = {"max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),
+                                   "preferred_batch_size": []}
+    return doc
+
+
 @dataclass
 class InferRequest:
     id: str | None
@@ -110,8 +139,8 @@ def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec
         if spec is None:
             raise ProtocolError(f"unknown input {name!r}; the model's inputs are "
                                 f"{', '.join(by_name) or '(none)'}")
+        size = _params(item, f"input {name!r}").get("binary_data_size")  # shared memory refused first
         dtype, shape, count = _declared(item, spec, len(body))
-        size = _params(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -177,7 +206,11 @@ def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, t
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers, "
                             f"got {str(shape)[:80]}")
-    if any(d > body_size for d in shape):  # before the product: a [10**12, ...] claim costs nothing
+    if shape and shape[0] == 0 and spec.shape and not isinstance(spec.shape[0], int):
+        # A batch of none: runtimes fail on it (a 500 for the client's mistake), and it has no answer
+        raise ProtocolError(f"input {name!r}: shape {shape} is a batch of 0; send at least one row")
+    if 0 not in shape and any(d > body_size for d in shape):  # a [10**12, ...] claim costs nothing
+        # (a dim of 0, e.g. an empty past for a decoder's cache, makes no claim on the body)
         raise ProtocolError(f"input {name!r}: shape {str(shape)[:80]} declares more elements than the body "
                             f"has bytes ({body_size}); is its data missing?")
     if spec.shape is not None:

@@ -64,6 +64,10 @@ class ModelConfig:
             return [v for v in newest if v in self.versions]
         return newest[: self.num_versions]
 
+    def missing(self, available: list[int]) -> list[int]:
+        """The versions a "specific" policy names that are not in ``available``."""
+        return [v for v in self.versions if v not in available] if self.policy == "specific" else []
+
     def to_dict(self) -> dict:
         policy = ({"latest": {"num_versions": self.num_versions}} if self.policy == "latest"
                   else {"specific": {"versions": list(self.versions)}} if self.policy == "specific"
@@ -175,10 +179,11 @@ class ModelEntry:
     versions: list[VersionEntry]
     config: ModelConfig = field(default_factory=ModelConfig)
     problem: str | None = None  # an unreadable config.json
+    ignored: list[str] = field(default_factory=list)  # folders in it that are no version, and why
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "config": self.config.to_dict(),
-                "problem": self.problem,
+                "problem": self.problem, "ignored": self.ignored,
                 "versions": [{"version": v.version, "task": v.task, "formats": v.formats,
                               "status": "invalid" if v.problem else "ok", "problem": v.problem}
                              for v in self.versions]}
@@ -203,9 +208,11 @@ def describe_version(path: Path, version: int) -> VersionEntry:
 
 def scan_model(model_dir: Path) -> ModelEntry:
     """The versions under ``model_dir``: integer folder names only (hidden staging folders are skipped)."""
-    versions, folders = [], {}
+    versions, folders, ignored = [], {}, []
     for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
         number = parse_version(child.name)
+        if number is None and child.is_dir() and not child.name.startswith("."):
+            ignored.append(f"{child.name}: not a version folder (versions are folders named 1, 2, ...)")
         if number is not None and child.is_dir():
             folders.setdefault(number, []).append(child.name)
             if len(folders[number]) == 1:
@@ -214,7 +221,7 @@ def scan_model(model_dir: Path) -> ModelEntry:
         if len(folders[v.version]) > 1:
             v.problem = f"{len(folders[v.version])} folders are version {v.version}: {', '.join(folders[v.version])}"
     versions.sort(key=lambda v: v.version)
-    entry = ModelEntry(model_dir.name, model_dir, versions)
+    entry = ModelEntry(model_dir.name, model_dir, versions, ignored=ignored)
     try:
         entry.config = read_config(model_dir)
     except ModelFileError as e:
@@ -246,16 +253,29 @@ def scan(repo: Path) -> list[ModelEntry]:
     """Every model folder of ``repo`` (a folder whose name is a valid model name)."""
     if not repo.is_dir():
         raise UsageError(f"{repo}: no such repository folder")
-    return [scan_model(d) for d in sorted(repo.iterdir()) if d.is_dir() and NAME_RE.match(d.name)]
+    return [scan_model(d) for d in sorted(repo.iterdir()) if d.is_dir() and name_problem(d.name) is None]
+
+
+def ignored_folders(repo: Path) -> list[str]:
+    """The folders of ``repo`` that are not served as models, each with why (hidden ones are skipped)."""
+    return [f"{d.name}: {why}" for d in sorted(repo.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and (why := name_problem(d.name)) is not None]
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model's, or None."""
+    if not NAME_RE.match(name):
+        return ("not a valid model name: use letters, digits, '_', '.', '-' "
+                "(at most 128, starting with a letter or digit)")
+    if name == "stats":  # GET /v2/models/stats is the statistics of every model (Triton's URL)
+        return "a model cannot be named 'stats': /v2/models/stats is the statistics endpoint"
+    return None
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UsageError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "
-                         f"(at most 128, starting with a letter or digit)")
-    if name == "stats":  # GET /v2/models/stats is the statistics of every model (Triton's URL)
-        raise UsageError("a model cannot be named 'stats': /v2/models/stats is the statistics endpoint "
-                         "(give another name with --name)")
+    problem = name_problem(name)
+    if problem is not None:
+        raise UsageError(f"invalid model name {name!r}: {problem} (give another name with --name)")
     return name
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY, MIN_API_KEY, create_app
 from .connection import bounded_protocol
+from .metrics import method_label
 from .repository import Batching
 
 log = logging.getLogger("edgekit.serve")
@@ -51,7 +53,17 @@ def read_api_key(path: str | Path) -> str:
     if len(key) < MIN_API_KEY:
         raise UsageError(f"{p}: an API key needs at least {MIN_API_KEY} characters "
                          f"(try: openssl rand -hex 32 > {p})")
+    _warn_if_others_can_read(p)
     return key
+
+
+def _warn_if_others_can_read(path: Path) -> None:
+    """Warn, as ssh refuses, when the user's own key file is readable by other users. Files owned by
+    someone else (a container's mounted secret, root's 0444) are how deployments hand keys over."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid == os.getuid() and st.st_mode & 0o077:
+        log.warning("%s: the API key file can be read by other users of this machine (mode %s); "
+                    "chmod 600 %s", path, oct(st.st_mode & 0o777)[2:], path)
 
 
 def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
@@ -73,9 +85,14 @@ def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
     sock = _bind(host, port)
     bound = sock.getsockname()
     url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
+
+    def refused(method: str, status: int) -> None:  # answered by the connection, before any route
+        app.state.metrics.http.labels(method_label(method), "other", str(status)).inc()
+
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful_s,
                             timeout_keep_alive=keep_alive_s, server_header=False, lifespan="on", loop="auto",
-                            http=bounded_protocol(MAX_HEAD, body_timeout_s), h11_max_incomplete_event_size=MAX_HEAD)
+                            http=bounded_protocol(MAX_HEAD, body_timeout_s, on_refuse=refused),
+                            h11_max_incomplete_event_size=MAX_HEAD)
     server = uvicorn.Server(config)
     if on_ready is not None:
         _after_startup(server, lambda: on_ready(url))
