@@ -1178,6 +1178,10 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
         md = server.client.get_model_metadata("mlp")
         assert md["edgekit"]["batching"].startswith("on")
         assert "mlp version 1 ready" in server.log() and "warm-up at batch 1-16" in server.log()
+        config = server.client.get_model_config("mlp")  # as Triton writes a batching model's: no batch axis
+        assert config["max_batch_size"] == 16 and config["input"] == [{"name": "x", "data_type": "TYPE_FP32",
+                                                                       "dims": [8]}]
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 300_000
         rng = np.random.default_rng(5)
         xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
 
