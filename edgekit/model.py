@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
@@ -220,6 +221,22 @@ class Model:
         """The largest size of each named input dim that has one (MiniLM's ``sequence``: 512), as the
         package or card declares; ``run`` refuses more with InputError."""
         return {dim: top for dim, _, top in self._dims if top is not None}
+
+    @functools.cached_property
+    def cross_row(self) -> str | None:
+        """Why one row's result depends on the other rows it runs with, or None when it does not.
+
+        A graph that quantizes activations dynamically (ONNX Runtime's int8 recipe for transformers)
+        takes one scale per run, so a text embeds differently alone and in a batch: tasks run such
+        a model one row at a time, and the server does not batch it.
+        """
+        if formats.detect(self.path) is not formats.Format.ONNX:
+            return None
+        try:
+            ops = sorted(formats.onnx_op_types(self.path) & formats.CROSS_ROW_OPS)
+        except (OSError, ValueError):  # the runtime opened it: what it holds is not this check's to judge
+            return None
+        return f"it quantizes activations per run ({', '.join(ops)}), over all its rows at once" if ops else None
 
     @property
     def metadata(self) -> dict:

@@ -312,6 +312,25 @@ def test_embeddings_are_unit_norm_and_batching_does_not_change_them(embedder):
     np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
 
 
+def test_a_text_gets_the_same_vector_alone_and_in_a_list_on_dynamic_int8(samples):
+    """ONNX Runtime's int8 MiniLM quantizes activations with one scale per run: "hi" batched with a long
+    sentence embedded at cosine 0.977 to "hi" alone. Such a model runs texts one at a time by default,
+    and the server does not batch it."""
+    from edgekit.serve.runner import can_batch
+
+    texts = ["hi", "The stock market fell sharply today amid fears of recession and rising interest rates."]
+    with TextEmbedder(samples["text"] / "model-int8.onnx") as emb:
+        assert "DynamicQuantizeLinear" in emb.model.cross_row
+        alone = np.stack([emb.embed(t)[0] for t in texts])
+        np.testing.assert_allclose(emb.embed(texts), alone, atol=1e-6)
+        batched = emb.embed(texts, batch_size=2)  # asked for: batched all the same, and it shows
+        assert float(batched[0] @ alone[0]) < 0.995
+        assert "a batch would change each request's answer" in can_batch(emb.model)
+    for static in ("model-int8.xml", "model-fp32.onnx"):  # static int8 and float: rows are independent
+        with edgekit.load(samples["text"] / static) as m:
+            assert m.cross_row is None and can_batch(m) is None, static
+
+
 def test_long_text_is_truncated_at_the_model_limit(embedder):
     long = "word " * 2000
     assert embedder.tokenizer.count(long) == 256

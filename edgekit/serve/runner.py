@@ -35,6 +35,8 @@ def can_batch(model: Model) -> str | None:
     for spec in [*model.inputs, *model.outputs]:
         if spec.shape is None or not spec.shape or isinstance(spec.shape[0], int):
             return f"{spec.name} has no dynamic batch dimension ({spec})"
+    if model.cross_row:  # each client's answer would depend on the requests it was batched with
+        return f"{model.cross_row}: a batch would change each request's answer"
     return None
 
 
