@@ -122,10 +122,26 @@ def _tf_safe_output_names(model) -> None:
         while new in names:
             new += "_"
         names.add(new)
-        for node in model.graph.node:
-            node.output[:] = [new if o == out.name else o for o in node.output]
-            node.input[:] = [new if x == out.name else x for x in node.input]
+        _rename_value(model.graph, out.name, new)
         out.name = new
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Every use of value ``old`` in ``graph`` and in the subgraphs (If, Loop, Scan bodies) that read it
+    from the outer scope, and its value_info."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if x == old else x for x in node.input]
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                if old not in {i.name for i in body.input} | {o for n in body.node for o in n.output}:
+                    _rename_value(body, old, new)  # not shadowed there: the outer value
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
 
 
 def _reduce_l2_as_sum_square(model) -> None:

@@ -399,6 +399,36 @@ def test_tflite_takes_output_names_tensorflow_refuses(tmp_path):
     np.testing.assert_allclose(got["特徴"], -x)
 
 
+def test_a_renamed_output_is_renamed_where_a_subgraph_reads_it():
+    """An If branch that reads a renamed output from the outer scope kept the old name: a broken graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from converters.tflite_target import _tf_safe_output_names
+
+    f = TensorProto.FLOAT
+    branch = helper.make_graph([helper.make_node("Neg", ["feat map"], ["branch_out"])], "then", [],
+                               [helper.make_tensor_value_info("branch_out", f, [1, 6])])
+    other = helper.make_graph([helper.make_node("Identity", ["feat map"], ["other_out"])], "else", [],
+                              [helper.make_tensor_value_info("other_out", f, [1, 6])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["feat map"]), helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+         helper.make_node("Greater", ["m", "zero"], ["positive"]),
+         helper.make_node("If", ["positive"], ["y"], then_branch=branch, else_branch=other)],
+        "names", [helper.make_tensor_value_info("x", f, [1, 6])],
+        [helper.make_tensor_value_info("feat map", f, [1, 6]), helper.make_tensor_value_info("y", f, [1, 6])],
+        [helper.make_tensor(name="zero", data_type=f, dims=[], vals=[0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _tf_safe_output_names(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.name for o in model.graph.output] == ["output_0", "y"]
+    x = np.linspace(-1, 1, 6, dtype=np.float32)[None]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got[0], np.maximum(x, 0))
+    np.testing.assert_allclose(got[1], -np.maximum(x, 0))
+
+
 def test_onnx2tf_failures_give_the_cause_keras_puts_on_the_next_line():
     from converters.tflite_target import tool_reason
 
