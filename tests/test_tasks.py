@@ -331,6 +331,23 @@ def test_a_text_gets_the_same_vector_alone_and_in_a_list_on_dynamic_int8(samples
             assert m.cross_row is None and can_batch(m) is None, static
 
 
+class Stopped(Exception):
+    """What a progress callback raises to stop the work (a GUI's Cancel raises its own)."""
+
+
+def test_embed_reports_each_batch_and_stops_when_progress_raises(embedder):
+    lines = [f"sentence number {i}" for i in range(10)]
+    seen = []
+    assert embedder.embed(lines, batch_size=4, progress=lambda done, total: seen.append((done, total))).shape[0] == 10
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+
+    def stop(done, total):
+        raise Stopped(f"stopped at {done}")
+
+    with pytest.raises(Stopped, match="stopped at 4"):  # after the first batch, not the whole list
+        embedder.embed(lines, batch_size=4, progress=stop)
+
+
 def test_long_text_is_truncated_at_the_model_limit(embedder):
     long = "word " * 2000
     assert embedder.tokenizer.count(long) == 256
@@ -523,6 +540,24 @@ def test_vad_accepts_arrays_with_a_rate(vad):
     from_int = vad.detect(x, sample_rate=sr)
     assert from_int == vad.detect(AUDIO / "speech.wav")
     assert vad.detect((x.astype(np.float32) / 32768, sr)) == from_int
+
+
+def test_vad_reports_each_window_and_stops_when_progress_raises(vad):
+    seen = []
+    segments = vad.detect(AUDIO / "speech.wav", progress=lambda done, total: seen.append((done, total)))
+    windows = seen[-1][1]
+    assert segments == vad.detect(AUDIO / "speech.wav") and windows > 100
+    assert seen == [(i, windows) for i in range(1, windows + 1)]
+
+    def stop(done, total):
+        if done == 10:
+            raise Stopped("stopped at window 10")
+        seen.append(done)
+
+    seen.clear()
+    with pytest.raises(Stopped, match="stopped at window 10"):  # what a GUI's Cancel raises comes out as it is
+        vad.detect(AUDIO / "speech.wav", progress=stop)
+    assert seen == list(range(1, 10))
 
 
 def test_vad_stream_matches_whole_file(vad):

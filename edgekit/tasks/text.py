@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +168,11 @@ class _TextTask(Task):
                 feeds[spec.name] = np.pad(x, ((0, 0), (0, length - x.shape[1])))
         return feeds
 
-    def _outputs(self, items: list[str], batch_size: int | None = None) -> np.ndarray:
+    def _outputs(self, items: list[str], batch_size: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """The model's output row for each text, in order, run in batches of texts of similar length
-        (``batch_size`` None: 32, or 1 where a row's result depends on its batch, see ``embed``)."""
+        (``batch_size`` None: 32, or 1 where a row's result depends on its batch, see ``embed``);
+        ``progress(texts done, total)`` after each batch."""
         if batch_size is not None and not (is_integer(batch_size) and batch_size >= 1):
             raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         order = sorted(range(len(items)), key=lambda i: len(items[i]))  # similar lengths pad less
@@ -191,10 +193,13 @@ class _TextTask(Task):
             if out is None:
                 out = np.empty((len(items), rows.shape[-1]), np.float32)
             out[idx] = rows
+            if progress is not None:
+                progress(start + len(idx), len(items))
         return out
 
-    def _embed(self, items: list[str], batch_size: int | None = None) -> np.ndarray:
-        out = self._outputs(items, batch_size)
+    def _embed(self, items: list[str], batch_size: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        out = self._outputs(items, batch_size, progress)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)  # a no-op when the graph normalises, a guarantee when not
 
@@ -207,7 +212,8 @@ class TextEmbedder(_TextTask):
 
     task = "text-embedding"
 
-    def embed(self, texts: str | Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+    def embed(self, texts: str | Sequence[str], *, batch_size: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Unit-norm embeddings, one row per text (one row for a single string).
 
         Texts run in batches of ``batch_size`` (default 32). On a model that quantizes activations
@@ -217,10 +223,13 @@ class TextEmbedder(_TextTask):
         the texts per second; vectors down to cosine 0.977 of their own, a short text padded to a
         long one's length).
 
+        ``progress(done, total)`` is called after each batch with the number of texts embedded;
+        what it raises stops the embedding and comes out of ``embed`` (an app's Cancel).
+
         Raises:
             InputError: not a string or a list of strings, an empty text, bytes that are not UTF-8.
         """
-        return self._embed(_as_texts(texts), batch_size)
+        return self._embed(_as_texts(texts), batch_size, progress)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> float | np.ndarray:
         """Cosine similarity: a float for two texts, a matrix for two lists."""
