@@ -21,6 +21,26 @@ from .state import Loaded
 Progress = Callable[[int, int, str], None]
 
 
+def no_progress(done: int, total: int, text: str = "") -> None:
+    """For callers without a job (scripts, the Qt-free session)."""
+
+
+def throttled(progress: Progress, every_s: float = 0.05) -> Progress:
+    """``progress`` at most every ``every_s`` seconds, and at the end: a loop may report every step
+    (a VAD window is 0.1 ms) and the window still gets only ~20 updates a second. In a job the
+    progress callback is also the cancellation point, so Cancel lands within ``every_s`` too."""
+    last = 0.0
+
+    def report(done: int, total: int, text: str = "") -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done >= total or now - last > every_s:
+            last = now
+            progress(done, total, text)
+
+    return report
+
+
 # --- running a task ------------------------------------------------------------------------
 
 @dataclass
@@ -80,9 +100,11 @@ def run_image(loaded: Loaded, image: str | Path, *, top_k: int = 5) -> ImageResu
     return ImageResult(Path(image), cats, ms, loaded.where)
 
 
-def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = (), top_k: int = 5) -> TextResult:
+def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = (), top_k: int = 5,
+             progress: Progress = no_progress) -> TextResult:
     """Embedders: the similarity of every pair of lines, or zero-shot over ``labels``.
-    Classifiers: label scores per line."""
+    Classifiers: label scores per line. ``progress`` is called between lines (between batches
+    for embeddings); what it raises stops the run."""
     from edgekit.errors import InputError
     from edgekit.tasks import TextClassifier, TextEmbedder
 
@@ -90,23 +112,36 @@ def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = ()
     if not texts:
         raise InputError("no text: type one or more lines")
     task = loaded.task
+    report = throttled(progress)
+
+    def lines_done(done: int, total: int) -> None:
+        report(done, total, f"{done} of {total} lines")
+
+    def each_line(classifier) -> list:
+        cats = []
+        for t in texts:
+            cats.append(classifier.classify(t, top_k=top_k))
+            lines_done(len(cats), len(texts))
+        return cats
+
     if isinstance(task, TextEmbedder) and labels:
         key = ("zero-shot", tuple(labels))
         if key not in loaded.cache:  # embedding the labels once, not in every run's latency
             loaded.cache[key] = TextClassifier(loaded.model, labels=list(labels))
         zero_shot = loaded.cache[key]
-        cats, ms = _timed(lambda: [zero_shot.classify(t, top_k=top_k) for t in texts])
+        cats, ms = _timed(lambda: each_line(zero_shot))
         return TextResult(texts, ms, loaded.where, categories=cats, zero_shot=True)
     if isinstance(task, TextEmbedder):
-        vecs, ms = _timed(lambda: task.embed(texts))  # unit vectors: their dot products are the cosines
+        vecs, ms = _timed(lambda: task.embed(texts, progress=lines_done))  # unit vectors: dot products are cosines
         return TextResult(texts, ms, loaded.where, similarity=vecs @ vecs.T)
-    cats, ms = _timed(lambda: [task.classify(t, top_k=top_k) for t in texts])
+    cats, ms = _timed(lambda: each_line(task))
     return TextResult(texts, ms, loaded.where, categories=cats)
 
 
 def run_audio(loaded: Loaded, audio, sample_rate: int | None = None, *, name: str | None = None,
-              top_k: int = 5) -> AudioResult:
-    """Voice activity (segments) or clip classification of a file or an array at ``sample_rate``."""
+              top_k: int = 5, progress: Progress = no_progress) -> AudioResult:
+    """Voice activity (segments) or clip classification of a file or an array at ``sample_rate``.
+    ``progress`` is called between VAD windows (seconds of audio done); what it raises stops the run."""
     from edgekit.tasks import VoiceActivityDetector
     from edgekit.tasks.audio import load_audio
 
@@ -115,7 +150,12 @@ def run_audio(loaded: Loaded, audio, sample_rate: int | None = None, *, name: st
     x = load_audio(audio, sample_rate, target_rate=rate, name=name)
     label = name or str(audio)
     if isinstance(task, VoiceActivityDetector):
-        segs, ms = _timed(lambda: task.detect(x, rate))
+        report, seconds = throttled(progress), len(x) / rate
+
+        def windows_done(done: int, total: int) -> None:
+            report(done, total, f"{done / total * seconds:.0f} of {seconds:.0f} s")
+
+        segs, ms = _timed(lambda: task.detect(x, rate, progress=windows_done))
         return AudioResult(label, len(x) / rate, envelope(x), ms, loaded.where, segments=segs)
     cats, ms = _timed(lambda: task.classify(x, rate, top_k=top_k))
     return AudioResult(label, len(x) / rate, envelope(x), ms, loaded.where, categories=cats)
@@ -223,20 +263,14 @@ def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, 
     from edgekit.errors import EdgekitError
 
     rows, total = [], len(chosen) * iterations
-    last = [0.0]
-
-    def tick(base: int, done: int, n: int, label: str) -> None:
-        now = time.perf_counter()
-        if done == n or now - last[0] > 0.05:  # at most ~20 updates a second reach the window
-            last[0] = now
-            progress(base + done, total, label)
+    tick = throttled(progress)
 
     for i, cand in enumerate(chosen):
         base = i * iterations
         try:
             progress(base, total, f"loading {cand.label}")
             row = bench_model(str(cand.artifact), cand.device, precision=None, runs=iterations, warmup=warmup,
-                              progress=lambda done, n, b=base, c=cand: tick(b, done, n, c.label))
+                              progress=lambda done, n, b=base, c=cand: tick(b + done, total, c.label))
         except EdgekitError as e:
             rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "failed", str(e)))
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -258,6 +259,69 @@ def test_a_picture_given_during_a_run_is_classified_after_it(qtbot, window, samp
     view.open_file(INPUTS / "images" / "coffee.jpg")  # while the cat is being classified
     qtbot.waitUntil(lambda: view.bars.title.endswith("coffee.jpg") and not view.busy, timeout=60_000)
     assert window.session.last_result.image.name == "coffee.jpg"
+
+
+def _long_wav(path: Path, minutes: float) -> Path:
+    """speech.wav (16 kHz mono) repeated for ``minutes``."""
+    import numpy as np
+    import soundfile as sf
+
+    x, rate = sf.read(str(INPUTS / "audio" / "speech.wav"), dtype="int16")
+    sf.write(str(path), np.tile(x, int(minutes * 60 * rate / len(x)) + 1), rate)
+    return path
+
+
+def no_dialog(w) -> bool:
+    from PySide6.QtWidgets import QMessageBox
+
+    return w.last_error is None and not [b for b in w.findChildren(QMessageBox) if b.isVisible()]
+
+
+def test_cancel_stops_a_long_voice_detection_and_leaves_the_page_clean(qtbot, window, samples, tmp_path):
+    """The Run page had no Cancel: VAD on half an hour of audio ran its 8 s (on 2 shared cores) to the
+    end. Cancel now stops it at the next audio window (0.05 s); the previous file's result leaves the page."""
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    assert not view.cancel_button.isEnabled()
+    view.open_file(INPUTS / "audio" / "speech.wav")
+    qtbot.waitUntil(lambda: "speech at" in view.summary.text() and not view.busy, timeout=60_000)
+    view.open_file(_long_wav(tmp_path / "long.wav", 30))
+    assert view.cancel_button.isEnabled() and not view.run_button.isEnabled()
+    detecting = re.compile(r"running… \d+ of 180\d s")  # window by window, for the 30 minutes
+    qtbot.waitUntil(lambda: bool(detecting.fullmatch(view.status.text())), timeout=60_000)
+    view.cancel_button.click()
+    clicked = time.monotonic()
+    qtbot.waitUntil(lambda: not view.busy, timeout=30_000)
+    assert time.monotonic() - clicked < 1, "Cancel waited for the detection to end"
+    assert view.status.text() == "cancelled" and view.run_button.isEnabled() and not view.cancel_button.isEnabled()
+    assert view.summary.text() == "" and view.waveform.envelope is None  # speech.wav's, read as long.wav's
+    idle(qtbot, window)
+    assert no_dialog(window) and view.summary.text() == ""  # no error, and no late result either
+    view.open_file(INPUTS / "audio" / "speech.wav")  # the page runs again
+    qtbot.waitUntil(lambda: "speech at" in view.summary.text() and not view.busy, timeout=60_000)
+    assert " ms on " in view.status.text() and not view.cancel_button.isEnabled()
+
+
+def test_cancel_stops_zero_shot_labels_of_many_lines_between_lines(qtbot, window, samples):
+    """Zero-shot labels are scored line by line: Cancel stops between two lines, and the last
+    run's bars leave the page."""
+    open_and_wait(qtbot, window, samples["text"])
+    view = window.run_page.views["text"]
+    view.labels.setText("sports, finance, weather")
+    view.editor.setPlainText("The striker scored twice in the cup final.")
+    view.run()
+    qtbot.waitUntil(lambda: bool(view.results.findChildren(BarChart)) and not view.busy, timeout=60_000)
+    view.editor.setPlainText("\n".join(f"Line {i}: the striker scored in the final." for i in range(20_000)))
+    view.run()
+    qtbot.waitUntil(lambda: view.status.text().endswith("of 20000 lines"), timeout=60_000)
+    view.cancel_button.click()
+    assert view.status.text() == "cancelling…"
+    clicked = time.monotonic()
+    qtbot.waitUntil(lambda: not view.busy, timeout=60_000)
+    assert time.monotonic() - clicked < 1, "Cancel waited for every line"  # 30 s of them on 2 shared cores
+    assert view.status.text() == "cancelled" and view.run_button.isEnabled() and not view.cancel_button.isEnabled()
+    idle(qtbot, window)
+    assert not view.results.findChildren(BarChart) and no_dialog(window)
 
 
 def test_only_the_latest_open_wins(qtbot, window, samples, models):

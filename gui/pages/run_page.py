@@ -40,7 +40,7 @@ def _latency_text(result) -> str:
 
 
 class _TaskView(QWidget):
-    """Shared by the views: the window (jobs, session, errors), a status line, a Run button."""
+    """Shared by the views: the window (jobs, session, errors), a status line, Run and Cancel buttons."""
 
     kind = ""
 
@@ -49,6 +49,7 @@ class _TaskView(QWidget):
         self.window_ = window
         self.busy = False
         self.pending = False  # asked to run while running: runs again, on the latest input, after
+        self.job = None  # the run under way
         self.status = QLabel("")
         self.status.setObjectName("runStatus")
         self.status.setWordWrap(True)
@@ -56,11 +57,16 @@ class _TaskView(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the model (Ctrl+R)")
         self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run at its next line, batch or audio window; no result is shown")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
 
     def run(self) -> None:
         raise NotImplementedError
 
     def submit(self, name: str, fn, on_result) -> None:
+        """Run ``fn(loaded, progress)`` in a job; ``progress`` is its cancellation point."""
         loaded = self.window_.session.loaded
         if loaded is None:
             return
@@ -71,6 +77,7 @@ class _TaskView(QWidget):
         self.busy = True
         self.status.setText("running…")
         self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
 
         def current() -> bool:  # the model this run started on is still the one shown
             return self.window_.session.loaded is loaded
@@ -89,15 +96,35 @@ class _TaskView(QWidget):
             self.clear_results()  # the last run's results would read as this one's
             self.window_.show_exception(f"{name} failed", exc, details)
 
-        def finished(_cancelled) -> None:
-            self.busy = False
+        def progress(_done, _total, text) -> None:
+            if current() and not job.cancelled:  # not over "cancelling…"
+                self.status.setText(f"running… {text}")
+
+        def finished(cancelled: bool) -> None:
+            self.busy, self.job = False, None
             self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            if cancelled and current():
+                self.status.setText("cancelled")
+                self.clear_results()  # as after a failure: the last run's results would read as this one's
             if self.pending:
                 self.pending = False
                 self.run()
 
-        self.window_.jobs.submit(lambda job: fn(loaded), name=name, on_result=done, on_error=failed,
-                                 on_finished=finished)
+        def call(j):
+            result = fn(loaded, j.progress)
+            j.check()  # Cancel pressed during the last inference: its result is not shown either
+            return result
+
+        job = self.job = self.window_.jobs.submit(call, name=name, on_result=done, on_error=failed,
+                                                  on_progress=progress, on_finished=finished)
+
+    def cancel(self) -> None:
+        """Stop the run at its next cancellation point; a run asked for meanwhile is dropped too."""
+        if self.job is not None:
+            self.job.cancel()
+            self.pending = False
+            self.status.setText("cancelling…")
 
     def model_changed(self, loaded) -> None:
         self.status.setText("")
@@ -137,7 +164,7 @@ class ImageTaskView(_TaskView):
         self.bars = BarChart()
         self.bars.setObjectName("imageBars")
         controls = QHBoxLayout()
-        for w in (open_button, self.top_k, self.run_button):
+        for w in (open_button, self.top_k, self.run_button, self.cancel_button):
             controls.addWidget(w)
         controls.addStretch(1)
         right = QWidget()
@@ -164,7 +191,8 @@ class ImageTaskView(_TaskView):
             self.status.setText("Open or drop a picture first.")
             return
         path, k = self.image_path, self.top_k.value()
-        self.submit("Classifying the picture", lambda loaded: work.run_image(loaded, path, top_k=k), self.show)
+        self.submit("Classifying the picture", lambda loaded, _progress: work.run_image(loaded, path, top_k=k),
+                    self.show)
 
     def show(self, result: work.ImageResult) -> None:
         self.bars.set_items([(c.label, c.score) for c in result.categories], maximum=1.0,
@@ -203,6 +231,7 @@ class TextTaskView(_TaskView):
         row.addWidget(self.labels_label)
         row.addWidget(self.labels, 1)
         row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
@@ -242,7 +271,8 @@ class TextTaskView(_TaskView):
     def run(self) -> None:
         texts = self.editor.toPlainText().splitlines()
         labels = [s.strip() for s in self.labels.text().split(",") if s.strip()] if not self.labels.isHidden() else []
-        self.submit("Running the text model", lambda loaded: work.run_text(loaded, texts, labels=labels), self.show)
+        self.submit("Running the text model",
+                    lambda loaded, progress: work.run_text(loaded, texts, labels=labels, progress=progress), self.show)
 
     def show(self, result: work.TextResult) -> None:
         self._clear()
@@ -306,7 +336,7 @@ class AudioTaskView(_TaskView):
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         controls = QHBoxLayout()
-        for w in (open_button, self.record_button, self.run_button):
+        for w in (open_button, self.record_button, self.run_button, self.cancel_button):
             controls.addWidget(w)
         controls.addWidget(self.record_note, 1)
         layout = QVBoxLayout(self)
@@ -342,15 +372,15 @@ class AudioTaskView(_TaskView):
 
     def run(self) -> None:
         if self.recorded is not None:
-            samples, rate = self.recorded
-            fn = lambda loaded: work.run_audio(loaded, samples, rate, name="recording")  # noqa: E731
+            (audio, rate), name = self.recorded, "recording"
         elif self.audio_path is not None:
-            path = self.audio_path
-            fn = lambda loaded: work.run_audio(loaded, path, name=path.name)  # noqa: E731
+            audio, rate, name = self.audio_path, None, self.audio_path.name
         else:
             self.status.setText("Open or drop a WAV, FLAC or OGG file first.")
             return
-        self.submit("Running the audio model", fn, self.show)
+        self.submit("Running the audio model",
+                    lambda loaded, progress: work.run_audio(loaded, audio, rate, name=name, progress=progress),
+                    self.show)
 
     def show(self, result: work.AudioResult) -> None:
         spans = [(s.start_s, s.end_s) for s in result.segments or []]
@@ -399,6 +429,7 @@ class GenericTaskView(_TaskView):
         layout.addWidget(self.inputs, 1)
         row = QHBoxLayout()
         row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
         row.addWidget(self.status, 1)
         layout.addLayout(row)
         layout.addWidget(QLabel("Outputs"))
@@ -432,7 +463,7 @@ class GenericTaskView(_TaskView):
 
     def run(self) -> None:
         files = dict(self.files)
-        self.submit("Running the model", lambda loaded: work.run_generic(loaded, files), self.show)
+        self.submit("Running the model", lambda loaded, _progress: work.run_generic(loaded, files), self.show)
 
     def show(self, result: work.GenericResult) -> None:
         rows = [[o.name, shape_text(o.shape), o.dtype, *(_num(o.stats.get(k)) for k in ("min", "max", "mean", "std")),
