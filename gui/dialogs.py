@@ -24,17 +24,47 @@ def error_message(exc: BaseException) -> str:
     return text if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {text}"
 
 
-def show_error(parent, title: str, message: str, details: str = "") -> QMessageBox:
-    """A window-modal error box that does not block the caller; "Copy details" copies everything."""
-    box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Close, parent)
-    box.setObjectName("errorDialog")
-    if details:
-        box.setDetailedText(details)
-    copy = box.addButton("Copy details", QMessageBox.ButtonRole.ActionRole)
-    copy.clicked.disconnect()  # an action button would close the box; copying should not
-    copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(f"{title}\n{message}\n\n{details}".strip()))
-    box.open()
+def show_error(parent, title: str, message: str, details: str = "") -> ErrorDialog:
+    """Show an error without blocking the caller: in ``parent``'s error dialog when one is open
+    (at most one at a time; several window-modal boxes stacked up, each hiding the one before),
+    else in a new one."""
+    box = next((b for b in parent.findChildren(ErrorDialog) if b.isVisible()), None)
+    if box is None:
+        box = ErrorDialog(parent, title, message, details)
+        box.open()
+    else:
+        box.add(title, message, details)
     return box
+
+
+class ErrorDialog(QMessageBox):
+    """A window-modal error box; "Copy details" copies everything.
+
+    Errors that come while it is open are added to it: its message stays the first one (often
+    the cause of the rest), a line counts the others, and the details hold each one in full.
+    """
+
+    def __init__(self, parent, title: str, message: str, details: str = "") -> None:
+        super().__init__(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Close, parent)
+        self.setObjectName("errorDialog")
+        self.errors = [(title, message, details)]
+        if details:
+            self.setDetailedText(details)
+        copy = self.addButton("Copy details", QMessageBox.ButtonRole.ActionRole)
+        copy.clicked.disconnect()  # an action button would close the box; copying should not
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.everything()))
+
+    def add(self, title: str, message: str, details: str = "") -> None:
+        """Another error, shown in this box."""
+        self.errors.append((title, message, details))
+        more = len(self.errors) - 1
+        self.setInformativeText(f"{more} more error{'s' if more > 1 else ''} came after this one: "
+                                "Show Details… lists every one.")
+        self.setDetailedText(self.everything())
+
+    def everything(self) -> str:
+        """Each error's title, message and details, in the order they came."""
+        return "\n\n\n".join(f"{title}\n{message}\n\n{details}".strip() for title, message, details in self.errors)
 
 
 def versions() -> dict:

@@ -386,6 +386,37 @@ def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, m
     assert window.session.loaded.info.path == models["mlp.onnx"]
 
 
+def test_errors_that_come_while_one_is_shown_join_its_dialog_instead_of_stacking(qtbot, window, models, tmp_path):
+    """Each error opened a window-modal box of its own: a run that failed while one was open, and
+    the same failure again, stacked three boxes for a person to close one by one."""
+    from PySide6.QtWidgets import QMessageBox
+
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    view = window.run_page.views["generic"]
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    view.set_file(window.session.loaded.model.inputs[0].name, str(tmp_path / "bad.npy"))
+    (tmp_path / "notes.txt").write_text("hello")
+    window.open_dropped(tmp_path / "notes.txt")
+    first = window.last_error
+    for _ in range(2):  # fails while the first dialog is open, then fails again
+        view.run()
+        qtbot.waitUntil(lambda: not view.busy, timeout=30_000)
+    assert [b for b in window.findChildren(QMessageBox) if b.isVisible()] == [first] and window.last_error is first
+    assert "notes.txt" in first.text()  # the first error stays the message
+    assert first.informativeText() == "2 more errors came after this one: Show Details… lists every one."
+    details = first.detailedText()  # each error: title, message, traceback
+    assert details.startswith("Cannot use this file\nValueError: notes.txt: not a model")
+    assert details.count("Running the model failed\n/") == 2 and "Traceback" in details
+    assert details.index("bad.npy: cannot be read as a NumPy array") > details.index("notes.txt")
+    screenshot(first, "error-dialog-joined.png")
+    next(b for b in first.buttons() if b.text() == "Copy details").click()
+    assert QGuiApplication.clipboard().text() == details and first.isVisible()
+    first.button(QMessageBox.StandardButton.Close).click()
+    window.open_dropped(tmp_path / "notes.txt")  # once it is closed, the next error gets a dialog of its own
+    assert window.last_error is not first and window.last_error.isVisible() and not first.isVisible()
+    assert window.last_error.informativeText() == "" and "notes.txt" in window.last_error.text()
+
+
 def test_dropping_a_model_opens_it_and_a_strange_file_is_refused(qtbot, window, models, tmp_path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(models["mlp.xml"]))])
@@ -731,6 +762,7 @@ def test_benchmark_export_errors_name_the_chosen_file_and_say_what_is_wrong(wind
         window.last_error = None
         page.export(str(chosen))
         assert window.last_error is not None and window.last_error.text() == f"{chosen}: {problem}"
+        window.last_error.close()  # as a person would before trying again (an open one takes the next error in)
         with pytest.raises(UsageError, match="^" + re.escape(f"{chosen}: {problem}") + "$") as caught:
             write_atomic(chosen, "x")
         assert isinstance(caught.value, OSError)  # what the Benchmark page catches
