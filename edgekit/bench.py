@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +76,50 @@ def warmup_sizes(model) -> dict | None:
         None if model.package else lone_file_warmup(model.path, formats.detect(model.path)))
 
 
+def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpec]],
+                 warmup: dict | None = None) -> dict:
+    """The sizes to time a model with inputs ``specs`` at, beside ``peers`` (the inputs of every candidate
+    compared with it: the other artifacts, backends and devices of the same model), as a ``warmup`` dict
+    for :func:`synthetic_inputs`. One rule for ``device="fastest"`` and ``edgekit bench``, so that the
+    candidates are timed on the same input sizes:
+
+    1. an input's shape in ``warmup`` (the package's ``warmup_inputs``) where it gives one;
+    2. else each dim this model leaves open takes the size a peer fixes for it (the same input, rank
+       and layout, agreeing wherever both are fixed), the largest where peers fix different sizes;
+    3. else 1 (:func:`synthetic_inputs`' guess).
+
+    Rule 2 is why there is a rule: a TFLite text model fixes its sequence at 256 tokens, and its ONNX
+    sibling, timed at 1 token, looked 30 times faster than it is at 256 (MiniLM: 1.1 ms against 34 ms).
+    """
+    peers = [list(p) for p in peers]
+    out = {name: dict(entry) for name, entry in (warmup or {}).items() if isinstance(entry, dict)}
+    for spec in specs:
+        if spec.shape is None or "shape" in out.get(spec.name, {}) or all(isinstance(d, int) for d in spec.shape):
+            continue
+        fixed: dict[int, set[int]] = {}
+        for peer in peers:
+            other = next((o for o in peer if o.name == spec.name), None)
+            if other is not None and _alike(spec, other):
+                for i, (mine, theirs) in enumerate(zip(spec.shape, other.shape)):
+                    if not isinstance(mine, int) and isinstance(theirs, int):
+                        fixed.setdefault(i, set()).add(theirs)
+        if not fixed:
+            continue
+        if any(len(sizes) > 1 for sizes in fixed.values()):
+            log.info("input %r: the candidates fix different sizes %s; the others are timed at the largest",
+                     spec.name, {i: sorted(sizes) for i, sizes in fixed.items()})
+        shape = [d if isinstance(d, int) else max(fixed.get(i, {1})) for i, d in enumerate(spec.shape)]
+        out[spec.name] = {**out.get(spec.name, {}), "shape": shape}
+    return out
+
+
+def _alike(a: TensorSpec, b: TensorSpec) -> bool:
+    """One input as two candidates see it: the same rank and layout, sizes agreeing wherever both are fixed."""
+    return (a.shape is not None and b.shape is not None and len(a.shape) == len(b.shape)
+            and (a.layout is None or b.layout is None or a.layout == b.layout)
+            and all(x == y for x, y in zip(a.shape, b.shape) if isinstance(x, int) and isinstance(y, int)))
+
+
 def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0,
                      warmup: dict | None = None, batch: int | None = None, integer: int = 0) -> dict[str, np.ndarray]:
     """Inputs matching ``specs``: dynamic dims set to ``dynamic``; floats random, integers
@@ -137,9 +181,38 @@ def targets(path, problems: list[str] | None = None) -> list[tuple[Path, str]]:
     return [(c.artifact.path if source.package else source.path, f"{c.backend}:{c.device.id}") for c in cands]
 
 
+def target_sizes(targets: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
+    """The sizes each file of ``targets`` (as :func:`targets` gives them) is timed at beside the others
+    (:func:`timing_sizes`), by path. Each file is opened once, on the first device listed for it, to read
+    its inputs; one that does not open is left to fail in its own run. A lone file: {}.
+
+    It loads every file: where the peak RSS of later runs is measured, call it in a process of its own.
+    """
+    from .errors import EdgekitError
+    from .model import load
+
+    firsts: dict[str, str] = {}
+    for path, device in targets:
+        firsts.setdefault(str(path), device)
+    if len(firsts) < 2:
+        return {}
+    specs, warmups = {}, {}
+    for path, device in firsts.items():
+        try:
+            with load(path, device=device, strict=True, verify=False, cache=False) as model:
+                specs[path], warmups[path] = model.inputs, warmup_sizes(model)
+        except EdgekitError as e:
+            log.debug("%s on %s: inputs not read for the shared timing sizes: %s", path, device, e)
+    return {path: timing_sizes(inputs, specs.values(), warmups[path]) for path, inputs in specs.items()}
+
+
 def bench_model(path: str, device: str, *, precision: str | None, runs: int, warmup: int,
-                inputs: dict | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+                inputs: dict | None = None, sizes: dict | None = None,
+                progress: Callable[[int, int], None] | None = None) -> dict:
     """Load ``path`` on exactly ``device`` and measure it the way ``edgekit bench`` reports.
+
+    Synthetic inputs unless ``inputs`` are given, at ``sizes`` (a ``warmup`` dict: what
+    :func:`target_sizes` gives for ``path``) or else the model's own warm-up sizes.
 
     Meant to run in a fresh process per candidate, so ``peak_rss_mb`` is that
     candidate's own peak (interpreter and runtime included).
@@ -150,7 +223,8 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
     try:
-        feeds = inputs if inputs is not None else synthetic_inputs(model.inputs, warmup=warmup_sizes(model))
+        feeds = inputs if inputs is not None else synthetic_inputs(
+            model.inputs, warmup=sizes if sizes is not None else warmup_sizes(model))
         t0 = time.perf_counter()
         model.run(feeds)
         first_ms = (time.perf_counter() - t0) * 1e3
@@ -159,7 +233,8 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
         model.close()
     row = {"backend": model.backend, "device": model.device, "precision": model.precision,
            "artifact": model.path.name, "load_ms": load_ms, "first_inference_ms": first_ms,
-           **timing.to_dict(), "peak_rss_mb": peak_rss_mb()}
+           **timing.to_dict(), "peak_rss_mb": peak_rss_mb(),
+           "inputs": {name: list(np.shape(x)) for name, x in feeds.items()}}
     return row
 
 

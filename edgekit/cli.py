@@ -395,6 +395,7 @@ def cmd_bench(args) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from .bench import target_sizes as bench_target_sizes
     from .bench import targets as bench_targets
     from .model import load
 
@@ -418,6 +419,15 @@ def cmd_bench(args) -> int:
         probe.close()
     rows, failures, input_errors = [], [], []
     ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
+    sizes = {}
+    if feeds is None and len(targets) > 1:
+        # Synthetic inputs: every candidate is timed on the same sizes, as device="fastest" times them. Read
+        # in a process of its own: a child inherits its parent's peak RSS (Linux keeps it across exec).
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            try:
+                sizes = pool.submit(bench_target_sizes, targets).result()
+            except Exception as e:
+                log.warning("each candidate is timed at its own input sizes (reading them all failed: %s)", e)
     for n, (path, spec) in enumerate(targets, 1):
         print(f"[{n}/{len(targets)}] {spec} {Path(path).name}: {args.warmup} warm-up + {args.runs} runs",
               file=sys.stderr, flush=True)
@@ -425,7 +435,7 @@ def cmd_bench(args) -> int:
 
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             fut = pool.submit(bench_model, path, spec, precision=args.precision, runs=args.runs,
-                              warmup=args.warmup, inputs=feeds)
+                              warmup=args.warmup, inputs=feeds, sizes=sizes.get(path))
             try:
                 rows.append(fut.result())
             except Exception as e:  # reported as a row, whatever the child died of

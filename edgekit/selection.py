@@ -4,8 +4,9 @@ Policies (``device=``):
 - ``auto``: accelerators first (GPU, then NPU/TPU, then CPU); within a kind the format's
   own runtime first; a candidate that fails to open or fails its first inference is
   recorded and the next one tried, with a warning.
-- ``fastest``: open every candidate, time it on the model, keep the quickest; the choice
-  is cached (see :mod:`edgekit.cache`).
+- ``fastest``: open every candidate, time each on the model at the input sizes they share
+  (:func:`edgekit.bench.timing_sizes`), keep the quickest; the choice is cached (see
+  :mod:`edgekit.cache`).
 - ``cpu`` / ``gpu`` / ``npu`` / ``tpu``: only devices of that kind.
 - ``<backend>`` / ``<backend>:<device>``: only that backend / exactly that device.
 An explicit request that cannot be met raises; ``strict=True`` raises on the first
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backends, cache, formats, package
-from .bench import measure, synthetic_inputs
+from .bench import measure, synthetic_inputs, timing_sizes
 from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
 from .hostinfo import has_int8_dot
 from .package import Artifact, Package
@@ -360,8 +361,9 @@ def _fingerprint(candidates: list[Candidate]) -> list:
 def _select_fastest(source, candidates, opener, selection, precision, strict, use_cache):
     show = source.package is not None
     single = source.package is None
-    # Measured at one concurrency, a choice holds for that one (keys at 1 are as they always were).
-    key = cache.key(source.hash, _fingerprint(candidates), precision.value,
+    # Measured at one concurrency, a choice holds for that one. "shared sizes": choices stored before the
+    # candidates were timed on the same input sizes are measured again.
+    key = cache.key(source.hash, _fingerprint(candidates), precision.value, "shared sizes",
                     *([f"concurrency={opener.concurrency}"] if opener.concurrency > 1 else []))
     hit = cache.get(key) if use_cache else None
     tried_cached = None
@@ -381,15 +383,24 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
                     return session, cand
                 tried_cached = cand  # recorded as failed; measure the others
                 break
-    opened: list[tuple[float, Candidate, object, Attempt]] = []
+    # Every candidate is opened before any is timed: each is timed on the sizes they share (bench.timing_sizes)
+    ready: list[tuple[Candidate, object, Attempt]] = []
     for cand in candidates:
         if cand is tried_cached:
             continue
-        session = _try(cand, opener, selection, show, strict, single)
-        if session is None:
-            continue
-        attempt = selection.attempts[-1]
-        feeds = list(synthetic_inputs(session.inputs, warmup=opener.warmup).values())
+        try:
+            session = _try(cand, opener, selection, show, strict, single)
+        except BaseException:
+            for _, other, _ in ready:
+                other.close()
+            raise
+        if session is not None:
+            ready.append((cand, session, selection.attempts[-1]))
+    every = [session.inputs for _, session, _ in ready]
+    opened: list[tuple[float, Candidate, object, Attempt]] = []
+    for n, (cand, session, attempt) in enumerate(ready):
+        sizes = timing_sizes(session.inputs, every, opener.warmup)
+        feeds = list(synthetic_inputs(session.inputs, warmup=sizes).values())
         try:
             timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
                              runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
@@ -397,7 +408,7 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
             session.close()
             attempt.status, attempt.reason = "failed", f"failed while timed: {_one_line(e)}"
             if strict:
-                for _, _, other, _ in opened:
+                for other in [s for _, _, s, _ in opened] + [s for _, s, _ in ready[n + 1:]]:
                     other.close()
                 raise BackendError(f"{cand.backend}:{cand.device.id} failed while timed ({_one_line(e)}) "
                                    f"and strict mode does not fall back") from e

@@ -25,8 +25,26 @@ class _FailingRun:
         self._inner.close()
 
 
+class _RecordedRun:
+    """A working session that notes the input shapes of every run in ``runs``."""
+
+    def __init__(self, inner, runs: list) -> None:
+        self._inner, self._runs = inner, runs
+        self.inputs, self.outputs, self.precision = inner.inputs, inner.outputs, inner.precision
+
+    def run(self, arrays):
+        self._runs.append([tuple(a.shape) for a in arrays])
+        return self._inner.run(arrays)
+
+    def close(self):
+        self._inner.close()
+
+
 class FaultBackend:
-    """``behaviours`` maps device id -> (kind, "ok" | "open_fails" | "run_fails" | "unavailable")."""
+    """``behaviours`` maps device id -> (kind, "ok" | "open_fails" | "run_fails" | "unavailable").
+
+    ``runs`` holds the input shapes of every run of its working sessions, in order.
+    """
 
     formats = frozenset({Format.ONNX})
     native = frozenset()
@@ -36,6 +54,7 @@ class FaultBackend:
         self.name = name
         self.behaviours = behaviours
         self.opened: list[str] = []
+        self.runs: list[list[tuple]] = []
 
     def status(self) -> BackendStatus:
         return BackendStatus(True, version="test")
@@ -56,4 +75,4 @@ class FaultBackend:
         ort = backends.get("onnxruntime")
         cpu = next(d for d in ort.devices() if d.id == "CPUExecutionProvider")
         session = ort.open(path, fmt, cpu, precision, concurrency=concurrency)
-        return _FailingRun(session) if behaviour == "run_fails" else session
+        return _FailingRun(session) if behaviour == "run_fails" else _RecordedRun(session, self.runs)

@@ -254,6 +254,18 @@ def test_bench_all_devices_leaves_out_an_artifact_that_fails_its_checksum(models
     assert rows and all(r["artifact"].endswith("mlp.onnx") for r in rows), rows
 
 
+def test_bench_all_devices_times_every_artifact_on_the_same_input_sizes(tmp_path):
+    """As device="fastest" does: the ONNX artifact's open sequence was timed at 1 beside the TFLite's 6."""
+    from test_fastest_and_package import _text_like_package
+
+    out = run_cli("bench", str(_text_like_package(tmp_path)), "--all-devices", "--runs", "2", "--warmup", "0",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["results"]
+    assert {r["artifact"] for r in rows} == {"add.onnx", "add.tflite"}, rows
+    assert all(r["inputs"] == {"a": [1, 6], "b": [1, 6]} for r in rows), rows
+
+
 def test_bench_of_a_packages_lone_file_uses_the_packages_warmup_sizes(samples):
     """Silero's own model.onnx needs a whole window and its sample rate; [1, 1] fails in its graph.
     `run --synthetic` takes the same sizes (it failed with exit 2, blaming inputs nobody gave)."""

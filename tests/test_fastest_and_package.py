@@ -62,6 +62,61 @@ def test_fastest_reduced_precision_only_when_allowed(models):
     assert all(a.precision in (None, "f32") for a in m.selection.attempts)
 
 
+def _text_like_package(tmp_path):
+    """One Add as two artifacts of a package: ONNX with a dynamic sequence, as torch exports a text
+    model, and TFLite with the sequence fixed at 6, as onnx2tf writes one."""
+    from samples import synthetic as builders
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    builders.add_onnx(pkg / "add.onnx", shape=(1, "sequence"))
+    builders.add_tflite(pkg / "add.tflite", shape=(1, 6))
+    artifacts = [{"path": n, "format": f, "precision": "fp32", "sha256": formats.sha256_files([pkg / n])}
+                 for n, f in (("add.onnx", "onnx"), ("add.tflite", "tflite"))]
+    (pkg / "edgekit.json").write_text(json.dumps({"schema_version": 1, "name": "add", "artifacts": artifacts}))
+    return pkg
+
+
+def test_fastest_times_every_candidate_on_the_same_input_sizes(tmp_path):
+    """The ONNX artifact's open sequence was timed at 1 token beside the TFLite's 6 (MiniLM: 1 against
+    256), so "fastest" favoured it for the wrong reason: every candidate is timed at the fixed size."""
+    pkg = _text_like_package(tmp_path)
+    fb = FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "ok")})  # ONNX Runtime underneath, its runs noted
+    backends.register("fake", fb)
+    m = edgekit.load(pkg, device="fastest", cache=False)
+    timed = {a.spec for a in m.selection.attempts if a.latency_ms is not None}
+    assert {"fake:GPU0", "onnxruntime:CPUExecutionProvider", "litert:CPU"} <= timed, m.selection
+    first, *measured = fb.runs
+    assert first == [(1, 1), (1, 1)]  # the first inference checks that it runs at all
+    assert measured and all(shapes == [(1, 6), (1, 6)] for shapes in measured), fb.runs
+
+
+def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
+    from edgekit.bench import timing_sizes
+    from edgekit.types import TensorSpec
+
+    f32, i64 = np.dtype("float32"), np.dtype("int64")
+    onnx = [TensorSpec("ids", ("batch", "sequence"), i64), TensorSpec("mask", ("batch", "sequence"), i64)]
+    tflite = [TensorSpec("ids", (1, 256), i64), TensorSpec("mask", (1, 256), i64)]
+    assert timing_sizes(onnx, [onnx, tflite]) == {"ids": {"shape": [1, 256]}, "mask": {"shape": [1, 256]}}
+    assert timing_sizes(tflite, [onnx, tflite]) == {}  # fixed sizes are its own
+    assert timing_sizes(onnx, [onnx]) == {}  # nothing fixes them: 1, as synthetic_inputs sets them
+    # the package's warm-up sizes come first; a warm-up value without a shape is kept
+    warmup = {"ids": {"shape": [1, 32]}, "mask": {"shape": [1, 32], "value": 1}}
+    assert timing_sizes(onnx, [onnx, tflite], warmup) == warmup
+    assert timing_sizes(onnx, [onnx, tflite], {"mask": {"value": 1}})["mask"] == {"value": 1, "shape": [1, 256]}
+    # where candidates fix different sizes, the largest
+    short = [TensorSpec("ids", (1, 128), i64), TensorSpec("mask", (1, 128), i64)]
+    assert timing_sizes(onnx, [short, tflite])["ids"] == {"shape": [1, 256]}
+    # another layout (NHWC beside NCHW) or rank says nothing of this input's dims
+    nchw = [TensorSpec("image", (1, 3, None, None), f32, "NCHW")]
+    nhwc = [TensorSpec("image", (1, 224, 224, 3), f32, "NHWC")]
+    flat = [TensorSpec("image", (1, 150528), f32)]
+    assert timing_sizes(nchw, [nchw, nhwc, flat]) == {}
+    assert timing_sizes(nchw, [[TensorSpec("image", (1, 3, 224, 224), f32, "NCHW")]]) == \
+        {"image": {"shape": [1, 3, 224, 224]}}
+
+
 # --- packages ----------------------------------------------------------------------------
 
 def _package(tmp_path, models, **overrides):
