@@ -206,6 +206,43 @@ def test_classifier_options(image_clf):
     assert len(clf.classify(IMAGES / "cat.jpg")) == 2
 
 
+def test_allow_and_deny_labels_the_classifier_lacks_are_refused_with_the_closest(image_clf):
+    """A typo (allow=["tabby cat"] for "tabby") kept nothing, or let the class through deny, unsaid."""
+    with pytest.raises(edgekit.UsageError, match=r"allow: 'tabby cat' is not one of this classifier's 1000 "
+                                                 r"labels \(closest: 'tabby'"):
+        image_clf.classify(IMAGES / "cat.jpg", allow=["tabby cat", "espresso"])
+    with pytest.raises(edgekit.UsageError, match=r"deny: 'expresso' \(closest: 'espresso'.*\), 'Tabby' \(closest: "
+                                                 r"'tabby'.*\) are not among this classifier's 1000 labels"):
+        image_clf.classify(IMAGES / "cat.jpg", deny=["expresso", "tiger cat", "Tabby"])
+    # a classifier's own options are checked when it opens
+    with pytest.raises(edgekit.UsageError, match="deny: 'tiger-cat' is not one of"):
+        ImageClassifier(image_clf.model, options=ClassifierOptions(deny=["tiger-cat"]))
+    clf = ImageClassifier(image_clf.model, options=ClassifierOptions(allow=["tabby", "tiger cat"], top_k=5))
+    assert {c.label for c in clf.classify(IMAGES / "cat.jpg")} == {"tabby", "tiger cat"}
+    assert [c.label for c in clf.classify(IMAGES / "cat.jpg", allow=["espresso"])] == ["espresso"]
+    with pytest.raises(edgekit.UsageError, match="allow: 'espreso' is not one of"):  # given at the call
+        clf.classify(IMAGES / "cat.jpg", allow=["espreso"])
+    # as is select's own caller, labels or none (a model without labels names its categories by index)
+    scores = np.array([0.1, 0.2, 0.7], np.float32)
+    with pytest.raises(edgekit.UsageError, match="allow: 'dgo' is not one of this classifier's labels 'cat', "
+                                                 "'dog', 'bird' \\(closest: 'dog'\\)"):
+        ClassifierOptions(allow=["dgo"]).select(scores, ["cat", "dog", "bird"])
+    with pytest.raises(edgekit.UsageError, match="allow: 'cat', '3' are not among this model's categories: it "
+                                                 "has no labels, they are named by index, '0' to '2'"):
+        ClassifierOptions(allow=["cat", "3", "1"]).select(scores, None)
+    assert [c.label for c in ClassifierOptions(allow=["1", "0"]).select(scores, None)] == ["1", "0"]
+
+
+def test_zero_shot_allow_and_deny_are_checked_against_the_callers_labels(embedder):
+    zs = TextClassifier(embedder.model, labels=["sports", "finance", "weather"])
+    assert {c.label for c in zs.classify("Rain tomorrow.", deny=["weather"])} == {"sports", "finance"}
+    with pytest.raises(edgekit.UsageError, match="allow: 'music' is not one of this classifier's labels 'sports', "
+                                                 "'finance', 'weather'"):
+        zs.classify(["Rain tomorrow.", "A new album."], allow=["music"])
+    with pytest.raises(edgekit.UsageError, match="allow: 'Sports' is not one of .* \\(closest: 'sports'\\)"):
+        TextClassifier(embedder.model, labels=["sports", "finance"], options=ClassifierOptions(allow=["Sports"]))
+
+
 @pytest.mark.parametrize(("options", "fragment"), [
     ({"top_k": "3"}, "top_k must be a whole number of at least 1, got '3'"),
     ({"top_k": 1.5}, "top_k must be a whole number of at least 1, got 1.5"),

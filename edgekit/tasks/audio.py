@@ -466,7 +466,7 @@ class AudioClassifier(Task):
             check_audio_preprocess(self.pp, str(self.model.source))
             self.sample_rate = self.pp.get("sample_rate", 16000)
             self.labels = self.class_labels(labels)
-            self.options = classifier_options(options)
+            self.options = classifier_options(options, self.labels)
             self._activate = self.activation()
             self.input_name = self.model.inputs[0].name
 

@@ -472,7 +472,7 @@ class ImageClassifier(Task):
             self.labels = self.class_labels(labels)
             self.pp = self.preprocess("image", preprocess)
             check_preprocess(self.pp, str(self.model.source))
-            self.options = classifier_options(options)
+            self.options = classifier_options(options, self.labels)
             self._activate = self.activation()
             spec = self.model.inputs[0]
             self.input_name = spec.name

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,17 +46,23 @@ class ClassifierOptions:
     Args:
         top_k: at most this many categories, best first (None: all).
         score_threshold: drop categories scoring below this.
-        allow: keep only these labels. deny: drop these labels.
+        allow: keep only these labels. deny: drop these labels. Each must be one of the classifier's
+            labels (for a model without labels, an index: "0", "1", ...).
 
     Raises:
         InputError: top_k not a whole number >= 1, score_threshold not a finite number, or
             allow / deny a single string rather than a list of labels.
+        UsageError (from :meth:`select`, or when a classifier opens): allow / deny naming a label the
+            classifier lacks (a typo kept nothing, unsaid), with the closest ones it has.
     """
 
     top_k: int | None = 5
     score_threshold: float | None = None
     allow: Sequence[str] | None = None
     deny: Sequence[str] | None = None
+    # The labels allow and deny were checked against (see checked), and those labels as a set
+    _labels: Sequence[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _known: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.top_k is not None and not (is_integer(self.top_k) and self.top_k >= 1):
@@ -67,13 +74,41 @@ class ClassifierOptions:
             if isinstance(value, (str, bytes)):  # its letters would become the labels
                 raise InputError(f"{name} must be a list of labels, not the string {value!r}")
 
+    def checked(self, labels: Sequence[str] | None) -> ClassifierOptions:
+        """These options with allow and deny checked against ``labels``, as a classifier does once when it
+        opens: :meth:`select` on those same labels, and the options :meth:`merged` from these, then check
+        only the labels given since (not a set of 1000 ImageNet labels per call).
+
+        Raises:
+            UsageError: naming the labels allow or deny hold that ``labels`` lacks.
+        """
+        if labels is None:  # names of indices: select checks them against the number of scores
+            return self
+        known = frozenset(labels)
+        for name in ("allow", "deny"):
+            _check_known(name, getattr(self, name), labels, known)
+        bound = replace(self)
+        object.__setattr__(bound, "_labels", labels)
+        object.__setattr__(bound, "_known", known)
+        return bound
+
     def merged(self, **overrides) -> ClassifierOptions:
         given = {k: v for k, v in overrides.items() if v is not None}
-        return ClassifierOptions(**{**self.__dict__, **given})
+        out = replace(self, **given)
+        if self._known is not None:  # checked: check the labels given here alone
+            for name in ("allow", "deny"):
+                _check_known(name, given.get(name), self._labels, self._known)
+            object.__setattr__(out, "_labels", self._labels)
+            object.__setattr__(out, "_known", self._known)
+        return out
 
     def select(self, scores: np.ndarray, labels: Sequence[str] | None) -> list[Category]:
         if labels is not None and len(labels) != len(scores):  # a model whose class count is not declared
             raise UsageError(f"{len(labels)} labels for the model's {len(scores)} scores")
+        if (self.allow or self.deny) and (labels is None or labels is not self._labels):
+            known = _IndexNames(len(scores)) if labels is None else frozenset(labels)
+            for name in ("allow", "deny"):
+                _check_known(name, getattr(self, name), labels, known)
         order = np.argsort(-scores, kind="stable")
         allow = set(self.allow) if self.allow else None
         deny = set(self.deny) if self.deny else set()
@@ -91,13 +126,47 @@ class ClassifierOptions:
         return out
 
 
-def classifier_options(options: ClassifierOptions | None) -> ClassifierOptions:
-    """A classifier's ``options`` argument: a :class:`ClassifierOptions`, or None for the defaults."""
+class _IndexNames:
+    """The names of a label-less model's categories, "0" to str(n - 1), without making n strings."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and name.isdecimal() and str(int(name)) == name and int(name) < self.n
+
+
+def _check_known(name: str, wanted: Sequence[str] | None, labels: Sequence[str] | None, known) -> None:
+    """Raise UsageError naming what ``wanted`` (allow or deny) holds that is not ``known``, with the closest
+    labels each could have meant."""
+    unknown = [w for w in dict.fromkeys(wanted or ()) if w not in known]
+    if not unknown:
+        return
+    if labels is None:
+        are = "is not one of" if len(unknown) == 1 else "are not among"
+        raise UsageError(f"{name}: {', '.join(map(repr, unknown))} {are} this model's categories: it has no labels, "
+                         f"they are named by index, '0' to '{known.n - 1}'")
+    distinct = list(dict.fromkeys(labels))
+
+    def closest(w) -> str:
+        near = difflib.get_close_matches(str(w), distinct, n=3) if isinstance(w, str) else []
+        return f" (closest: {', '.join(map(repr, near))})" if near else ""
+
+    whose = f"labels {', '.join(map(repr, distinct))}" if len(distinct) <= 10 else f"{len(labels)} labels"
+    if len(unknown) == 1:
+        raise UsageError(f"{name}: {unknown[0]!r} is not one of this classifier's {whose}{closest(unknown[0])}")
+    named = ", ".join(f"{w!r}{closest(w)}" for w in unknown)
+    raise UsageError(f"{name}: {named} are not among this classifier's {whose}")
+
+
+def classifier_options(options: ClassifierOptions | None, labels: Sequence[str] | None = None) -> ClassifierOptions:
+    """A classifier's ``options`` argument (a :class:`ClassifierOptions`, or None for the defaults),
+    checked against its ``labels``."""
     if options is None:
-        return ClassifierOptions()
+        return ClassifierOptions().checked(labels)
     if not isinstance(options, ClassifierOptions):
         raise UsageError(f"options must be a ClassifierOptions, not {type(options).__name__} {options!r:.60}")
-    return options
+    return options.checked(labels)
 
 
 def is_integer(value) -> bool:

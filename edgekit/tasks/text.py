@@ -262,7 +262,7 @@ class TextClassifier(_TextTask):
                            if self.zero_shot else self.class_labels(labels))
             if not self.labels:
                 raise UsageError(f"{self.model.source}: no labels: the package has none; pass labels=[...]")
-            self.options = classifier_options(options)
+            self.options = classifier_options(options, self.labels)
             self._label_vecs = None
             if self.zero_shot:
                 self.template = _template(template or self.ZERO_SHOT_TEMPLATE)
