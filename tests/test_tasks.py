@@ -746,6 +746,75 @@ def test_resampling_past_the_sample_limit_is_refused(vad, monkeypatch):
         vad.detect(np.zeros(8000 * 10 + 8, np.float32), sample_rate=8000)
 
 
+def _vad_windows(x: np.ndarray, window: int = 512, context: int = 64) -> list[np.ndarray]:
+    """The window-plus-context chunks a detector feeds, as Silero's utility makes them."""
+    padded = np.zeros(-(-len(x) // window) * window, np.float32)
+    padded[:len(x)] = x
+    chunks, ctx = [], np.zeros(context, np.float32)
+    for i in range(0, len(padded), window):
+        chunks.append(np.concatenate([ctx, padded[i:i + window]]))
+        ctx = chunks[-1][-context:]
+    return chunks
+
+
+@pytest.mark.parametrize(("dims", "layout"), [([2, "batch", 16], "LBH"), (["batch", 2, 16], "BLH"),
+                                              ([2, None, 16], "LBH"), ([1, 2, 16], "BLH")])
+def test_vad_state_takes_the_models_open_dim_as_its_batch(tmp_path, dims, layout):
+    """A streaming model's state, batch first or second, named or not, is carried window to window."""
+    from samples.synthetic import streaming_onnx, streaming_reference
+
+    x = np.random.default_rng(0).uniform(-1, 1, 16000).astype(np.float32)
+    with VoiceActivityDetector(streaming_onnx(tmp_path / "stream.onnx", dims, layout)) as v:
+        expected = streaming_reference(_vad_windows(x), layout)
+        np.testing.assert_allclose(v.probabilities(x, 16000), expected, atol=1e-5)
+        stream = v.stream()
+        stream.feed(x)
+        np.testing.assert_allclose(stream.probabilities, expected[:len(x) // 512], atol=1e-5)
+
+
+def test_vad_state_with_more_than_its_batch_open_needs_its_shape_declared(tmp_path):
+    """Every open dim of the state was set to 1: [layers, batch, 16] ran at [1, 1, 16] (and an unknown rank
+    at Silero's [2, 1, 128]). Which open dim is the batch, and what the others are, is not guessed: the
+    package declares the state's shape at batch 1 in warmup_inputs, as the first inference takes it."""
+    from samples.synthetic import streaming_onnx, streaming_reference
+
+    for dims, shown in ((["layers", "batch", 16], r"\[layers, batch, 16\]"), (None, r"\[any rank\]")):
+        model = streaming_onnx(tmp_path / "stream.onnx", dims)
+        with pytest.raises(edgekit.UsageError, match=rf"stream\.onnx: its state input {shown}: which dim is "
+                                                     r'the batch.*"warmup_inputs": \{"state": \{"shape": '):
+            VoiceActivityDetector(model)
+        manifest = {"artifacts": [{"path": "stream.onnx", "format": "onnx"}],
+                    "warmup_inputs": {"state": {"shape": [2, 1, 16]}}}
+        (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+        x = np.random.default_rng(0).uniform(-1, 1, 8000).astype(np.float32)
+        with VoiceActivityDetector(tmp_path) as v:
+            np.testing.assert_allclose(v.probabilities(x, 16000), streaming_reference(_vad_windows(x)), atol=1e-5)
+        if dims is not None:  # a declared shape is checked against what the model fixes
+            manifest["warmup_inputs"]["state"]["shape"] = [2, 1, 8]
+            (tmp_path / "edgekit.json").write_text(json.dumps(manifest))
+            with pytest.raises(edgekit.ModelFileError, match=re.escape(
+                    f"{tmp_path / 'edgekit.json'}: warmup_inputs.state.shape [2, 1, 8] does not fit the model's "
+                    f"state input [layers, batch, 16]")):
+                VoiceActivityDetector(tmp_path, verify=False)
+        (tmp_path / "edgekit.json").unlink()
+
+
+def test_vad_refuses_a_state_returned_in_another_layout(tmp_path):
+    """A stateN of the same size in another order was reshaped into the state's shape, scrambling it
+    unsaid; only a state whose batch of 1 sits elsewhere (onnx2tf's [1, 2, 128]) is the same values."""
+    from samples.synthetic import streaming_onnx
+
+    x = np.random.default_rng(0).uniform(-1, 1, 4000).astype(np.float32)
+    with VoiceActivityDetector(streaming_onnx(tmp_path / "t.onnx", [2, "batch", 16], state_out=(2, 1, 0))) as v:
+        with pytest.raises(edgekit.UsageError, match=r"t\.onnx: returns its state \(stateN\) as \(16, 1, 2\), "
+                                                     r"its state input is \(2, 1, 16\)"):
+            v.probabilities(x, 16000)
+    from samples.synthetic import streaming_reference
+
+    with VoiceActivityDetector(streaming_onnx(tmp_path / "u.onnx", [2, "batch", 16], state_out=(1, 0, 2))) as v:
+        np.testing.assert_allclose(v.probabilities(x, 16000), streaming_reference(_vad_windows(x)), atol=1e-5)
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 def test_predict_dispatches_on_the_package_task(samples):

@@ -171,7 +171,8 @@ class VoiceActivityDetector(Task):
     The model takes ``input`` (window plus context) and ``state``, and ``sr`` where it has one (a
     graph made for one rate has none); it returns the probability and ``stateN``, in that order
     (OpenVINO may report the first under another name its tensor had, such as ``mean``). The state
-    is carried as the model returns it, reshaped to its input's shape where they differ (onnx2tf's
+    starts as zeros of its shape at batch 1 (see :meth:`_batch1_state`) and is carried as the model
+    returns it, reshaped to its input's shape where only its batch of 1 sits elsewhere (onnx2tf's
     TFLite takes ``[2, 1, 128]`` and returns ``[1, 2, 128]``).
 
     Args:
@@ -181,8 +182,8 @@ class VoiceActivityDetector(Task):
 
     Raises:
         UsageError: an unknown option, or a value out of range (a threshold outside [0, 1], a
-            negative duration), named with its value; ModelFileError when the package's
-            edgekit.json holds such a value.
+            negative duration), named with its value; a state whose shape at batch 1 cannot be told;
+            ModelFileError when the package's edgekit.json holds such a value.
     """
 
     task = "voice-activity-detection"
@@ -211,8 +212,38 @@ class VoiceActivityDetector(Task):
             self._state_out = "stateN" if "stateN" in outputs else outputs[1]
             self._prob_out = next(n for n in outputs if n != self._state_out)
             state_spec = next(s for s in self.model.inputs if s.name == "state")
-            self._state_shape = tuple(d if isinstance(d, int) else 1 for d in (state_spec.shape or (2, 1, 128)))
+            self._state_shape = self._batch1_state(state_spec)
             self._sr = {"sr": np.array(self.sample_rate, dtype=np.int64)} if "sr" in names else {}
+
+    def _batch1_state(self, spec) -> tuple[int, ...]:
+        """The shape of the state at batch 1: as the package (or the file's card) declares it in
+        ``warmup_inputs.state.shape``, else the model's own with its one open dim, the batch, at 1
+        (Silero's ``[2, batch, 128]``, or ``[batch, 2, 128]`` had it been laid out so).
+
+        Raises:
+            UsageError: the state's rank is unknown or it leaves more than one dim open: which is the
+                batch, and what size the others take, is not guessed.
+            ModelFileError: a declared shape that does not fit the model's state input.
+        """
+        from ..bench import warmup_sizes
+        from ..types import shape_text
+
+        declared = ((warmup_sizes(self.model) or {}).get("state") or {}).get("shape")
+        if declared is not None:
+            fits = (isinstance(declared, list) and all(is_integer(d) and d >= 1 for d in declared)
+                    and (spec.shape is None or (len(declared) == len(spec.shape) and all(
+                        not isinstance(d, int) or d == n for d, n in zip(spec.shape, declared)))))
+            if not fits:
+                raise ModelFileError(self.metadata_source(), f"warmup_inputs.state.shape {declared!r} does not fit "
+                                                             f"the model's state input {shape_text(spec.shape)}")
+            return tuple(int(d) for d in declared)
+        open_dims = None if spec.shape is None else [d for d in spec.shape if not isinstance(d, int)]
+        if open_dims is None or len(open_dims) > 1:
+            raise UsageError(f"{self.model.source}: its state input {shape_text(spec.shape)}: which dim is the batch, "
+                             f"and what size the others take, cannot be told from the model; declare its shape at "
+                             f"batch 1 in the package's edgekit.json, as Silero's would be: "
+                             f'"warmup_inputs": {{"state": {{"shape": [2, 1, 128]}}}}')
+        return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
 
     def _step(self, window_with_context: np.ndarray, state: np.ndarray,
               record: list | None = None) -> tuple[float, np.ndarray]:
@@ -221,10 +252,13 @@ class VoiceActivityDetector(Task):
             record.append(feed)
         out = self.model.run(feed)
         prob, new_state = out[self._prob_out], out[self._state_out]
-        if new_state.shape != self._state_shape:  # batch 1: the same values in another layout
-            if new_state.size != state.size:
-                raise UsageError(f"{self.model.path.name}: returns a state of shape {new_state.shape}, "
-                                 f"its state input is {self._state_shape}")
+        if new_state.shape != self._state_shape:
+            # The same values only where the shapes differ in where a dim of 1 (the batch) sits: onnx2tf's
+            # TFLite takes [2, 1, 128] and returns [1, 2, 128]. Any other order would be scrambled by a reshape.
+            if [d for d in new_state.shape if d != 1] != [d for d in self._state_shape if d != 1]:
+                raise UsageError(f"{self.model.path.name}: returns its state ({self._state_out}) as "
+                                 f"{new_state.shape}, its state input is {self._state_shape}: not the same "
+                                 f"values in the same order, and which order is not guessed")
             new_state = new_state.reshape(self._state_shape)
         return float(np.asarray(prob).reshape(-1)[0]), new_state
 
