@@ -240,6 +240,7 @@ class BenchRow:
     p90_ms: float | None = None
     p99_ms: float | None = None
     throughput: float | None = None  # runs per second at batch 1
+    inputs: str = ""  # the sizes it was timed at: "input_ids 1x256, ..."
 
 
 def candidates(path) -> tuple[list[Candidate], list[str]]:
@@ -259,17 +260,21 @@ def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, 
     A failure is a row, not an error. When ``progress`` raises (the user cancelled), the rows
     measured so far come back, with the interrupted one marked "cancelled".
     """
-    from edgekit.bench import bench_model
+    from edgekit.bench import bench_model, target_sizes
     from edgekit.errors import EdgekitError
 
     rows, total = [], len(chosen) * iterations
     tick = throttled(progress)
+    if len({c.artifact for c in chosen}) > 1:  # every artifact on the same input sizes, as `edgekit bench`
+        progress(0, total, "reading the artifacts' input sizes")
+    sizes = target_sizes([(c.artifact, c.device) for c in chosen])
 
     for i, cand in enumerate(chosen):
         base = i * iterations
         try:
             progress(base, total, f"loading {cand.label}")
             row = bench_model(str(cand.artifact), cand.device, precision=None, runs=iterations, warmup=warmup,
+                              sizes=sizes.get(str(cand.artifact)),
                               progress=lambda done, n, b=base, c=cand: tick(b + done, total, c.label))
         except EdgekitError as e:
             rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "failed", str(e)))
@@ -281,7 +286,9 @@ def benchmark(chosen: Sequence[Candidate], *, iterations: int, warmup: int = 3, 
             rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "cancelled", "cancelled by the user"))
             return rows
         rows.append(BenchRow(cand.label, cand.artifact.name, cand.device, "ok", "", row["p50_ms"], row["p90_ms"],
-                             row["p99_ms"], row["throughput_per_s"]))
+                             row["p99_ms"], row["throughput_per_s"],
+                             ", ".join(f"{name} {'x'.join(map(str, shape)) or 'scalar'}"
+                                       for name, shape in row["inputs"].items())))
     progress(total, total, "done")
     return rows
 
@@ -294,11 +301,12 @@ def bench_csv(rows: Sequence[BenchRow], model: str | Path = "") -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "artifact", "device", "status", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "reason"])
+    w.writerow(["model", "artifact", "device", "status", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "inputs",
+                "reason"])
     for r in rows:
         w.writerow([str(model), r.artifact, r.device, r.status, *(f"{v:.4f}" if v is not None else "" for v in
                                                                   (r.p50_ms, r.p90_ms, r.p99_ms, r.throughput)),
-                    r.reason])
+                    r.inputs, r.reason])
     return buf.getvalue()
 
 

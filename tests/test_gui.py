@@ -537,6 +537,18 @@ def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window,
     assert sorted(r["artifact"] for r in rows) == ["model-fp32.onnx", "model-int8.xml"]
     assert {r["model"] for r in rows} == {str(window.session.loaded.info.path)}  # exports of several models combine
     assert all(float(r["p50_ms"]) > 0 and r["status"] == "ok" for r in rows)
+    assert {r["inputs"] for r in rows} == {page.rows[0].inputs} and page.rows[0].inputs.startswith("image 1x")
+
+
+def test_the_benchmark_times_every_artifact_on_the_same_input_sizes(samples):
+    """MiniLM's dynamic ONNX was timed at 1 token beside its TFLite's fixed 256 (as `edgekit bench`)."""
+    from gui import work
+
+    chosen = [work.Candidate(samples["text"] / name, device, name) for name, device in (
+        ("model-int8.onnx", "onnxruntime:CPUExecutionProvider"), ("model-fp32.tflite", "litert:CPU"))]
+    rows = work.benchmark(chosen, iterations=2, warmup=1, progress=lambda *a: None)
+    assert [r.status for r in rows] == ["ok", "ok"], [r.reason for r in rows]
+    assert rows[0].inputs == rows[1].inputs and "input_ids 1x256" in rows[0].inputs, rows[0].inputs
 
 
 def test_benchmark_can_be_cancelled(qtbot, window, models):

@@ -171,8 +171,8 @@ class BenchPage(QWidget):
         self.throughput.set_items([(r.label, r.throughput) for r in ok], title="Throughput at batch 1")
         body = [[r.artifact, r.device, r.status, *(round(v, 3) if v is not None else "-" for v in
                                                     (r.p50_ms, r.p90_ms, r.p99_ms)),
-                 round(r.throughput, 1) if r.throughput else "-", r.reason] for r in rows]
-        table(["artifact", "device", "status", "p50 ms", "p90 ms", "p99 ms", "runs/s", "reason"], body,
+                 round(r.throughput, 1) if r.throughput else "-", r.inputs or "-", r.reason] for r in rows]
+        table(["artifact", "device", "status", "p50 ms", "p90 ms", "p99 ms", "runs/s", "timed at", "reason"], body,
               widget=self.results)
         self.export_button.setEnabled(bool(rows))
         stopped = any(r.status == "cancelled" for r in rows)
