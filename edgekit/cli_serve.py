@@ -152,10 +152,10 @@ def cmd_repo(args, emit_json, table) -> int:
     for m in models:  # a model whose config.json is bad: its versions are listed above, its problem here
         if m.problem and m.versions:
             print(f"{m.name}: {m.problem}")
-        for line in m.ignored:
-            print(f"{m.name}: ignored {line}")
-    for line in ignored:
-        print(f"ignored {line}")
+        for item in m.ignored:
+            print(f"{m.name}: ignored {item['folder']}: {item['reason']}")
+    for item in ignored:
+        print(f"ignored {item['folder']}: {item['reason']}")
     return 0
 
 

@@ -194,10 +194,13 @@ def test_model_configuration_extension(served, samples):
     with edgekit.load(samples["image"]) as m:
         assert config["name"] == image and config["platform"] == f"edgekit_{m.backend}"
         assert config["max_batch_size"] == 0  # no dynamic batching: dims are whole shapes
-        assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32",
-                                    "dims": protocol.dims(m.inputs[0].shape)}]
-        assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32",
-                                     "dims": protocol.dims(m.outputs[0].shape)}]
+        (image,), (logits,) = config["input"], config["output"]
+        assert image == {"name": "image", "data_type": "TYPE_FP32", "dims": protocol.dims(m.inputs[0].shape),
+                         "format": f"FORMAT_{m.inputs[0].layout}", "is_shape_tensor": False,
+                         "allow_ragged_batch": False, "optional": False}  # Triton's image client reads format
+        assert logits == {"name": "logits", "data_type": "TYPE_FP32", "dims": protocol.dims(m.outputs[0].shape),
+                          "is_shape_tensor": False}
+        assert config["instance_group"][0]["kind"] == "KIND_CPU"
         assert config["parameters"]["edgekit_artifact"] == {"string_value": m.path.name}
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     assert config["instance_group"][0]["count"] == 1 and "dynamic_batching" not in config
@@ -397,9 +400,7 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert status == 400 and "disagree on dimension 'sequence'" in message, message
     assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
     assert served.request("GET", "/v2/nothing-here")[0] == 404
-    # a batch of 0 and the shared-memory extension are named as such, not as data missing from the body
-    status, message = binary([0, *shape[1:]], b"")
-    assert status == 400 and "a batch of 0" in message, message
+    # the shared-memory extension is named as such, not as data missing from the body
     status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape, "parameters": {
         "shared_memory_region": "r0", "shared_memory_byte_size": len(full)}}]}).encode())
     assert status == 400 and "shared-memory extension is not supported" in message, message
@@ -835,13 +836,15 @@ def test_what_the_repository_cannot_serve_is_said(tmp_path):
     r = run_cli("repo", "list", str(repo))
     assert r.returncode == 0, r.stderr
     assert "mlp: ignored v3: not a version folder" in r.stdout
-    assert "ignored my model: not a valid model name" in r.stdout and "ignored stats: a model cannot" in r.stdout
+    assert "ignored my model: not a model name: use letters" in r.stdout
+    assert "ignored stats: not a model name: a model cannot be named 'stats'" in r.stdout
     rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("mlp ")}
     assert rows["1"].rstrip().endswith(" ok") and "not in the version policy" in rows["2"]
     assert "missing: named by the version policy" in rows["5"], r.stdout
     doc = json.loads(run_cli("repo", "list", str(repo), "--json").stdout)
-    assert len(doc["ignored"]) == 2 and doc["models"][0]["ignored"] == ["v3: not a version folder (versions are "
-                                                                        "folders named 1, 2, ...)"]
+    assert [i["folder"] for i in doc["ignored"]] == ["my model", "stats"] and doc["models"][0]["missing"] == [5]
+    assert doc["models"][0]["ignored"] == [{"folder": "v3", "reason": "not a version folder (versions are "
+                                                                       "folders named 1, 2, ...)"}]
 
     server = Server(str(repo), "--poll-interval", "0.2")
     try:
@@ -851,7 +854,7 @@ def test_what_the_repository_cannot_serve_is_said(tmp_path):
         assert index["5"]["state"] == "UNAVAILABLE" and "named by the version policy" in index["5"]["reason"]
         log = server.log()
         assert "the version policy names version 5, which the repository does not hold (it holds versions 1, 2)" in log
-        assert "v3: not a version folder" in log and "my model is not served: not a valid model name" in log
+        assert "v3: not a version folder" in log and "my model is not served: not a model name: use letters" in log
         assert log.count("stats is not served") == 1  # said once, not at every scan
         # the policy now names only a missing version: nothing is served, and the 503 says why
         (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"specific": {"versions": [5]}}}))
@@ -859,6 +862,34 @@ def test_what_the_repository_cannot_serve_is_said(tmp_path):
         status, message = error_of(lambda: infer(c, "mlp", {"x": np.ones((1, 8), np.float32)}))
         assert status == 503 and "the version policy names version 5, which the repository does not hold" in message
         assert server.log().count("stats is not served") == 1
+        assert server.log().count("v3: not a version folder") == 1  # not again at each change of the folder
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_inputs_of_no_elements_run_where_the_model_can_run_them(tmp_path):
+    """A batch of 0 was refused as "more elements than the body has bytes"; an axis such as a count of
+    boxes may be empty. A model that cannot run it is the client's 400, not the server's 500."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pkg, _ = mlp_package(tmp_path / "mlp", seed=0)
+    graph = helper.make_graph([helper.make_node("ArgMax", ["x"], ["best"], axis=0, keepdims=0)], "argmax",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("best", TensorProto.INT64, [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "argmax.onnx")
+    argmax = make_package(tmp_path / "argmax", tmp_path / "argmax.onnx", "argmax")
+    server = Server(str(pkg), str(argmax))
+    try:
+        def send(model: str, shape: list) -> tuple:
+            doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]}
+            return server.request("POST", f"/v2/models/{model}/infer", json.dumps(doc).encode())
+
+        status, _, doc = send("mlp", [0, 8])
+        assert status == 200 and doc["outputs"][0]["shape"] == [0, 3] and doc["outputs"][0]["data"] == [], doc
+        status, _, doc = send("argmax", [0, 4])  # ONNX Runtime's ArgMax refuses an empty axis
+        assert status == 400 and "failed on the empty input 'x'" in doc["error"], doc
+        assert server.healthy() and " ERROR" not in server.log(), server.log()
     finally:
         assert server.stop() == 0, server.log()
 
@@ -884,19 +915,24 @@ def test_a_version_being_loaded_says_so():
 
 
 def test_an_api_key_file_others_can_read_is_warned_of(tmp_path, caplog):
-    from edgekit.serve.server import read_api_key
+    from edgekit.serve.server import key_file_exposure, read_api_key
 
-    key = tmp_path / "key"
+    user = 1000
+    assert key_file_exposure(0o100644, user, user) == ["read"]
+    assert key_file_exposure(0o100640, user, user) == ["read"]
+    assert key_file_exposure(0o100620, user, user) == ["changed"]  # not "read": group may only write
+    assert key_file_exposure(0o100666, user, user) == ["read", "changed"]
+    assert key_file_exposure(0o100600, user, user) == key_file_exposure(0o100400, user, user) == []
+    assert key_file_exposure(0o100444, 0, user) == []  # a mounted secret, root's
+    assert key_file_exposure(0o100644, 0, 0) == []  # root's own: how containers running as root get keys
+    assert key_file_exposure(0o100644, 2000, user) == []  # someone else's, handed over
+    key = tmp_path / "key"  # the real file, read as the user running this
     key.write_text("0123456789abcdef0123\n")
     key.chmod(0o644)
     with caplog.at_level("WARNING", logger="edgekit.serve"):
         assert read_api_key(key) == "0123456789abcdef0123"
-    assert "can be read by other users" in caplog.text and "chmod 600" in caplog.text
-    caplog.clear()
-    key.chmod(0o600)
-    with caplog.at_level("WARNING", logger="edgekit.serve"):
-        read_api_key(key)
-    assert caplog.text == ""
+    warned = "can be read by other users" in caplog.text and "chmod 600" in caplog.text
+    assert warned == (os.getuid() != 0), caplog.text
 
 
 def test_datatypes_map_exactly(tmp_path):
@@ -1046,13 +1082,24 @@ def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
         assert answer_to(b"GET /v2/health/live HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
         assert "Invalid HTTP request" not in server.log()  # the 431s are logged once each, with their reason
         assert server.log().count(" 431 the request head") == 2, server.log()
-        _, _, metrics = server.request("GET", "/metrics")  # answered by the connection, counted all the same
-        counted = {line.split('status="')[1][:3]: float(line.split()[-1]) for line in metrics.decode().splitlines()
-                   if line.startswith("edgekit_http_requests_total") and 'route="other"' in line}
-        assert counted.get("431") == 2 and counted.get("408", 0) >= 1, counted
         # not HTTP: uvicorn's refusal, as JSON
         status_line, _, body = answer_to(b"garbage\r\n\r\n").partition(b"\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 400") and set(json.loads(body)) == {"error"}
+        # an endless chunk header: the connection's 431, while the handler waited for the body
+        assert answer_to(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;",
+                         *[b"x" * 65536] * 2).startswith(b"HTTP/1.1 431")
+        # answered by the connection, counted all the same, under the status the client got and the
+        # method of its request line once that is in (httptools says DELETE before it is)
+        _, _, metrics = server.request("GET", "/metrics")
+        counted = {}
+        for line in metrics.decode().splitlines():
+            if line.startswith("edgekit_http_requests_total"):
+                labels = dict(x.split("=") for x in line[line.index("{") + 1:line.index("}")].split(","))
+                key = tuple(labels[k].strip('"') for k in ("method", "route", "status"))
+                counted[key] = float(line.split()[-1])
+        assert counted.get(("GET", "other", "431")) == 2 and counted.get(("GET", "other", "408"), 0) >= 1, counted
+        assert counted.get(("other", "other", "400")) == 1 and counted.get(("POST", "infer", "431")) == 1, counted
+        assert not any(method == "DELETE" or status == "499" for method, _, status in counted), counted
         # 30 KB of headers is fine
         headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(300))
         assert answer_to(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n"
@@ -1179,8 +1226,7 @@ def test_dynamic_batching_answers_each_request_and_sigterm_finishes_in_flight(tm
         assert md["edgekit"]["batching"].startswith("on")
         assert "mlp version 1 ready" in server.log() and "warm-up at batch 1-16" in server.log()
         config = server.client.get_model_config("mlp")  # as Triton writes a batching model's: no batch axis
-        assert config["max_batch_size"] == 16 and config["input"] == [{"name": "x", "data_type": "TYPE_FP32",
-                                                                       "dims": [8]}]
+        assert config["max_batch_size"] == 16 and [(i["name"], i["dims"]) for i in config["input"]] == [("x", [8])]
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 300_000
         rng = np.random.default_rng(5)
         xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]

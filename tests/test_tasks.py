@@ -368,6 +368,37 @@ def test_a_text_gets_the_same_vector_alone_and_in_a_list_on_dynamic_int8(samples
             assert m.cross_row is None and can_batch(m) is None, static
 
 
+def test_per_run_quantization_is_found_in_subgraphs_and_local_functions(tmp_path):
+    """A merged decoder keeps its DynamicQuantizeLinear inside If branches; a model may keep it in a function."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit import formats
+
+    f = TensorProto.FLOAT
+    quantize = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    body = helper.make_graph(quantize, "then", [], [helper.make_tensor_value_info("y", f, None)])
+    plain = helper.make_graph([helper.make_node("Identity", ["x"], ["y2"])], "else", [],
+                              [helper.make_tensor_value_info("y2", f, None)])
+    io = ([helper.make_tensor_value_info("x", f, ["n", 4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+          [helper.make_tensor_value_info("out", f, None)])
+    branchy = helper.make_graph([helper.make_node("If", ["c"], ["out"], then_branch=body, else_branch=plain)],
+                                "branchy", *io)
+    onnx.save(helper.make_model(branchy, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
+    function = helper.make_function("local", "DQ", ["x"], ["y"], quantize, [helper.make_opsetid("", 17)])
+    called = helper.make_graph([helper.make_node("DQ", ["x"], ["out"], domain="local")], "called", io[0][:1], io[1])
+    onnx.save(helper.make_model(called, functions=[function], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]), tmp_path / "function.onnx")
+    for name in ("if.onnx", "function.onnx"):
+        assert "DynamicQuantizeLinear" in formats.onnx_op_types(tmp_path / name), name
+        with edgekit.load(tmp_path / name) as m:
+            assert "DynamicQuantizeLinear" in m.cross_row, name
+    (tmp_path / "cut.onnx").write_bytes((tmp_path / "if.onnx").read_bytes()[:40])
+    with pytest.raises(ValueError):
+        formats.onnx_op_types(tmp_path / "cut.onnx")
+
+
 class Stopped(Exception):
     """What a progress callback raises to stop the work (a GUI's Cancel raises its own)."""
 

@@ -502,7 +502,8 @@ def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
             raise InputError(f"input 'text' element {i} is not UTF-8") from None
     if v.task == "text-embedding":
         return {"embedding": v.task_object().embed(items)}
-    return {"scores": np.asarray(v.task_object().scores(items), np.float32)}  # one row per text, batched
+    # one row per text, in batches (one at a time where rows depend on their batch)
+    return {"scores": np.asarray(v.task_object().scores(items), np.float32)}
 
 
 # -- the guard: API key, body limit, access log ----------------------------------------------------
@@ -538,8 +539,8 @@ class _Guard:
                 await refusal(scope, receive, send_counted)
             else:
                 await self.app(scope, self._limited(receive), send_counted)
-        finally:
-            self._log(scope, status[0], start)
+        finally:  # a request the connection refused mid-body (431, 503) got that, not the app's 499
+            self._log(scope, scope.get("edgekit.refused") or status[0], start)
 
     def _route_of(self, scope) -> str:
         """The route a request answered before its handler ran (401, 413, 405) was meant for."""

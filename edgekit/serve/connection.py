@@ -82,6 +82,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
         _tail_timer = None  # the rest of an answered request's body
         _refused = False
         _eof = False  # the client half-closed: close once the answer under way is sent
+        _method = ""  # the request's method, once its request line is in
 
         # -- connection and request boundaries ---------------------------------------------------
 
@@ -93,8 +94,13 @@ def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head, self._unbodied, self._head_over = True, 0, False
+            self._method = ""  # until its request line is in (httptools answers "DELETE" before that)
             self._messages += 1
             self._cancel("_idle_timer")
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._method = self.parser.get_method().decode("ascii", "replace")
 
         def on_headers_complete(self) -> None:
             self._end_head()
@@ -185,13 +191,6 @@ def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
             """No earlier request on this connection is still being answered."""
             return not self.pipeline and (self.cycle is None or self.cycle.response_complete)
 
-        def _method(self) -> str:
-            """This request's method once its request line is in, else ""."""
-            try:
-                return self.parser.get_method().decode("ascii", "replace") if self._messages else ""
-            except Exception:  # the request line is not parsed yet
-                return ""
-
         def _arm_head(self) -> None:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(head_timeout_s, self._refuse, 408, too_slow)
@@ -236,8 +235,10 @@ def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
                 cycle.message_event.set()
             if not logged:
                 log.warning("%s: %d %s", client, status, message)
-            if on_refuse is not None and (cycle is None or cycle.response_complete):  # else the app counts it
-                on_refuse(self._method(), status)
+            if cycle is not None and not cycle.response_complete:  # the app counts it, with this status
+                cycle.scope["edgekit.refused"] = status
+            elif on_refuse is not None:
+                on_refuse(self._method, status)
             body = json.dumps({"error": message}).encode()
             self.transport.write(b"".join([
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),

@@ -97,6 +97,7 @@ class ServedModel:
     unloaded: bool = False  # unloaded through the repository API: polling leaves it alone
     on_disk: list[int] = field(default_factory=list)  # version numbers found at the last scan
     _seen: tuple = ()
+    _said: set = field(default_factory=set)  # the folder's problems logged already
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def ready(self) -> list[Version]:
@@ -131,7 +132,8 @@ class ModelManager:
     def _add_model(self, name: str, source: Path, *, lone: bool = False) -> ServedModel:
         if name in self.models and self.models[name].source != source:
             raise UsageError(f"two models are named {name!r}: {self.models[name].source} and {source}")
-        return self.models.setdefault(name, ServedModel(repository.check_name(name), source, lone))
+        hint = f" (rename {source.name}, or put it in a repository under a folder of that name)" if lone else ""
+        return self.models.setdefault(name, ServedModel(repository.check_name(name, hint), source, lone))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class ModelManager:
                 if why is not None:
                     if d.name not in self._clashes:  # said once, not at every scan
                         self._clashes.add(d.name)
-                        log.warning("%s is not served: %s", d, why)
+                        log.warning("%s is not served: not a model name: %s", d, why)
                     continue
                 known = self.models.get(d.name)
                 if known is None:
@@ -276,17 +278,20 @@ class ModelManager:
             if m.unloaded:
                 return
             entries, config, problem, ignored = await asyncio.to_thread(self._scan, m)
+            ignored = [f"{i['folder']}: {i['reason']}" for i in ignored]
             seen = (tuple((e.version, e.signature) for e in entries), config, problem, tuple(ignored))
             if seen == m._seen:
                 return
             m._seen = seen
             m.on_disk = [e.version for e in entries]
-            for line in ignored:
-                log.warning("%s: ignored in %s: %s", m.name, m.source, line)
             missing = config.missing(m.on_disk) if problem is None else []
-            if missing:
+            for line in ignored:
+                if line not in m._said:  # each said once, not at every change of the folder
+                    log.warning("%s: ignored in %s: %s", m.name, m.source, line)
+            if missing and tuple(missing) not in m._said:
                 log.warning("%s: the version policy names %s, which the repository does not hold%s", m.name,
                             _versions_text(missing), f" (it holds {_versions_text(m.on_disk)})" if m.on_disk else "")
+            m._said = {*ignored, tuple(missing)}
             if problem is not None and problem != m.problem:
                 log.warning("%s: %s; the settings in force stay", m.name, problem)
             m.problem = problem

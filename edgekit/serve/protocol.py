@@ -62,18 +62,27 @@ def model_config(name: str, model, *, policy: dict, batching, instances: int, ta
 
     With dynamic batching on, ``max_batch_size`` is the batcher's and ``dims`` leave out the batch
     axis, as Triton writes them; otherwise ``max_batch_size`` is 0 and ``dims`` are the whole
-    shapes (a model with a dynamic first axis still takes any batch in one request).
+    shapes (a model with a dynamic first axis still takes any batch in one request). Unlike
+    Triton, a request of more rows than ``max_batch_size`` is not refused: it runs alone. The
+    instance kind is the device's (KIND_MODEL for an NPU or TPU, which Triton has no kind for).
     """
     batched = batching is not None
 
-    def tensors(specs) -> list[dict]:
-        return [{"name": s.name, "data_type": "TYPE_STRING" if datatype(s.dtype) == "BYTES"
-                 else f"TYPE_{datatype(s.dtype)}", "dims": dims(s.shape)[1 if batched else 0:]} for s in specs]
+    def tensor(s, *, is_input: bool) -> dict:
+        dt = datatype(s.dtype)
+        doc = {"name": s.name, "data_type": "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}",
+               "dims": dims(s.shape)[1 if batched else 0:], "is_shape_tensor": False}
+        if is_input:  # Triton's image client reads the format; Triton writes it always
+            doc.update(format={"NCHW": "FORMAT_NCHW", "NHWC": "FORMAT_NHWC"}.get(s.layout or "", "FORMAT_NONE"),
+                       allow_ragged_batch=False, optional=False)
+        return doc
 
-    kind = "KIND_GPU" if model.device.upper().startswith("GPU") or "CUDA" in model.device.upper() else "KIND_CPU"
+    chosen = model.selection.chosen
+    kind = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}.get(chosen.kind.value if chosen else "cpu", "KIND_MODEL")
     doc = {"name": name, "platform": f"edgekit_{model.backend}", "backend": "edgekit", "version_policy": policy,
            "max_batch_size": batching.max_batch_size if batched else 0,
-           "input": tensors(model.inputs), "output": tensors(model.outputs),
+           "input": [tensor(s, is_input=True) for s in model.inputs],
+           "output": [tensor(s, is_input=False) for s in model.outputs],
            "instance_group": [{"name": f"{name}_0", "kind": kind, "count": instances}],
            "model_transaction_policy": {"decoupled": False},
            "parameters": {k: {"string_value": str(v)} for k, v in (
@@ -206,11 +215,9 @@ def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, t
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers, "
                             f"got {str(shape)[:80]}")
-    if shape and shape[0] == 0 and spec.shape and not isinstance(spec.shape[0], int):
-        # A batch of none: runtimes fail on it (a 500 for the client's mistake), and it has no answer
-        raise ProtocolError(f"input {name!r}: shape {shape} is a batch of 0; send at least one row")
-    if 0 not in shape and any(d > body_size for d in shape):  # a [10**12, ...] claim costs nothing
-        # (a dim of 0, e.g. an empty past for a decoder's cache, makes no claim on the body)
+    # A [10**12, ...] claim is refused before the product is taken; a dim of 0 (no boxes, an empty
+    # past for a decoder's cache) makes no claim on the body, and runs where the model can run it.
+    if 0 not in shape and any(d > body_size for d in shape):
         raise ProtocolError(f"input {name!r}: shape {str(shape)[:80]} declares more elements than the body "
                             f"has bytes ({body_size}); is its data missing?")
     if spec.shape is not None:

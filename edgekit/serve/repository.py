@@ -179,11 +179,12 @@ class ModelEntry:
     versions: list[VersionEntry]
     config: ModelConfig = field(default_factory=ModelConfig)
     problem: str | None = None  # an unreadable config.json
-    ignored: list[str] = field(default_factory=list)  # folders in it that are no version, and why
+    ignored: list[dict] = field(default_factory=list)  # {"folder", "reason"}: folders in it that are no version
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "config": self.config.to_dict(),
                 "problem": self.problem, "ignored": self.ignored,
+                "missing": self.config.missing([v.version for v in self.versions]),
                 "versions": [{"version": v.version, "task": v.task, "formats": v.formats,
                               "status": "invalid" if v.problem else "ok", "problem": v.problem}
                              for v in self.versions]}
@@ -212,7 +213,8 @@ def scan_model(model_dir: Path) -> ModelEntry:
     for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
         number = parse_version(child.name)
         if number is None and child.is_dir() and not child.name.startswith("."):
-            ignored.append(f"{child.name}: not a version folder (versions are folders named 1, 2, ...)")
+            ignored.append({"folder": child.name,
+                            "reason": "not a version folder (versions are folders named 1, 2, ...)"})
         if number is not None and child.is_dir():
             folders.setdefault(number, []).append(child.name)
             if len(folders[number]) == 1:
@@ -256,26 +258,27 @@ def scan(repo: Path) -> list[ModelEntry]:
     return [scan_model(d) for d in sorted(repo.iterdir()) if d.is_dir() and name_problem(d.name) is None]
 
 
-def ignored_folders(repo: Path) -> list[str]:
-    """The folders of ``repo`` that are not served as models, each with why (hidden ones are skipped)."""
-    return [f"{d.name}: {why}" for d in sorted(repo.iterdir()) if d.is_dir() and not d.name.startswith(".")
-            and (why := name_problem(d.name)) is not None]
+def ignored_folders(repo: Path) -> list[dict]:
+    """The folders of ``repo`` that are not served as models, as {"folder", "reason"} (hidden ones are
+    skipped)."""
+    return [{"folder": d.name, "reason": f"not a model name: {why}"} for d in sorted(repo.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and (why := name_problem(d.name)) is not None]
 
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a model's, or None."""
     if not NAME_RE.match(name):
-        return ("not a valid model name: use letters, digits, '_', '.', '-' "
-                "(at most 128, starting with a letter or digit)")
+        return "use letters, digits, '_', '.', '-' (at most 128, starting with a letter or digit)"
     if name == "stats":  # GET /v2/models/stats is the statistics of every model (Triton's URL)
         return "a model cannot be named 'stats': /v2/models/stats is the statistics endpoint"
     return None
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, hint: str = "") -> str:
+    """``name`` if it can be a model's, else a UsageError saying why (and ``hint``, what to do)."""
     problem = name_problem(name)
     if problem is not None:
-        raise UsageError(f"invalid model name {name!r}: {problem} (give another name with --name)")
+        raise UsageError(f"invalid model name {name!r}: {problem}{hint}")
     return name
 
 
@@ -290,7 +293,7 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     if not src.is_dir():
         raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
     package.read(src)  # refuse a source that is not a package before copying anything
-    name = check_name(src.resolve().name if name is None else name)
+    name = check_name(src.resolve().name if name is None else name, " (give another name with --name)")
     if version is not None and (not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
         raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}")
     repo = Path(repo)

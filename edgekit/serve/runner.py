@@ -30,14 +30,19 @@ from .repository import Batching
 log = logging.getLogger("edgekit.serve")
 
 
-def can_batch(model: Model) -> str | None:
-    """None if ``model`` can be batched along its first axis, else why not."""
+def batch_axis_problem(model: Model) -> str | None:
+    """None if every input and output of ``model`` has a dynamic first axis (its rows), else which does not."""
     for spec in [*model.inputs, *model.outputs]:
         if spec.shape is None or not spec.shape or isinstance(spec.shape[0], int):
             return f"{spec.name} has no dynamic batch dimension ({spec})"
+    return None
+
+
+def can_batch(model: Model) -> str | None:
+    """None if requests to ``model`` may be joined into one run along its first axis, else why not."""
     if model.cross_row:  # each client's answer would depend on the requests it was batched with
         return f"{model.cross_row}: a batch would change each request's answer"
-    return None
+    return batch_axis_problem(model)
 
 
 # Warm-up stops starting larger batches after this long: it grows with the square of the largest
@@ -100,7 +105,7 @@ class Runner:
         self._compute_s = metrics.compute_seconds.labels(*self.labels)
         self._batch_size = metrics.batch_size.labels(*self.labels)
         self.stats = InferenceStats()
-        self._batchable = can_batch(model) is None  # else each request is one inference, whatever its shape
+        self._batchable = batch_axis_problem(model) is None  # else one inference a request, whatever its shape
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"edgekit-{name}-{version}")
         self._active = 0

@@ -58,12 +58,20 @@ def read_api_key(path: str | Path) -> str:
 
 
 def _warn_if_others_can_read(path: Path) -> None:
-    """Warn, as ssh refuses, when the user's own key file is readable by other users. Files owned by
-    someone else (a container's mounted secret, root's 0444) are how deployments hand keys over."""
     st = path.stat()
-    if hasattr(os, "getuid") and st.st_uid == os.getuid() and st.st_mode & 0o077:
-        log.warning("%s: the API key file can be read by other users of this machine (mode %s); "
-                    "chmod 600 %s", path, oct(st.st_mode & 0o777)[2:], path)
+    can = key_file_exposure(st.st_mode, st.st_uid, os.getuid() if hasattr(os, "getuid") else None)
+    if can:
+        log.warning("%s: the API key file can be %s by other users of this machine (mode %s); chmod 600 %s",
+                    path, " and ".join(can), oct(st.st_mode & 0o777)[2:], path)
+
+
+def key_file_exposure(mode: int, owner: int, me: int | None) -> list[str]:
+    """What other users can do to a key file (["read", "changed"]) that is worth a warning, as ssh
+    refuses such keys: only the user's own file. Files owned by root or someone else (a container's
+    mounted secret, 0444) are how deployments hand keys over."""
+    if me is None or owner != me or owner == 0:
+        return []
+    return [what for bits, what in ((0o044, "read"), (0o022, "changed")) if mode & bits]
 
 
 def serve(sources, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",

@@ -150,8 +150,8 @@ class _TextTask(Task):
             self.input_names = [s.name for s in self.model.inputs]
             self.static_batch = min(batches) if batches else None
             if self.model.cross_row and not self.static_batch:
-                log.info("%s: texts run one at a time (unless batch_size is given), so that each gets "
-                         "the result it gets alone: %s",
+                log.info("%s: texts run one at a time (TextEmbedder.embed batches them when given a batch_size), "
+                         "so that each gets the result it gets alone: %s",
                          self.model.path.name, self.model.cross_row)
 
     def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
