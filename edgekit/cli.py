@@ -422,7 +422,7 @@ def cmd_bench(args) -> int:
     sizes = {}
     if feeds is None and len(targets) > 1:
         # Synthetic inputs: every candidate is timed on the same sizes, as device="fastest" times them. Read
-        # in a process of its own: a child inherits its parent's peak RSS (Linux keeps it across exec).
+        # in a process of its own, so that this one does not hold every artifact's memory for the run.
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             try:
                 sizes = pool.submit(bench_target_sizes, targets).result()

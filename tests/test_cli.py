@@ -293,3 +293,25 @@ def test_run_arguments_that_contradict_themselves_are_refused(models, samples, t
     assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr
     out = run_cli("predict", str(samples["image"]), "/dev/null")
     assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr
+
+
+def _peak_in_a_fresh_process() -> float:
+    from edgekit.bench import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def test_a_benchmark_child_reports_its_own_peak_memory_not_its_parents():
+    """getrusage's maxrss survives exec: a child spawned by a 500 MB parent reported 515 MB."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from edgekit.bench import peak_rss_mb
+
+    ballast = bytearray(400 << 20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # resident, not just reserved
+    assert peak_rss_mb() > 400
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        child = pool.submit(_peak_in_a_fresh_process).result()
+    assert 5 < child < 300, child
+    del ballast
