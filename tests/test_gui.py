@@ -324,6 +324,20 @@ def test_cancel_stops_zero_shot_labels_of_many_lines_between_lines(qtbot, window
     assert not view.results.findChildren(BarChart) and no_dialog(window)
 
 
+def test_cancel_pressed_as_the_result_comes_drops_it(qtbot, window, samples):
+    """The run ended (its result on its way to the window) when Cancel was pressed: the result was shown."""
+    open_and_wait(qtbot, window, samples["text"])
+    view = window.run_page.views["text"]
+    view.labels.setText("sports, finance, weather")
+    view.editor.setPlainText("The striker scored twice in the cup final.")
+    view.run()
+    assert view.job.done.wait(60)  # the worker is through: its result is queued, not yet delivered
+    view.cancel_button.click()
+    qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
+    idle(qtbot, window)
+    assert view.status.text() == "cancelled" and not view.results.findChildren(BarChart)
+
+
 def test_only_the_latest_open_wins(qtbot, window, samples, models):
     window.open_path(samples["image"])
     window.open_path(models["mlp.onnx"])  # the person changed their mind before the first finished

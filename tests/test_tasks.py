@@ -231,6 +231,10 @@ def test_allow_and_deny_labels_the_classifier_lacks_are_refused_with_the_closest
                                                  "has no labels, they are named by index, '0' to '2'"):
         ClassifierOptions(allow=["cat", "3", "1"]).select(scores, None)
     assert [c.label for c in ClassifierOptions(allow=["1", "0"]).select(scores, None)] == ["1", "0"]
+    # one-pass iterables: read once for the check, they then kept nothing (allow) or denied nothing
+    assert [c.label for c in ClassifierOptions(allow=map(str.strip, [" 1", "0 "])).select(scores, None)] == ["1", "0"]
+    assert [c.label for c in ClassifierOptions(deny=(x for x in ["2"])).select(scores, None)] == ["1", "0"]
+    assert {c.label for c in clf.classify(IMAGES / "cat.jpg", deny=(x for x in ["tabby"]))} == {"tiger cat"}
 
 
 def test_zero_shot_allow_and_deny_are_checked_against_the_callers_labels(embedder):

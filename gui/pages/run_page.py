@@ -83,7 +83,7 @@ class _TaskView(QWidget):
             return self.window_.session.loaded is loaded
 
         def done(result) -> None:
-            if not current():
+            if not current() or job.cancelled:  # Cancel pressed after the run ended, before this came
                 return
             self.window_.session.set_result(result)
             on_result(result)
@@ -101,6 +101,7 @@ class _TaskView(QWidget):
                 self.status.setText(f"running… {text}")
 
         def finished(cancelled: bool) -> None:
+            cancelled = cancelled or job.cancelled
             self.busy, self.job = False, None
             self.run_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
