@@ -398,23 +398,29 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
             ready.append((cand, session, selection.attempts[-1]))
     every = [session.inputs for _, session, _ in ready]
     opened: list[tuple[float, Candidate, object, Attempt]] = []
-    for n, (cand, session, attempt) in enumerate(ready):
-        sizes = timing_sizes(session.inputs, every, opener.warmup)
-        feeds = list(synthetic_inputs(session.inputs, warmup=sizes).values())
-        try:
-            timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
-                             runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
-        except Exception as e:
-            session.close()
-            attempt.status, attempt.reason = "failed", f"failed while timed: {_one_line(e)}"
-            if strict:
-                for other in [s for _, _, s, _ in opened] + [s for _, s, _ in ready[n + 1:]]:
-                    other.close()
-                raise BackendError(f"{cand.backend}:{cand.device.id} failed while timed ({_one_line(e)}) "
-                                   f"and strict mode does not fall back") from e
-            continue
-        attempt.latency_ms = timing.p50_ms
-        opened.append((timing.p50_ms, cand, session, attempt))
+    settled = 0  # ready[:settled] are timed (in opened) or closed; the rest are open
+    try:
+        for cand, session, attempt in ready:
+            sizes = timing_sizes(session.inputs, every, opener.warmup)
+            feeds = list(synthetic_inputs(session.inputs, warmup=sizes).values())
+            try:
+                timing = measure(lambda s=session, f=feeds: s.run(f), warmup=FASTEST_WARMUP,
+                                 runs=FASTEST_RUNS, budget_s=FASTEST_BUDGET_S)
+            except Exception as e:
+                session.close()
+                settled += 1
+                attempt.status, attempt.reason = "failed", f"failed while timed: {_one_line(e)}"
+                if strict:
+                    raise BackendError(f"{cand.backend}:{cand.device.id} failed while timed ({_one_line(e)}) "
+                                       f"and strict mode does not fall back") from e
+                continue
+            attempt.latency_ms = timing.p50_ms
+            opened.append((timing.p50_ms, cand, session, attempt))
+            settled += 1
+    except BaseException:  # strict's refusal, Ctrl-C: no session is left open
+        for other in [s for _, _, s, _ in opened] + [s for _, s, _ in ready[settled:]]:
+            other.close()
+        raise
     if not opened:
         raise NoCandidateError(f"{source.path}: no candidate could run it for device='fastest':\n"
                                f"{selection}", selection)

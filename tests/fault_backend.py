@@ -25,11 +25,29 @@ class _FailingRun:
         self._inner.close()
 
 
+class _InterruptedRun:
+    """Its first run (load's check) works; the next is a Ctrl-C. Notes its closing in ``closed``."""
+
+    def __init__(self, inner, closed: list, device: str) -> None:
+        self._inner, self._closed, self._device, self._runs = inner, closed, device, 0
+        self.inputs, self.outputs, self.precision = inner.inputs, inner.outputs, inner.precision
+
+    def run(self, arrays):
+        self._runs += 1
+        if self._runs > 1:
+            raise KeyboardInterrupt("Ctrl-C while timed (simulated)")
+        return self._inner.run(arrays)
+
+    def close(self):
+        self._closed.append(self._device)
+        self._inner.close()
+
+
 class _RecordedRun:
     """A working session that notes the input shapes of every run in ``runs``."""
 
-    def __init__(self, inner, runs: list) -> None:
-        self._inner, self._runs = inner, runs
+    def __init__(self, inner, runs: list, closed: list, device: str) -> None:
+        self._inner, self._runs, self._closed, self._device = inner, runs, closed, device
         self.inputs, self.outputs, self.precision = inner.inputs, inner.outputs, inner.precision
 
     def run(self, arrays):
@@ -37,13 +55,16 @@ class _RecordedRun:
         return self._inner.run(arrays)
 
     def close(self):
+        self._closed.append(self._device)
         self._inner.close()
 
 
 class FaultBackend:
-    """``behaviours`` maps device id -> (kind, "ok" | "open_fails" | "run_fails" | "unavailable").
+    """``behaviours`` maps device id -> (kind, "ok" | "open_fails" | "run_fails" | "interrupted" |
+    "unavailable").
 
-    ``runs`` holds the input shapes of every run of its working sessions, in order.
+    ``runs`` holds the input shapes of every run of its working sessions, in order; ``closed`` the
+    devices whose sessions were closed (all but "run_fails" ones note it).
     """
 
     formats = frozenset({Format.ONNX})
@@ -55,6 +76,7 @@ class FaultBackend:
         self.behaviours = behaviours
         self.opened: list[str] = []
         self.runs: list[list[tuple]] = []
+        self.closed: list[str] = []
 
     def status(self) -> BackendStatus:
         return BackendStatus(True, version="test")
@@ -75,4 +97,8 @@ class FaultBackend:
         ort = backends.get("onnxruntime")
         cpu = next(d for d in ort.devices() if d.id == "CPUExecutionProvider")
         session = ort.open(path, fmt, cpu, precision, concurrency=concurrency)
-        return _FailingRun(session) if behaviour == "run_fails" else _RecordedRun(session, self.runs)
+        if behaviour == "run_fails":
+            return _FailingRun(session)
+        if behaviour == "interrupted":
+            return _InterruptedRun(session, self.closed, device.id)
+        return _RecordedRun(session, self.runs, self.closed, device.id)

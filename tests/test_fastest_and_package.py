@@ -57,6 +57,16 @@ def test_fastest_skips_candidates_that_fail(models):
     assert any(a.spec == "fake:GPU0" and a.status == "failed" for a in m.selection.attempts)
 
 
+def test_fastest_interrupted_while_timing_leaves_no_session_open(models):
+    """A Ctrl-C while one candidate was timed left every other opened candidate's session open."""
+    fake = FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "ok"), "GPU1": (DeviceKind.GPU, "interrupted"),
+                                 "GPU2": (DeviceKind.GPU, "ok")})
+    backends.register("fake", fake)
+    with pytest.raises(KeyboardInterrupt):
+        edgekit.load(models["mlp.onnx"], device="fastest", cache=False)
+    assert sorted(fake.opened) == sorted(fake.closed) == ["GPU0", "GPU1", "GPU2"], (fake.opened, fake.closed)
+
+
 def test_fastest_reduced_precision_only_when_allowed(models):
     m = edgekit.load(models["mlp.xml"], device="fastest", cache=False)
     assert all(a.precision in (None, "f32") for a in m.selection.attempts)
