@@ -86,6 +86,7 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     1. an input's shape in ``warmup`` (the package's ``warmup_inputs``) where it gives one;
     2. else each dim this model leaves open takes the size a peer fixes for it (the same input, rank
        and layout, agreeing wherever both are fixed), the largest where peers fix different sizes;
+       a named dim ("sequence") takes one size in every input that names it;
     3. else 1 (:func:`synthetic_inputs`' guess).
 
     Rule 2 is why there is a rule: a TFLite text model fixes its sequence at 256 tokens, and its ONNX
@@ -93,23 +94,36 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     """
     peers = [list(p) for p in peers]
     out = {name: dict(entry) for name, entry in (warmup or {}).items() if isinstance(entry, dict)}
-    for spec in specs:
-        if spec.shape is None or "shape" in out.get(spec.name, {}) or all(isinstance(d, int) for d in spec.shape):
-            continue
-        fixed: dict[int, set[int]] = {}
+    open_specs = [s for s in specs if s.shape is not None and "shape" not in out.get(s.name, {})
+                  and not all(isinstance(d, int) for d in s.shape)]
+    fixed: dict[tuple[str, int], set[int]] = {}  # (input, axis) -> the sizes peers fix there
+    named: dict[str, set[int]] = {}  # a named dim ("sequence") -> the same, wherever it appears
+    for spec in open_specs:
         for peer in peers:
             other = next((o for o in peer if o.name == spec.name), None)
-            if other is not None and _alike(spec, other):
-                for i, (mine, theirs) in enumerate(zip(spec.shape, other.shape)):
-                    if not isinstance(mine, int) and isinstance(theirs, int):
-                        fixed.setdefault(i, set()).add(theirs)
-        if not fixed:
+            if other is None or not _alike(spec, other):
+                continue
+            for i, (mine, theirs) in enumerate(zip(spec.shape, other.shape)):
+                if not isinstance(mine, int) and isinstance(theirs, int):
+                    fixed.setdefault((spec.name, i), set()).add(theirs)
+                    if isinstance(mine, str):
+                        named.setdefault(mine, set()).add(theirs)
+    for spec in open_specs:
+        # by the dim's name where it has one, so every input naming it agrees (an input no peer has,
+        # token_type_ids, takes the sequence the others are given, or the model refuses the feed)
+        sizes: list = []  # per axis: the model's own size, the peers' sizes (a set), or None
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, int):
+                sizes.append(d)
+            else:
+                sizes.append((named.get(d) if isinstance(d, str) else None) or fixed.get((spec.name, i)))
+        if not any(isinstance(x, set) for x in sizes):
             continue
-        if any(len(sizes) > 1 for sizes in fixed.values()):
+        if any(isinstance(x, set) and len(x) > 1 for x in sizes):
             log.info("input %r: the candidates fix different sizes %s; the others are timed at the largest",
-                     spec.name, {i: sorted(sizes) for i, sizes in fixed.items()})
-        shape = [d if isinstance(d, int) else max(fixed.get(i, {1})) for i, d in enumerate(spec.shape)]
-        out[spec.name] = {**out.get(spec.name, {}), "shape": shape}
+                     spec.name, [sorted(x) if isinstance(x, set) else x for x in sizes])
+        out[spec.name] = {**out.get(spec.name, {}),
+                          "shape": [max(x) if isinstance(x, set) else x if isinstance(x, int) else 1 for x in sizes]}
     return out
 
 
@@ -181,19 +195,26 @@ def targets(path, problems: list[str] | None = None) -> list[tuple[Path, str]]:
     return [(c.artifact.path if source.package else source.path, f"{c.backend}:{c.device.id}") for c in cands]
 
 
-def target_sizes(targets: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
-    """The sizes each file of ``targets`` (as :func:`targets` gives them) is timed at beside the others
-    (:func:`timing_sizes`), by path. Each file is opened once, on the first device listed for it, to read
-    its inputs; one that does not open is left to fail in its own run. A lone file: {}.
+def target_sizes(chosen: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
+    """The sizes each file of ``chosen`` (as :func:`targets` gives them) is timed at (:func:`timing_sizes`),
+    by path, beside every artifact of its package, not only those chosen: a row's sizes, and so its
+    figures, do not depend on which others were ticked. Each file is opened once, on the first device
+    listed for it, to read its inputs; one that does not open is left to fail in its own run. A
+    lone file: {}.
 
-    It loads every file: where the peak RSS of later runs is measured, call it in a process of its own.
+    It loads every file: where the peak memory of later runs matters, call it in a process of its own.
     """
+    from . import formats
     from .errors import EdgekitError
     from .model import load
 
     firsts: dict[str, str] = {}
-    for path, device in targets:
+    for path, device in chosen:
         firsts.setdefault(str(path), device)
+    folders = {Path(p).parent for p in firsts}
+    if len(folders) == 1 and (next(iter(folders)) / formats.MANIFEST).is_file():
+        for path, device in targets(next(iter(folders))):  # the package's other artifacts, as peers
+            firsts.setdefault(str(path), device)
     if len(firsts) < 2:
         return {}
     specs, warmups = {}, {}
@@ -203,7 +224,9 @@ def target_sizes(targets: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
                 specs[path], warmups[path] = model.inputs, warmup_sizes(model)
         except EdgekitError as e:
             log.debug("%s on %s: inputs not read for the shared timing sizes: %s", path, device, e)
-    return {path: timing_sizes(inputs, specs.values(), warmups[path]) for path, inputs in specs.items()}
+    wanted = {str(p) for p, _ in chosen}
+    return {path: timing_sizes(inputs, specs.values(), warmups[path]) for path, inputs in specs.items()
+            if path in wanted}
 
 
 def bench_model(path: str, device: str, *, precision: str | None, runs: int, warmup: int,

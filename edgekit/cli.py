@@ -420,7 +420,7 @@ def cmd_bench(args) -> int:
     rows, failures, input_errors = [], [], []
     ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
     sizes = {}
-    if feeds is None and len(targets) > 1:
+    if feeds is None:
         # Synthetic inputs: every candidate is timed on the same sizes, as device="fastest" times them. Read
         # in a process of its own, so that this one does not hold every artifact's memory for the run.
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:

@@ -118,6 +118,12 @@ def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
     # where candidates fix different sizes, the largest
     short = [TensorSpec("ids", (1, 128), i64), TensorSpec("mask", (1, 128), i64)]
     assert timing_sizes(onnx, [short, tflite])["ids"] == {"shape": [1, 256]}
+    # a named dim takes one size in every input: an input no peer has (token type ids) took 1, and the
+    # model refused the feed ("inputs disagree on dimension 'sequence'")
+    three = [*onnx, TensorSpec("types", ("batch", "sequence"), i64)]
+    assert timing_sizes(three, [three, tflite]) == {n: {"shape": [1, 256]} for n in ("ids", "mask", "types")}
+    mixed = [TensorSpec("ids", (1, 128), i64)], [TensorSpec("mask", (1, 256), i64)]
+    assert timing_sizes(onnx, mixed) == {"ids": {"shape": [1, 256]}, "mask": {"shape": [1, 256]}}
     # another layout (NHWC beside NCHW) or rank says nothing of this input's dims
     nchw = [TensorSpec("image", (1, 3, None, None), f32, "NCHW")]
     nhwc = [TensorSpec("image", (1, 224, 224, 3), f32, "NHWC")]

@@ -555,14 +555,16 @@ def test_benchmark_compares_artifacts_and_devices_and_exports_csv(qtbot, window,
 
 
 def test_the_benchmark_times_every_artifact_on_the_same_input_sizes(samples):
-    """MiniLM's dynamic ONNX was timed at 1 token beside its TFLite's fixed 256 (as `edgekit bench`)."""
+    """MiniLM's dynamic ONNX was timed at 1 token beside its TFLite's fixed 256 (as `edgekit bench`), and
+    at 1 or 256 as the TFLite was ticked or not: the sizes come from the whole package."""
     from gui import work
 
-    chosen = [work.Candidate(samples["text"] / name, device, name) for name, device in (
-        ("model-int8.onnx", "onnxruntime:CPUExecutionProvider"), ("model-fp32.tflite", "litert:CPU"))]
-    rows = work.benchmark(chosen, iterations=2, warmup=1, progress=lambda *a: None)
-    assert [r.status for r in rows] == ["ok", "ok"], [r.reason for r in rows]
-    assert rows[0].inputs == rows[1].inputs and "input_ids 1x256" in rows[0].inputs, rows[0].inputs
+    for ticked in (("model-int8.onnx", "model-fp32.tflite"), ("model-int8.onnx", "model-fp32.onnx")):
+        chosen = [work.Candidate(samples["text"] / name, "litert:CPU" if name.endswith(".tflite")
+                                 else "onnxruntime:CPUExecutionProvider", name) for name in ticked]
+        rows = work.benchmark(chosen, iterations=2, warmup=1, progress=lambda *a: None)
+        assert [r.status for r in rows] == ["ok", "ok"], [r.reason for r in rows]
+        assert rows[0].inputs == rows[1].inputs and "input_ids 1x256" in rows[0].inputs, (ticked, rows[0].inputs)
 
 
 def test_benchmark_can_be_cancelled(qtbot, window, models):
