@@ -106,8 +106,8 @@ def run_image(loaded: Loaded, image: str | Path, *, top_k: int = 5) -> ImageResu
 def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = (), top_k: int = 5,
              progress: Progress = no_progress) -> TextResult:
     """Embedders: the similarity of every pair of lines, or zero-shot over ``labels``.
-    Classifiers: label scores per line. ``progress`` is called between lines (between batches
-    for embeddings); what it raises stops the run."""
+    Classifiers: label scores per line. ``progress`` is called between batches of lines; what it
+    raises stops the run."""
     from edgekit.errors import InputError
     from edgekit.tasks import TextClassifier, TextEmbedder
 
@@ -120,24 +120,17 @@ def run_text(loaded: Loaded, texts: Sequence[str], *, labels: Sequence[str] = ()
     def lines_done(done: int, total: int) -> None:
         report(done, total, f"{done} of {total} lines")
 
-    def each_line(classifier) -> list:
-        cats = []
-        for t in texts:
-            cats.append(classifier.classify(t, top_k=top_k))
-            lines_done(len(cats), len(texts))
-        return cats
-
     if isinstance(task, TextEmbedder) and labels:
         key = ("zero-shot", tuple(labels))
         if key not in loaded.cache:  # embedding the labels once, not in every run's latency
             loaded.cache[key] = TextClassifier(loaded.model, labels=list(labels))
         zero_shot = loaded.cache[key]
-        cats, ms = _timed(lambda: each_line(zero_shot))
+        cats, ms = _timed(lambda: zero_shot.classify(texts, top_k=top_k, progress=lines_done))
         return TextResult(texts, ms, loaded.where, categories=cats, zero_shot=True)
     if isinstance(task, TextEmbedder):
         vecs, ms = _timed(lambda: task.embed(texts, progress=lines_done))  # unit vectors: dot products are cosines
         return TextResult(texts, ms, loaded.where, similarity=vecs @ vecs.T)
-    cats, ms = _timed(lambda: each_line(task))
+    cats, ms = _timed(lambda: task.classify(texts, top_k=top_k, progress=lines_done))
     return TextResult(texts, ms, loaded.where, categories=cats)
 
 

@@ -303,7 +303,7 @@ def test_cancel_stops_a_long_voice_detection_and_leaves_the_page_clean(qtbot, wi
 
 
 def test_cancel_stops_zero_shot_labels_of_many_lines_between_lines(qtbot, window, samples):
-    """Zero-shot labels are scored line by line: Cancel stops between two lines, and the last
+    """Zero-shot labels are scored in batches of lines: Cancel stops between two batches, and the last
     run's bars leave the page."""
     open_and_wait(qtbot, window, samples["text"])
     view = window.run_page.views["text"]

@@ -273,20 +273,23 @@ class TextClassifier(_TextTask):
     def accepts(self) -> tuple[str, ...]:
         return ("text-classification", "text-embedding")
 
-    def scores(self, text: str | Sequence[str]) -> np.ndarray:
-        """Each label's score for ``text``: a vector for one text, a texts x labels matrix for a list."""
+    def scores(self, text: str | Sequence[str], *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Each label's score for ``text``: a vector for one text, a texts x labels matrix for a list.
+        ``progress(done, total)`` as for :meth:`TextEmbedder.embed`."""
         items = _as_texts(text)
         if self.zero_shot:
-            scores = self._embed(items) @ self._label_vecs.T
+            scores = self._embed(items, progress=progress) @ self._label_vecs.T
         else:
-            scores = self._activate(self._outputs(items))
+            scores = self._activate(self._outputs(items, progress=progress))
         return scores[0] if isinstance(text, (str, bytes, bytearray)) else scores
 
     def classify(self, text: str | Sequence[str], top_k: int | None = None, *, score_threshold: float | None = None,
-                 allow=None, deny=None) -> list[Category] | list[list[Category]]:
-        """Top categories of ``text``, best first; for a list of texts, one such list per text."""
+                 allow=None, deny=None,
+                 progress: Callable[[int, int], None] | None = None) -> list[Category] | list[list[Category]]:
+        """Top categories of ``text``, best first; for a list of texts, one such list per text.
+        ``progress(done, total)`` as for :meth:`TextEmbedder.embed`."""
         opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
-        scores = self.scores(text)
+        scores = self.scores(text, progress=progress)
         if scores.ndim == 1:
             return opts.select(scores, self.labels)
         return [opts.select(row, self.labels) for row in scores]
