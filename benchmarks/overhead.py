@@ -64,7 +64,9 @@ def direct_call(backend: str, path: Path, feeds: dict[str, np.ndarray]):
         names = [o.name for o in sess.get_outputs()]
         return lambda: sess.run(names, feeds)
     if backend == "openvino":
-        import openvino as ov
+        from edgekit.backends.ov import import_openvino
+
+        ov = import_openvino()  # its telemetry declined, as edgekit's own import does
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                               "PERFORMANCE_HINT": "LATENCY"})

@@ -31,7 +31,9 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
 
     ``stateful``: int8 is weight compression (``STATEFUL_INT8``), as int8-dynamic.
     """
-    import openvino as ov
+    from edgekit.backends.ov import import_openvino
+
+    ov = import_openvino()  # NNCF's telemetry is declined with OpenVINO's
 
     recipe = RECIPES.get(precision, "")
     if precision == "int8" and stateful:

@@ -124,7 +124,9 @@ def streaming_onnx(path: Path, state_dims, layout: str = "LBH", weights=None, sa
 
 
 def to_ir(onnx_path: Path, xml_path: Path) -> Path:
-    import openvino as ov
+    from edgekit.backends.ov import import_openvino
+
+    ov = import_openvino()
 
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
     return xml_path

@@ -34,3 +34,31 @@ def test_public_surface_is_explicit():
 
     for name in edgekit.__all__:
         assert getattr(edgekit, name) is not None
+
+
+def test_openvino_and_nncf_send_no_telemetry(tmp_path, models):
+    """`import openvino` sent an event to Google Analytics from a forked process (and NNCF its own)
+    unless ~/intel held a consent file saying no: an on-device SDK makes no outside connections."""
+    import os
+
+    code = f"""
+import sys
+def hook(event, args):
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        print("NETWORK", event, args[:2], file=sys.stderr, flush=True)
+sys.addaudithook(hook)
+import edgekit
+with edgekit.load({str(models["mlp.xml"])!r}, device="openvino") as m:
+    m.run(m.inputs and __import__("numpy").ones((1, 8), "float32"))
+from converters.openvino_target import build
+from openvino_telemetry import Telemetry
+import nncf.telemetry.wrapper as w
+print(Telemetry().consent, w.NNCFTelemetry()._impl.consent)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}  # they opt out
+    env["HOME"] = str(tmp_path)  # no consent file: the default is to send
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
+    assert "NETWORK" not in out.stderr, out.stderr
+    assert not (tmp_path / "intel").exists()  # no consent or client-id file written either

@@ -121,6 +121,27 @@ class OvSession:
         self._idle = []
 
 
+def decline_telemetry() -> None:
+    """OpenVINO and NNCF send usage events to Google Analytics, a forked process per event from
+    ``import openvino`` on, unless a consent file in ~/intel says no (and outside CI). edgekit makes
+    no outside connections: their consent check answers "declined" in this process, whatever the
+    file says, and nothing is written there. Call it before importing openvino or nncf."""
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:
+        return
+    declined = opt_in_checker.ConsentCheckResult.DECLINED
+    opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
+
+
+def import_openvino():
+    """The openvino module, its telemetry declined (:func:`decline_telemetry`)."""
+    decline_telemetry()
+    import openvino
+
+    return openvino
+
+
 class OpenVinoBackend:
     name = "openvino"
     formats = frozenset({Format.OPENVINO, Format.ONNX, Format.TFLITE})
@@ -129,9 +150,7 @@ class OpenVinoBackend:
 
     @functools.cached_property
     def _ov(self):
-        import openvino
-
-        return openvino
+        return import_openvino()
 
     @functools.cached_property
     def core(self):
