@@ -212,3 +212,29 @@ def test_publish_keeps_the_old_package_when_the_swap_fails(tmp_path, models, mon
     assert json.loads((tmp_path / "pkg" / "edgekit.json").read_text())["version"] == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no staging or old folders left
     assert edgekit.load(tmp_path / "pkg").backend == "onnxruntime"
+
+
+# --- a long-running app ------------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_openvino_memory_stays_bounded_over_texts_of_every_length(samples):
+    """OpenVINO's CPU plugin kept compiled kernels for up to 5000 input shapes: the auto-picked int8
+    MiniLM grew by 1.6 GB over 400 calls of varying lengths, and went on growing."""
+    from edgekit.tasks import TextEmbedder
+
+    rng = np.random.default_rng(0)
+    with TextEmbedder(samples["text"] / "model-int8.xml", device="openvino") as emb:
+        def calls(n: int) -> None:
+            for _ in range(n):
+                emb.embed([" ".join(["word"] * int(rng.integers(2, 300))) for _ in range(int(rng.integers(1, 4)))])
+
+        calls(150)
+        before = _rss_mb()
+        calls(150)  # new shapes still: at the old capacity, about 4 MB a call more
+        grew = _rss_mb() - before
+    assert grew < 150, f"{grew:.0f} MB over 150 more calls"
