@@ -642,7 +642,7 @@ def test_vad_stream_matches_whole_file(vad):
         events += stream.feed(x[i:i + 777])
     probs = list(stream.probabilities)
     events += stream.close()
-    assert stream.probabilities == []  # reset by close(): reusable for a new recording
+    assert not stream.probabilities  # reset by close(): reusable for a new recording
     starts = [t for kind, t in events if kind == "start"]
     ends = [t for kind, t in events if kind == "end"]
     whole = vad.detect(AUDIO / "speech.wav")
@@ -652,6 +652,16 @@ def test_vad_stream_matches_whole_file(vad):
     np.testing.assert_allclose(probs, vad.probabilities(x[: len(probs) * 512], 16000), atol=1e-5)
     again = vad.stream()
     assert again.feed(np.stack([x, x], axis=1)[:4096]) == stream.feed(x[:4096])  # stereo chunk down-mixed
+
+
+def test_a_stream_keeps_a_bounded_history(vad, monkeypatch):
+    """A microphone stream is never closed: keeping every window's probability grew 4 MB an hour."""
+    from edgekit.tasks.audio import VadStream
+
+    monkeypatch.setattr(VadStream, "HISTORY", 10)
+    stream = vad.stream()
+    stream.feed(np.zeros(512 * 30, np.float32))
+    assert len(stream.probabilities) == 10
 
 
 @pytest.mark.parametrize("to_pcm", [lambda y: (y * 32767).astype(np.int16),
@@ -751,6 +761,26 @@ def test_premultiplied_alpha_image(image_clf):
     img = Image.open(IMAGES / "cat.jpg").convert("RGBA").convert("RGBa")
     assert len(image_clf.classify(img, top_k=1)) == 1
     assert len(image_clf.classify(Image.new("La", (32, 32)), top_k=1)) == 1
+
+
+def test_a_wav_cut_short_is_read_with_a_warning(vad, tmp_path, caplog):
+    """libsndfile reads what a truncated WAV holds without a word: half a recording looked whole."""
+    import struct
+
+    data = (AUDIO / "speech.wav").read_bytes()
+    half = tmp_path / "half.wav"
+    half.write_bytes(data[:len(data) // 2])
+    with caplog.at_level("WARNING", logger="edgekit.tasks.audio"):
+        assert vad.detect(half) is not None  # partial audio is still audio
+    assert "half.wav: cut short: its header declares 9.47 s of audio, the file holds 4.74 s" in caplog.text
+    caplog.clear()
+    pos = data.index(b"data")  # a WAV written as a stream declares no size: nothing to warn of
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(data[:pos + 4] + struct.pack("<I", 0xFFFFFFFF) + data[pos + 8:len(data) // 2])
+    with caplog.at_level("WARNING", logger="edgekit.tasks.audio"):
+        vad.detect(streamed)
+        vad.detect(AUDIO / "speech.wav")
+    assert "cut short" not in caplog.text
 
 
 def test_bad_audio_values(vad, tmp_path):

@@ -13,6 +13,8 @@ down-mixed to mono and resampled to the model's rate with soxr.
 from __future__ import annotations
 
 import io
+import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 from ..errors import InputError, ModelFileError, UsageError
 from .base import Task, input_file
 from .results import Category, ClassifierOptions, Segment, classifier_options, is_integer, is_number
+
+log = logging.getLogger(__name__)
 
 # Silero's get_speech_timestamps defaults (max_speech_duration_s None: no limit, JSON-safe).
 VAD_DEFAULTS = {"threshold": 0.5, "min_speech_duration_ms": 250, "min_silence_duration_ms": 100,
@@ -42,6 +46,32 @@ MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of f
 # The lowest rate resampled: below it a tiny file declaring, say, 1 Hz would be resampled 16000x
 # (a 10 KB WAV took 13 s and 630 MB). Telephone audio is 8 kHz.
 MIN_SAMPLE_RATE = 1000
+
+
+def _warn_if_cut_short(source, what: str, frames: int, sample_rate: int) -> None:
+    """Warn when a WAV holds fewer frames than its header declares (a copy or upload cut short):
+    libsndfile reads what is there without a word. Headers that declare no size (0, or the
+    0xFFFFFFFF of a WAV written as a stream) are not warned of."""
+    import struct
+
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[:4096]
+    else:
+        with Path(source).open("rb") as f:
+            head = f.read(4096)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos, frame_bytes = 12, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            frame_bytes = struct.unpack_from("<H", head, pos + 20)[0]  # nBlockAlign
+        elif chunk == b"data":
+            if frame_bytes and 0 < size < 0x7FFFFFFF and size // frame_bytes > frames:
+                log.warning("%s: cut short: its header declares %.2f s of audio, the file holds %.2f s",
+                            what, size / frame_bytes / sample_rate, frames / sample_rate)
+            return
+        pos += 8 + size + (size & 1)
 
 
 def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name: str | None = None) -> np.ndarray:
@@ -75,6 +105,8 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
                 limit = MAX_SAMPLES // f.channels
                 data = f.read(frames=limit + 1, dtype="float32", always_2d=True)
                 sample_rate = f.samplerate
+                if f.format == "WAV":
+                    _warn_if_cut_short(source, what, len(data), sample_rate)
         except InputError:
             raise
         except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
@@ -321,12 +353,15 @@ class VadStream:
     ``feed(samples)`` takes samples at the detector's rate, in any dtype and layout that
     :meth:`VoiceActivityDetector.detect` takes an array in (int16 PCM is scaled to [-1, 1),
     channels are down-mixed), and returns the events completed by them: ``("start", t_s)`` and
-    ``("end", t_s)``; ``probabilities`` keeps every window's probability. ``close()`` ends an
-    open segment.
+    ``("end", t_s)``; ``probabilities`` keeps the last :data:`HISTORY` windows' probabilities
+    (10 minutes at 16 kHz: a microphone stream is never closed, and kept every window it grew by
+    4 MB an hour). ``close()`` ends an open segment.
     """
 
+    HISTORY = 18_750
+
     vad: VoiceActivityDetector
-    probabilities: list[float] = field(default_factory=list)
+    probabilities: deque = field(default_factory=lambda: deque(maxlen=VadStream.HISTORY))
     _buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _state: np.ndarray | None = None
     _context: np.ndarray | None = None
@@ -374,7 +409,7 @@ class VadStream:
         self._buffer = np.zeros(0, np.float32)
         self._state = self._context = None
         self._samples, self._triggered, self._temp_end = 0, False, 0
-        self.probabilities = []
+        self.probabilities.clear()
         return events
 
 
