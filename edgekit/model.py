@@ -78,6 +78,16 @@ class _InputCheck:
             raise InputError(f"input {name!r}: expected {dst}, got {src} "
                              f"(edgekit casts only without loss, and float64 to float32; "
                              f"convert with .astype(np.{dst}))")
+        if src == _F64 and dst == _F32:
+            with np.errstate(over="ignore"):
+                out = arr.astype(dst)
+            # past float32's range a value becomes inf, and the model answers NaN or a plausible wrong
+            # answer (OpenVINO): a loss the policy does not allow
+            if not np.isfinite(out).all() and (np.isfinite(arr) & ~np.isfinite(out)).any():
+                big = float(np.abs(arr[np.isfinite(arr) & ~np.isfinite(out)]).max())
+                raise InputError(f"input {name!r}: float64 value {big:.3g} is past float32's range "
+                                 f"(±3.4e38), so it cannot be cast without loss")
+            return out
         return arr.astype(dst)
 
 

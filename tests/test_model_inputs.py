@@ -123,6 +123,11 @@ def test_cast_policy(add_model):
         add_model.run({"a": A.astype(np.int64), "b": B})
     with pytest.raises(edgekit.InputError, match="input 'b': expected float32, got complex"):
         add_model.run({"a": A, "b": B.astype(np.complex64)})
+    # float64 past float32's range became inf, with only NumPy's RuntimeWarning
+    with pytest.raises(edgekit.InputError, match="input 'a': float64 value 1e\\+39 is past float32's range"):
+        add_model.run({"a": [[1e39, 0, 0, 0]], "b": B})
+    inf = add_model.run({"a": np.array([[np.inf, -np.inf, 0, 1]]), "b": B})  # inf itself casts without loss
+    assert np.isinf(next(iter(inf.values()))[0, :2]).all()
 
 
 def test_dynamic_dims_accept_any_size(models):
