@@ -306,9 +306,11 @@ class Model:
             arrays = [arrays[i] for i in self._to_session]
         try:
             outputs = self._run(arrays)
-        except EdgekitError:
-            raise
         except Exception as e:
+            if self._session is None:  # closed by another thread while this run was under way
+                _closed(arrays)
+            if isinstance(e, EdgekitError):
+                raise
             raise self._runtime_error(e, arrays) from e
         if self._out_shapes:  # only where the runtime answered in the shape it reported
             outputs = [np.reshape(y, self._out_shapes[i][1])

@@ -104,6 +104,23 @@ def test_closed_model_says_so(models):
         m.run(np.ones((1, 8), np.float32))
 
 
+def test_a_model_closed_during_a_run_says_so(models):
+    """Closed by another thread while a run was under way, the session failed as "'NoneType' object has no
+    attribute 'run'" (ONNX Runtime) or "the LiteRT session is closed": a BackendError, not "closed"."""
+    for name in ("mlp.onnx", "mlp.tflite"):
+        m = edgekit.load(models[name])
+        session_run = m._run
+
+        def closed_meanwhile(arrays, m=m, session_run=session_run):
+            m.close()  # what the other thread does between this run's start and its call into the runtime
+            return session_run(arrays)
+
+        m._run = closed_meanwhile
+        with pytest.raises(edgekit.EdgekitError, match="this model was closed") as e:
+            m.run(np.ones((1, 8), np.float32))
+        assert not isinstance(e.value, edgekit.BackendError), name
+
+
 @pytest.mark.parametrize("dims", [[1, 4], ["batch", 4]])
 def test_bfloat16_inputs_fall_back_from_onnxruntime_to_openvino(tmp_path, dims):
     """ORT's Python API cannot take bfloat16 arrays; auto records that and OpenVINO runs it, bit-exact."""
