@@ -277,6 +277,9 @@ class Model:
             if len(inputs) != len(checks) or not self._in_set.issuperset(inputs):
                 self._name_error(inputs)
             arrays = [c(inputs[c.spec.name]) for c in checks]
+        elif isinstance(inputs, (list, tuple)) and len(checks) == 1 and not (
+                len(inputs) == 1 and checks[0].rank in (None, np.ndim(inputs[0]))):
+            arrays = [checks[0](inputs)]  # a one-input model's array given as nested lists
         elif isinstance(inputs, (list, tuple)):
             if len(inputs) != len(checks):
                 raise InputError(f"expected {len(checks)} inputs ({', '.join(self._in_names)}), "

@@ -130,6 +130,19 @@ def test_cast_policy(add_model):
     assert np.isinf(next(iter(inf.values()))[0, :2]).all()
 
 
+def test_a_one_input_models_array_may_be_nested_lists(models):
+    """m.run(x.tolist()) was read as a list of inputs: "expected 1 inputs (x), got a sequence of 2"."""
+    m = edgekit.load(models["mlp.onnx"])
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    want = m.run(x)["logits"]
+    np.testing.assert_allclose(m.run(x.tolist())["logits"], want, rtol=1e-6)
+    np.testing.assert_allclose(m.run(x[:1].tolist())["logits"], want[:1], rtol=1e-6)  # one row
+    np.testing.assert_allclose(m.run([x])["logits"], want)  # a list of the one input, as before
+    np.testing.assert_allclose(m.run([[1.0] * 8])["logits"], m.run(np.ones((1, 8), np.float32))["logits"])
+    with pytest.raises(edgekit.InputError, match="expected rank 2"):
+        m.run([1.0] * 8)  # a row without its batch dim
+
+
 def test_dynamic_dims_accept_any_size(models):
     for name in ("mlp.onnx", "mlp.xml", "mlp.tflite"):
         m = edgekit.load(models[name])
