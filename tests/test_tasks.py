@@ -654,6 +654,35 @@ def test_vad_stream_matches_whole_file(vad):
     assert again.feed(np.stack([x, x], axis=1)[:4096]) == stream.feed(x[:4096])  # stereo chunk down-mixed
 
 
+def test_a_stream_whose_run_fails_loses_no_audio_and_no_event(vad, monkeypatch):
+    """A failed run took its window off the buffer and dropped the events found before it in that feed."""
+    import soundfile as sf
+
+    x, _ = sf.read(str(AUDIO / "speech.wav"), dtype="float32")
+    reference = vad.stream()
+    want = [e for i in range(0, len(x), 16000) for e in reference.feed(x[i:i + 16000])] + reference.close()
+    step, calls = vad._step, [0]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] in (40, 41, 200):  # twice in a row, then once more later
+            raise edgekit.BackendError("device lost (simulated)")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(vad, "_step", flaky)
+    stream, got = vad.stream(), []
+    for i in range(0, len(x), 16000):
+        chunk = x[i:i + 16000]
+        while True:
+            try:
+                got += stream.feed(chunk)
+                break
+            except edgekit.BackendError:
+                chunk = chunk[:0]  # the app retries: what it fed is kept, nothing to add
+    got += stream.close()
+    assert got == want and len(want) >= 2
+
+
 def test_a_stream_keeps_a_bounded_history(vad, monkeypatch):
     """A microphone stream is never closed: keeping every window's probability grew 4 MB an hour."""
     from edgekit.tasks.audio import VadStream

@@ -368,6 +368,7 @@ class VadStream:
     _samples: int = 0
     _triggered: bool = False
     _temp_end: int = 0
+    _events: list = field(default_factory=list)
 
     def feed(self, samples) -> list[tuple[str, float]]:
         x = _mono(pcm_frames(samples, "audio chunk"))  # the dtypes and layouts detect() takes
@@ -376,15 +377,15 @@ class VadStream:
             self._state = np.zeros(v._state_shape, np.float32)
             self._context = np.zeros(v.context, np.float32)
         self._buffer = np.concatenate([self._buffer, x])
-        events = []
+        events = self._events  # kept here until returned: a run that fails loses none of them
         p = v.params
         neg = p["neg_threshold"] if p["neg_threshold"] is not None else max(p["threshold"] - 0.15, 0.01)
         min_silence = v.sample_rate * p["min_silence_duration_ms"] / 1000
         pad = v.sample_rate * p["speech_pad_ms"] / 1000
         while len(self._buffer) >= v.window:
             chunk = np.concatenate([self._context, self._buffer[:v.window]])
-            self._buffer = self._buffer[v.window:]
             prob, self._state = v._step(chunk, self._state)
+            self._buffer = self._buffer[v.window:]  # only once run: a window that failed is run again
             self._context = chunk[-v.context:]
             self.probabilities.append(prob)
             self._samples += v.window
@@ -401,6 +402,7 @@ class VadStream:
                     end = self._temp_end + pad - v.window
                     self._temp_end, self._triggered = 0, False
                     events.append(("end", round(end / v.sample_rate, 3)))
+        self._events = []
         return events
 
     def close(self) -> list[tuple[str, float]]:
@@ -410,6 +412,7 @@ class VadStream:
         self._state = self._context = None
         self._samples, self._triggered, self._temp_end = 0, False, 0
         self.probabilities.clear()
+        events, self._events = self._events + events, []
         return events
 
 
