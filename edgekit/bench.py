@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -202,19 +203,37 @@ def target_sizes(chosen: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
     listed for it, to read its inputs; one that does not open is left to fail in its own run. A
     lone file: {}.
 
-    It loads every file: where the peak memory of later runs matters, call it in a process of its own.
+    It loads every file (once per package and process: the GUI benchmarks the same package again and
+    again): where the peak memory of later runs matters, call it in a process of its own.
     """
     from . import formats
+
+    wanted = list(dict.fromkeys(str(p) for p, _ in chosen))
+    folders = {Path(p).parent for p in wanted}
+    manifest = next(iter(folders)) / formats.MANIFEST if len(folders) == 1 else None
+    if manifest is not None and manifest.is_file():
+        every = _package_sizes(str(manifest.parent), manifest.stat().st_mtime_ns)
+    else:
+        firsts: dict[str, str] = {}
+        for path, device in chosen:
+            firsts.setdefault(str(path), device)
+        every = _sizes_beside_each_other(firsts)
+    return {path: every[path] for path in wanted if path in every}
+
+
+@functools.lru_cache(maxsize=8)
+def _package_sizes(folder: str, manifest_mtime_ns: int) -> dict[str, dict]:
+    firsts: dict[str, str] = {}
+    for path, device in targets(folder):
+        firsts.setdefault(str(path), device)
+    return _sizes_beside_each_other(firsts)
+
+
+def _sizes_beside_each_other(firsts: dict[str, str]) -> dict[str, dict]:
+    """:func:`timing_sizes` of each file (path -> the device to open it on) beside all the others."""
     from .errors import EdgekitError
     from .model import load
 
-    firsts: dict[str, str] = {}
-    for path, device in chosen:
-        firsts.setdefault(str(path), device)
-    folders = {Path(p).parent for p in firsts}
-    if len(folders) == 1 and (next(iter(folders)) / formats.MANIFEST).is_file():
-        for path, device in targets(next(iter(folders))):  # the package's other artifacts, as peers
-            firsts.setdefault(str(path), device)
     if len(firsts) < 2:
         return {}
     specs, warmups = {}, {}
@@ -224,9 +243,7 @@ def target_sizes(chosen: Sequence[tuple[Path | str, str]]) -> dict[str, dict]:
                 specs[path], warmups[path] = model.inputs, warmup_sizes(model)
         except EdgekitError as e:
             log.debug("%s on %s: inputs not read for the shared timing sizes: %s", path, device, e)
-    wanted = {str(p) for p, _ in chosen}
-    return {path: timing_sizes(inputs, specs.values(), warmups[path]) for path, inputs in specs.items()
-            if path in wanted}
+    return {path: timing_sizes(inputs, specs.values(), warmups[path]) for path, inputs in specs.items()}
 
 
 def bench_model(path: str, device: str, *, precision: str | None, runs: int, warmup: int,
