@@ -26,14 +26,38 @@ from .errors import DeviceNotAvailableError, EdgekitError, InputError, UsageErro
 log = logging.getLogger("edgekit")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgekit", description="Run ML models on the device in front of you.")
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors also give ``--json``'s one document on stdout (when
+    ``json_errors``): a script reading it learns why there is no other. Every subcommand's parser is
+    one too (``add_parser`` makes them of the parent's class, with the keywords ``add`` passes)."""
+
+    def __init__(self, *args, json_errors: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
+
+    def error(self, message: str):
+        if self.json_errors:
+            _emit_json({"error": message, "exit_code": 2})
+            sys.stdout.flush()
+        super().error(message)  # the usage and the message on stderr, exit 2
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """``--json`` is among the options (argparse also takes a prefix of it, such as ``--js``), before
+    any ``--`` (after which it would be an operand)."""
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    return any(len(a) >= 3 and "--json".startswith(a) for a in options)
+
+
+def _parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="edgekit", description="Run ML models on the device in front of you.",
+                        json_errors=json_errors)
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, json_errors=json_errors)
         sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
         return sp
 
@@ -73,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(json_errors=_wants_json(argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if not args.command:

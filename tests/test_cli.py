@@ -315,3 +315,16 @@ def test_a_benchmark_child_reports_its_own_peak_memory_not_its_parents():
         child = pool.submit(_peak_in_a_fresh_process).result()
     assert 5 < child < 300, child
     del ballast
+
+
+@pytest.mark.parametrize("args", [["bench", "x.onnx", "--runs", "abc", "--json"], ["info", "--json"],
+                                  ["samples", "bogus", "--json"], ["devices", "--json", "--bogus"]],
+                         ids=["bad-int", "missing-argument", "bad-choice", "unknown-option"])
+def test_a_usage_error_with_json_gives_the_one_document_too(args):
+    """argparse's errors printed the usage on stderr and nothing on stdout, where a script waits for JSON."""
+    out = run_cli(*args)
+    assert out.returncode == 2
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == 2 and doc["error"] and doc["error"] in out.stderr and "usage:" in out.stderr
+    out = run_cli(*[a for a in args if a != "--json"])  # without --json: stdout stays empty
+    assert out.returncode == 2 and out.stdout == "" and "usage:" in out.stderr
