@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # out runs, so no staging folder or child process is left. `serve` installs its own for a graceful stop.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    args.json_documents = _json_documents  # those printed before this command: it prints one
     try:
         code = handler(args) or 0
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
@@ -121,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as e:
         return _failed(args, str(e), 1)
     except KeyboardInterrupt:
-        print("edgekit: interrupted", file=sys.stderr)
-        return 130
+        return _stopped(args, "interrupted", 130)
     except BrokenPipeError:  # `edgekit ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return _failed(args, str(e), 1)
         return _failed(args, f"{e.filename}: {e.strerror or e}", 2)
     except Terminated:
-        print("edgekit: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return _stopped(args, "terminated", 128 + signal.SIGTERM)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
@@ -142,9 +141,25 @@ def _failed(args, message: str, code: int) -> int:
     """One line on stderr; with ``--json`` also ``{"error": ..., "exit_code": ...}`` on stdout, so a
     script reading the document learns why there is no other."""
     print(f"edgekit: error: {message}", file=sys.stderr)
-    if getattr(args, "json", False) and not getattr(args, "json_written", False):
-        _emit_json({"error": message, "exit_code": code})
+    _json_failure(args, message, code)
     return code
+
+
+def _stopped(args, why: str, code: int) -> int:
+    """Ctrl-C (``interrupted``, 130) or SIGTERM (``terminated``, 143): one line on stderr and, with
+    ``--json``, ``{"error": why, "exit_code": code}`` on stdout."""
+    print(f"edgekit: {why}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # a reader gone with the interrupted pipeline
+        _json_failure(args, why, code)
+        sys.stdout.flush()
+    return code
+
+
+def _json_failure(args, message: str, code: int) -> None:
+    """With ``--json``, the failure's document, unless the command has printed its one already."""
+    written = getattr(args, "json_written", False) or _json_documents > getattr(args, "json_documents", 0)
+    if getattr(args, "json", False) and not written:
+        _emit_json({"error": message, "exit_code": code})
 
 
 class Terminated(BaseException):
@@ -190,8 +205,13 @@ def _setup_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+_json_documents = 0  # printed by _emit_json in this process
+
+
 def _emit_json(doc) -> None:
+    global _json_documents
     print(json.dumps(doc, indent=2, default=str))
+    _json_documents += 1
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

@@ -328,3 +328,47 @@ def test_a_usage_error_with_json_gives_the_one_document_too(args):
     assert doc["exit_code"] == 2 and doc["error"] and doc["error"] in out.stderr and "usage:" in out.stderr
     out = run_cli(*[a for a in args if a != "--json"])  # without --json: stdout stays empty
     assert out.returncode == 2 and out.stdout == "" and "usage:" in out.stderr
+
+
+def _signal_while_benchmarking(model, sig: int, *args: str, group: bool = False, after: float = 1.0):
+    """Start `edgekit bench MODEL --runs 10000000 ARGS` in a session of its own, wait until its child
+    process runs (plus ``after`` seconds), send ``sig`` to edgekit alone or, as a terminal's Ctrl-C
+    does, to its whole process group; return (exit code, stdout, stderr, the children seen)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(model), "--runs", "10000000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.02)
+        assert children, "bench started no child process"
+        time.sleep(after)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        return proc.returncode, out, err, children
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_with_json_says_so_on_stdout(models, sig):
+    """Ctrl-C (exit 130) and SIGTERM (143) left stdout empty under --json."""
+    import signal
+
+    sig = getattr(signal, sig)
+    code, out, err, _ = _signal_while_benchmarking(models["mlp.onnx"], sig, "--json", group=sig == signal.SIGINT)
+    why = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert code == 128 + sig, err
+    assert json.loads(out) == {"error": why, "exit_code": 128 + sig}, out
+    assert f"edgekit: {why}" in err

@@ -842,7 +842,7 @@ def test_a_failing_step_leaves_the_destination_as_it_was(cnn_onnx, tmp_path, mon
 def test_sigint_leaves_nothing_behind(cnn_onnx, tmp_path):
     out = tmp_path / "pkg"
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "convert", str(cnn_onnx), "--to", "openvino,onnx",
-                             "--precision", "fp32,fp16,int8-dynamic", "--out", str(out)],
+                             "--precision", "fp32,fp16,int8-dynamic", "--out", str(out), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:  # wait until it is converting, then interrupt as Ctrl-C would
@@ -850,9 +850,10 @@ def test_sigint_leaves_nothing_behind(cnn_onnx, tmp_path):
         if "converting" in line:
             proc.send_signal(signal.SIGINT)
             break
-    rest = proc.communicate(timeout=120)[1]
+    stdout, rest = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest and "Traceback" not in rest
+    assert json.loads(stdout) == {"error": "interrupted", "exit_code": 130}  # --json: one document, also then
     assert list(tmp_path.iterdir()) == []
 
 
