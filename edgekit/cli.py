@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -209,9 +210,24 @@ _json_documents = 0  # printed by _emit_json in this process
 
 
 def _emit_json(doc) -> None:
+    """``doc`` as strict JSON: a NaN or infinity, which JSON has no way to write (Python's ``NaN`` and
+    ``Infinity`` break strict parsers), is written null; a command that can meet them says so beside
+    (``run`` counts them)."""
     global _json_documents
-    print(json.dumps(doc, indent=2, default=str))
+    print(json.dumps(_json_safe(doc), indent=2, default=str, allow_nan=False))
     _json_documents += 1
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a NumPy scalar (float32 is no float)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -345,13 +361,22 @@ def _read_inputs(specs: list[str], model_inputs) -> dict:
 
 
 def _summary(arr) -> dict:
+    """Shape, dtype and, for numbers, min, max and mean of the finite values (None where there are
+    none) and the first 8 values (None for a NaN or infinity); ``non_finite`` counts NaN, inf and
+    -inf where there are any."""
     import numpy as np
 
     doc = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
     if arr.size and arr.dtype.kind in "fiub":
         a = arr.astype(np.float64)
-        doc.update(min=float(a.min()), max=float(a.max()), mean=float(a.mean()),
-                   first=[float(x) for x in a.ravel()[:8]])
+        finite = np.isfinite(a)
+        ok = a[finite]
+        doc.update(min=float(ok.min()) if ok.size else None, max=float(ok.max()) if ok.size else None,
+                   mean=float(ok.mean()) if ok.size else None,
+                   first=[float(x) if np.isfinite(x) else None for x in a.ravel()[:8]])
+        if not finite.all():
+            doc["non_finite"] = {"nan": int(np.isnan(a).sum()), "inf": int(np.isposinf(a).sum()),
+                                 "-inf": int(np.isneginf(a).sum())}
     return doc
 
 
@@ -393,8 +418,14 @@ def cmd_run(args) -> int:
         return 0
     print(f"ran on {model.backend}:{model.device} ({model.precision}) in {latency_ms:.2f} ms")
     for name, s in doc["outputs"].items():
-        stats = (f" min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g} first "
-                 f"{np.array2string(np.array(s['first']), precision=4)}") if "min" in s else ""
+        stats = ""
+        if "min" in s:
+            first = np.asarray(outputs[name]).ravel()[:8].astype(np.float64)
+            stats = (" " + " ".join(f"{k} {s[k]:.4g}" if s[k] is not None else f"{k} -" for k in ("min", "max", "mean"))
+                     + f" first {np.array2string(first, precision=4)}")
+            if "non_finite" in s:
+                stats += " (not finite: " + ", ".join(f"{n} {k}" for k, n in s["non_finite"].items() if n) + \
+                         "; min, max and mean are of the rest)"
         print(f"  {name}: {s['dtype']}{s['shape']}{stats}")
     if written:
         print(f"outputs written to {written}")

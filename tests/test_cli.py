@@ -372,3 +372,24 @@ def test_an_interrupted_command_with_json_says_so_on_stdout(models, sig):
     assert code == 128 + sig, err
     assert json.loads(out) == {"error": why, "exit_code": 128 + sig}, out
     assert f"edgekit: {why}" in err
+
+
+def test_run_json_stays_strict_json_when_outputs_are_not_finite(models, tmp_path):
+    """NaN and infinities came out as Python's NaN / Infinity, which strict JSON parsers refuse."""
+    a = np.array([[np.nan, np.inf, -np.inf, 2.0]], np.float32)
+    np.savez(tmp_path / "x.npz", a=a, b=np.zeros((1, 4), np.float32))
+    out = run_cli("run", str(models["add.onnx"]), "--input", str(tmp_path / "x.npz"), "--json")
+    assert out.returncode == 0, out.stderr
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    y = json.loads(out.stdout, parse_constant=refuse)["outputs"]["y"]
+    assert y["first"] == [None, None, None, 2.0] and y["non_finite"] == {"nan": 1, "inf": 1, "-inf": 1}
+    assert y["min"] == y["max"] == y["mean"] == 2.0  # of the finite values
+    out = run_cli("run", str(models["add.onnx"]), "--input", str(tmp_path / "x.npz"))
+    assert out.returncode == 0 and "not finite: 1 nan, 1 inf, 1 -inf" in out.stdout, out.stdout
+    np.savez(tmp_path / "nan.npz", a=np.full((1, 4), np.nan, np.float32), b=np.zeros((1, 4), np.float32))
+    out = run_cli("run", str(models["add.onnx"]), "--input", str(tmp_path / "nan.npz"), "--json")
+    y = json.loads(out.stdout, parse_constant=refuse)["outputs"]["y"]
+    assert y["min"] is None and y["non_finite"]["nan"] == 4
