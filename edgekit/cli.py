@@ -469,7 +469,6 @@ def _write_npz_atomic(path: Path, arrays: dict) -> Path:
 
 def cmd_bench(args) -> int:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     from .bench import target_sizes as bench_target_sizes
     from .bench import targets as bench_targets
@@ -499,9 +498,9 @@ def cmd_bench(args) -> int:
     if feeds is None:
         # Synthetic inputs: every candidate is timed on the same sizes, as device="fastest" times them. Read
         # in a process of its own, so that this one does not hold every artifact's memory for the run.
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        with _worker(ctx) as submit:
             try:
-                sizes = pool.submit(bench_target_sizes, targets).result()
+                sizes = submit(bench_target_sizes, targets).result()
             except Exception as e:
                 log.warning("each candidate is timed at its own input sizes (reading them all failed: %s)", e)
     for n, (path, spec) in enumerate(targets, 1):
@@ -509,9 +508,9 @@ def cmd_bench(args) -> int:
               file=sys.stderr, flush=True)
         from .bench import bench_model
 
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            fut = pool.submit(bench_model, path, spec, precision=args.precision, runs=args.runs,
-                              warmup=args.warmup, inputs=feeds, sizes=sizes.get(path))
+        with _worker(ctx) as submit:
+            fut = submit(bench_model, path, spec, precision=args.precision, runs=args.runs,
+                         warmup=args.warmup, inputs=feeds, sizes=sizes.get(path))
             try:
                 rows.append(fut.result())
             except Exception as e:  # reported as a row, whatever the child died of
@@ -536,3 +535,57 @@ def cmd_bench(args) -> int:
         for f in failures:
             print(f"{f['device']} {f['artifact']}: failed: {f['error']}")
     return 1 if failures and not rows else 0
+
+
+@contextlib.contextmanager
+def _worker(ctx):
+    """A fresh process for one job: yields ``submit(fn, *args, **kwargs)``, which gives a Future.
+
+    The process ignores SIGINT from birth: a terminal's Ctrl-C reaches the whole process group, and
+    a worker interrupted during its imports printed a traceback. This process takes the Ctrl-C and
+    ends the worker; it would otherwise wait for the worker's job to finish (a Ctrl-C sent to edgekit
+    alone waited for every one of bench's runs)."""
+    import functools
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Also set by the worker itself, in case it is started where SIGINT cannot be ignored around it.
+    ignore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=ignore)
+
+    def submit(fn, /, *args, **kwargs):
+        with _sigint_ignored():  # the worker is started here (spawn): it inherits SIG_IGN
+            return pool.submit(fn, *args, **kwargs)
+
+    try:
+        yield submit
+    except BaseException:  # Ctrl-C, SIGTERM (whose handler has ended the worker already), ...
+        _end_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored for a moment, in which a process is started: it is born ignoring it. (A Ctrl-C
+    in these few milliseconds is lost; the next one is taken.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; the worker's initializer still ignores SIGINT
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _end_workers(pool) -> None:
+    """End the pool's worker processes and theirs, so that shutting the pool down does not wait for
+    the job they run."""
+    import psutil
+
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(psutil.Error, ValueError):
+            worker = psutil.Process(proc.pid)
+            for p in [*worker.children(recursive=True), worker]:
+                p.terminate()

@@ -353,7 +353,7 @@ def _signal_while_benchmarking(model, sig: int, *args: str, group: bool = False,
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=30)
         return proc.returncode, out, err, children
     finally:
         if proc.poll() is None:
@@ -393,3 +393,26 @@ def test_run_json_stays_strict_json_when_outputs_are_not_finite(models, tmp_path
     out = run_cli("run", str(models["add.onnx"]), "--input", str(tmp_path / "nan.npz"), "--json")
     y = json.loads(out.stdout, parse_constant=refuse)["outputs"]["y"]
     assert y["min"] is None and y["non_finite"]["nan"] == 4
+
+
+@pytest.mark.parametrize(("group", "after"), [(True, 0.05), (True, 1.0), (False, 1.0)],
+                         ids=["ctrl-c-while-the-child-starts", "ctrl-c-while-it-times", "sigint-to-edgekit-alone"])
+def test_ctrl_c_ends_bench_and_its_child_without_a_traceback(models, group, after):
+    """A terminal's Ctrl-C reaches bench's child too, which printed a KeyboardInterrupt traceback from
+    wherever it was (its imports); a SIGINT sent to edgekit alone left it waiting for all the runs."""
+    import signal
+
+    import psutil
+
+    code, _, err, children = _signal_while_benchmarking(models["mlp.onnx"], signal.SIGINT, group=group, after=after)
+    assert code == 130 and "edgekit: interrupted" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+    def running(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in alive if running(p)], alive
