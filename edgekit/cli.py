@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from . import __version__, cli_serve, cli_tasks
-from .errors import DeviceNotAvailableError, EdgekitError, InputError, UsageError
+from .errors import BackendError, DeviceNotAvailableError, EdgekitError, InputError, UsageError
 
 log = logging.getLogger("edgekit")
 
@@ -479,6 +479,13 @@ def cmd_bench(args) -> int:
     if args.all_devices and args.device != "auto":
         raise UsageError("give either --device or --all-devices, not both")
     if args.all_devices:
+        if not Path(args.model).is_dir():
+            # A lone file is opened here first, as it is without --all-devices: a corrupt one is one
+            # error (exit 2), not a failed row per device, each with its runtime's noise about it.
+            try:
+                load(args.model, precision=args.precision, verify=True, cache=False).close()
+            except BackendError:
+                pass  # a runtime's own failure: each device's row says what it met
         targets = [(str(path), spec) for path, spec in bench_targets(args.model)]
         if not targets:
             raise DeviceNotAvailableError(f"{args.model}: no usable device can run it (see `edgekit devices`)")

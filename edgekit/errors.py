@@ -25,6 +25,9 @@ class ModelFileError(UsageError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # pickled as made, so that it crosses from a worker process (bench's)
+        return type(self), (self.path, self.problem)
+
 
 class InputError(UsageError, ValueError):
     """An input given to a model (or a task) does not match what it expects."""

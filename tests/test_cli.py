@@ -416,3 +416,22 @@ def test_ctrl_c_ends_bench_and_its_child_without_a_traceback(models, group, afte
 
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not [p for p in alive if running(p)], alive
+
+
+def test_bench_all_devices_of_a_corrupt_file_is_one_bad_file_error(tmp_path):
+    """Without --all-devices: "not a valid ONNX model", exit 2. With it: exit 1, a BrokenProcessPool row
+    (the child's ModelFileError did not unpickle) and a row of TensorFlow noise from OpenVINO."""
+    import pickle
+
+    from edgekit.errors import ModelFileError
+
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(bytes(range(256)) * 2)
+    out = run_cli("bench", str(bad), "--all-devices", "--runs", "2", "--json")
+    assert out.returncode == 2, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == 2 and f"{bad}: not a valid ONNX model" in doc["error"], doc
+    assert "BrokenProcessPool" not in out.stderr and "tensorflow" not in out.stderr.lower(), out.stderr
+    assert "[1/" not in out.stderr  # refused before any device's run
+    again = pickle.loads(pickle.dumps(ModelFileError(bad, "not a valid ONNX model")))
+    assert (again.path, again.problem, str(again)) == (str(bad), "not a valid ONNX model", f"{bad}: not a valid ONNX model")
