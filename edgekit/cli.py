@@ -473,11 +473,13 @@ def cmd_bench(args) -> int:
     from .bench import target_sizes as bench_target_sizes
     from .bench import targets as bench_targets
     from .model import load
+    from .types import Precision
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     if args.all_devices and args.device != "auto":
         raise UsageError("give either --device or --all-devices, not both")
+    Precision.parse(args.precision)  # an unknown one is one usage error, not a failed row per device
     if args.all_devices:
         if not Path(args.model).is_dir():
             # A lone file is opened here first, as it is without --all-devices: a corrupt one is one

@@ -435,3 +435,25 @@ def test_bench_all_devices_of_a_corrupt_file_is_one_bad_file_error(tmp_path):
     assert "[1/" not in out.stderr  # refused before any device's run
     again = pickle.loads(pickle.dumps(ModelFileError(bad, "not a valid ONNX model")))
     assert (again.path, again.problem, str(again)) == (str(bad), "not a valid ONNX model", f"{bad}: not a valid ONNX model")
+
+
+def _mlp_package(models, folder):
+    import shutil
+
+    from edgekit import formats
+
+    folder.mkdir()
+    shutil.copy(models["mlp.onnx"], folder / "mlp.onnx")
+    manifest = {"artifacts": [{"path": "mlp.onnx", "format": "onnx", "precision": "fp32",
+                               "sha256": formats.sha256_files([folder / "mlp.onnx"])}]}
+    (folder / "edgekit.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_bench_all_devices_with_an_unknown_precision_is_one_usage_error(models, tmp_path):
+    """It was exit 1 with a failed row per device; `run` says it once, exit 2."""
+    for model in (_mlp_package(models, tmp_path / "pkg"), models["mlp.onnx"]):
+        out = run_cli("bench", str(model), "--all-devices", "--precision", "bogus", "--runs", "2", "--json")
+        assert out.returncode == 2, out.stderr
+        assert json.loads(out.stdout)["error"] == "unknown precision 'bogus'; choose one of: stored, fp16, bf16, any"
+        assert "[1/" not in out.stderr and "Traceback" not in out.stderr, out.stderr
