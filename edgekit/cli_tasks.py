@@ -40,6 +40,15 @@ def _samples_dir(out: str | None) -> Path:
 def cmd_samples(args, emit_json, table) -> int:
     from samples.build import SAMPLES, build
 
+    if args.out is not None and not args.out.strip():  # it built into the default folder
+        raise UsageError("--out is empty: give the folder for the packages, or leave --out out for the default")
+    kinds = None
+    if args.only is not None:  # an empty --only built every sample
+        kinds = [k.strip() for k in args.only.split(",")]
+        if not all(kinds):
+            what = "is empty" if not args.only.strip() else f"has an empty entry ({args.only!r})"
+            raise UsageError(f"--only {what}; give comma-separated samples from {','.join(SAMPLES)}, such as "
+                             f"--only image,text, or leave --only out for all of them")
     out = _samples_dir(args.out)
     if args.action == "list":
         from . import package
@@ -59,7 +68,6 @@ def cmd_samples(args, emit_json, table) -> int:
             print(table([[r["sample"], r["name"], r["task"], r["status"], r["path"]] for r in rows],
                         ["sample", "package", "task", "status", "path"]))
         return 0
-    kinds = [k.strip() for k in args.only.split(",")] if args.only else None
     print(f"building samples into {out}", file=sys.stderr)
     results = build(out, kinds=kinds, force=args.force, progress=_stderr)
     if args.json:

@@ -386,10 +386,12 @@ def build(out: Path | None = None, *, kinds: list[str] | None = None, force: boo
         SourceMissingError: a source package (or the exporter) is not installed; names it.
     """
     out = Path(out) if out else default_dir()
+    kinds = kinds or list(SAMPLES)
+    unknown = next((kind for kind in kinds if kind not in SAMPLES), None)
+    if unknown is not None:  # before any is built (image,bogus built the image first)
+        raise UsageError(f"unknown sample {unknown!r}; choose from {', '.join(SAMPLES)}")
     results = []
-    for kind in kinds or list(SAMPLES):
-        if kind not in SAMPLES:
-            raise UsageError(f"unknown sample {kind!r}; choose from {', '.join(SAMPLES)}")
+    for kind in kinds:
         sample = SAMPLES[kind]
         dest = out / sample.name
         sources = {**_versions(sample.sources), "recipe": sample.recipe}

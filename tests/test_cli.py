@@ -457,3 +457,17 @@ def test_bench_all_devices_with_an_unknown_precision_is_one_usage_error(models, 
         assert out.returncode == 2, out.stderr
         assert json.loads(out.stdout)["error"] == "unknown precision 'bogus'; choose one of: stored, fp16, bf16, any"
         assert "[1/" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_samples_build_refuses_an_empty_only_or_out(tmp_path):
+    """`--only ""` built every sample, `--out ""` built into the default folder, and image,bogus built the
+    image before it refused bogus."""
+    env = {"EDGEKIT_SAMPLES_DIR": str(tmp_path / "default")}
+    for only, problem in (("image,,text", "--only has an empty entry ('image,,text')"), ("", "--only is empty"),
+                          (" ", "--only is empty"), ("image,bogus", "unknown sample 'bogus'")):
+        out = run_cli("samples", "build", "--only", only, "--out", str(tmp_path / "out"), "--json", env=env)
+        assert out.returncode == 2, out.stderr
+        assert json.loads(out.stdout)["error"].startswith(problem) and "image" in out.stderr
+    out = run_cli("samples", "build", "--out", "", env=env)
+    assert out.returncode == 2 and "--out is empty" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing built, anywhere
