@@ -26,6 +26,7 @@ import numpy as np
 from edgekit import __version__, formats, package
 from edgekit.errors import BackendError, UsageError
 from edgekit.hostinfo import cpu_id, cpu_name
+from edgekit.tasks.base import is_known_task, known_tasks
 from edgekit.types import Format
 
 from . import calibration as calib
@@ -111,13 +112,38 @@ def check_destination(out: Path, source=None) -> None:
 
 
 def read_labels(labels) -> list[str] | None:
+    """``labels`` as a list: a list or tuple of names, or a file of one name a line. An empty one
+    is refused: the package's classifier would have no names for its classes."""
     if labels is None or isinstance(labels, (list, tuple)):
+        if labels is not None and not labels:
+            raise UsageError("labels is empty: give one name per class the model outputs")
         return list(labels) if labels is not None else None
     path = Path(labels)
     try:
-        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"labels file {path}: cannot be read ({e})") from e
+    if not names:
+        raise UsageError(f"labels file {path}: no labels in it; give one class name a line")
+    return names
+
+
+def _check_labels(labels: list[str], given, metadata: dict) -> None:
+    """Labels given for a classifier name its classes: their number must be the model's, where its
+    first output's size per row is known (the tasks read it so: [1, 1000], or [1, 1000, 1, 1])."""
+    outputs = metadata.get("outputs") or []
+    shape = outputs[0].get("shape") if outputs else None
+    if metadata.get("task") not in checks.CLASSIFIER_TASKS or not shape:
+        return
+    per_row = shape[1:] if len(shape) > 1 else shape
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in per_row):
+        return
+    classes = int(np.prod(per_row))
+    if len(labels) != classes:
+        where = f"labels file {given}" if isinstance(given, (str, Path)) else "labels"
+        dims = ", ".join("?" if d is None else str(d) for d in shape)
+        raise UsageError(f"{where}: {len(labels)} labels, and the model outputs {classes} class scores "
+                         f"({outputs[0].get('name')}: [{dims}]); give one label per class")
 
 
 def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[str] | str = ("fp32", "fp16", "int8"),
@@ -155,6 +181,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     precs = parse_list(precisions, PRECISIONS, "precision")
     if min_cosine is not None and not -1 <= min_cosine <= 1:
         raise UsageError(f"min_cosine {min_cosine} is not a cosine similarity: give a value from -1 to 1")
+    if task is not None and not is_known_task(task):  # the package would open as no task at all
+        raise UsageError(f"unknown task {task!r}; choose from {', '.join(known_tasks())}")
     out_dir = Path(out).expanduser() if out is not None else default_out(source)
     check_destination(out_dir, source)
     label_list = read_labels(labels)
@@ -174,6 +202,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             for note in prep.notes:
                 say(f"note: {note}")
             metadata = _metadata(prep, name, task, label_list, preprocess)
+            if label_list is not None:
+                _check_labels(label_list, labels, metadata)
             cal = _load_data(calibration, prep, metadata, "calibration", say)
             chk = _check_samples(check, cal, prep, metadata, say)
             refs = [prep.reference(f) for f in chk.feeds]

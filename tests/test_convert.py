@@ -743,6 +743,28 @@ def test_bad_options_are_usage_errors(cnn_onnx, tmp_path):
     assert r.returncode == 2 and "--preprocess" in r.stderr
 
 
+def test_an_unknown_task_and_labels_that_do_not_fit_are_refused(cnn_onnx, tmp_path):
+    """--task bogus made a package no task opens; 5 labels for 10 classes one that `predict` refused; an
+    empty labels file one with no names. Each is refused at convert time, naming what is wrong."""
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--task", "bogus",
+                "--out", str(tmp_path / "pkg"), "--json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert error.startswith("unknown task 'bogus'; choose from image-classification, text-embedding"), error
+    five, empty = tmp_path / "labels5.txt", tmp_path / "empty.txt"
+    five.write_text("a\nb\nc\nd\ne\n")
+    empty.write_text("\n \n")
+    for labels, problem in ((five, f"labels file {five}: 5 labels, and the model outputs 10 class scores"),
+                            (empty, f"labels file {empty}: no labels in it")):
+        r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--task",
+                    "image-classification", "--labels", str(labels), "--out", str(tmp_path / "pkg"))
+        assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "labels5.txt"]  # nothing written
+    with pytest.raises(UsageError, match="labels: 5 labels, and the model outputs 10 class scores"):
+        convert(cnn_onnx, to=["onnx"], precisions=["fp32"], task="image-classification", labels=list("abcde"),
+                out=tmp_path / "pkg")
+
+
 def test_short_external_data_is_a_bad_file(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -160,6 +160,11 @@ _TASK_CLASSES = {
 }
 
 
+def known_tasks() -> tuple[str, ...]:
+    """The tasks edgekit has a task object for (what an edgekit.json "task" may name)."""
+    return tuple(_TASK_CLASSES)
+
+
 def is_known_task(task: str | None) -> bool:
     """Whether edgekit has a task object for ``task`` (an edgekit.json "task")."""
     return isinstance(task, str) and task in _TASK_CLASSES
