@@ -390,6 +390,8 @@ def cmd_run(args) -> int:
 
     if args.input and args.synthetic:
         raise UsageError("give --input or --synthetic, not both")
+    if args.out is not None and not args.out.strip():  # it ran and wrote nothing, silently
+        raise UsageError("--out is empty: give a file name for the outputs, such as outputs.npz")
     model = load(args.model, device=args.device, precision=args.precision, strict=args.strict)
     if args.input:
         feeds = _read_inputs(args.input, model.inputs)
@@ -402,7 +404,7 @@ def cmd_run(args) -> int:
     outputs = model.run(feeds)
     latency_ms = (time.perf_counter() - t0) * 1e3
     written = None
-    if args.out:
+    if args.out is not None:
         try:
             written = _write_npz_atomic(Path(args.out), outputs)
         except OSError as e:

@@ -471,3 +471,10 @@ def test_samples_build_refuses_an_empty_only_or_out(tmp_path):
     out = run_cli("samples", "build", "--out", "", env=env)
     assert out.returncode == 2 and "--out is empty" in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing built, anywhere
+
+
+def test_run_refuses_an_empty_out(models):
+    """`--out ""` ran the model, wrote nothing and exited 0."""
+    out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--out", "", "--json")
+    assert out.returncode == 2, out.stderr
+    assert json.loads(out.stdout)["error"].startswith("--out is empty")
