@@ -45,8 +45,9 @@ class Samples:
                 "skipped": [list(s) for s in self.skipped]}
 
 
-def files_of(spec) -> list[Path]:
-    """The files named by ``spec``: a folder (sorted, non-recursive), a file, or a list of either."""
+def files_of(spec, what: str = "calibration") -> list[Path]:
+    """The files named by ``spec``: a folder (sorted, non-recursive), a file, or a list of either.
+    ``what`` ("calibration", "check") names the data in an error."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     files: list[Path] = []
     for item in items:
@@ -54,12 +55,12 @@ def files_of(spec) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
             if not found:
-                raise UsageError(f"calibration folder {p} is empty; {HOW}")
+                raise UsageError(f"{what} folder {p} is empty; {HOW}")
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
-            raise UsageError(f"calibration data {p}: no such file or folder")
+            raise UsageError(f"{what} data {p}: no such file or folder")
     return files
 
 
@@ -78,7 +79,7 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
     if isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (str, Path)):
         feeds = [_as_feed(item, inputs, f"{what} sample #{i}: ") for i, item in enumerate(spec)]
         return Samples([f for feed in feeds for f in _split(feed, inputs)], "python", kind="arrays")
-    files = files_of(spec)
+    files = files_of(spec, what)
     label = str(spec) if isinstance(spec, (str, Path)) else f"{len(files)} files"
     want = modality(inputs, metadata)
     out = Samples([], label)

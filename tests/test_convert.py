@@ -660,6 +660,16 @@ def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_missing_or_empty_check_data_is_named_as_check_data(cnn_onnx, tmp_path):
+    """`--check nonexist` said "calibration data nonexist: no such file or folder"."""
+    (tmp_path / "empty").mkdir()
+    for given, problem in (("nonexist", "check data nonexist: no such file or folder"),
+                           (str(tmp_path / "empty"), f"check folder {tmp_path / 'empty'} is empty")):
+        r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--check", given,
+                    "--out", str(tmp_path / "pkg"))
+        assert r.returncode == 2 and problem in r.stderr and "calibration" not in r.stderr, r.stderr
+
+
 IMAGE_INPUT = [TensorSpec("image", ("batch", 3, 32, 32), np.dtype(np.float32), "NCHW")]
 
 
