@@ -87,8 +87,14 @@ def read(folder: Path) -> Package:
         raise ModelFileError(folder, f"a folder is a model only as a package, and this one has no "
                                      f"{formats.MANIFEST}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = manifest_path.read_text(encoding="utf-8")
+    except OSError as e:  # as a model file says it (formats.validate), not "not valid JSON"
+        raise ModelFileError(manifest_path, f"cannot be read ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise ModelFileError(manifest_path, f"not valid JSON ({e})") from e
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
         raise ModelFileError(manifest_path, f"not valid JSON ({e})") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
         raise ModelFileError(manifest_path, "no 'artifacts' list")

@@ -478,3 +478,30 @@ def test_run_refuses_an_empty_out(models):
     out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--out", "", "--json")
     assert out.returncode == 2, out.stderr
     assert json.loads(out.stdout)["error"].startswith("--out is empty")
+
+
+def test_an_unreadable_manifest_is_said_to_be_unreadable(models, tmp_path):
+    """A package whose edgekit.json cannot be read was "not valid JSON ([Errno 13] Permission denied: ...)";
+    a model file says "cannot be read (Permission denied)", and so does it now."""
+    import shutil
+    import subprocess
+    import sys
+
+    pkg = _mlp_package(models, tmp_path / "pkg")
+    prefix = []
+    if os.geteuid() == 0:  # root reads a mode-000 file: run edgekit without the capabilities that let it
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, with no setpriv to drop CAP_DAC_OVERRIDE")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    (pkg / "edgekit.json").chmod(0)
+    try:
+        out = subprocess.run([*prefix, sys.executable, "-m", "edgekit", "info", str(pkg), "--json"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        (pkg / "edgekit.json").chmod(0o644)
+    if prefix and out.returncode != 2 and "setpriv" in out.stderr:
+        pytest.skip(f"setpriv cannot drop the capabilities here: {out.stderr.strip()}")
+    assert out.returncode == 2, out.stderr
+    assert json.loads(out.stdout)["error"] == f"{pkg / 'edgekit.json'}: cannot be read (Permission denied)"
+    assert "Traceback" not in out.stderr
