@@ -22,11 +22,13 @@ def add_parsers(add) -> None:
     s.add_argument("--force", action="store_true", help="rebuild even when up to date")
 
     p = add("predict", "Run a package's task on images, texts or audio files.")
-    p.add_argument("model", help="a package folder (its edgekit.json names the task)")
+    p.add_argument("model", help="a package folder (its edgekit.json names the task), or a model file edgekit "
+                                 "converted, which carries its package's card (task, labels, pre-processing)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image paths, texts, or audio paths")
     p.add_argument("--top-k", type=int, help="categories to print, for classifiers (default 5)")
     p.add_argument("--labels", help="comma-separated distinct labels: zero-shot text classification with an embedder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE (default auto)")
 
     add("demo", "Build the samples if needed, then classify an image, embed text and find speech.")
 

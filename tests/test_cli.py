@@ -505,3 +505,11 @@ def test_an_unreadable_manifest_is_said_to_be_unreadable(models, tmp_path):
     assert out.returncode == 2, out.stderr
     assert json.loads(out.stdout)["error"] == f"{pkg / 'edgekit.json'}: cannot be read (Permission denied)"
     assert "Traceback" not in out.stderr
+
+
+def test_predict_help_describes_every_argument():
+    """--device had no help; MODEL was "a package folder" only, though a converted model file works too."""
+    out = run_cli("predict", "--help", env={"COLUMNS": "200"})
+    assert out.returncode == 0
+    assert "or a model file edgekit converted, which carries its package's card" in out.stdout, out.stdout
+    assert "--device DEVICE  auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE" in out.stdout, out.stdout
