@@ -55,8 +55,13 @@ def cmd_samples(args, emit_json, table) -> int:
     if args.action == "list":
         from . import package
 
+        unknown = [k for k in kinds or () if k not in SAMPLES]
+        if unknown:  # as build refuses them
+            raise UsageError(f"unknown sample {unknown[0]!r}; the samples are {', '.join(SAMPLES)}")
         rows = []
         for kind, s in SAMPLES.items():
+            if kinds is not None and kind not in kinds:  # --only was ignored: every sample was listed
+                continue
             dest = out / s.name
             try:
                 pkg = package.read(dest)

@@ -474,6 +474,15 @@ def test_samples_build_refuses_an_empty_only_or_out(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing built, anywhere
 
 
+def test_samples_list_shows_what_only_names(samples):
+    """`samples list --only image` listed every sample."""
+    out = run_cli("samples", "list", "--only", "image,audio", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["sample"] for r in json.loads(out.stdout)["samples"]] == ["image", "audio"]
+    out = run_cli("samples", "list", "--only", "video")
+    assert out.returncode == 2 and "unknown sample 'video'" in out.stderr, out.stderr
+
+
 def test_run_refuses_an_empty_out(models):
     """`--out ""` ran the model, wrote nothing and exited 0."""
     out = run_cli("run", str(models["mlp.onnx"]), "--synthetic", "--out", "", "--json")
