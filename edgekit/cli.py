@@ -487,7 +487,8 @@ def cmd_bench(args) -> int:
             # A lone file is opened here first, as it is without --all-devices: a corrupt one is one
             # error (exit 2), not a failed row per device, each with its runtime's noise about it.
             try:
-                load(args.model, precision=args.precision, verify=True, cache=False).close()
+                # strict: a first device's failure is not worth a "fell back" warning here
+                load(args.model, precision=args.precision, strict=True, verify=True, cache=False).close()
             except BackendError:
                 pass  # a runtime's own failure: each device's row says what it met
         targets = [(str(path), spec) for path, spec in bench_targets(args.model)]
@@ -556,12 +557,9 @@ def _worker(ctx):
     a worker interrupted during its imports printed a traceback. This process takes the Ctrl-C and
     ends the worker; it would otherwise wait for the worker's job to finish (a Ctrl-C sent to edgekit
     alone waited for every one of bench's runs)."""
-    import functools
     from concurrent.futures import ProcessPoolExecutor
 
-    # Also set by the worker itself, in case it is started where SIGINT cannot be ignored around it.
-    ignore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=ignore)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_started)
 
     def submit(fn, /, *args, **kwargs):
         with _sigint_ignored():  # the worker is started here (spawn): it inherits SIG_IGN
@@ -574,6 +572,18 @@ def _worker(ctx):
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def _worker_started() -> None:
+    """In a bench worker: SIGINT ignored (also where it could not be ignored around its start), and a
+    SIGTERM when edgekit dies (Linux), so that a worker orphaned by a kill -9 or the OOM killer does
+    not run its job to the end, deaf to Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager

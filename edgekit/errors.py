@@ -26,7 +26,7 @@ class ModelFileError(UsageError):
         super().__init__(f"{self.path}: {problem}")
 
     def __reduce__(self):  # pickled as made, so that it crosses from a worker process (bench's)
-        return type(self), (self.path, self.problem)
+        return type(self), (self.path, self.problem), self.__dict__  # notes and attributes too
 
 
 class InputError(UsageError, ValueError):

@@ -418,6 +418,19 @@ def test_ctrl_c_ends_bench_and_its_child_without_a_traceback(models, group, afte
     assert not [p for p in alive if running(p)], alive
 
 
+def test_a_bench_worker_ends_with_edgekit_killed(models):
+    """A worker ignores SIGINT, so one left behind by a kill -9 (the OOM killer) ran all its runs, deaf to
+    Ctrl-C: it now gets a SIGTERM when its parent dies."""
+    import signal
+
+    import psutil
+
+    code, _, _, children = _signal_while_benchmarking(models["mlp.onnx"], signal.SIGKILL, after=0.5)
+    assert code == -signal.SIGKILL
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
+
+
 def test_bench_all_devices_of_a_corrupt_file_is_one_bad_file_error(tmp_path):
     """Without --all-devices: "not a valid ONNX model", exit 2. With it: exit 1, a BrokenProcessPool row
     (the child's ModelFileError did not unpickle) and a row of TensorFlow noise from OpenVINO."""
@@ -433,8 +446,10 @@ def test_bench_all_devices_of_a_corrupt_file_is_one_bad_file_error(tmp_path):
     assert doc["exit_code"] == 2 and f"{bad}: not a valid ONNX model" in doc["error"], doc
     assert "BrokenProcessPool" not in out.stderr and "tensorflow" not in out.stderr.lower(), out.stderr
     assert "[1/" not in out.stderr  # refused before any device's run
-    again = pickle.loads(pickle.dumps(ModelFileError(bad, "not a valid ONNX model")))
-    assert (again.path, again.problem) == (str(bad), "not a valid ONNX model")
+    error = ModelFileError(bad, "not a valid ONNX model")
+    error.add_note("a note")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.path, again.problem, again.__notes__) == (str(bad), "not a valid ONNX model", ["a note"])
     assert str(again) == f"{bad}: not a valid ONNX model"
 
 
