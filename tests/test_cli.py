@@ -208,30 +208,14 @@ def test_sigterm_ends_bench_and_its_child_process(models):
     """bench times each candidate in a child process, which a SIGTERM sent to edgekit alone does not
     reach: edgekit ends it, then exits 143 with one line."""
     import signal
-    import subprocess
-    import sys
-    import time
 
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(models["mlp.onnx"]), "--runs", "10000000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, children = time.monotonic() + 60, []
-        while not children and time.monotonic() < deadline:
-            children = psutil.Process(proc.pid).children(recursive=True)
-            time.sleep(0.05)
-        assert children, "bench started no child process"
-        time.sleep(1)  # the child is timing now
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-        _, alive = psutil.wait_procs(children, timeout=10)
-        assert not alive, alive
-        err = proc.stderr.read()
-        assert "edgekit: terminated" in err and "Traceback" not in err, err
-    finally:
-        proc.kill()
-        proc.wait()
+    code, _, err, children = _signal_while_benchmarking(models["mlp.onnx"], signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+    assert "edgekit: terminated" in err and "Traceback" not in err, err
 
 
 def test_bench_all_devices_leaves_out_an_artifact_that_fails_its_checksum(models, tmp_path):
