@@ -44,15 +44,15 @@ GOAL_PCT = 25
 
 def _stage_fns(clf, path) -> dict:
     """``classify``'s four stages as separate calls, each given what the stage before it produces."""
-    from edgekit.tasks.image import load_image, preprocess_image
+    from edgekit.tasks.image import load_image
     from edgekit.tasks.results import softmax
 
     img = load_image(path, min_size=clf.decode_min)
-    x = preprocess_image(img, clf.pp, layout=clf.layout, dtype=clf.input_dtype)[None]
+    x = clf.preprocessor(img)[None]
     logits = np.asarray(next(iter(clf.model.run({clf.input_name: x}).values())), np.float32).reshape(-1)
     return {
         "decode": lambda: load_image(path, min_size=clf.decode_min),
-        "preprocess": lambda: preprocess_image(img, clf.pp, layout=clf.layout, dtype=clf.input_dtype),
+        "preprocess": lambda: clf.preprocessor(img),
         "inference": lambda: clf.model.run({clf.input_name: x}),
         "postprocess": lambda: clf.options.select(softmax(logits), clf.labels),
     }

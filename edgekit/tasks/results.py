@@ -96,6 +96,8 @@ class ClassifierOptions:
 
     def merged(self, **overrides) -> ClassifierOptions:
         given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:  # the common call: 20 us a classify to copy and re-check, right after an inference
+            return self
         out = replace(self, **given)
         if self._known is not None:  # checked: check the labels given here alone
             for name in ("allow", "deny"):
@@ -114,15 +116,16 @@ class ClassifierOptions:
         order = np.argsort(-scores, kind="stable")
         allow = set(self.allow) if self.allow else None
         deny = set(self.deny) if self.deny else set()
+        if self.top_k is not None and allow is None and not deny:  # nothing skipped: the first top_k or fewer
+            order = order[:self.top_k]
         out: list[Category] = []
-        for i in order:
-            label = labels[i] if labels is not None else str(int(i))
-            score = float(scores[i])
+        for i, score in zip(order.tolist(), scores[order].tolist()):  # two numpy calls, not two a category
+            label = labels[i] if labels is not None else str(i)
             if self.score_threshold is not None and score < self.score_threshold:
                 break
             if (allow is not None and label not in allow) or label in deny:
                 continue
-            out.append(Category(int(i), label, score))
+            out.append(Category(i, label, score))
             if self.top_k is not None and len(out) >= self.top_k:
                 break
         return out
@@ -183,9 +186,17 @@ def is_number(value) -> bool:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    """float32 scores; float32 logits are computed in float32 (after subtracting the max, exp cannot
+    overflow): a float64 round trip cost two more passes, 0.03 against 0.015 ms in a classify loop."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    e = x - x.max(axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
