@@ -4,7 +4,8 @@
 
 On a shared machine only side-by-side figures compare: both versions run on the same decoded
 photo (cat.jpg) for the image sample's int8 OpenVINO (NCHW) and LiteRT (NHWC) artifacts, in
-interleaved rounds, each timed alone and right after an inference (as a classify loop has it).
+interleaved rounds, each timed alone and right after an inference (as a classify loop has it),
+each as a classifier runs it (an ``ImagePreprocessor`` made once, where the revision has one).
 Prints medians over the rounds, in ms, and the largest difference between the two outputs.
 """
 
@@ -49,8 +50,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
     build(kinds=["image"])
-    from edgekit.tasks import ImageClassifier
-    from edgekit.tasks import image
+    from edgekit.tasks import ImageClassifier, image
     from edgekit.tasks.image import load_image
 
     old = _old_module(args.rev)
