@@ -237,6 +237,22 @@ def test_allow_and_deny_labels_the_classifier_lacks_are_refused_with_the_closest
     assert {c.label for c in clf.classify(IMAGES / "cat.jpg", deny=(x for x in ["tabby"]))} == {"tiger cat"}
 
 
+@pytest.mark.parametrize("top_k", [1, 3, 5, 16, 17, None])
+def test_top_k_is_a_stable_sort_of_the_scores(top_k):
+    """A small top_k is found by repeated argmax (3x faster right after an inference than a sort):
+    the same categories in the same order as the stable sort, ties in index order, NaN last."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        scores = rng.integers(0, 6, int(rng.integers(1, 40))).astype(np.float32) / 5  # ties everywhere
+        for value in (-np.inf, np.inf, np.nan)[:trial % 4]:  # then -inf, +inf and NaN among them
+            scores[rng.integers(0, len(scores))] = value
+        want = np.argsort(-scores, kind="stable")[:top_k]
+        got = ClassifierOptions(top_k=top_k).select(scores, None)
+        assert [c.index for c in got] == want.tolist(), scores
+        np.testing.assert_array_equal([c.score for c in got], scores[want])
+        assert all(c.label == str(c.index) and type(c.index) is int for c in got)
+
+
 def test_zero_shot_allow_and_deny_are_checked_against_the_callers_labels(embedder):
     zs = TextClassifier(embedder.model, labels=["sports", "finance", "weather"])
     assert {c.label for c in zs.classify("Rain tomorrow.", deny=["weather"])} == {"sports", "finance"}

