@@ -466,8 +466,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                     src = prep.onnx if prep.onnx is not None else prep.native
                     rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
                                                        transformer=_is_transformer(metadata),
-                                                       stateful=_is_stateful(prep, metadata),
-                                                       channels_last=_channels_last_inputs(prep))
+                                                       stateful=_is_stateful(prep, metadata))
             except Exception as e:
                 _failed(rep, dst, e)
                 say(f"{target} {rep.precision}: failed ({rep.reason})")
@@ -521,20 +520,7 @@ def _layout(prep, target: str) -> str | None:
         return None
     if target == "tflite" and prep.onnx is not None:
         return "NHWC"  # onnx2tf moves channels last
-    if target == "openvino" and spec.name in _channels_last_inputs(prep):
-        return "NHWC"
     return spec.layout
-
-
-def _channels_last_inputs(prep) -> tuple[str, ...]:
-    """The inputs an IR made from ONNX takes channels last: a lone NCHW image input (1 or 3
-    channels), as the TFLite artifacts take it (see openvino_target._channels_last)."""
-    if prep.onnx is None or len(prep.inputs) != 1:
-        return ()
-    spec = prep.inputs[0]
-    if spec.layout == "NCHW" and spec.shape[1] in (1, 3) and np.dtype(spec.dtype).kind in "fu":
-        return (spec.name,)
-    return ()
 
 
 def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say):
