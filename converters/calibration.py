@@ -177,10 +177,13 @@ def _image_feed(path: Path, inputs: list[TensorSpec], metadata: dict) -> dict:
 
 
 def image_preprocess(spec: TensorSpec, metadata: dict) -> dict:
-    """The package's image pre-processing, completed from the input's shape (crop size, layout)."""
+    """The package's image pre-processing, completed from the input's shape (crop size, layout).
+
+    The input's own layout wins over the package's: a TFLite file carries its package's card,
+    whose layout is the ONNX source's NCHW, and takes NHWC."""
     pp = dict((metadata.get("preprocess") or {}).get("image") or {})
     shape = spec.shape
-    layout = pp.get("layout") or ("NHWC" if shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
+    layout = spec.layout or pp.get("layout") or ("NHWC" if shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
     pp["layout"] = layout
     hw = shape[2:4] if layout == "NCHW" else shape[1:3]
     if "crop" not in pp and all(isinstance(d, int) for d in hw):

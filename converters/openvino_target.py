@@ -41,10 +41,22 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
 
     model = ov.Core().read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
     with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout; keep it for --json
-        model = _compress(model, precision, calibration, transformer)
+        model = _compress(model, precision, _by_input_names(model, calibration), transformer)
     model.set_rt_info(card, [CARD_KEY])
     ov.save_model(model, str(dst), compress_to_fp16=precision == "fp16")
     return recipe
+
+
+def _by_input_names(model, feeds: list[dict] | None) -> list[dict] | None:
+    """``feeds`` keyed by ``model``'s own input names, taken by position where those differ: a TFLite
+    file's card names its package's inputs ("image"), the IR made of it TensorFlow's
+    ("serving_default_image:0"), and NNCF found no port for "image"."""
+    if not feeds:
+        return feeds
+    names = [port.get_names() for port in model.inputs]
+    if all(any(k in n for n in names) for k in feeds[0]) or len(feeds[0]) != len(names):
+        return feeds
+    return [dict(zip([port.get_any_name() for port in model.inputs], feed.values())) for feed in feeds]
 
 
 def _compress(model, precision: str, calibration: list[dict] | None, transformer: bool):

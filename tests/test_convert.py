@@ -603,6 +603,25 @@ def test_tflite_and_ir_sources_convert_where_the_tools_allow(models, tmp_path):
     assert report.ok and report.check["kind"] == "random"
 
 
+def test_a_tflite_image_model_calibrates_and_checks_on_images(samples, tmp_path):
+    """A TFLite file carries its package's card, whose pre-processing says NCHW (the ONNX source's)
+    and whose input is "image"; the file takes NHWC as "serving_default_image:0". Every image was
+    skipped as the wrong shape, and NNCF found no port named "image"."""
+    from edgekit.tasks import ImageClassifier
+    from samples.build import INPUTS
+
+    photos = [str(p) for p in sorted((INPUTS / "calibration").iterdir())[:4]]
+    source = samples["image"] / "model-fp32.tflite"
+    report = convert(source, to=["openvino"], precisions=["fp32", "int8"], calibration=photos, check=photos[:2],
+                     out=tmp_path / "pkg")
+    assert report.ok and report.check["kind"] == "images" and report.check["samples"] == 2, report.to_dict()
+    assert [(a.path, a.layout) for a in report.artifacts] == [("model-fp32.xml", "NHWC"), ("model-int8.xml", "NHWC")]
+    cat = INPUTS / "images" / "cat.jpg"
+    want = ImageClassifier(source).classify(cat, top_k=1)[0].label
+    for name in ("model-fp32.xml", "model-int8.xml"):
+        assert ImageClassifier(tmp_path / "pkg" / name).classify(cat, top_k=1)[0].label == want
+
+
 def test_old_opset_is_upgraded(tmp_path):
     import onnx
     from onnx import TensorProto, helper

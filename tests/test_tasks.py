@@ -24,6 +24,7 @@ from edgekit.tasks import (
     TextEmbedder,
     VoiceActivityDetector,
 )
+from edgekit.tasks.results import softmax
 from samples.build import INPUTS
 
 IMAGES = INPUTS / "images"
@@ -251,6 +252,28 @@ def test_top_k_is_a_stable_sort_of_the_scores(top_k):
         assert [c.index for c in got] == want.tolist(), scores
         np.testing.assert_array_equal([c.score for c in got], scores[want])
         assert all(c.label == str(c.index) and type(c.index) is int for c in got)
+
+
+def test_scores_of_any_type_and_shape_give_float_results():
+    assert softmax(np.array(3.0, np.float32)) == 1.0  # a 0-d array, as before the float32 path
+    top = ClassifierOptions(top_k=2).select(np.array([3, 5, 1]), None)  # integer scores
+    assert [(c.index, c.score) for c in top] == [(1, 5.0), (0, 3.0)] and all(type(c.score) is float for c in top)
+
+
+def test_the_classifiers_pre_processing_is_resolved_once_and_reported_as_a_copy(image_clf):
+    """The classifier resolves its pre-processing when it opens; ``pp`` shows it as a plain dict."""
+    pp = image_clf.pp
+    assert json.loads(json.dumps(pp)) == pp and pp["crop"] == 224 and pp["mean"] == [127.0] * 3
+    pp["mean"][0] = 0.0  # a copy: changing it changes nothing
+    want = image_clf.classify(IMAGES / "cat.jpg")
+    assert image_clf.pp["mean"] == [127.0] * 3 and image_clf.classify(IMAGES / "cat.jpg") == want
+    # the crop geometry kept per image size holds no remap maps (0.4 MB each)
+    from PIL import Image
+
+    for side in range(300, 340):
+        image_clf.preprocess_input(Image.new("RGB", (side, side)))
+    kept = image_clf.preprocessor._geometry.values()
+    assert 1 <= len(kept) <= 64 and sum(a.nbytes for g in kept for a in g if isinstance(a, np.ndarray)) < 200_000
 
 
 def test_zero_shot_allow_and_deny_are_checked_against_the_callers_labels(embedder):

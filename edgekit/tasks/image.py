@@ -15,7 +15,6 @@ import re
 import threading
 import warnings
 from pathlib import Path
-from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -215,13 +214,12 @@ class ImagePreprocessor:
         UsageError: naming ``where``, when ``pp`` is not valid pre-processing.
     """
 
-    _MAX_SIZES = 64  # image sizes whose crop geometry is kept (a few KB each)
+    _MAX_SIZES = 64  # image sizes whose crop geometry is kept (a few KB each: see _Tf1Geometry)
 
     def __init__(self, pp: dict, *, layout: str = "NCHW", dtype=np.float32,
                  where: str = "image pre-processing") -> None:
         check_preprocess(pp, where)
-        # A read-only snapshot: changing the caller's dict later would not change the constants.
-        self.pp = MappingProxyType({k: tuple(v) if isinstance(v, list) else copy.deepcopy(v) for k, v in pp.items()})
+        self._pp = copy.deepcopy(dict(pp))  # the constants below are derived from it once
         self.layout = layout
         self.dtype = np.dtype(dtype)
         self.tf1 = pp.get("resampling", "pillow") == "tf1"
@@ -239,6 +237,11 @@ class ImagePreprocessor:
                                    "nearest": Image.NEAREST}[interpolation]
         self._geometry: dict = {}
 
+    @property
+    def pp(self) -> dict:
+        """The pre-processing in use (a copy: changing it changes nothing here)."""
+        return copy.deepcopy(self._pp)
+
     def __call__(self, img) -> np.ndarray:
         """``img`` (a PIL image; load_image gives one) as the model's input, without the batch dim."""
         if img.mode != "RGB":  # load_image gives RGB; a caller's own grayscale or RGBA image too
@@ -247,8 +250,8 @@ class ImagePreprocessor:
         if geometry is None:
             if len(self._geometry) >= self._MAX_SIZES:
                 self._geometry.clear()
-            geometry = self._geometry[img.size] = (_tf1_geometry(img.size, self.pp) if self.tf1
-                                                   else crop_box(img.size, self.pp))
+            geometry = self._geometry[img.size] = (_tf1_geometry(img.size, self._pp) if self.tf1
+                                                   else crop_box(img.size, self._pp))
         if not self.tf1:
             size, box = geometry
             pixels = np.asarray(img.resize(size, self._interpolation, box=box), dtype=np.uint8)
@@ -353,25 +356,24 @@ def resize_tf1(pixels: np.ndarray, pp: dict, *, out: np.ndarray | None = None) -
 
 
 class _Tf1Geometry(NamedTuple):
-    """Where TF1's resize of one image size reads and samples (see :func:`_samples`)."""
+    """Where TF1's resize of one image size reads and samples (a few KB: remap's maps, 0.4 MB,
+    stay in :func:`_tf1_maps`' small cache)."""
 
     size: tuple[int, int]  # the crop's (width, height)
     box: tuple[int, int, int, int]  # the whole-pixel source box: left, top, width, height
     rows: np.ndarray | None  # the box's rows the filter reads (None: all)
     cols: np.ndarray | None
-    map_x: np.ndarray  # remap's maps into those rows and columns
-    map_y: np.ndarray
-    warp: np.ndarray | None  # the affine map when the box is read whole
+    warp: np.ndarray | None  # the affine map when the box is read whole, else remap's maps are used
 
 
-def _tf1_geometry(size: tuple[int, int], pp: dict) -> _Tf1Geometry:
+def _tf1_geometry(size: tuple[int, int], pp) -> _Tf1Geometry:
     crop, box = tf1_crop(size, pp)
-    rows, cols, map_x, map_y = _tf1_maps(*crop, *box[2:])
+    rows, cols, _, _ = _tf1_maps(*crop, *box[2:])
     warp = None
     if rows is None and cols is None:  # positions x * box / crop: affine
         warp = np.array([[box[2] / crop[0], 0, 0], [0, box[3] / crop[1], 0]])
         warp.flags.writeable = False
-    return _Tf1Geometry(crop, box, rows, cols, map_x, map_y, warp)
+    return _Tf1Geometry(crop, box, rows, cols, warp)
 
 
 def _read_taps(img, box: tuple[int, int, int, int], rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
@@ -406,7 +408,8 @@ def _resample_tf1(box: np.ndarray, geometry: _Tf1Geometry, flags: int, *, out: n
     if geometry.warp is not None:
         return cv2.warpAffine(box, geometry.warp, geometry.size, dst=out, flags=flags | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
-    return cv2.remap(box, geometry.map_x, geometry.map_y, flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
+    _, _, map_x, map_y = _tf1_maps(*geometry.size, *geometry.box[2:])
+    return cv2.remap(box, map_x, map_y, flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _float_box(box: np.ndarray) -> np.ndarray:
@@ -540,31 +543,35 @@ class ImageClassifier(Task):
         with self.closed_on_error():
             reuse_pillow_memory()
             self.labels = self.class_labels(labels)
-            self.pp = self.preprocess("image", preprocess)
-            check_preprocess(self.pp, str(self.model.source))
+            pp = self.preprocess("image", preprocess)
+            check_preprocess(pp, str(self.model.source))
             self.options = classifier_options(options, self.labels)
             self._activate = self.activation()
             spec = self.model.inputs[0]
             self.input_name = spec.name
             self.input_dtype = spec.dtype
             # The running artifact's own layout wins (a TFLite sibling is NHWC), then the spec's.
-            self.layout = self.artifact_entry().get("layout") or spec.layout or self.pp.get("layout", "NCHW")
-            if "crop" not in self.pp and spec.shape is not None and len(spec.shape) == 4:
+            self.layout = self.artifact_entry().get("layout") or spec.layout or pp.get("layout", "NCHW")
+            if "crop" not in pp and spec.shape is not None and len(spec.shape) == 4:
                 hw = spec.shape[2:4] if self.layout == "NCHW" else spec.shape[1:3]
                 if all(isinstance(d, int) for d in hw):
-                    self.pp["crop"] = list(hw)
-            crop = self.pp.get("crop") or 224
-            if self.pp.get("resampling") == "tf1":
+                    pp["crop"] = list(hw)
+            crop = pp.get("crop") or 224
+            if pp.get("resampling") == "tf1":
                 # TensorFlow decodes at full size, and a reduced decode changes what it samples (a
                 # 512x512 sample photo drafted to 256x256 was up to 113 levels off): no draft decode.
                 self.decode_min = None
                 import cv2  # noqa: F401 - imported here (0.27 s), so that the first classify() is not slowed
             else:  # the smallest side a JPEG may be draft-decoded to without losing pixels the resize needs
-                self.decode_min = max(int(self.pp.get("resize") or 0),
+                self.decode_min = max(int(pp.get("resize") or 0),
                                       *(crop if isinstance(crop, (list, tuple)) else [crop]))
-            self.preprocessor = ImagePreprocessor(self.pp, layout=self.layout, dtype=self.input_dtype,
+            self.preprocessor = ImagePreprocessor(pp, layout=self.layout, dtype=self.input_dtype,
                                                   where=str(self.model.source))
-            self.pp = self.preprocessor.pp  # read-only: pre-processing overrides go to the constructor
+
+    @property
+    def pp(self) -> dict:
+        """The image pre-processing in use (a copy: overrides go to the constructor's ``preprocess``)."""
+        return self.preprocessor.pp
 
     def preprocess_input(self, image) -> np.ndarray:
         """The model input for one image, batch dim included."""
