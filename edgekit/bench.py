@@ -11,12 +11,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .types import TensorSpec
+from .types import TensorSpec, in_layout
 
 log = logging.getLogger("edgekit")
 
@@ -85,8 +85,9 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     candidates are timed on the same input sizes:
 
     1. an input's shape in ``warmup`` (the package's ``warmup_inputs``) where it gives one;
-    2. else each dim this model leaves open takes the size a peer fixes for it (the same input, rank
-       and layout, agreeing wherever both are fixed), the largest where peers fix different sizes;
+    2. else each dim this model leaves open takes the size a peer fixes for it (the same input and
+       rank, agreeing wherever both are fixed, an NHWC peer's sizes moved to NCHW and the other way
+       round), the largest where peers fix different sizes;
        a named dim ("sequence") takes one size in every input that names it;
     3. else 1 (:func:`synthetic_inputs`' guess).
 
@@ -95,6 +96,9 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     """
     peers = [list(p) for p in peers]
     out = {name: dict(entry) for name, entry in (warmup or {}).items() if isinstance(entry, dict)}
+    for spec in specs:  # given in the source's layout: as this model lays the input out
+        if isinstance(out.get(spec.name, {}).get("shape"), (list, tuple)):
+            out[spec.name]["shape"] = list(_in_spec_layout(tuple(out[spec.name]["shape"]), spec))
     open_specs = [s for s in specs if s.shape is not None and "shape" not in out.get(s.name, {})
                   and not all(isinstance(d, int) for d in s.shape)]
     fixed: dict[tuple[str, int], set[int]] = {}  # (input, axis) -> the sizes peers fix there
@@ -102,6 +106,8 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     for spec in open_specs:
         for peer in peers:
             other = next((o for o in peer if o.name == spec.name), None)
+            if other is not None and other.shape is not None and spec.layout and other.layout:
+                other = replace(other, shape=in_layout(other.shape, other.layout, spec.layout), layout=spec.layout)
             if other is None or not _alike(spec, other):
                 continue
             for i, (mine, theirs) in enumerate(zip(spec.shape, other.shape)):
@@ -126,6 +132,20 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
         out[spec.name] = {**out.get(spec.name, {}),
                           "shape": [max(x) if isinstance(x, set) else x if isinstance(x, int) else 1 for x in sizes]}
     return out
+
+
+def _in_spec_layout(shape: tuple[int, ...], spec: TensorSpec) -> tuple[int, ...]:
+    """A package's size for ``spec``, given in the source's layout: moved to the spec's NHWC or NCHW
+    where only the move fits its fixed dims ([1, 3, 48, 48] for a TFLite [1, 48, 48, 3])."""
+    if spec.shape is None or spec.layout not in ("NCHW", "NHWC") or _fits(shape, spec.shape):
+        return shape
+    other = "NHWC" if spec.layout == "NCHW" else "NCHW"
+    moved = in_layout(shape, other, spec.layout)
+    return moved if _fits(moved, spec.shape) else shape
+
+
+def _fits(shape: tuple, want: tuple) -> bool:
+    return len(shape) == len(want) and all(not isinstance(w, int) or w == d for d, w in zip(shape, want))
 
 
 def _alike(a: TensorSpec, b: TensorSpec) -> bool:
@@ -153,7 +173,7 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     for s in specs:
         given = warmup.get(s.name) or {}
         if "shape" in given:
-            shape = tuple(int(d) for d in given["shape"])
+            shape = _in_spec_layout(tuple(int(d) for d in given["shape"]), s)
         else:
             shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
         if batch is not None and s.shape and not isinstance(s.shape[0], int) and shape:

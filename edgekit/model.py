@@ -23,7 +23,7 @@ from . import package as package_mod
 from .errors import BackendError, EdgekitError, InputError, ModelFileError, UsageError
 from .package import Declared
 from .selection import parse_policy, resolve_source, select
-from .types import Precision, Selection, TensorSpec, shape_text
+from .types import Precision, Selection, TensorSpec, in_layout, shape_text
 
 log = logging.getLogger("edgekit")
 
@@ -109,8 +109,9 @@ def _declared(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
     out = []
     for spec in specs:
         names, layout = declared.dim_names.get(spec.name, ((), None))
-        same_axes = not (layout and spec.layout and layout != spec.layout)  # NHWC's axes are not NCHW's
-        if names and same_axes and spec.shape is not None and len(names) == len(spec.shape):
+        if names and layout and spec.layout and layout != spec.layout:  # a TFLite NHWC beside its NCHW source
+            names = in_layout(tuple(names), layout, spec.layout) if len(names) == 4 else ()
+        if names and spec.shape is not None and len(names) == len(spec.shape):
             spec = replace(spec, shape=tuple(n if d is None and n else d for d, n in zip(spec.shape, names)))
         out.append(spec)
     return out

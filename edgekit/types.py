@@ -140,6 +140,17 @@ def guess_layout(shape: tuple[Dim, ...] | None) -> str | None:
     return None
 
 
+def in_layout(shape: tuple, src: str | None, dst: str | None) -> tuple:
+    """A rank-4 ``shape`` laid out as ``src`` moved to ``dst`` (NCHW <-> NHWC); as it is otherwise.
+
+    One model's artifacts can differ: a TFLite file takes NHWC beside its NCHW ONNX source, so a
+    size or dim name the package gives in the source's layout is moved before it applies."""
+    if len(shape) != 4 or src == dst or {src, dst} != {"NCHW", "NHWC"}:
+        return tuple(shape)
+    n, a, b, c = shape
+    return (n, b, c, a) if src == "NCHW" else (n, c, a, b)
+
+
 @dataclass
 class Attempt:
     """What happened to one (backend, device) candidate during selection."""

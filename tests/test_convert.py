@@ -351,6 +351,28 @@ def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     assert "would be fixed at 1" in doc["artifacts"][0]["reason"] and doc["error"]
 
 
+def test_sizes_in_the_sources_layout_apply_to_a_channels_last_artifact(tmp_path):
+    """The TFLite takes NHWC beside its NCHW ONNX. The ONNX, height and width open, was timed at 1x1
+    beside the TFLite's 56x56 (a peer of another layout lent no sizes), and warmup_inputs in the
+    source's layout failed the TFLite's first inference (the load fell back to the ONNX)."""
+    from edgekit.bench import target_sizes
+
+    src = _open_size_cnn(tmp_path / "cnn.onnx")
+    pkg = tmp_path / "pkg"
+    report = convert(src, to=["onnx", "tflite"], precisions=["fp32"], out=pkg, task="image-classification",
+                     labels=list("abcde"), preprocess={"image": {"resize": 64, "crop": 56}})
+    assert report.ok and [a.layout for a in report.artifacts] == ["NCHW", "NHWC"]
+    onnx_file, tflite_file = pkg / "model-fp32.onnx", pkg / "model-fp32.tflite"
+    sizes = target_sizes([(onnx_file, "onnxruntime:CPU"), (tflite_file, "litert:CPU")])
+    assert sizes == {str(onnx_file): {"image": {"shape": [1, 3, 56, 56]}}, str(tflite_file): {}}
+    manifest = json.loads((pkg / "edgekit.json").read_text())
+    manifest["warmup_inputs"] = {"image": {"shape": [1, 3, 56, 56]}}  # as the source lays it out
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    with edgekit.load(pkg, device="litert") as m:
+        assert m.path == tflite_file and not m.selection.fell_back, m.selection.to_dict()
+    assert target_sizes([(tflite_file, "litert:CPU")]) == {str(tflite_file): {"image": {"shape": [1, 56, 56, 3]}}}
+
+
 def test_integer_inputs_are_checked_at_one_and_constant_outputs_are_flagged(tmp_path):
     """Random check inputs gave integers 0: y = x * k was 0 everywhere, a parity check of nothing,
     and TopK with k = 0 failed OpenVINO's first inference, so its working IR was marked failed."""

@@ -124,11 +124,17 @@ def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
     assert timing_sizes(three, [three, tflite]) == {n: {"shape": [1, 256]} for n in ("ids", "mask", "types")}
     mixed = [TensorSpec("ids", (1, 128), i64)], [TensorSpec("mask", (1, 256), i64)]
     assert timing_sizes(onnx, mixed) == {"ids": {"shape": [1, 256]}, "mask": {"shape": [1, 256]}}
-    # another layout (NHWC beside NCHW) or rank says nothing of this input's dims
+    # another rank says nothing of this input's dims; another layout (NHWC beside NCHW) does, moved
     nchw = [TensorSpec("image", (1, 3, None, None), f32, "NCHW")]
     nhwc = [TensorSpec("image", (1, 224, 224, 3), f32, "NHWC")]
     flat = [TensorSpec("image", (1, 150528), f32)]
-    assert timing_sizes(nchw, [nchw, nhwc, flat]) == {}
+    assert timing_sizes(nchw, [nchw, flat]) == {}
+    assert timing_sizes(nchw, [nchw, nhwc, flat]) == {"image": {"shape": [1, 3, 224, 224]}}
+    assert timing_sizes([TensorSpec("image", (None, None, None, 3), f32, "NHWC")], [nchw, [
+        TensorSpec("image", (1, 3, 160, 120), f32, "NCHW")]]) == {"image": {"shape": [1, 160, 120, 3]}}
+    # warm-up sizes are the source's: moved where only the move fits this model's fixed dims
+    assert timing_sizes(nhwc, [nhwc], {"image": {"shape": [1, 3, 224, 224]}}) == {"image": {"shape": [1, 224, 224, 3]}}
+    assert timing_sizes(nchw, [nchw], {"image": {"shape": [1, 3, 64, 64]}}) == {"image": {"shape": [1, 3, 64, 64]}}
     assert timing_sizes(nchw, [[TensorSpec("image", (1, 3, 224, 224), f32, "NCHW")]]) == \
         {"image": {"shape": [1, 3, 224, 224]}}
 

@@ -273,6 +273,21 @@ def test_every_artifact_gives_outputs_in_the_sources_shapes(samples, device):
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, m.path.name
 
 
+def test_declared_dim_names_follow_an_artifacts_layout():
+    """The source's names are given in its layout: on an NHWC artifact of an NCHW source they were
+    dropped (and with them the dims' limits); they now land on the same axes, moved."""
+    from edgekit.model import _declared
+    from edgekit.package import Declared
+    from edgekit.types import TensorSpec
+
+    f32 = np.dtype("float32")
+    declared = Declared(dim_names={"image": (("batch", None, "height", "width"), "NCHW")})
+    nhwc = TensorSpec("image", (None, None, None, 3), f32, "NHWC")
+    assert _declared([nhwc], declared)[0].shape == ("batch", "height", "width", 3)
+    nchw = TensorSpec("image", (None, 3, None, None), f32, "NCHW")
+    assert _declared([nchw], declared)[0].shape == ("batch", 3, "height", "width")
+
+
 def test_a_lone_file_keeps_what_its_source_declared(samples):
     """A TFLite or IR file copied out of its package carries the source's inputs and outputs in its
     card: input order, dim names, value ranges and output shapes hold as they do in the package."""
