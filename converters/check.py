@@ -38,7 +38,7 @@ def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def _fits(shape, want) -> bool:
-    return all(w is None or w == s for s, w in zip(shape, want))
+    return all(not isinstance(w, int) or w == s for s, w in zip(shape, want))  # None or a name: open
 
 
 def align(y: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -436,7 +436,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                 say(f"{target} {precision}: skipped ({why})")
             else:
                 rep.path = f"model-{precision}{SUFFIX[target]}"
-                rep.layout = _layout(prep, target)
+                rep.layout = _layout(prep, target, metadata)
                 todo.append(rep)
         if not todo:
             continue
@@ -466,7 +466,8 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                     src = prep.onnx if prep.onnx is not None else prep.native
                     rep.recipe = openvino_target.build(src, rep.precision, dst, cal_feeds, cards.make(metadata, entry),
                                                        transformer=_is_transformer(metadata),
-                                                       stateful=_is_stateful(prep, metadata))
+                                                       stateful=_is_stateful(prep, metadata),
+                                                       channels_last=_channels_last_inputs(prep, metadata))
             except Exception as e:
                 _failed(rep, dst, e)
                 say(f"{target} {rep.precision}: failed ({rep.reason})")
@@ -514,13 +515,29 @@ def _unsized_dims(prep, metadata: dict, sample: dict) -> list[str]:
     return out
 
 
-def _layout(prep, target: str) -> str | None:
+def _layout(prep, target: str, metadata: dict) -> str | None:
     spec = prep.inputs[0] if prep.inputs else None
     if spec is None or spec.shape is None or len(spec.shape) != 4:
         return None
     if target == "tflite" and prep.onnx is not None:
         return "NHWC"  # onnx2tf moves channels last
+    if target == "openvino" and spec.name in _channels_last_inputs(prep, metadata):
+        return "NHWC"
     return spec.layout
+
+
+def _channels_last_inputs(prep, metadata: dict) -> tuple[str, ...]:
+    """The inputs an IR made from ONNX takes channels last: the lone NCHW input (1 or 3 channels)
+    of an image model (its task or pre-processing says so), as the TFLite artifacts take it (see
+    openvino_target._channels_last). Other models keep their source's layout: a log-mel input
+    [N, 1, mels, frames] is not a picture."""
+    image = metadata.get("task") == "image-classification" or (metadata.get("preprocess") or {}).get("image")
+    if not image or prep.onnx is None or len(prep.inputs) != 1:
+        return ()
+    spec = prep.inputs[0]
+    if spec.layout == "NCHW" and spec.shape[1] in (1, 3) and np.dtype(spec.dtype).kind in "fu":
+        return (spec.name,)
+    return ()
 
 
 def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say):

@@ -540,7 +540,10 @@ def test_pytorch_module_converts_to_every_format_and_matches_pytorch(torch_repor
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
-    for name, device, layout in (("model-fp32.onnx", "onnxruntime", "NCHW"), ("model-fp32.xml", "openvino", "NCHW"),
+    # the IRs take channels last, as the TFLite files do: the package says so
+    assert {a.path: a.layout for a in report.artifacts if a.precision == "fp32"} == {
+        "model-fp32.onnx": "NCHW", "model-fp32.xml": "NHWC", "model-fp32.tflite": "NHWC"}
+    for name, device, layout in (("model-fp32.onnx", "onnxruntime", "NCHW"), ("model-fp32.xml", "openvino", "NHWC"),
                                  ("model-fp32.tflite", "litert", "NHWC")):
         with edgekit.load(out / name, device=device) as m:
             feed = x if layout == "NCHW" else x.transpose(0, 2, 3, 1).copy()

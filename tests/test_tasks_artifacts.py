@@ -49,7 +49,7 @@ def test_image_task_on_every_converted_artifact(samples, fp32_scores, artifact):
         return
     with ImageClassifier(path, device=RUNTIME[path.suffix]) as clf:
         assert clf.model.backend == RUNTIME[path.suffix] and clf.labels[281] == "tabby"
-        assert clf.layout == ("NHWC" if path.suffix == ".tflite" else "NCHW")
+        assert clf.layout == ("NCHW" if path.suffix == ".onnx" else "NHWC")  # IR and TFLite: channels last
         scores = {name: clf.scores(INPUTS / "images" / name) for name in fp32_scores}
         top = clf.classify(INPUTS / "images" / "cat.jpg", top_k=5)
     a = np.concatenate(list(scores.values()))
