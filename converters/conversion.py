@@ -51,6 +51,9 @@ class ConversionError(BackendError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self):  # pickled as made, report and notes included, so that it crosses processes
+        return type(self), (str(self), self.report), self.__dict__
+
 
 def parse_list(value, allowed: Sequence[str], what: str) -> list[str]:
     items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]

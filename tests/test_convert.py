@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -679,9 +680,11 @@ def test_int8_without_calibration_is_refused_with_the_way_to_give_it(cnn_onnx, t
     skipped = [a for a in report.artifacts if a.precision == "int8"]
     assert all(a.status == "skipped" and "--calib" in a.reason for a in skipped)
     assert report.check["kind"] == "random"  # said, not silent
-    with pytest.raises(ConversionError, match="int8 needs calibration"):
+    with pytest.raises(ConversionError, match="int8 needs calibration") as raised:
         convert(cnn_onnx, to=["onnx"], precisions=["fp32", "int8"], out=tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict").exists()
+    again = pickle.loads(pickle.dumps(raised.value))  # it crosses processes whole (it raised TypeError)
+    assert str(again) == str(raised.value) and again.report.to_dict() == raised.value.report.to_dict()
 
 
 def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
