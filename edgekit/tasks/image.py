@@ -205,10 +205,10 @@ class ImagePreprocessor:
     """:func:`preprocess_image` with ``pp`` checked and resolved once: call it on each image.
 
     A classifier runs this once per picture, right after an inference that has evicted the
-    interpreter's code and data from the core's caches: there each of the ~20 Python and numpy
-    calls that checked the dict, derived its constants and computed the crop per call took
-    microseconds, 0.16 of 0.74 ms (0.58 ms without them, 2-core Zen 4, side by side). The crop
-    geometry is kept per image size.
+    interpreter's code and data from the core's caches, where each of the ~20 Python and numpy
+    calls that checked the dict, derived its constants and computed the crop took microseconds:
+    0.608 against 0.538 ms a picture with them made once (OpenVINO int8, 2-core Zen 4, side by side:
+    benchmarks/preprocess_ab.py). The crop geometry is kept per image size.
 
     Raises:
         UsageError: naming ``where``, when ``pp`` is not valid pre-processing.
