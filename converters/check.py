@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -54,12 +55,36 @@ def align(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
     raise ValueError(f"output shape {y.shape} does not match the source's {ref.shape}")
 
 
+def matching_names(given: list[str], names: list[set[str]]) -> list[int] | None:
+    """For each of the ``given`` input names, the index of the input in ``names`` (each input's
+    names) that it is: the same name, or TensorFlow's signature name for it ("input_ids" is
+    "serving_default_input_ids:0" in an IR made from a TFLite file, in another order). None where
+    one is not found; a lone input is itself whatever its names."""
+    found = []
+    for name in given:
+        index = next((i for i, ns in enumerate(names) if name in ns or name in {_bare(n) for n in ns}), None)
+        if index is None:
+            return [0] if len(given) == len(names) == 1 else None
+        found.append(index)
+    return found if len(set(found)) == len(found) else None
+
+
+def _bare(name: str) -> str:
+    """A TensorFlow signature tensor's input name: "serving_default_image:0" -> "image"."""
+    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
+
+
 def outputs_of(model, feed: dict, names: list[str]) -> list[np.ndarray]:
     """Run ``model`` on a source-layout ``feed``; outputs in the source's order (by name, else position)."""
-    by_name = {s.name: s for s in model.inputs}
-    feed = {k: adapt(v, by_name[k]) if k in by_name else v for k, v in feed.items()}
-    if set(feed) != set(by_name) and len(feed) == len(by_name):  # names differ: go by position
-        feed = dict(zip([s.name for s in model.inputs], (adapt(v, s) for v, s in zip(feed.values(), model.inputs))))
+    specs = list(model.inputs)
+    found = matching_names(list(feed), [{s.name} for s in specs])
+    if found is not None:
+        feed = {specs[i].name: adapt(v, specs[i]) for i, v in zip(found, feed.values())}
+    elif len(feed) == len(specs):  # names that match nothing: go by position
+        feed = {s.name: adapt(v, s) for s, v in zip(specs, feed.values())}
+    else:
+        by_name = {s.name: s for s in specs}
+        feed = {k: adapt(v, by_name[k]) if k in by_name else v for k, v in feed.items()}
     out = model.run(feed)
     if all(n in out for n in names):
         return [out[n] for n in names]

@@ -51,15 +51,18 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
 
 
 def _by_input_names(model, feeds: list[dict] | None) -> list[dict] | None:
-    """``feeds`` keyed by ``model``'s own input names, taken by position where those differ: a TFLite
-    file's card names its package's inputs ("image"), the IR made of it TensorFlow's
-    ("serving_default_image:0"), and NNCF found no port for "image"."""
+    """``feeds`` keyed by ``model``'s own input names: a TFLite file's card names its package's inputs
+    ("input_ids"), the IR made of it TensorFlow's ("serving_default_input_ids:0", in another order),
+    and NNCF found no port for "input_ids"."""
+    from .check import matching_names
+
     if not feeds:
         return feeds
-    names = [port.get_names() for port in model.inputs]
-    if all(any(k in n for n in names) for k in feeds[0]) or len(feeds[0]) != len(names):
+    ports = list(model.inputs)
+    found = matching_names(list(feeds[0]), [port.get_names() for port in ports])
+    if found is None:
         return feeds
-    return [dict(zip([port.get_any_name() for port in model.inputs], feed.values())) for feed in feeds]
+    return [{ports[i].get_any_name(): v for i, v in zip(found, feed.values())} for feed in feeds]
 
 
 def _compress(model, precision: str, calibration: list[dict] | None, transformer: bool):

@@ -352,6 +352,20 @@ def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     assert "would be fixed at 1" in doc["artifacts"][0]["reason"] and doc["error"]
 
 
+def test_a_tflite_text_model_converts_with_its_inputs_matched_by_name(samples, tmp_path):
+    """The IR OpenVINO makes of onnx2tf's MiniLM names its inputs "serving_default_input_ids:0" and
+    so on, in another order than the file's card: matched by position, ids went in as the mask and
+    the fp32 IR failed its parity (cosine 0.10)."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(tmp_path / f"{i}.npz", input_ids=rng.integers(1000, 5000, (1, 256)),
+                 attention_mask=np.ones((1, 256), np.int64), token_type_ids=np.zeros((1, 256), np.int64))
+    report = convert(samples["text"] / "model-fp32.tflite", to=["openvino"], precisions=["fp32"],
+                     check=[str(tmp_path / f"{i}.npz") for i in range(3)], out=tmp_path / "pkg")
+    (ir,) = report.artifacts
+    assert ir.ok and ir.cosine > 0.9999, (ir.status, ir.reason)
+
+
 def test_sizes_in_the_sources_layout_apply_to_a_channels_last_artifact(tmp_path):
     """The TFLite takes NHWC beside its NCHW ONNX. The ONNX, height and width open, was timed at 1x1
     beside the TFLite's 56x56 (a peer of another layout lent no sizes), and warmup_inputs in the
