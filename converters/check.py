@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.hostinfo import has_int8_dot, is_x86
-from edgekit.types import Format, TensorSpec
+from edgekit.types import Format, TensorSpec, fits
 
 from .report import MIN_COSINE, ArtifactReport, max_relative_error, one_line
 from .sources import RUNTIME_OF
@@ -27,19 +27,15 @@ def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
         return x.reshape(1)
     if spec.shape is None or len(spec.shape) != x.ndim:
         return x
-    if _fits(x.shape, spec.shape):
+    if fits(x.shape, spec.shape):
         return x
     if x.ndim >= 3:
         moved = np.moveaxis(x, 1, -1)  # channels first -> channels last (onnx2tf's NHWC)
-        if _fits(moved.shape, spec.shape):
+        if fits(moved.shape, spec.shape):
             return np.ascontiguousarray(moved)
     if x.ndim == 2 and isinstance(spec.shape[1], int) and x.shape[1] < spec.shape[1]:
         return np.pad(x, ((0, 0), (0, spec.shape[1] - x.shape[1])))  # token ids padded (mask 0) to a static length
     return x
-
-
-def _fits(shape, want) -> bool:
-    return all(not isinstance(w, int) or w == s for s, w in zip(shape, want))  # None or a name: open
 
 
 def align(y: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .types import TensorSpec, in_layout
+from .types import TensorSpec, fits, in_layout
 
 log = logging.getLogger("edgekit")
 
@@ -137,15 +137,11 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
 def _in_spec_layout(shape: tuple[int, ...], spec: TensorSpec) -> tuple[int, ...]:
     """A package's size for ``spec``, given in the source's layout: moved to the spec's NHWC or NCHW
     where only the move fits its fixed dims ([1, 3, 48, 48] for a TFLite [1, 48, 48, 3])."""
-    if spec.shape is None or spec.layout not in ("NCHW", "NHWC") or _fits(shape, spec.shape):
+    if spec.shape is None or spec.layout not in ("NCHW", "NHWC") or fits(shape, spec.shape):
         return shape
     other = "NHWC" if spec.layout == "NCHW" else "NCHW"
     moved = in_layout(shape, other, spec.layout)
-    return moved if _fits(moved, spec.shape) else shape
-
-
-def _fits(shape: tuple, want: tuple) -> bool:
-    return len(shape) == len(want) and all(not isinstance(w, int) or w == d for d, w in zip(shape, want))
+    return moved if fits(moved, spec.shape) else shape
 
 
 def _alike(a: TensorSpec, b: TensorSpec) -> bool:

@@ -140,6 +140,12 @@ def guess_layout(shape: tuple[Dim, ...] | None) -> str | None:
     return None
 
 
+def fits(shape: tuple, want: tuple) -> bool:
+    """Whether a concrete ``shape`` fits ``want``: the same rank and size wherever ``want`` fixes one
+    (a None or a named dim is open)."""
+    return len(shape) == len(want) and all(not isinstance(w, int) or w == d for d, w in zip(shape, want))
+
+
 def in_layout(shape: tuple, src: str | None, dst: str | None) -> tuple:
     """A rank-4 ``shape`` laid out as ``src`` moved to ``dst`` (NCHW <-> NHWC); as it is otherwise.
 

@@ -227,9 +227,7 @@ class ImagePreprocessor:
         self.gain, self.bias = _gain_bias(*_affine_key(pp))
         interpolation = pp.get("interpolation", "bilinear")
         if self.tf1:
-            import cv2
-
-            self._interpolation = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[interpolation]
+            self._interpolation = _cv2_interpolation(interpolation)
         else:
             from PIL import Image
 
@@ -342,8 +340,6 @@ def resize_tf1(pixels: np.ndarray, pp: dict, *, out: np.ndarray | None = None) -
     would be clipped: up to 35 levels off on the sample photos). Only the rows and columns the
     filter reads are converted to float, so a 12 MP photo costs no more memory than a small one.
     """
-    import cv2
-
     geometry = _tf1_geometry((pixels.shape[1], pixels.shape[0]), pp)
     left, top, box_w, box_h = geometry.box
     box = pixels[top:top + box_h, left:left + box_w]
@@ -351,8 +347,14 @@ def resize_tf1(pixels: np.ndarray, pp: dict, *, out: np.ndarray | None = None) -
         box = box[geometry.rows]
     if geometry.cols is not None:
         box = np.take(box, geometry.cols, axis=1)
-    flags = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[pp.get("interpolation", "bilinear")]
-    return _resample_tf1(_float_box(box), geometry, flags, out=out)
+    return _resample_tf1(_float_box(box), geometry, _cv2_interpolation(pp.get("interpolation", "bilinear")), out=out)
+
+
+def _cv2_interpolation(name: str) -> int:
+    """OpenCV's flag for a "tf1" interpolation (RESAMPLING["tf1"] names them)."""
+    import cv2
+
+    return {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[name]
 
 
 class _Tf1Geometry(NamedTuple):
@@ -544,7 +546,6 @@ class ImageClassifier(Task):
             reuse_pillow_memory()
             self.labels = self.class_labels(labels)
             pp = self.preprocess("image", preprocess)
-            check_preprocess(pp, str(self.model.source))
             self.options = classifier_options(options, self.labels)
             self._activate = self.activation()
             spec = self.model.inputs[0]
@@ -556,6 +557,8 @@ class ImageClassifier(Task):
                 hw = spec.shape[2:4] if self.layout == "NCHW" else spec.shape[1:3]
                 if all(isinstance(d, int) for d in hw):
                     pp["crop"] = list(hw)
+            self.preprocessor = ImagePreprocessor(pp, layout=self.layout, dtype=self.input_dtype,
+                                                  where=str(self.model.source))  # checks pp, once
             crop = pp.get("crop") or 224
             if pp.get("resampling") == "tf1":
                 # TensorFlow decodes at full size, and a reduced decode changes what it samples (a
@@ -565,8 +568,6 @@ class ImageClassifier(Task):
             else:  # the smallest side a JPEG may be draft-decoded to without losing pixels the resize needs
                 self.decode_min = max(int(pp.get("resize") or 0),
                                       *(crop if isinstance(crop, (list, tuple)) else [crop]))
-            self.preprocessor = ImagePreprocessor(pp, layout=self.layout, dtype=self.input_dtype,
-                                                  where=str(self.model.source))
 
     @property
     def pp(self) -> dict:

@@ -115,10 +115,9 @@ class ClassifierOptions:
                 _check_known(name, getattr(self, name), labels, known)
         allow = set(self.allow) if self.allow else None
         deny = set(self.deny) if self.deny else set()
-        order = None
         if self.top_k is not None and allow is None and not deny:  # nothing skipped: the first top_k or fewer
-            if self.top_k <= _ARGMAX_TOP and scores.dtype.kind == "f":
-                order = _top_by_argmax(scores, self.top_k)
+            small = self.top_k <= _ARGMAX_TOP and scores.dtype.kind == "f"
+            order = _top_by_argmax(scores, self.top_k) if small else None
             if order is None:
                 order = np.argsort(-scores, kind="stable")[:self.top_k]
         else:
