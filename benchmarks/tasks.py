@@ -1,9 +1,11 @@
 """Task pipeline costs on the sample packages (issue 5), medians in one process.
 
-    python benchmarks/tasks.py [--json] [--image-only] [--resize-study]
+    python benchmarks/tasks.py [--json] [--image-only] [--artifact FILE]... [--resize-study]
 
-- image: decode, pre-process, inference and post-process at batch 1 on the artifact ``auto`` picks
-  and on fp32 ONNX, each stage timed alone and inside a decode-to-result loop; the goal is
+- image: decode, pre-process, inference and post-process at batch 1 on the artifact ``auto`` picks,
+  on fp32 ONNX and on each ``--artifact`` of the package (``model-int8.tflite``, say: which int8
+  artifact ``auto`` picks depends on the latencies measured when the package was built), each stage
+  timed alone and inside a decode-to-result loop; the goal is
   pre + post <= 25 % of inference, given with and without the decode. ``--resize-study`` adds
   other resizers' fidelity (pixels, fp32 logits) and time against TensorFlow's own (needs TensorFlow);
 - text: sentences per second at batch 1 and batch 32;
@@ -78,14 +80,18 @@ def _ratios(ms: dict) -> dict:
             "pct_without_decode": (ms["preprocess"] + ms["postprocess"]) / inf * 100}
 
 
-def image(runs: int) -> dict:
-    """Stage times on the auto-picked artifact and on fp32 ONNX, three interleaved rounds."""
+def image(runs: int, artifacts: tuple[str, ...] = ()) -> dict:
+    """Stage times on the auto-picked artifact, fp32 ONNX and ``artifacts``, three interleaved rounds."""
     from edgekit.tasks import ImageClassifier
     from edgekit.tasks.image import load_image
 
     package = sample_path("image")
     path = INPUTS / "images" / "cat.jpg"
     clfs = {"auto": ImageClassifier(package), "fp32-onnx": ImageClassifier(package / "model-fp32.onnx")}
+    for name in artifacts:
+        if not (package / name).is_file():
+            raise SystemExit(f"--artifact {name}: no such file in {package}")
+        clfs[name] = ImageClassifier(package / name)
     fns = {name: _stage_fns(clf, path) for name, clf in clfs.items()}
     rounds: dict = {name: {"apart": [], "in_loop": [], "classify": []} for name in clfs}
     load_before = os.getloadavg()[0]
@@ -96,7 +102,8 @@ def image(runs: int) -> dict:
             rounds[name]["classify"].append(median_ms(lambda clf=clf: clf.classify(path), runs))
     # Inference uses both cores, pre-processing one: other work on the machine slows inference more
     # and flatters the ratio, so the load is part of the result.
-    out: dict = {"image": path.name, "goal_pct": GOAL_PCT, "load_avg_1min": [load_before, os.getloadavg()[0]]}
+    out: dict = {"image": path.name, "goal_pct": GOAL_PCT, "load_avg_1min": [load_before, os.getloadavg()[0]],
+                 "timed": list(clfs)}
     for name, clf in clfs.items():
         entry = clf.artifact_entry()
         r = {"artifact": f"{clf.model.path.name} ({entry.get('format')} {entry.get('precision')}, "
@@ -264,7 +271,7 @@ def print_image(i: dict) -> None:
     print("| artifact | timed | decode | pre-process | inference | post-process "
           "| (decode + pre + post) / inference | (pre + post) / inference |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in ("auto", "fp32-onnx"):
+    for name in i["timed"]:
         r = i[name]
         label = ("auto-picked: " if name == "auto" else "") + r["artifact"]
         for how, what in (("apart", "each stage alone"), ("in_loop", "inside the decode-to-result loop")):
@@ -303,11 +310,13 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--image-only", action="store_true", help="skip the text and VAD figures")
+    ap.add_argument("--artifact", action="append", default=[], metavar="FILE",
+                    help="also time this artifact of the image package (repeatable)")
     ap.add_argument("--resize-study", action="store_true",
                     help="also compare other resizers with TensorFlow's own (needs tensorflow)")
     args = ap.parse_args()
     build()
-    doc = {"image": image(args.runs)}
+    doc = {"image": image(args.runs, tuple(args.artifact))}
     if args.resize_study:
         try:
             doc["resize_study"] = resize_study(args.runs)
