@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.formats import signature_base
 from edgekit.hostinfo import has_int8_dot, is_x86
 from edgekit.types import Format, TensorSpec, fits
 
@@ -58,16 +58,11 @@ def matching_names(given: list[str], names: list[set[str]]) -> list[int] | None:
     one is not found; a lone input is itself whatever its names."""
     found = []
     for name in given:
-        index = next((i for i, ns in enumerate(names) if name in ns or name in {_bare(n) for n in ns}), None)
+        index = next((i for i, ns in enumerate(names) if name in ns or name in {signature_base(n) for n in ns}), None)
         if index is None:
             return [0] if len(given) == len(names) == 1 else None
         found.append(index)
     return found if len(set(found)) == len(found) else None
-
-
-def _bare(name: str) -> str:
-    """A TensorFlow signature tensor's input name: "serving_default_image:0" -> "image"."""
-    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
 
 
 def outputs_of(model, feed: dict, names: list[str]) -> list[np.ndarray]:

@@ -221,9 +221,19 @@ def _from_native(path: Path, fmt: Format) -> Prepared:
     ref, inputs, outputs = _runtime_reference(path, fmt)
     card = formats.read_card(path, fmt)
     runtime = {Format.TFLITE: "LiteRT", Format.OPENVINO: "OpenVINO"}[fmt]
-    return Prepared(fmt.value if fmt is Format.TFLITE else "openvino", str(path), card.get("name") or path.stem,
+    prep = Prepared(fmt.value if fmt is Format.TFLITE else "openvino", str(path), card.get("name") or path.stem,
                     inputs, outputs, ref, f"{path.name} on {runtime}", native=path, native_format=fmt,
                     metadata=_carried(card))
+    # A package's artifact, converted as a lone file, names its package's tokenizer: taken from
+    # beside it, as a package source's is (a plain file name only: the card is the file's, not ours).
+    tok = ((prep.metadata.get("preprocess") or {}).get("text") or {}).get("tokenizer")
+    if isinstance(tok, str) and tok and Path(tok).name == tok:
+        if (path.parent / tok).is_file():
+            prep.files[tok] = path.parent / tok
+        else:
+            prep.notes.append(f"its card names the tokenizer {tok}, which is not beside {path.name}: "
+                              f"copy it into the package for the text tasks")
+    return prep
 
 
 # --- PyTorch ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -221,6 +222,12 @@ def _tflite_facts(path: Path) -> dict:
     except Exception as e:  # a damaged file is reported when it is opened
         return {"unreadable": str(e)}
     return facts
+
+
+def signature_base(name: str) -> str:
+    """The input name TensorFlow's signature tensor ``name`` stands for: OpenVINO names a TFLite file's
+    inputs "serving_default_input_ids:0" where LiteRT's signature (and so the card) says "input_ids"."""
+    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
 
 
 CARD_KEY = "edgekit"  # ONNX metadata_props key, OpenVINO rt_info key, TFLite metadata name

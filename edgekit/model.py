@@ -101,6 +101,21 @@ def _named_dims(specs: list[TensorSpec]) -> dict[str, list[tuple[int, int]]]:
     return places
 
 
+def _source_names(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
+    """``specs`` under the source's input names where the file has TensorFlow's signature names for
+    them: OpenVINO reads a TFLite file's "input_ids" as "serving_default_input_ids:0", so an IR made
+    of it would take other names than its package's other artifacts (the text task found none of its
+    inputs) and escape the package's dims and value ranges. The runtime is fed by position: only the
+    names change. As the file has them where any input is not the signature name of a declared one."""
+    want = set(declared.input_order)
+    if not want or want == {s.name for s in specs}:
+        return specs
+    names = [s.name if s.name in want else formats.signature_base(s.name) for s in specs]
+    if set(names) != want or len(names) != len(want):
+        return specs
+    return [replace(s, name=n) for s, n in zip(specs, names)]
+
+
 def _declared(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
     """``specs`` with the dim names the source declared where the artifact has none
     (OpenVINO IR and TFLite keep no names), so every artifact of a package is checked alike."""
@@ -137,7 +152,7 @@ def _card_declared(path: Path, specs: list[TensorSpec]) -> tuple[Declared, dict]
     except ModelFileError as e:  # the card is a convenience: the model runs without it
         log.warning("%s: its embedded card is ignored (%s)", path.name, e)
         return Declared(), card
-    if facts.input_order and sorted(facts.input_order) != sorted(s.name for s in specs):
+    if facts.input_order and sorted(facts.input_order) != sorted(s.name for s in _source_names(specs, facts)):
         log.warning("%s: its embedded card describes inputs %s, the file has %s: the card's dims, "
                     "ranges and shapes are ignored", path.name, ", ".join(facts.input_order),
                     ", ".join(s.name for s in specs))
@@ -185,7 +200,7 @@ class Model:
         self.package = package
         self.precision = session.precision
         facts, card = (package.declared, None) if package is not None else _card_declared(path, session.inputs)
-        in_specs = _declared(list(session.inputs), facts)
+        in_specs = _declared(_source_names(list(session.inputs), facts), facts)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them
         # sorted by tensor index (MiniLM's attention_mask first).

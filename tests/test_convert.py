@@ -352,10 +352,14 @@ def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     assert "would be fixed at 1" in doc["artifacts"][0]["reason"] and doc["error"]
 
 
-def test_a_tflite_text_model_converts_with_its_inputs_matched_by_name(samples, tmp_path):
+def test_a_tflite_text_model_converts_with_its_inputs_matched_by_name(samples, tmp_path, caplog):
     """The IR OpenVINO makes of onnx2tf's MiniLM names its inputs "serving_default_input_ids:0" and
     so on, in another order than the file's card: matched by position, ids went in as the mask and
-    the fp32 IR failed its parity (cosine 0.10)."""
+    the fp32 IR failed its parity (cosine 0.10). Loaded, it took those names in that order: the text
+    task found none of its inputs, a list fed ids as the mask, and the package's value ranges did not
+    apply. The package now also holds the tokenizer found beside the TFLite file."""
+    from edgekit.tasks import TextEmbedder
+
     rng = np.random.default_rng(0)
     for i in range(3):
         np.savez(tmp_path / f"{i}.npz", input_ids=rng.integers(1000, 5000, (1, 256)),
@@ -364,6 +368,19 @@ def test_a_tflite_text_model_converts_with_its_inputs_matched_by_name(samples, t
                      check=[str(tmp_path / f"{i}.npz") for i in range(3)], out=tmp_path / "pkg")
     (ir,) = report.artifacts
     assert ir.ok and ir.cosine > 0.9999, (ir.status, ir.reason)
+    assert (tmp_path / "pkg" / "tokenizer.json").is_file()
+    ids = np.full((1, 256), 40000, np.int64)  # past the vocabulary's 30522 rows
+    with caplog.at_level("WARNING", logger="edgekit"):
+        for where in (tmp_path / "pkg", tmp_path / "pkg" / "model-fp32.xml"):  # the package, the lone file
+            with edgekit.load(where) as m:
+                assert m.backend == "openvino"
+                assert [s.name for s in m.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+                with pytest.raises(edgekit.InputError, match="'input_ids': values must be from 0 to 30521"):
+                    m.run([ids, np.ones_like(ids), np.zeros_like(ids)])
+    assert "card describes inputs" not in caplog.text
+    texts = ["a cat sat on the mat", "stocks fell sharply today"]
+    with TextEmbedder(tmp_path / "pkg") as got, TextEmbedder(samples["text"] / "model-fp32.onnx") as want:
+        assert np.einsum("ij,ij->i", got.embed(texts), want.embed(texts)).min() > 0.9999
 
 
 def test_sizes_in_the_sources_layout_apply_to_a_channels_last_artifact(tmp_path):
@@ -659,7 +676,9 @@ def test_a_tflite_image_model_calibrates_and_checks_on_images(samples, tmp_path)
     cat = INPUTS / "images" / "cat.jpg"
     want = ImageClassifier(source).classify(cat, top_k=1)[0].label
     for name in ("model-fp32.xml", "model-int8.xml"):
-        assert ImageClassifier(tmp_path / "pkg" / name).classify(cat, top_k=1)[0].label == want
+        clf = ImageClassifier(tmp_path / "pkg" / name)
+        assert clf.model.inputs[0].name == "image"  # the card's, not "serving_default_image:0"
+        assert clf.classify(cat, top_k=1)[0].label == want
 
 
 def test_old_opset_is_upgraded(tmp_path):
