@@ -73,8 +73,22 @@ def warmup_sizes(model) -> dict | None:
     from . import formats
     from .selection import lone_file_warmup
 
-    return model.metadata.get("warmup_inputs") or (
+    return warmup_of(model.metadata) or (
         None if model.package else lone_file_warmup(model.path, formats.detect(model.path)))
+
+
+def warmup_of(meta: dict) -> dict | None:
+    """``meta``'s (a package's manifest, a file's card) ``warmup_inputs``, each entry told the layout
+    its shape is given in: the source's, as ``meta``'s ``inputs`` declare it, unless the entry says.
+    An NHWC artifact then takes the size moved to its axes even where it would fit as it is (an image
+    3 pixels wide and 3 channels deep)."""
+    warmup = meta.get("warmup_inputs")
+    if not isinstance(warmup, dict):
+        return None
+    layouts = {s.get("name"): s.get("layout") for s in meta.get("inputs") or () if isinstance(s, dict)}
+    return {name: {"layout": layouts[name], **entry}
+            if isinstance(entry, dict) and layouts.get(name) in ("NCHW", "NHWC") else entry
+            for name, entry in warmup.items()}
 
 
 def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpec]],
@@ -96,9 +110,11 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     """
     peers = [list(p) for p in peers]
     out = {name: dict(entry) for name, entry in (warmup or {}).items() if isinstance(entry, dict)}
-    for spec in specs:  # given in the source's layout: as this model lays the input out
-        if isinstance(out.get(spec.name, {}).get("shape"), (list, tuple)):
-            out[spec.name]["shape"] = list(_in_spec_layout(tuple(out[spec.name]["shape"]), spec))
+    for spec in specs:  # given in the source's layout: as this model lays the input out (and so no layout)
+        entry = out.get(spec.name, {})
+        given = entry.pop("layout", None)
+        if isinstance(entry.get("shape"), (list, tuple)):
+            entry["shape"] = list(_in_spec_layout(tuple(entry["shape"]), spec, given))
     open_specs = [s for s in specs if s.shape is not None and "shape" not in out.get(s.name, {})
                   and not all(isinstance(d, int) for d in s.shape)]
     fixed: dict[tuple[str, int], set[int]] = {}  # (input, axis) -> the sizes peers fix there
@@ -134,10 +150,16 @@ def timing_sizes(specs: Sequence[TensorSpec], peers: Iterable[Sequence[TensorSpe
     return out
 
 
-def _in_spec_layout(shape: tuple[int, ...], spec: TensorSpec) -> tuple[int, ...]:
-    """A package's size for ``spec``, given in the source's layout: moved to the spec's NHWC or NCHW
-    where only the move fits its fixed dims ([1, 3, 48, 48] for a TFLite [1, 48, 48, 3])."""
-    if spec.shape is None or spec.layout not in ("NCHW", "NHWC") or fits(shape, spec.shape):
+def _in_spec_layout(shape: tuple[int, ...], spec: TensorSpec, given: str | None = None) -> tuple[int, ...]:
+    """A package's size for ``spec``, given in the source's layout (``given``, where known): moved to
+    the spec's NHWC or NCHW ([1, 3, 48, 48] for a TFLite [1, 48, 48, 3]). Where ``given`` is not known,
+    only where the move alone fits the spec's fixed dims."""
+    if spec.shape is None or spec.layout not in ("NCHW", "NHWC"):
+        return shape
+    if given in ("NCHW", "NHWC"):
+        moved = in_layout(shape, given, spec.layout)
+        return moved if fits(moved, spec.shape) or not fits(shape, spec.shape) else shape
+    if fits(shape, spec.shape):
         return shape
     other = "NHWC" if spec.layout == "NCHW" else "NCHW"
     moved = in_layout(shape, other, spec.layout)
@@ -169,7 +191,7 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     for s in specs:
         given = warmup.get(s.name) or {}
         if "shape" in given:
-            shape = _in_spec_layout(tuple(int(d) for d in given["shape"]), s)
+            shape = _in_spec_layout(tuple(int(d) for d in given["shape"]), s, given.get("layout"))
         else:
             shape = (dynamic,) if s.shape is None else tuple(d if isinstance(d, int) else dynamic for d in s.shape)
         if batch is not None and s.shape and not isinstance(s.shape[0], int) and shape:

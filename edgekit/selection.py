@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backends, cache, formats, package
-from .bench import measure, synthetic_inputs, timing_sizes
+from .bench import measure, synthetic_inputs, timing_sizes, warmup_of
 from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
 from .hostinfo import has_int8_dot
 from .package import Artifact, Package
@@ -202,7 +202,7 @@ class _Opener:
         self.source, self.precision, self.verify, self.concurrency = source, precision, verify, concurrency
         self.bad_artifacts: dict[Path, ModelFileError] = {}
         self.checked: set[Path] = set()
-        self.warmup = source.package.manifest.get("warmup_inputs") if source.package else None
+        self.warmup = warmup_of(source.package.manifest) if source.package else None
 
     def open(self, cand: Candidate):
         """Return an open, verified session, or raise (ModelFileError for a bad file)."""
@@ -270,15 +270,15 @@ def _stored_fp16(art: Artifact) -> bool:
 def lone_file_warmup(path: Path, fmt: Format) -> dict | None:
     """A lone model file's ``warmup_inputs``: from its card, or from the package in whose folder it
     is listed."""
-    warmup = formats.read_card(path, fmt).get("warmup_inputs")
+    warmup = warmup_of(formats.read_card(path, fmt))
     if not warmup and (path.parent / formats.MANIFEST).is_file():
         try:
             pkg = package.read(path.parent)
         except ModelFileError:
             return None
         if any(a.path.resolve() == path.resolve() for a in pkg.artifacts):
-            warmup = pkg.manifest.get("warmup_inputs")
-    return warmup if isinstance(warmup, dict) else None
+            warmup = warmup_of(pkg.manifest)
+    return warmup or None
 
 
 def select(source: Source, policy: Policy, precision: Precision, *, strict: bool = False,

@@ -102,7 +102,7 @@ def test_fastest_times_every_candidate_on_the_same_input_sizes(tmp_path):
 
 
 def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
-    from edgekit.bench import timing_sizes
+    from edgekit.bench import synthetic_inputs, timing_sizes, warmup_of
     from edgekit.types import TensorSpec
 
     f32, i64 = np.dtype("float32"), np.dtype("int64")
@@ -137,6 +137,19 @@ def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
     assert timing_sizes(nchw, [nchw], {"image": {"shape": [1, 3, 64, 64]}}) == {"image": {"shape": [1, 3, 64, 64]}}
     assert timing_sizes(nchw, [[TensorSpec("image", (1, 3, 224, 224), f32, "NCHW")]]) == \
         {"image": {"shape": [1, 3, 224, 224]}}
+    # ... and moved whenever the package says which layout they are in: an image 3 pixels wide with
+    # 3 channels fits an NHWC model as it is, and was taken as 3 high and 48 wide
+    narrow = [TensorSpec("image", (1, None, None, 3), f32, "NHWC")]
+    assert timing_sizes(narrow, [narrow], {"image": {"shape": [1, 3, 48, 3]}}) == {"image": {"shape": [1, 3, 48, 3]}}
+    manifest = {"inputs": [{"name": "image", "shape": [1, 3, None, None], "layout": "NCHW"}],
+                "warmup_inputs": {"image": {"shape": [1, 3, 48, 3]}}}
+    declared = warmup_of(manifest)
+    assert declared == {"image": {"shape": [1, 3, 48, 3], "layout": "NCHW"}}
+    assert timing_sizes(narrow, [narrow], declared) == {"image": {"shape": [1, 48, 3, 3]}}
+    assert synthetic_inputs(narrow, warmup=declared)["image"].shape == (1, 48, 3, 3)
+    assert synthetic_inputs(nchw, warmup=declared)["image"].shape == (1, 3, 48, 3)
+    with_value = warmup_of({**manifest, "warmup_inputs": {"image": {"value": 0.5}}})
+    assert timing_sizes(narrow, [narrow, nchw], with_value) == {"image": {"value": 0.5}}  # no layout left behind
 
 
 # --- packages ----------------------------------------------------------------------------

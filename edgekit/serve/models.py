@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bench import warmup_sizes
 from ..errors import EdgekitError, UsageError
 from ..model import Model, load
 from ..tasks.base import is_known_task
@@ -382,7 +383,7 @@ class ModelManager:
         # version is published, so that no request waits out a first run's compilation.
         sizes = range(2, (batching.max_batch_size if batching and not why_not else 1) + 1)
         warmed = time.perf_counter()
-        largest, failed = await asyncio.to_thread(warm_up, model, sizes, model.metadata.get("warmup_inputs"))
+        largest, failed = await asyncio.to_thread(warm_up, model, sizes, warmup_sizes(model))
         warmed = time.perf_counter() - warmed
         largest = max(largest, 1)
         if failed is not None:
