@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
@@ -47,6 +48,7 @@ class ErrorDialog(QMessageBox):
     def __init__(self, parent, title: str, message: str, details: str = "") -> None:
         super().__init__(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Close, parent)
         self.setObjectName("errorDialog")
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # each error makes one: closed, it goes
         self.errors = [(title, message, details)]
         if details:
             self.setDetailedText(details)
