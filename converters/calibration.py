@@ -221,7 +221,12 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
     if "tokenizer" not in pp or package_dir is None:
         raise UsageError("text calibration needs the model's tokenizer (a Hugging Face folder or "
                          "a package whose edgekit.json names one)")
-    tok = Tokenizer(package_dir / pp["tokenizer"], max_length=int(pp.get("max_length", 512)))
+    # A static sequence (a TFLite file's 256 tokens) is what every line is cut and padded to (mask 0),
+    # as the text tasks run it.
+    static = {s.name: s.shape[1] for s in inputs
+              if s.shape is not None and len(s.shape) == 2 and isinstance(s.shape[1], int)}
+    tok = Tokenizer(package_dir / pp["tokenizer"],
+                    max_length=min([int(pp.get("max_length", 512)), *static.values()]))
     try:
         lines = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
     except UnicodeDecodeError as e:
@@ -232,7 +237,10 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
         missing = [s.name for s in inputs if s.name not in enc]
         if missing:
             raise UsageError(f"the tokenizer gives no {', '.join(missing)} for this model")
-        feeds.append({s.name: enc[s.name].astype(s.dtype) for s in inputs})
+        feed = {s.name: enc[s.name].astype(s.dtype) for s in inputs}
+        for name, length in static.items():
+            feed[name] = np.pad(feed[name], ((0, 0), (0, length - feed[name].shape[1])))
+        feeds.append(feed)
     return feeds
 
 
