@@ -41,6 +41,8 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
         precision, recipe = "int8-dynamic", STATEFUL_INT8
 
     model = ov.Core().read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
+    if source.suffix == ".tflite":
+        _signature_names(model, source)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout; keep it for --json
         model = _compress(model, precision, _by_input_names(model, calibration), transformer)
     if channels_last:
@@ -48,6 +50,20 @@ def build(source: Path, precision: str, dst: Path, calibration: list[dict] | Non
     model.set_rt_info(card, [CARD_KEY])
     ov.save_model(model, str(dst), compress_to_fp16=precision == "fp16")
     return recipe
+
+
+def _signature_names(model, source: Path) -> None:
+    """``model``'s ports (read from the TFLite file ``source``) named by the file's signature, as LiteRT
+    and edgekit's OpenVINO backend name that file's tensors: "input_ids" and "sentence_embedding",
+    not "serving_default_input_ids:0" and "StatefulPartitionedCall:0". Else one model answered under
+    other names, and in another order, depending on which artifact ran (a server's clients saw both)."""
+    from edgekit.backends.litert import signature_names
+
+    renamed = signature_names(source) or {}
+    for port in (*model.inputs, *model.outputs):
+        name = next((renamed[n] for n in sorted(port.get_names()) if n in renamed), None)
+        if name is not None:
+            port.get_tensor().set_names({name})
 
 
 def _by_input_names(model, feeds: list[dict] | None) -> list[dict] | None:

@@ -55,8 +55,12 @@ class Prepared:
     @property
     def package_dir(self) -> Path | None:
         """Where the metadata's relative files (tokenizer) are found before they are copied."""
-        if "tokenizer.json" in self.files:
-            return self.files["tokenizer.json"].parent
+        text = (self.metadata.get("preprocess") or {}).get("text") if isinstance(self.metadata.get("preprocess"), dict) \
+            else None
+        tok = text.get("tokenizer") if isinstance(text, dict) else None
+        for name in (tok, "tokenizer.json"):
+            if isinstance(name, str) and name in self.files:
+                return self.files[name].parent
         return None
 
 
@@ -156,7 +160,7 @@ def _from_onnx(path: Path, work: Path) -> Prepared:
     hub = prepare_onnx(path, work / "hub.onnx", notes)
     card = formats.read_card(path, Format.ONNX)
     inputs = declared_ranks(inputs, hub)
-    return Prepared("onnx", str(path), card.get("name") or path.stem, inputs, outputs, ref,
+    return Prepared("onnx", str(path), card.get("name") or path.stem, inputs, [s.name for s in outputs], ref,
                     f"{path.name} on ONNX Runtime", onnx=hub, metadata=_carried(card), notes=notes)
 
 
@@ -170,7 +174,7 @@ def _runtime_reference(path: Path, fmt: Format):
         out = model.run(feed)
         return [out[n] for n in names]
 
-    return reference, list(model.inputs), names
+    return reference, list(model.inputs), list(model.outputs)
 
 
 def declared_ranks(inputs: list[TensorSpec], onnx_path: Path) -> list[TensorSpec]:
@@ -218,22 +222,37 @@ def _from_package(path: Path, work: Path) -> Prepared:
 
 
 def _from_native(path: Path, fmt: Format) -> Prepared:
+    from edgekit.bench import warmup_of
+
     ref, inputs, outputs = _runtime_reference(path, fmt)
     card = formats.read_card(path, fmt)
     runtime = {Format.TFLITE: "LiteRT", Format.OPENVINO: "OpenVINO"}[fmt]
     prep = Prepared(fmt.value if fmt is Format.TFLITE else "openvino", str(path), card.get("name") or path.stem,
-                    inputs, outputs, ref, f"{path.name} on {runtime}", native=path, native_format=fmt,
-                    metadata=_carried(card))
-    # A package's artifact, converted as a lone file, names its package's tokenizer: taken from
-    # beside it, as a package source's is (a plain file name only: the card is the file's, not ours).
-    tok = ((prep.metadata.get("preprocess") or {}).get("text") or {}).get("tokenizer")
-    if isinstance(tok, str) and tok and Path(tok).name == tok:
-        if (path.parent / tok).is_file():
-            prep.files[tok] = path.parent / tok
-        else:
-            prep.notes.append(f"its card names the tokenizer {tok}, which is not beside {path.name}: "
-                              f"copy it into the package for the text tasks")
+                    inputs, [s.name for s in outputs], ref, f"{path.name} on {runtime}", native=path,
+                    native_format=fmt, metadata=_carried(card))
+    # The file's outputs as edgekit gives them (its card's shapes, where the file only moved a size-1
+    # dim): what every artifact made of it answers in. Its inputs take the file's layout (a TFLite's
+    # NHWC), so warm-up sizes given in its card's source layout say which that was.
+    prep.metadata["outputs"] = [{k: v for k, v in s.to_dict().items() if k != "layout"} for s in outputs]
+    if "warmup_inputs" in prep.metadata:
+        prep.metadata["warmup_inputs"] = warmup_of(card)
+    _tokenizer_beside(prep, path)
     return prep
+
+
+def _tokenizer_beside(prep: Prepared, path: Path) -> None:
+    """A package's artifact, converted as a lone file, names its package's tokenizer: taken from beside
+    it, as a package source's is (a plain file name only: the card is the file's, not ours)."""
+    text = (prep.metadata.get("preprocess") or {}).get("text") if isinstance(prep.metadata.get("preprocess"), dict) \
+        else None
+    tok = text.get("tokenizer") if isinstance(text, dict) else None
+    if not isinstance(tok, str) or not tok:
+        return
+    if Path(tok).name == tok and (path.parent / tok).is_file():
+        prep.files[tok] = path.parent / tok
+    else:
+        prep.notes.append(f"its card names the tokenizer {tok}, which is not beside {path.name}: "
+                          f"copy it into the package for the text tasks")
 
 
 # --- PyTorch ----------------------------------------------------------------------------------------

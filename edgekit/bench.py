@@ -85,7 +85,8 @@ def warmup_of(meta: dict) -> dict | None:
     warmup = meta.get("warmup_inputs")
     if not isinstance(warmup, dict):
         return None
-    layouts = {s.get("name"): s.get("layout") for s in meta.get("inputs") or () if isinstance(s, dict)}
+    inputs = meta.get("inputs")
+    layouts = {s.get("name"): s.get("layout") for s in inputs if isinstance(s, dict)} if isinstance(inputs, list) else {}
     return {name: {"layout": layouts[name], **entry}
             if isinstance(entry, dict) and layouts.get(name) in ("NCHW", "NHWC") else entry
             for name, entry in warmup.items()}
@@ -158,7 +159,8 @@ def _in_spec_layout(shape: tuple[int, ...], spec: TensorSpec, given: str | None 
         return shape
     if given in ("NCHW", "NHWC"):
         moved = in_layout(shape, given, spec.layout)
-        return moved if fits(moved, spec.shape) or not fits(shape, spec.shape) else shape
+        if fits(moved, spec.shape):
+            return moved  # else the declaration is wrong: guessed as below
     if fits(shape, spec.shape):
         return shape
     other = "NHWC" if spec.layout == "NCHW" else "NCHW"

@@ -10,6 +10,8 @@ import logging
 from collections.abc import MutableMapping
 from pathlib import Path
 
+import shiboken6
+
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -77,7 +79,7 @@ class MainWindow(QMainWindow):
         self.jobs.failed.connect(lambda name, e, d: self.show_exception(f"{name} failed", e, d))
         self.error_from_thread.connect(self.show_exception)
         self.samples_dir = samples_dir
-        self.last_error = None
+        self._last_error = None
         self.devices_known = False
         self._opening = 0  # the number of the latest Open: results of earlier ones are dropped
         self._loaded_device: str | None = None  # the device setting the loaded model was opened with
@@ -348,6 +350,16 @@ class MainWindow(QMainWindow):
             (", nor an input the open model takes" if self.session.loaded else "; open a model first")))
 
     # --- dialogs ---
+    @property
+    def last_error(self):
+        """The error dialog shown last, until it is closed (and so deleted); then None."""
+        box = self._last_error
+        return box if box is not None and shiboken6.isValid(box) else None
+
+    @last_error.setter
+    def last_error(self, box) -> None:
+        self._last_error = box
+
     def show_exception(self, title: str, exc: BaseException, details: str = ""):
         log.info("%s: %s", title, exc)
         self.last_error = dialogs.show_error(self, title, dialogs.error_message(exc), details)

@@ -387,11 +387,36 @@ def test_a_tflite_text_model_converts_with_its_inputs_matched_by_name(samples, t
             assert np.einsum("ij,ij->i", got.embed(texts), want).min() > floor, artifact
 
 
+def test_an_ir_made_of_a_tflite_file_answers_under_the_files_signature_names(samples, tmp_path):
+    """OpenVINO names the outputs of an IR it makes of a TFLite file "PartitionedCall:0", and gives
+    Silero's state back as [1, 2, 128]: the model answered under other names, in another shape, on
+    that artifact than on the package's others (a server's clients saw both). The IR's ports now take
+    the file's signature names, and the package the file's outputs as edgekit gives them."""
+    from edgekit.tasks import VoiceActivityDetector
+    from samples.build import INPUTS
+
+    report = convert(samples["audio"] / "model-fp32.tflite", to=["openvino"], precisions=["fp32"],
+                     out=tmp_path / "pkg")
+    assert report.ok, report.to_dict()
+    manifest = json.loads((tmp_path / "pkg" / "edgekit.json").read_text())
+    assert [(o["name"], o["shape"]) for o in manifest["outputs"]] == [("output", [1, 1]), ("stateN", [2, 1, 128])]
+    with edgekit.load(samples["audio"] / "model-fp32.onnx") as source:
+        want = [(s.name, s.shape) for s in source.inputs], [(s.name, s.shape) for s in source.outputs]
+    for where in (tmp_path / "pkg", tmp_path / "pkg" / "model-fp32.xml"):
+        with edgekit.load(where) as m:
+            assert m.backend == "openvino"
+            assert ([(s.name, s.shape) for s in m.inputs], [(s.name, s.shape) for s in m.outputs]) == want
+    speech = INPUTS / "audio" / "speech.wav"
+    got = VoiceActivityDetector(tmp_path / "pkg").detect(speech)
+    assert [(s.start_s, s.end_s) for s in got] == \
+        [(s.start_s, s.end_s) for s in VoiceActivityDetector(samples["audio"] / "model-fp32.onnx").detect(speech)]
+
+
 def test_sizes_in_the_sources_layout_apply_to_a_channels_last_artifact(tmp_path):
     """The TFLite takes NHWC beside its NCHW ONNX. The ONNX, height and width open, was timed at 1x1
     beside the TFLite's 56x56 (a peer of another layout lent no sizes), and warmup_inputs in the
     source's layout failed the TFLite's first inference (the load fell back to the ONNX)."""
-    from edgekit.bench import target_sizes
+    from edgekit.bench import synthetic_inputs, target_sizes, warmup_sizes
 
     src = _open_size_cnn(tmp_path / "cnn.onnx")
     pkg = tmp_path / "pkg"
@@ -407,6 +432,20 @@ def test_sizes_in_the_sources_layout_apply_to_a_channels_last_artifact(tmp_path)
     with edgekit.load(pkg, device="litert") as m:
         assert m.path == tflite_file and not m.selection.fell_back, m.selection.to_dict()
     assert target_sizes([(tflite_file, "litert:CPU")]) == {str(tflite_file): {"image": {"shape": [1, 56, 56, 3]}}}
+    # Converted again from the TFLite file, the package's inputs are the file's (NHWC) while its card's
+    # warm-up sizes are the ONNX source's (NCHW): they were taken as NHWC, the IR was warmed up and
+    # timed at [1, 3, 56, 56]. The card's layout now goes with them.
+    from converters.card import embed, make
+
+    lone = tmp_path / "lone.tflite"
+    shutil.copy(tflite_file, lone)
+    embed(lone, Format.TFLITE, make(manifest, {"path": lone.name, "format": "tflite", "precision": "fp32"}))
+    again = convert(lone, to=["openvino"], precisions=["fp32"], out=tmp_path / "again")
+    assert again.ok and json.loads((tmp_path / "again" / "edgekit.json").read_text())["warmup_inputs"] == \
+        {"image": {"shape": [1, 3, 56, 56], "layout": "NCHW"}}
+    with edgekit.load(tmp_path / "again" / "model-fp32.xml") as m:
+        assert m.inputs[0].layout == "NHWC" and not m.selection.fell_back
+        assert synthetic_inputs(m.inputs, warmup=warmup_sizes(m))["image"].shape == (1, 56, 56, 3)
 
 
 def test_integer_inputs_are_checked_at_one_and_constant_outputs_are_flagged(tmp_path):

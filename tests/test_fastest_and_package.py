@@ -148,6 +148,13 @@ def test_timing_sizes_warmup_first_then_what_another_candidate_fixes():
     assert timing_sizes(narrow, [narrow], declared) == {"image": {"shape": [1, 48, 3, 3]}}
     assert synthetic_inputs(narrow, warmup=declared)["image"].shape == (1, 48, 3, 3)
     assert synthetic_inputs(nchw, warmup=declared)["image"].shape == (1, 3, 48, 3)
+    # a declaration that does not fit (a package whose inputs are its TFLite's NHWC, and whose warm-up
+    # sizes are still the ONNX's NCHW) is guessed at as before, not taken at its word
+    wrong = warmup_of({"inputs": [{"name": "image", "shape": [1, 56, 56, 3], "layout": "NHWC"}],
+                       "warmup_inputs": {"image": {"shape": [1, 3, 56, 56]}}})
+    fixed56 = [TensorSpec("image", (1, 56, 56, 3), f32, "NHWC")]
+    assert timing_sizes(fixed56, [fixed56], wrong) == {"image": {"shape": [1, 56, 56, 3]}}
+    assert warmup_of({"inputs": 5, "warmup_inputs": {"image": {"shape": [1]}}}) == {"image": {"shape": [1]}}
     with_value = warmup_of({**manifest, "warmup_inputs": {"image": {"value": 0.5}}})
     assert timing_sizes(narrow, [narrow, nchw], with_value) == {"image": {"value": 0.5}}  # no layout left behind
 

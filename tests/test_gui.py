@@ -428,6 +428,7 @@ def test_errors_that_come_while_one_is_shown_join_its_dialog_instead_of_stacking
     assert QGuiApplication.clipboard().text() == details and first.isVisible()
     first.button(QMessageBox.StandardButton.Close).click()
     qtbot.waitUntil(lambda: not shiboken6.isValid(first))  # closed, it is deleted: not kept for the app's life
+    assert window.last_error is None  # not a wrapper of a deleted box, whose every method raises
     window.open_dropped(tmp_path / "notes.txt")  # once it is closed, the next error gets a dialog of its own
     assert window.last_error is not first and window.last_error.isVisible()
     assert window.findChildren(QMessageBox) == [window.last_error]
