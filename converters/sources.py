@@ -55,13 +55,19 @@ class Prepared:
     @property
     def package_dir(self) -> Path | None:
         """Where the metadata's relative files (tokenizer) are found before they are copied."""
-        text = (self.metadata.get("preprocess") or {}).get("text") if isinstance(self.metadata.get("preprocess"), dict) \
-            else None
-        tok = text.get("tokenizer") if isinstance(text, dict) else None
-        for name in (tok, "tokenizer.json"):
-            if isinstance(name, str) and name in self.files:
+        for name in (tokenizer_name(self.metadata), "tokenizer.json"):
+            if name in self.files:
                 return self.files[name].parent
         return None
+
+
+def tokenizer_name(metadata: dict) -> str | None:
+    """The tokenizer file a manifest or card names (``preprocess.text.tokenizer``), or None; a card is
+    read leniently, so any other value there is None too."""
+    preprocess = metadata.get("preprocess")
+    text = preprocess.get("text") if isinstance(preprocess, dict) else None
+    tok = text.get("tokenizer") if isinstance(text, dict) else None
+    return tok if isinstance(tok, str) and tok else None
 
 
 def prepare(source, work: Path, *, example_inputs=None, input_names=None, output_names=None) -> Prepared:
@@ -215,7 +221,7 @@ def _from_package(path: Path, work: Path) -> Prepared:
     prep = _from_onnx(src.path, work)
     prep.kind, prep.label, prep.name = "package", str(path), pkg.name
     prep.metadata = _carried(pkg.manifest)
-    tok = (prep.metadata.get("preprocess") or {}).get("text", {}).get("tokenizer")
+    tok = tokenizer_name(prep.metadata)
     if tok:
         prep.files[tok] = path / tok
     return prep
@@ -243,10 +249,8 @@ def _from_native(path: Path, fmt: Format) -> Prepared:
 def _tokenizer_beside(prep: Prepared, path: Path) -> None:
     """A package's artifact, converted as a lone file, names its package's tokenizer: taken from beside
     it, as a package source's is (a plain file name only: the card is the file's, not ours)."""
-    text = (prep.metadata.get("preprocess") or {}).get("text") if isinstance(prep.metadata.get("preprocess"), dict) \
-        else None
-    tok = text.get("tokenizer") if isinstance(text, dict) else None
-    if not isinstance(tok, str) or not tok:
+    tok = tokenizer_name(prep.metadata)
+    if tok is None:
         return
     if Path(tok).name == tok and (path.parent / tok).is_file():
         prep.files[tok] = path.parent / tok

@@ -85,8 +85,8 @@ def warmup_of(meta: dict) -> dict | None:
     warmup = meta.get("warmup_inputs")
     if not isinstance(warmup, dict):
         return None
-    inputs = meta.get("inputs")
-    layouts = {s.get("name"): s.get("layout") for s in inputs if isinstance(s, dict)} if isinstance(inputs, list) else {}
+    inputs = meta.get("inputs") if isinstance(meta.get("inputs"), list) else []
+    layouts = {s.get("name"): s.get("layout") for s in inputs if isinstance(s, dict)}
     return {name: {"layout": layouts[name], **entry}
             if isinstance(entry, dict) and layouts.get(name) in ("NCHW", "NHWC") else entry
             for name, entry in warmup.items()}

@@ -11,7 +11,6 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 import shiboken6
-
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -74,6 +75,43 @@ def test_threads_share_one_model_with_sequential_results(models):
             got = list(pool.map(lambda x, m=m: m.run(x)["logits"], xs * 4))
         for e, g in zip(expected * 4, got):
             np.testing.assert_array_equal(e, g)
+
+
+def test_openvino_makes_an_infer_request_only_while_none_runs():
+    """OpenVINO's CPU plugin aborted the process in create_infer_request while other requests of
+    the same compiled model inferred (the test above, in a clean-clone CI run): making one waits for
+    the runs under way, and holds new runs back until it is made."""
+    import threading
+
+    from edgekit.backends.ov import _Gate
+
+    gate, events = _Gate(), []
+    gate.enter()  # a run under way
+    made = threading.Event()
+
+    def make() -> None:
+        with gate.alone():
+            events.append("made")
+        made.set()
+
+    def run() -> None:
+        gate.enter()
+        events.append("ran")
+        gate.leave()
+
+    maker = threading.Thread(target=make)
+    maker.start()
+    deadline = time.monotonic() + 10
+    while not gate._making and time.monotonic() < deadline:  # the maker waits for the run
+        time.sleep(0.001)
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.05)
+    assert events == [] and gate._making  # neither the maker nor a new run went ahead
+    gate.leave()
+    maker.join(10)
+    runner.join(10)
+    assert made.is_set() and events == ["made", "ran"]
 
 
 def _split(m) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,45 @@ class _Request:
         self.bf16 = ov.Type.bf16
 
 
+class _Gate:
+    """Runs go through together; making an infer request waits until none is under way and holds
+    new ones back. OpenVINO's CPU plugin aborted the whole process (a clean-clone CI run, 8 threads
+    on one compiled model) in ``create_infer_request`` while the model's other requests inferred.
+    Requests are made only until the pool covers the most runs that ever overlapped."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._making = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._making:
+                self._cond.wait()
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._running -= 1
+            if self._making and not self._running:
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self):
+        with self._cond:
+            while self._making:
+                self._cond.wait()
+            self._making = True  # from here new runs wait: one that keeps others busy cannot starve it
+            while self._running:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._making = False
+                self._cond.notify_all()
+
+
 class OvSession:
     def __init__(self, compiled, ov, precision: str, model, renamed: dict[str, str]) -> None:
         self._compiled = compiled
@@ -93,15 +134,19 @@ class OvSession:
         # (Not a threading.local: requests kept in a thread's state are destroyed when that thread
         # ends, and for threads Python did not start, e.g. Qt's pool, that crashes the interpreter.)
         self._idle: list[_Request] = []
+        self._gate = _Gate()
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         try:
             r = self._idle.pop()  # atomic under the GIL
         except IndexError:
-            r = _Request(self._compiled, self._ov)
+            with self._gate.alone():
+                r = _Request(self._compiled, self._ov)
+        self._gate.enter()
         try:
             return self._run(r, arrays)
         finally:
+            self._gate.leave()
             self._idle.append(r)
 
     def _run(self, r: _Request, arrays: list[np.ndarray]) -> list[np.ndarray]:
