@@ -20,13 +20,19 @@ CLASSIFIER_TASKS = {"image-classification", "text-classification", "audio-classi
 SATURATION_NOTE = "this CPU has no VNNI: 8-bit weights saturate its int8 kernels; a VNNI CPU may pass"
 
 
-def adapt(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``x`` (laid out as the source wants) in the layout ``spec`` wants: NCHW -> NHWC, padded sequences,
-    a scalar as the one-element vector onnx2tf makes of it."""
+def adapt(x: np.ndarray, spec: TensorSpec, layout: str | None = None) -> np.ndarray:
+    """``x`` (laid out as the source wants: ``layout``, where known) in the layout ``spec`` wants:
+    NCHW <-> NHWC, padded sequences, a scalar as the one-element vector onnx2tf makes of it. Without
+    ``layout``, channels are moved only where ``x`` does not fit as it is (an image 3 pixels wide with
+    3 channels fits either way)."""
     if x.ndim == 0 and spec.shape is not None and len(spec.shape) == 1 and spec.shape[0] in (1, None):
         return x.reshape(1)
     if spec.shape is None or len(spec.shape) != x.ndim:
         return x
+    if x.ndim == 4 and {layout, spec.layout} == {"NCHW", "NHWC"}:
+        moved = np.moveaxis(x, 1, -1) if layout == "NCHW" else np.moveaxis(x, -1, 1)
+        if fits(moved.shape, spec.shape):
+            return np.ascontiguousarray(moved)
     if fits(x.shape, spec.shape):
         return x
     if x.ndim >= 3:
@@ -65,17 +71,19 @@ def matching_names(given: list[str], names: list[set[str]]) -> list[int] | None:
     return found if len(set(found)) == len(found) else None
 
 
-def outputs_of(model, feed: dict, names: list[str]) -> list[np.ndarray]:
-    """Run ``model`` on a source-layout ``feed``; outputs in the source's order (by name, else position)."""
+def outputs_of(model, feed: dict, names: list[str], layouts: dict | None = None) -> list[np.ndarray]:
+    """Run ``model`` on a source-layout ``feed`` (``layouts``: the source's, by input name); outputs in
+    the source's order (by name, else position)."""
     specs = list(model.inputs)
+    layouts = layouts or {}
     found = matching_names(list(feed), [{s.name} for s in specs])
     if found is not None:
-        feed = {specs[i].name: adapt(v, specs[i]) for i, v in zip(found, feed.values())}
+        feed = {specs[i].name: adapt(v, specs[i], layouts.get(k)) for i, (k, v) in zip(found, feed.items())}
     elif len(feed) == len(specs):  # names that match nothing: go by position
-        feed = {s.name: adapt(v, s) for s, v in zip(specs, feed.values())}
+        feed = {s.name: adapt(v, s, layouts.get(k)) for s, (k, v) in zip(specs, feed.items())}
     else:
         by_name = {s.name: s for s in specs}
-        feed = {k: adapt(v, by_name[k]) if k in by_name else v for k, v in feed.items()}
+        feed = {k: adapt(v, by_name[k], layouts.get(k)) if k in by_name else v for k, v in feed.items()}
     out = model.run(feed)
     if all(n in out for n in names):
         return [out[n] for n in names]
@@ -119,8 +127,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs: list[list[np.ndarray]],
           output_names: list[str], *, classifier: bool, min_cosine: float | None, timing_feed: dict,
-          rounds: int = 5, runs: int = 10, progress=None) -> None:
-    """Fill in fidelity and p50 latency of each artifact (in place); mark failures.
+          layouts: dict | None = None, rounds: int = 5, runs: int = 10, progress=None) -> None:
+    """Fill in fidelity and p50 latency of each artifact (in place); mark failures. ``layouts``: the
+    source's input layouts by name, which the feeds are in.
 
     An artifact fails below ``min_cosine``, or when None below its precision's ``MIN_COSINE``.
 
@@ -135,7 +144,7 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
         fmt = Format(rep.format)
         try:
             model = edgekit.load(path, device=RUNTIME_OF[fmt])
-            outs = [outputs_of(model, f, output_names) for f in feeds]
+            outs = [outputs_of(model, f, output_names, layouts) for f in feeds]
             rep.__dict__.update(fidelity(refs, outs, classifier))
         except Exception as e:
             rep.status, rep.reason = "failed", f"does not run: {one_line(e)}"
@@ -148,7 +157,8 @@ def check(artifacts: list[tuple[ArtifactReport, Path]], feeds: list[dict], refs:
         elif not rep.relative_error <= (most := max_relative_error(floor)):
             rep.status, rep.reason = "failed", (f"parity: relative error {rep.relative_error:.3g} > {most:.3g} "
                                                 f"at cosine {rep.cosine:.4f} (outputs off in scale)")
-        feed = {s.name: adapt(v, s) for s, v in zip(model.inputs, _ordered(timing_feed, model))}
+        feed = {s.name: adapt(v, s, (layouts or {}).get(s.name))
+                for s, v in zip(model.inputs, _ordered(timing_feed, model))}
         opened.append((rep, model, feed))
         if progress:
             progress(f"checked {rep.path}: cosine {rep.cosine:.5f}, max abs error {rep.max_abs_error:.3g}")

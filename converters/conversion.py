@@ -226,7 +226,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
                 say(f"checking {len(built)} artifacts on {len(chk.feeds)} inputs against {prep.reference_label}")
                 checks.check(built, chk.feeds, refs, prep.output_names,
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
-                             min_cosine=min_cosine, timing_feed=chk.feeds[0], progress=say)
+                             min_cosine=min_cosine, timing_feed=chk.feeds[0],
+                             layouts={i.name: i.layout for i in prep.inputs}, progress=say)
             report.seconds = round(time.perf_counter() - t_start, 1)
             _stop_if_interrupted()  # swallowed in a step that did not fail (checks, say): publish nothing
             _finish_or_raise(report, strict)
@@ -573,7 +574,8 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
         dst = staging / rep.path
         try:
             tflite_target.finish(src, dst, [s.name for s in prep.inputs], prep.output_names, refs[0], chk_feeds[0],
-                                 cards.make(metadata, rep.manifest_entry()))
+                                 cards.make(metadata, rep.manifest_entry()),
+                                 layouts={s.name: s.layout for s in prep.inputs})
         except Exception as e:
             _failed(rep, dst, e)
             continue

@@ -269,8 +269,9 @@ def tool_reason(log_text: str) -> str:
 
 
 def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], reference_out: list[np.ndarray],
-           feed: dict, card: str) -> None:
+           feed: dict, card: str, layouts: dict | None = None) -> None:
     """Rename the signature's tensors to the ONNX names (outputs matched by value), embed the card.
+    ``feed`` is in the source's layouts (``layouts``, by input name).
 
     onnx2tf's dynamic-range file has no signature: there the graph's own input and output tensors are
     renamed (else its outputs are ``Identity``, ``Identity_1``).
@@ -287,8 +288,8 @@ def finish(src: Path, dst: Path, names_in: list[str], names_out: list[str], refe
         in_specs = list(m.inputs)
         if {s.name for s in in_specs} == set(names_in):  # -osd signature: ONNX names, sorted by name
             in_specs = sorted(in_specs, key=lambda s: names_in.index(s.name))
-        ordered = [feed[n] for n in names_in] if all(n in feed for n in names_in) else list(feed.values())
-        out = m.run({spec.name: adapt(x, spec) for spec, x in zip(in_specs, ordered)})
+        ordered = [(n, feed[n]) for n in names_in] if all(n in feed for n in names_in) else list(feed.items())
+        out = m.run({spec.name: adapt(x, spec, (layouts or {}).get(n)) for spec, (n, x) in zip(in_specs, ordered)})
     # Each source output takes the artifact's output nearest to it, closest pairs first. By relative
     # error, not cosine: outputs a and 2a have cosine 1, and were matched the wrong way round.
     pairs = []

@@ -330,6 +330,26 @@ def _open_size_cnn(path):
     return path
 
 
+def test_check_images_go_to_a_channels_last_ir_in_the_sources_layout(tmp_path):
+    """The IR of an image model takes NHWC. Check images 3 pixels wide with 3 channels, [1, 3, 8, 3]
+    in the source's NCHW, fit its open [?, ?, ?, 3] as they are, so they went in unmoved: 8 channels
+    read as width, and its parity was taken on the wrong pixels. The source's layout now decides."""
+    from converters.check import adapt
+
+    src = _open_size_cnn(tmp_path / "cnn.onnx")
+    report = convert(src, to=["openvino"], precisions=["fp32"], out=tmp_path / "pkg", task="image-classification",
+                     labels=list("abcde"), preprocess={"image": {"resize": 8, "crop": [8, 3]}})
+    (ir,) = report.artifacts
+    assert ir.layout == "NHWC" and report.check["kind"] == "random", report.to_dict()
+    assert ir.ok and ir.cosine > 0.9999, (ir.status, ir.reason, ir.cosine)
+    nhwc = TensorSpec("image", (None, None, None, 3), np.dtype("float32"), "NHWC")
+    x = np.arange(72, dtype=np.float32).reshape(1, 3, 8, 3)
+    assert adapt(x, nhwc).shape == (1, 3, 8, 3)  # by its shape alone it is NHWC already
+    np.testing.assert_array_equal(adapt(x, nhwc, "NCHW"), np.moveaxis(x, 1, -1))
+    nchw = TensorSpec("image", (None, 3, None, None), np.dtype("float32"), "NCHW")
+    np.testing.assert_array_equal(adapt(x, nchw, "NHWC"), np.moveaxis(x, -1, 1))  # and the other way round
+
+
 def test_open_image_sizes_are_not_frozen_at_one_pixel(tmp_path):
     """Without data, the random check images were 1x1, so the TFLite files took only 1x1 images (and
     `auto` picked them). A package crop sizes the check images; with neither, TFLite is skipped."""
