@@ -227,7 +227,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
                 checks.check(built, chk.feeds, refs, prep.output_names,
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
                              min_cosine=min_cosine, timing_feed=chk.feeds[0],
-                             layouts={i.name: i.layout for i in prep.inputs}, progress=say)
+                             layouts=prep.layouts, progress=say)
             report.seconds = round(time.perf_counter() - t_start, 1)
             _stop_if_interrupted()  # swallowed in a step that did not fail (checks, say): publish nothing
             _finish_or_raise(report, strict)
@@ -575,7 +575,7 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
         try:
             tflite_target.finish(src, dst, [s.name for s in prep.inputs], prep.output_names, refs[0], chk_feeds[0],
                                  cards.make(metadata, rep.manifest_entry()),
-                                 layouts={s.name: s.layout for s in prep.inputs})
+                                 layouts=prep.layouts)
         except Exception as e:
             _failed(rep, dst, e)
             continue

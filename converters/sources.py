@@ -53,6 +53,11 @@ class Prepared:
     example: dict | None = None  # one real input (PyTorch / Hugging Face sources)
 
     @property
+    def layouts(self) -> dict[str, str | None]:
+        """Each input's layout, by name: what the check and calibration feeds are laid out in."""
+        return {s.name: s.layout for s in self.inputs}
+
+    @property
     def package_dir(self) -> Path | None:
         """Where the metadata's relative files (tokenizer) are found before they are copied."""
         for name in (tokenizer_name(self.metadata), "tokenizer.json"):

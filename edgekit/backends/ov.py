@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, ModelFileError
+from ..formats import signature_base
 from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
 from .base import BackendStatus
 from .litert import signature_names
@@ -305,8 +306,8 @@ class OpenVinoBackend:
         # the package and the tasks know (the source's), not onnx2tf's serving_default_input_ids:0.
         renamed = signature_names(path) if fmt is Format.TFLITE else {}
         if renamed is None:  # no LiteRT to read the signature: onnx2tf's input names are its keys
-            renamed = {n: n[len("serving_default_"):-2] for p in model.inputs for n in p.get_names()
-                       if n.startswith("serving_default_") and n.endswith(":0")}
+            renamed = {n: signature_base(n) for p in model.inputs for n in p.get_names()
+                       if n.startswith("serving_default_")}
             log.warning("%s: its outputs keep their TFLite tensor names on OpenVINO (reading its signature "
                         "needs ai-edge-litert)", path.name)
         return OvSession(compiled, ov, computed, model, renamed)
