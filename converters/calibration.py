@@ -33,16 +33,24 @@ HOW = ("give a folder or files of images, audio (WAV/FLAC/OGG), a .txt of lines,
 
 @dataclass
 class Samples:
-    """Model inputs, one dict per sample (batch 1), and where they came from."""
+    """Model inputs, one dict per sample (batch 1, or ``batch`` samples where the model's batch is
+    fixed at that), and where they came from."""
 
     feeds: list[dict[str, np.ndarray]]
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     kind: str = ""  # "images" | "audio" | "text" | "arrays" | "random"
+    batch: int = 1  # samples in each feed
 
     def describe(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "samples": len(self.feeds),
-                "skipped": [list(s) for s in self.skipped]}
+        return {"source": self.source, "kind": self.kind, "samples": len(self.feeds) * self.batch,
+                "batch": self.batch, "skipped": [list(s) for s in self.skipped]}
+
+    def __str__(self) -> str:
+        skipped = f", {len(self.skipped)} files skipped" if self.skipped else ""
+        count = (f"{len(self.feeds)} samples" if self.batch == 1
+                 else f"{len(self.feeds)} batches of {self.batch} (the model's fixed batch)")
+        return f"{count} from {self.source} ({self.kind}){skipped}"
 
 
 def files_of(spec, what: str = "calibration") -> list[Path]:
@@ -70,20 +78,29 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
     feed dicts / arrays.
 
     Files of the model's own kind (see :func:`modality`) and arrays are read; any other file, and
-    one that cannot be decoded or does not fit the model's inputs, is skipped with a warning.
+    one that cannot be decoded or does not fit the model's inputs, is skipped with a warning. A
+    model whose batch is fixed above 1 gets its samples joined into batches of that size.
 
     Raises:
         UsageError: nothing usable (names the folder or files and what would do), or a file of the
             model's kind that the model cannot take (names the file).
     """
+    batch = fixed_batch(inputs)
     if isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (str, Path)):
         feeds = [_as_feed(item, inputs, f"{what} sample #{i}: ") for i, item in enumerate(spec)]
-        return Samples([f for feed in feeds for f in _split(feed, inputs)], "python", kind="arrays")
+        feeds = [f for feed in feeds for f in _split(feed, inputs)]
+        for i, f in enumerate(feeds):
+            try:
+                _check_shapes(f, inputs, batch)
+            except InputError as e:
+                raise InputError(f"{what} sample #{i} {e}") from None
+        return Samples(_in_batches(feeds, batch), "python", kind="arrays", batch=batch)
     files = files_of(spec, what)
     label = str(spec) if isinstance(spec, (str, Path)) else f"{len(files)} files"
     want = modality(inputs, metadata)
-    out = Samples([], label)
+    out = Samples([], label, batch=batch)
     kinds = set()
+    memo: dict = {}  # what every file of a kind shares (the image pre-processing), worked out once
     for f in files:
         kind = next((k for k, ext in KINDS.items() if f.suffix.lower() in ext), None)
         if kind is None:
@@ -92,7 +109,7 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
             why = f"{_A[kind]}, and this model calibrates on {_ON[want]}" + (" or arrays" if want != "arrays" else "")
         else:
             try:
-                new = _read(kind, f, inputs, metadata, package_dir)
+                new = _read(kind, f, inputs, metadata, package_dir, batch, memo)
             except (InputError, _Undecodable) as e:  # this file is bad; the others may be fine
                 why = str(e)
             except UsageError as e:  # the model cannot take this kind of file at all
@@ -107,7 +124,28 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
         first = f"; {out.skipped[0][0]}: {out.skipped[0][1]}" if out.skipped else ""
         raise UsageError(f"{what} data {label}: no usable samples ({len(out.skipped)} files skipped{first}); {HOW}")
     out.kind = "+".join(sorted(kinds))
+    out.feeds = _in_batches(out.feeds, batch)
     return out
+
+
+def fixed_batch(inputs: list[TensorSpec]) -> int:
+    """The batch a model takes its inputs in when it is fixed above 1 (exported for batches of 4),
+    else 1: the first dim every input shares, where each has at least 2."""
+    firsts = {s.shape[0] if s.shape is not None and len(s.shape) >= 2 else None for s in inputs}
+    n = firsts.pop() if len(firsts) == 1 else None
+    return n if isinstance(n, int) and n > 1 else 1
+
+
+def _in_batches(feeds: list[dict], n: int) -> list[dict]:
+    """Batch-1 samples joined ``n`` at a time along the first axis. The last batch is filled up
+    with the first samples again: data is never invented."""
+    if n == 1 or not feeds:
+        return feeds
+    if len(feeds) % n:
+        log.info("the model's batch is fixed at %d: the last batch of %d samples is filled up with "
+                 "the first samples again", n, len(feeds) % n)
+    groups = [[feeds[(start + i) % len(feeds)] for i in range(n)] for start in range(0, len(feeds), n)]
+    return [{k: np.concatenate([f[k] for f in group]) for k in group[0]} for group in groups]
 
 
 def modality(inputs: list[TensorSpec], metadata: dict) -> str:
@@ -128,10 +166,12 @@ def modality(inputs: list[TensorSpec], metadata: dict) -> str:
     return "arrays"
 
 
-def _read(kind: str, path: Path, inputs: list[TensorSpec], metadata: dict, package_dir: Path | None) -> list[dict]:
-    """The samples in one file, each checked against the model's inputs."""
+def _read(kind: str, path: Path, inputs: list[TensorSpec], metadata: dict, package_dir: Path | None,
+          batch: int = 1, memo: dict | None = None) -> list[dict]:
+    """The samples in one file, each checked against the model's inputs (at batch 1 where the
+    model's batch is fixed at ``batch``)."""
     if kind == "images":
-        feeds = [_image_feed(path, inputs, metadata)]
+        feeds = [_image_feed(path, inputs, metadata, {} if memo is None else memo)]
     elif kind == "audio":
         feeds = _audio_feeds(path, inputs, metadata)
     elif kind == "text":
@@ -139,17 +179,20 @@ def _read(kind: str, path: Path, inputs: list[TensorSpec], metadata: dict, packa
     else:
         feeds = _array_feeds(path, inputs)
     for feed in feeds:
-        _check_shapes(feed, inputs)
+        _check_shapes(feed, inputs, batch)
     return feeds
 
 
-def _check_shapes(feed: dict, inputs: list[TensorSpec]) -> None:
-    """Refuse a sample whose shape the model would refuse later, when no file could be named."""
+def _check_shapes(feed: dict, inputs: list[TensorSpec], batch: int = 1) -> None:
+    """Refuse a sample whose shape the model would refuse later, when no file could be named. With a
+    fixed ``batch``, one sample has 1 where the model has ``batch``: samples are joined later."""
     for spec in inputs:
         got = feed[spec.name].shape
-        if spec.shape is not None and (len(got) != len(spec.shape) or any(
-                isinstance(d, int) and d != g for d, g in zip(spec.shape, got))):
-            raise InputError(f"gives input {spec.name!r} the shape {got}; the model takes {shape_text(spec.shape)}")
+        want = spec.shape if spec.shape is None or batch == 1 else (1, *spec.shape[1:])
+        if want is not None and (len(got) != len(want) or any(
+                isinstance(d, int) and d != g for d, g in zip(want, got))):
+            raise InputError(f"gives input {spec.name!r} the shape {got}; the model takes {shape_text(spec.shape)}"
+                             + (f", {batch} samples at a time" if batch > 1 else ""))
 
 
 class _Undecodable(UsageError):
@@ -164,14 +207,16 @@ def _single_input(inputs: list[TensorSpec], kind: str) -> TensorSpec:
     return inputs[0]
 
 
-def _image_feed(path: Path, inputs: list[TensorSpec], metadata: dict) -> dict:
+def _image_feed(path: Path, inputs: list[TensorSpec], metadata: dict, memo: dict) -> dict:
     from edgekit.tasks.image import load_image, preprocess_image
 
     spec = _single_input(inputs, "image")
     if spec.shape is None or len(spec.shape) != 4:
         raise UsageError(f"an image calibrates a model whose input is an image batch (rank 4); "
                          f"{spec.name!r} has shape {spec.shape}")
-    pp = image_preprocess(spec, metadata)
+    if "image" not in memo:  # worked out (and any warning given) once, not per file
+        memo["image"] = image_preprocess(spec, metadata)
+    pp = memo["image"]
     img = load_image(path)
     return {spec.name: preprocess_image(img, pp, layout=pp["layout"], dtype=spec.dtype)[None]}
 

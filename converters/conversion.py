@@ -223,7 +223,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
             if built:
-                say(f"checking {len(built)} artifacts on {len(chk.feeds)} inputs against {prep.reference_label}")
+                inputs = f"{len(chk.feeds)} inputs" if chk.batch == 1 else f"{len(chk.feeds)} batches of {chk.batch}"
+                say(f"checking {len(built)} artifacts on {inputs} against {prep.reference_label}")
                 checks.check(built, chk.feeds, refs, prep.output_names,
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
                              min_cosine=min_cosine, timing_feed=chk.feeds[0],
@@ -333,8 +334,7 @@ def _load_data(spec, prep, metadata, what, say):
     if spec is None:
         return None
     samples = calib.load(spec, prep.inputs, metadata, package_dir=prep.package_dir, what=what)
-    skipped = f", {len(samples.skipped)} files skipped" if samples.skipped else ""
-    say(f"{what}: {len(samples.feeds)} samples from {samples.source} ({samples.kind}){skipped}")
+    say(f"{what}: {samples}")
     return samples
 
 
@@ -355,7 +355,7 @@ def _check_samples(check, cal, prep, metadata, say):
         return _load_data(check, prep, metadata, "check", say)
     if cal is not None:
         return calib.Samples(calib.subset(cal.feeds, MAX_CHECK), f"{cal.source} (the calibration data)",
-                             kind=cal.kind)
+                             kind=cal.kind, batch=cal.batch)
     if prep.example is not None:  # random token ids mean nothing; the export's own example does
         return calib.Samples([prep.example], "the export's example inputs", kind="example")
     say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")

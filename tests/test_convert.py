@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch", reason="the PyTorch sources need torch (mak
 import edgekit  # noqa: E402
 from converters import ConversionError, convert  # noqa: E402
 from edgekit import formats  # noqa: E402
-from edgekit.errors import ModelFileError, UsageError  # noqa: E402
+from edgekit.errors import InputError, ModelFileError, UsageError  # noqa: E402
 from edgekit.types import Format, TensorSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -832,6 +832,79 @@ def test_calibration_takes_the_models_kind_of_file_and_skips_the_others_one_by_o
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 3 and all(any(n in w for w in warned) for n in ("readme.txt", "noise.wav", "small.npy"))
     assert any("small.npy (gives input 'image' the shape (1, 3, 16, 16)" in w for w in warned)
+
+
+def test_a_model_with_a_fixed_batch_calibrates_on_its_samples_joined_in_batches(tmp_path, caplog):
+    """A model exported for batches of 4 skipped every image (each is one sample) and could not be
+    quantized; the pixels / 255 warning came once per image."""
+    from converters import calibration
+
+    fixed = [TensorSpec("image", (4, 3, 32, 32), np.dtype(np.float32), "NCHW")]
+    images = sorted(IMAGES.iterdir())[:5]
+    for p in images:
+        shutil.copy(p, tmp_path)
+    with caplog.at_level("WARNING", logger="edgekit.convert"):
+        samples = calibration.load(tmp_path, fixed, {})
+    warned = [r.getMessage() for r in caplog.records if "calibrating on pixels / 255" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert [f["image"].shape for f in samples.feeds] == [(4, 3, 32, 32)] * 2 and samples.batch == 4
+    one = calibration.load(tmp_path, IMAGE_INPUT, {})  # the same samples one by one
+    assert len(one.feeds) == 5
+    # the fifth image starts the second batch, filled up with the first three again
+    order = [0, 1, 2, 3, 4, 0, 1, 2]
+    np.testing.assert_array_equal(np.concatenate([f["image"] for f in samples.feeds]),
+                                  np.concatenate([one.feeds[i]["image"] for i in order]))
+    assert str(samples).startswith("2 batches of 4 (the model's fixed batch) from")
+    assert samples.describe()["samples"] == 8 and samples.describe()["batch"] == 4
+    arrays = calibration.load([np.zeros((3, 32, 32), np.float32)] * 3, fixed, {})  # from Python
+    assert [f["image"].shape for f in arrays.feeds] == [(4, 3, 32, 32)]
+    with pytest.raises(InputError, match=r"calibration sample #1 gives input 'image' the shape \(1, 3, 16, 16\); "
+                                         r"the model takes \[4, 3, 32, 32\], 4 samples at a time"):
+        calibration.load([np.zeros((3, 32, 32), np.float32), np.zeros((3, 16, 16), np.float32)], fixed, {})
+    text = [TensorSpec(n, (2, 16), np.dtype(np.int64)) for n in ("input_ids", "attention_mask")]
+    assert calibration.fixed_batch(text) == 2
+    assert calibration.fixed_batch(IMAGE_INPUT) == 1
+    assert calibration.fixed_batch([TensorSpec("audio", (16000,), np.dtype(np.float32))]) == 1  # no batch dim
+    assert calibration.fixed_batch([TensorSpec("x", (1, 64), np.dtype(np.float32)),  # Silero: input and state
+                                    TensorSpec("state", (2, 1, 128), np.dtype(np.float32))]) == 1
+
+
+def test_text_calibrates_a_model_whose_batch_and_length_are_fixed(samples, tmp_path):
+    from converters import calibration
+
+    fixed = [TensorSpec(n, (2, 16), np.dtype(np.int64)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    (tmp_path / "lines.txt").write_text("a cat on a mat\nthe quick brown fox jumps over the lazy dog\nhello\n")
+    got = calibration.load(tmp_path / "lines.txt", fixed, {"preprocess": {"text": {"tokenizer": "tokenizer.json"}}},
+                           package_dir=samples["text"])
+    assert len(got.feeds) == 2 and all(f[n].shape == (2, 16) for f in got.feeds for n in f)
+    assert got.feeds[0]["attention_mask"][0].sum() == 7  # [CLS] a cat on a mat [SEP], the rest padding
+    np.testing.assert_array_equal(got.feeds[1]["input_ids"][1], got.feeds[0]["input_ids"][0])  # filled up
+
+
+def test_a_fixed_batch_model_quantizes_to_int8(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w", (8, 3, 3, 3)), ("fc", (8, 10)))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["logits"])], "fixed_batch",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 10])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "b4.onnx")
+    report = convert(tmp_path / "b4.onnx", to=["onnx", "openvino"], precisions=["int8"], calibration=IMAGES,
+                     preprocess=PP, out=tmp_path / "pkg")
+    assert report.ok, [(a.path, a.reason) for a in report.artifacts]
+    assert report.calibration["batch"] == 4 and report.calibration["samples"] == 8  # 8 images, 2 batches
+    assert {a.precision for a in report.artifacts} == {"int8"}
+    for artifact, shape in (("model-int8.onnx", (4, 3, 32, 32)), ("model-int8.xml", (4, 32, 32, 3))):  # the IR: NHWC
+        with edgekit.load(tmp_path / "pkg" / artifact) as m:
+            assert m.run({"image": np.zeros(shape, np.float32)})["logits"].shape == (4, 10)
 
 
 def test_calibration_modality_comes_from_the_model():
