@@ -16,6 +16,7 @@ from conftest import run_cli
 
 import edgekit
 from edgekit.tasks import (
+    AudioClassifier,
     Category,
     ClassifierOptions,
     ImageClassifier,
@@ -1039,6 +1040,47 @@ def test_a_score_map_of_ones_counts_its_classes_whole(tmp_path):
     green[..., 1] = 200
     with ImageClassifier(tmp_path / "pkg") as clf:
         assert [c.label for c in clf.classify(green, top_k=3)] == ["green", "red", "blue"]
+
+
+@pytest.mark.parametrize("device", ["onnxruntime", "openvino"])
+def test_a_classifier_whose_batch_is_fixed_fills_it_with_copies(tmp_path, device):
+    """A model exported for batches of 4 refused one image ("dim 0 must be 4"); an audio classifier
+    would have flattened the 4 rows into one list of scores."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(  # each channel's mean: 3 "classes" red, green, blue
+        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=0)], "rgb",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4, 3, 32, 32])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 3])])
+    (tmp_path / "pkg").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "pkg" / "m.onnx")
+    (tmp_path / "pkg" / "edgekit.json").write_text(json.dumps({
+        "task": "image-classification", "labels": ["red", "green", "blue"],
+        "preprocess": {"image": {"crop": 32, "scale": 1 / 255}}, "postprocess": {"activation": "none"},
+        "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
+    green = np.zeros((40, 40, 3), np.uint8)
+    green[..., 1] = 200
+    with ImageClassifier(tmp_path / "pkg", device=device) as clf:
+        assert clf.scores(green).shape == (3,)
+        assert [(c.label, round(c.score, 3)) for c in clf.classify(green, top_k=3)] == [
+            ("green", round(200 / 255, 3)), ("red", 0.0), ("blue", 0.0)]
+    graph = helper.make_graph(  # audio: [quiet, sound] from the clip's mean square
+        [helper.make_node("Mul", ["audio", "audio"], ["sq"]),
+         helper.make_node("ReduceMean", ["sq"], ["energy"], axes=[1], keepdims=1),
+         helper.make_node("Concat", ["minus", "energy"], ["logits"], axis=1)], "energy",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [2, 16000])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor("minus", TensorProto.FLOAT, [2, 1], [1e-6, 1e-6])])
+    (tmp_path / "audio").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "audio" / "m.onnx")
+    (tmp_path / "audio" / "edgekit.json").write_text(json.dumps({
+        "task": "audio-classification", "labels": ["quiet", "sound"], "postprocess": {"activation": "none"},
+        "preprocess": {"audio": {"sample_rate": 16000, "clip_s": 1.0}},
+        "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
+    with AudioClassifier(tmp_path / "audio", device=device) as clf:
+        got = clf.classify(AUDIO / "noise.wav", top_k=2)
+        assert len(got) == 2 and got[0].label == "sound" and got[1].label == "quiet"
 
 
 def test_an_embedder_that_answers_per_token_is_refused_by_name(samples, tmp_path):

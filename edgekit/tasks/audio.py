@@ -555,8 +555,7 @@ class AudioClassifier(Task):
 
     def classify(self, audio, sample_rate: int | None = None, top_k: int | None = None, *,
                  score_threshold: float | None = None, allow=None, deny=None) -> list[Category]:
-        out = next(iter(self.model.run({self.input_name: self.features(audio, sample_rate)}).values()))
-        scores = self._activate(np.asarray(out, np.float32).reshape(-1))
+        scores = self._activate(self.scores_of_one(self.features(audio, sample_rate)))
         opts = self.options.merged(top_k=top_k, score_threshold=score_threshold, allow=allow, deny=deny)
         return opts.select(scores, self.labels)
 

@@ -133,6 +133,18 @@ class Task:
             raise fail(f"name {len(labels)} classes, and the model outputs {classes} scores")
         return labels
 
+    def scores_of_one(self, x: np.ndarray) -> np.ndarray:
+        """The first output for one sample ``x`` (batch 1) of the first input, flattened. A model
+        whose batch is fixed above 1 runs copies of it filling the batch, and their rows are dropped."""
+        spec = self.model.inputs[0]
+        fixed = spec.shape[0] if spec.shape is not None and len(spec.shape) >= 2 else None
+        if isinstance(fixed, int) and fixed > 1 and x.shape[0] == 1:
+            x = np.repeat(x, fixed, axis=0)
+        else:
+            fixed = None
+        out = np.asarray(next(iter(self.model.run({spec.name: x}).values())), np.float32)
+        return (out[:1] if fixed and out.ndim and out.shape[0] == fixed else out).reshape(-1)
+
     def artifact_entry(self) -> dict:
         """The manifest entry of the artifact that runs (layout, precision, parity)."""
         for entry in self.metadata.get("artifacts", []):

@@ -580,8 +580,7 @@ class ImageClassifier(Task):
 
     def scores(self, image) -> np.ndarray:
         """Class probabilities (or raw scores when the package says no activation)."""
-        out = next(iter(self.model.run({self.input_name: self.preprocess_input(image)}).values()))
-        return self._activate(np.asarray(out, dtype=np.float32).reshape(-1))
+        return self._activate(self.scores_of_one(self.preprocess_input(image)))
 
     def classify(self, image, top_k: int | None = None, *, score_threshold: float | None = None,
                  allow=None, deny=None) -> list[Category]:
