@@ -41,6 +41,9 @@ FORMAT_OF = {"onnx": Format.ONNX, "openvino": Format.OPENVINO, "tflite": Format.
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 MAX_CALIBRATION = 300  # samples used for calibration (more adds time, not accuracy)
 MAX_CHECK = 64  # samples the parity check runs on
+# How data is given in each of the converter's front ends: its messages reach all three.
+GIVE_CALIBRATION = "--calib DIR|FILES (calibration= in Python, the Calibration field in the app)"
+GIVE_CHECK = "--check or --calib data (check= or calibration= in Python, the Calibration field in the app)"
 RANDOM_CHECK = 8  # random inputs checked when no data was given (fp32/fp16 parity only)
 
 
@@ -217,7 +220,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             if constant:
                 report.check["warning"] = (f"the source gave one value everywhere for {', '.join(constant)} on "
                                            f"all {len(refs)} check inputs: their parity compares constants; "
-                                           f"give --check (or --calib) data that moves them")
+                                           f"give {GIVE_CHECK} that moves them")
                 say(f"warning: {report.check['warning']}")
             sources.copy_files(prep, staging)
             cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
@@ -412,7 +415,7 @@ def _plan(prep, target: str, precision: str, precisions: list[str], has_calibrat
     if precision == "int8-dynamic" and dynamic and "int8" in precisions:
         return "the same file as int8 for this model (its int8 recipe is dynamic)"
     if precision == "int8" and not has_calibration and not dynamic:
-        return ("int8 needs calibration data: give --calib DIR|FILES (images, audio, a .txt of lines or "
+        return (f"int8 needs calibration data: give {GIVE_CALIBRATION} (images, audio, a .txt of lines or "
                 ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
     if prep.onnx is not None:
         return None
@@ -450,7 +453,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                 for rep in todo:
                     rep.status, rep.path = "skipped", None
                     rep.reason = (f"TFLite needs static sizes and {', '.join(unsized)} would be fixed at 1: "
-                                  f"give --check or --calib data of the size to run at")
+                                  f"give {GIVE_CHECK} of the size to run at")
                 say(f"tflite: skipped ({todo[0].reason})")
                 continue
             built += _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say)

@@ -774,7 +774,7 @@ def test_not_a_model_is_a_clear_cli_error(tmp_path):
 def test_int8_without_calibration_is_refused_with_the_way_to_give_it(cnn_onnx, tmp_path):
     report = convert(cnn_onnx, to=["onnx", "openvino"], precisions=["fp32", "int8"], out=tmp_path / "pkg")
     skipped = [a for a in report.artifacts if a.precision == "int8"]
-    assert all(a.status == "skipped" and "--calib" in a.reason for a in skipped)
+    assert all(a.status == "skipped" and "--calib" in a.reason and "calibration=" in a.reason for a in skipped)
     assert report.check["kind"] == "random"  # said, not silent
     with pytest.raises(ConversionError, match="int8 needs calibration") as raised:
         convert(cnn_onnx, to=["onnx"], precisions=["fp32", "int8"], out=tmp_path / "strict", strict=True)

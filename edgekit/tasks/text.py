@@ -134,7 +134,8 @@ class _TextTask(Task):
             folder = src if src.is_dir() else src.parent
             tok_path = tokenizer or (folder / name if name else None)
             if tok_path is None:
-                raise UsageError(f"{self.model.source}: no tokenizer: the package names none; pass tokenizer=PATH")
+                raise UsageError(f"{self.model.source}: no tokenizer: the package names none; name one in its "
+                                 f"edgekit.json (preprocess.text.tokenizer), or pass tokenizer=PATH in Python")
             limit = max_length or top or 512
             # the sequence length caps the token limit: a static one (TFLite from onnx2tf) or the
             # declared limit of a named one (MiniLM's 512 positions); a static batch dimension is
