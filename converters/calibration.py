@@ -85,7 +85,8 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
         UsageError: nothing usable (names the folder or files and what would do), or a file of the
             model's kind that the model cannot take (names the file).
     """
-    batch = fixed_batch(inputs)
+    want = modality(inputs, metadata)
+    batch = fixed_batch(inputs, want)
     if isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (str, Path)):
         feeds = [_as_feed(item, inputs, f"{what} sample #{i}: ") for i, item in enumerate(spec)]
         feeds = [f for feed in feeds for f in _split(feed, inputs)]
@@ -97,7 +98,6 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
         return Samples(_in_batches(feeds, batch), "python", kind="arrays", batch=batch)
     files = files_of(spec, what)
     label = str(spec) if isinstance(spec, (str, Path)) else f"{len(files)} files"
-    want = modality(inputs, metadata)
     out = Samples([], label, batch=batch)
     kinds = set()
     memo: dict = {}  # what every file of a kind shares (the image pre-processing), worked out once
@@ -128,12 +128,16 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
     return out
 
 
-def fixed_batch(inputs: list[TensorSpec]) -> int:
+def fixed_batch(inputs: list[TensorSpec], kind: str = "arrays") -> int:
     """The batch a model takes its inputs in when it is fixed above 1 (exported for batches of 4),
-    else 1: the first dim every input shares, where each has at least 2."""
+    else 1: the first dim every input shares, where each has at least 2. Images and token ids have
+    their batch first; other data only where nothing else can be its batch (``[10, 1, 8]`` is a
+    sequence of 10 with a batch of 1, PyTorch's RNN layout)."""
     firsts = {s.shape[0] if s.shape is not None and len(s.shape) >= 2 else None for s in inputs}
     n = firsts.pop() if len(firsts) == 1 else None
-    return n if isinstance(n, int) and n > 1 else 1
+    if not isinstance(n, int) or n < 2:
+        return 1
+    return n if kind in ("images", "text") or all(batch_axis(s) == 0 for s in inputs) else 1
 
 
 def _in_batches(feeds: list[dict], n: int) -> list[dict]:

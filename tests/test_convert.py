@@ -862,7 +862,9 @@ def test_a_model_with_a_fixed_batch_calibrates_on_its_samples_joined_in_batches(
                                          r"the model takes \[4, 3, 32, 32\], 4 samples at a time"):
         calibration.load([np.zeros((3, 32, 32), np.float32), np.zeros((3, 16, 16), np.float32)], fixed, {})
     text = [TensorSpec(n, (2, 16), np.dtype(np.int64)) for n in ("input_ids", "attention_mask")]
-    assert calibration.fixed_batch(text) == 2
+    assert calibration.fixed_batch(text, "text") == calibration.fixed_batch(text) == 2
+    assert calibration.fixed_batch([TensorSpec("x", (10, 1, 8), np.dtype(np.float32))]) == 1  # sequence first
+    assert calibration.fixed_batch([TensorSpec("x", (4, 1, 28, 28), np.dtype(np.float32))], "images") == 4
     assert calibration.fixed_batch(IMAGE_INPUT) == 1
     assert calibration.fixed_batch([TensorSpec("audio", (16000,), np.dtype(np.float32))]) == 1  # no batch dim
     assert calibration.fixed_batch([TensorSpec("x", (1, 64), np.dtype(np.float32)),  # Silero: input and state
