@@ -343,7 +343,20 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     assert status == 400 and "150528" in message  # JSON data shorter than the shape
     status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
                                                    "data": [0.0] * 10}]}).encode())
-    assert status == 400 and "body" in message  # so short the shape alone is refused
+    assert status == 400 and "needs 150528 values, the request sends 10" in message, message  # said "bytes"
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [2 ** 41, 9],
+                                                   "data": [0.0] * 10}]}).encode())
+    assert status == 400 and "needs more values than the body has bytes" in message, message
+    status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
+                                                   "data": [1e39] + [0.0] * 150527}]}).encode())
+    assert status == 400 and "value 1e+39 is past FP32's range (±3.4e+38)" in message, message  # was inf
+    for item, problem in (({"shape": shape, "data": [0]}, "has no 'datatype'"),
+                          ({"datatype": "FP32", "data": [0]}, "has no 'shape'")):
+        status, message = post(json.dumps({"inputs": [{"name": "image", **item}]}).encode())
+        assert status == 400 and f"input 'image' {problem}" in message, message  # said "unknown datatype 'None'"
+    for value, problem in (("0", "from 1 to"), ("1000000000", "from 1 to")):
+        status, message = post(b"{}", {"Inference-Header-Content-Length": value})
+        assert status == 400 and problem in message, message
     status, message = post(json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
                                                    "shape": [10 ** 6, *shape[1:]], "data": [1.0]}]}).encode())
     assert status == 400
@@ -367,7 +380,8 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
         assert post(body)[0] == 400, body[:60]
     assert post(b"[" * 100_000, path="/v2/repository/index")[0] == 400
     for version in ("%C2%B2", "9" * 5000, "0"):
-        assert served.request("GET", f"/v2/models/{image}/versions/{version}")[0] == 404
+        status, _, doc = served.request("GET", f"/v2/models/{image}/versions/{version}")
+        assert status == 404 and "whole numbers from 1 to 999999999" in doc["error"], doc
     assert served.request("POST", f"/v2/models/{image}/classify?top_k=%C2%B2", b"x")[0] == 400
     status, _, doc = served.request("POST", f"/v2/models/{image}/classify?topk=3", b"x")
     assert status == 400 and "unknown query parameter 'topk'" in doc["error"]
@@ -398,6 +412,14 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
     status, message = error_of(lambda: infer(c, text, {"input_ids": ids[:, :5], "attention_mask": ids[:, :7],
                                                        "token_type_ids": ids[:, :5]}))
     assert status == 400 and "disagree on dimension 'sequence'" in message, message
+    status, message = post(b"{}", path=f"/v2/models/{image}/embed")
+    assert status == 404 and f"model '{image}' is an image-classification model" in message, message
+    status, message = post(b'{"text": "x", "labels": ["a", ""]}', path=f"/v2/models/{samples['text'].name}/classify")
+    assert status == 400 and "'labels' item 1 is \"\": each label must be a non-empty string" in message, message
+    status, message = post((ROOT / "samples" / "inputs" / "images" / "cat.jpg").read_bytes(),
+                           path=f"/v2/models/{samples['audio'].name}/detect")
+    assert status == 400 and message == "audio: cannot be read as audio (Format not recognised)", message  # was
+    # "(Error opening <_io.BytesIO object at 0x7f99a6b9ab60>: Format not recognised.)"
     assert served.request("GET", f"/v2/models/{image}/infer")[0] == 405
     assert served.request("GET", "/v2/nothing-here")[0] == 404
     # the shared-memory extension is named as such, not as data missing from the body
@@ -476,6 +498,9 @@ def test_metrics_move(served, samples):
     with edgekit.load(samples["image"]) as m:
         assert sample("edgekit_model_loaded", model=name, version="1", backend=m.backend, artifact=m.path.name) == 1
     assert sample("edgekit_inference_in_flight", model=name) == 0
+    # the text access log names the model and the version that answered
+    assert f'"POST /v2/models/{name}/infer" 200 ' in served.log()
+    assert any(line.endswith(f" ms {name} v1") for line in served.log().splitlines() if "/infer\" 200" in line)
     # a body refused by the guard before routing is counted under the route it was sent to
     refused = sample("edgekit_http_requests_total", route="infer", status="413")
     conn = http.client.HTTPConnection(served.host, timeout=30)
@@ -807,6 +832,13 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         assert not c.is_model_ready("mlp")
         status, message = error_of(answer)
         assert status == 503 and "unloaded" in message
+        metrics = server.request("GET", "/metrics")[2].decode().splitlines()
+        unavailable = [m for m in metrics if m.startswith("edgekit_inference_requests_total{")
+                       and 'model="mlp"' in m and 'outcome="unavailable"' in m]
+        assert unavailable and float(unavailable[0].rsplit(" ", 1)[1]) >= 1, unavailable  # was never counted
+        wait_for(lambda: not [m for m in server.request("GET", "/metrics")[2].decode().splitlines()
+                              if m.startswith("edgekit_inference_in_flight{") and 'model="mlp"' in m],
+                 what="the unloaded versions' in-flight gauges gone")  # they stayed at 0 for good
         time.sleep(0.5)  # polling leaves an unloaded model alone
         assert not c.is_model_ready("mlp")
         c.load_model("mlp")

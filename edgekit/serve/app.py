@@ -45,7 +45,7 @@ from . import protocol
 from .errors import NotFound, NotReady
 from .metrics import Metrics, method_label
 from .models import ModelManager, Version
-from .repository import Batching
+from .repository import Batching, parse_version
 
 log = logging.getLogger("edgekit.serve")
 access_log = logging.getLogger("edgekit.serve.access")
@@ -206,7 +206,12 @@ class _Api:
 
     def _version(self, request: Request) -> Version:
         p = request.path_params
-        v = self.manager.get(p["model"], p.get("version"))
+        try:
+            v = self.manager.get(p["model"], p.get("version"))
+        except NotReady:  # a model the server knows (unloaded, loading, failed): counted as unavailable
+            version = parse_version(p["version"]) if p.get("version") else None
+            request.scope["edgekit.model"] = (p["model"], "" if version is None else str(version))
+            raise
         request.scope["edgekit.model"] = (v.name, str(v.version))
         request.scope["edgekit.runner"] = v.runner
         return v
@@ -288,7 +293,8 @@ class _Api:
         v = self._version(request)
         with v.runner.hold():  # from here the version stays loaded until this request is answered
             header = request.headers.get("inference-header-content-length")
-            header_length = _integer(header, "Inference-Header-Content-Length") if header is not None else None
+            header_length = (_integer(header, "Inference-Header-Content-Length", 1, self.max_body)
+                             if header is not None else None)
             body = await self._body(request)
             text_task = v.task in ("text-embedding", "text-classification")
             parse = functools.partial(protocol.parse_request, body, header_length, v.model.inputs,
@@ -327,7 +333,8 @@ class _Api:
             raise NotFound(f"model {v.name!r} declares no task edgekit knows (task={v.task!r}); "
                            f"use /infer with tensors")
         if verb not in verbs:
-            raise NotFound(f"model {v.name!r} is a {v.task} model: its task endpoint is "
+            article = "an" if v.task[0] in "aeiou" else "a"
+            raise NotFound(f"model {v.name!r} is {article} {v.task} model: its task endpoint is "
                            f"{' or '.join('/' + x for x in verbs)}, not /{verb}")
         # A file task's one option is ?top_k; text tasks take theirs in the JSON body. A misspelt
         # option (?topk=3) is refused rather than silently ignored.
@@ -421,12 +428,12 @@ def _json(body: bytes) -> dict:
     return doc
 
 
-_DIGITS = re.compile(r"[0-9]{1,9}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def _integer(text: str, what: str, low: int = 0, high: int = 10 ** 9) -> int:
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
-        raise InputError(f"{what} must be an integer from {low} to {high}, got {text[:20]!r}")
+        raise InputError(f"{what} must be an integer from {low} to {high}, got {text[:24]!r}")
     return int(text)
 
 
@@ -476,10 +483,13 @@ def _text_task(v: Version, verb: str, body: bytes) -> bytes:
         raise InputError("'top_k' must be an integer from 1 to 1000")
     labels = doc.get("labels")
     if v.task == "text-embedding":  # zero-shot: the labels come with the request
-        if (not isinstance(labels, list) or not 0 < len(labels) <= _MAX_TEXTS
-                or not all(isinstance(x, str) and x for x in labels)):
+        if not isinstance(labels, list) or not 0 < len(labels) <= _MAX_TEXTS:
             raise InputError(f"{v.name!r} is an embedder: zero-shot classification needs 'labels', "
                              f"a list of 1 to {_MAX_TEXTS} non-empty strings")
+        bad = next((i for i, x in enumerate(labels) if not isinstance(x, str) or not x), None)
+        if bad is not None:
+            raise InputError(f"'labels' item {bad} is {json.dumps(labels[bad])[:40]}: each label must be a "
+                             f"non-empty string")
         from ..tasks.text import TextClassifier
 
         clf = v.task_object(("zero-shot", *labels), lambda model: TextClassifier(model, labels=labels))
@@ -603,12 +613,13 @@ class _Guard:
             client = scope.get("client") or ("-", 0)
             model = scope.get("edgekit.model")
             # The path is the client's (percent-decoded): a %0D%0A in it wrote a forged line of its own
-            access_log.info('%s "%s %s" %d %.2f ms', client[0], _printable(scope["method"]),
+            access_log.info('%s "%s %s" %d %.2f ms%s', client[0], _printable(scope["method"]),
                             _printable(scope["path"]), status, ms,
+                            f" {model[0]} v{model[1]}" if model and model[1] else f" {model[0]}" if model else "",
                             extra={"client": client[0], "method": scope["method"], "path": scope["path"],
                                    "status": status, "duration_ms": round(ms, 3), "route": route,
                                    "model": model[0] if model else None,
-                                   "model_version": model[1] if model else None})
+                                   "model_version": (model[1] or None) if model else None})
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -12,6 +12,7 @@ requests already sent to it have finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -203,7 +204,9 @@ class ModelManager:
             return ready[0]
         number = repository.parse_version(version)
         if number is None:
-            raise NotFound(f"model {name!r} has no version {version[:20]!r} (versions are integers)")
+            shown = version if len(version) <= 20 else version[:20] + "..."
+            raise NotFound(f"model {name!r} has no version {shown!r} (versions are whole numbers from 1 "
+                           f"to {repository.MAX_VERSION})")
         v = m.versions.get(number)
         if v is None:
             raise NotFound(f"model {name!r} has no version {version}")
@@ -441,5 +444,11 @@ class ModelManager:
         task.add_done_callback(self._closing.discard)
 
     async def _close(self, v: Version) -> None:
-        """Let the requests already sent to ``v`` finish, then release its runtime."""
+        """Let the requests already sent to ``v`` finish, then release its runtime and its in-flight
+        gauge (the counters and histograms stay: they are totals a scraper has seen)."""
         await v.runner.close(before_model=v.close_tasks)
+        m = self.models.get(v.name)
+        now = m.versions.get(v.version) if m is not None else None
+        if now is None or now.runner is None:  # not loaded again meanwhile under the same labels
+            with contextlib.suppress(KeyError):
+                self.metrics.in_flight.remove(v.name, str(v.version))

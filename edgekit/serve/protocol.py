@@ -149,7 +149,8 @@ def parse_request(body: bytes, header_length: int | None, specs: list[TensorSpec
             raise ProtocolError(f"unknown input {name!r}; the model's inputs are "
                                 f"{', '.join(by_name) or '(none)'}")
         size = _params(item, f"input {name!r}").get("binary_data_size")  # shared memory refused first
-        dtype, shape, count = _declared(item, spec, len(body))
+        values = _json_values(item["data"]) if size is None and "data" in item else None
+        dtype, shape, count = _declared(item, spec, len(body), values)
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -197,13 +198,18 @@ def _params(obj: dict, what: str) -> dict:
     return p
 
 
-def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+def _declared(item: dict, spec: TensorSpec, body_size: int,
+              values: int | None = None) -> tuple[np.dtype, tuple[int, ...], int]:
     """The input's datatype and shape, checked against the model's before anything is read.
 
     Every element takes at least one byte of the body in either encoding, so a shape declaring
-    more elements than the body has bytes is refused from the header alone.
+    more elements than the body has bytes is refused from the header alone. ``values``: how many
+    values JSON ``data`` holds, which a shape must match.
     """
     name = spec.name
+    for key in ("datatype", "shape"):
+        if key not in item:
+            raise ProtocolError(f"input {name!r} has no {key!r}")
     dt_name = item.get("datatype")
     if not isinstance(dt_name, str) or dt_name not in DATATYPES:
         raise ProtocolError(f"input {name!r}: unknown datatype {str(dt_name)[:20]!r} (one of: {', '.join(DATATYPES)})")
@@ -215,6 +221,11 @@ def _declared(item: dict, spec: TensorSpec, body_size: int) -> tuple[np.dtype, t
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers, "
                             f"got {str(shape)[:80]}")
+    if values is not None:  # JSON data, already parsed: the count it holds is the clearest refusal
+        need = math.prod(shape) if all(d <= 2 ** 40 for d in shape) else None  # a number short enough to print
+        if need != values:
+            needs = f"{need} values" if need is not None else f"more values than the body has bytes ({body_size})"
+            raise ProtocolError(f"input {name!r}: shape {str(shape)[:80]} needs {needs}, the request sends {values}")
     # A [10**12, ...] claim is refused before the product is taken; a dim of 0 (no boxes, an empty
     # past for a decoder's cache) makes no claim on the body, and runs where the model can run it.
     if 0 not in shape and any(d > body_size for d in shape):
@@ -267,6 +278,18 @@ _KINDS = {"b": "true/false", "i": "integer", "u": "integer", "f": "non-integer",
           "U": "string", "S": "string"}
 
 
+def _json_values(data) -> int:
+    """How many values JSON ``data`` holds, nested lists flattened (a ragged one is refused later)."""
+    n, todo = 0, [data]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, list):
+            todo.extend(x)
+        else:
+            n += 1
+    return n
+
+
 def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
@@ -305,11 +328,19 @@ def _from_json(data, name: str, dtype: np.dtype, shape: tuple, count: int) -> np
         raise ProtocolError(f"input {name!r}: {datatype(dtype)} data must be {want}, "
                             f"got {_KINDS.get(raw.dtype.kind, 'other')} values")
     try:
-        arr = raw.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = raw.astype(dtype)
     except (OverflowError, ValueError) as e:
         raise ProtocolError(f"input {name!r}: {e}") from None
     if dtype.kind in "ui" and raw.size and not np.array_equal(arr, raw):
         raise ProtocolError(f"input {name!r}: values out of range for {datatype(dtype)}")
+    if dtype.kind == "f" and raw.dtype.kind == "f":
+        # a value past the datatype's range became inf (1e39 in FP32): the model would answer NaN or a
+        # plausible wrong answer. Infinity and NaN sent as such are the client's to send.
+        lost = np.isfinite(raw) & ~np.isfinite(arr)
+        if lost.any():
+            raise ProtocolError(f"input {name!r}: value {float(np.abs(raw[lost]).max()):.3g} is past "
+                                f"{datatype(dtype)}'s range (±{float(np.finfo(dtype).max):.3g})")
     return arr.reshape(shape)
 
 

@@ -110,7 +110,9 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
         except InputError:
             raise
         except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
-            raise InputError(f"{what}: cannot be read as audio ({' '.join(str(e).split())})") from e
+            # libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>: "
+            why = getattr(e, "error_string", None) or str(e)
+            raise InputError(f"{what}: cannot be read as audio ({' '.join(why.split()).rstrip('.')})") from e
         if len(data) > limit:
             raise InputError(f"{what}: longer than {limit / sample_rate:.0f} s ({MAX_SAMPLES} samples in all); "
                              f"feed long recordings chunk by chunk with .stream()")
