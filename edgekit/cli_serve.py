@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ def add_parsers(add) -> None:
                    help="runs of each model version at the same time (default 1: each run gets every core, for "
                         "the lowest latency; N splits the cores N ways, for throughput with many clients)")
     s.add_argument("--poll-interval", type=float, default=2.0,
-                   help="seconds between repository scans for new versions (0: only the repository API)")
+                   help="seconds between repository scans for new versions (default 2; 0: only the repository API)")
     s.add_argument("--keep-alive-s", type=float, metavar="S",
                    help="seconds an idle client connection stays open (default: 65, as KServe's server)")
     s.add_argument("--body-timeout-s", type=float, metavar="S",
@@ -40,11 +41,21 @@ def add_parsers(add) -> None:
                    help="one log line per request on stderr (default text)")
 
     r = add("repo", "Manage a model repository: add a package as a new version, list models and versions.")
-    r.add_argument("action", choices=["add", "list"])
-    r.add_argument("target", nargs="?", help="add: the package folder; list: the repository")
-    r.add_argument("--repository", help="add: the repository folder")
-    r.add_argument("--name", help="add: model name (default: the package folder's name)")
-    r.add_argument("--version", type=int, help="add: version number (default: the next one)")
+    actions = r.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        # --json here too (`repo list REPO --json`), without overriding `repo --json list REPO`
+        sp = actions.add_parser(name, help=help, description=help, json_errors=r.json_errors)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document on stdout")
+        return sp
+
+    a = action("add", "Copy a package into a repository as a new version (checksums verified on the copy).")
+    a.add_argument("package", metavar="PKG", help="the package folder")
+    a.add_argument("--repository", required=True, metavar="REPO", help="the repository folder (made if missing)")
+    a.add_argument("--name", help="model name (default: the package folder's name)")
+    a.add_argument("--version", type=int, help="version number (default: the next one)")
+    ls = action("list", "List a repository's models and versions, with their tasks, formats and status.")
+    ls.add_argument("repo", metavar="REPO", help="the repository folder")
 
 
 def cmd_serve(args, emit_json, table) -> int:
@@ -112,18 +123,17 @@ def cmd_repo(args, emit_json, table) -> int:
     from .serve import repository
 
     if args.action == "add":
-        if not args.target or not args.repository:
-            raise UsageError("usage: edgekit repo add PKG --repository REPO [--name N] [--version V]")
-        dest = repository.add(args.target, args.repository, name=args.name, version=args.version)
+        dest = repository.add(args.package, args.repository, name=args.name, version=args.version)
         doc = {"name": dest.parent.name, "version": int(dest.name), "path": str(dest)}
         if args.json:
             emit_json(doc)
         else:
             print(f"added {doc['name']} version {doc['version']} -> {dest}")
         return 0
-    repo = args.target or args.repository
-    if not repo:
-        raise UsageError("usage: edgekit repo list REPO")
+    repo = args.repo
+    problem = repository.not_a_repository(Path(repo))
+    if problem is not None:
+        raise UsageError(problem)
     models = repository.scan(Path(repo))
     for m in models:  # as the server will find them: a version whose files fail their checksums is not served
         for v in m.versions:

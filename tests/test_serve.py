@@ -696,6 +696,17 @@ def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, 
     r = run_cli("serve", str(repo / "mlp"), "--port", "0")
     assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr and str(repo) in r.stderr
     assert "Traceback" not in r.stderr
+    # `repo list` said so too little (it listed models "1", "2" with no versions); `repo add` of it
+    # said "not a package folder", and of a missing folder the same
+    r = run_cli("repo", "list", str(repo / "mlp"))
+    assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr and not r.stdout
+    r = run_cli("repo", "add", str(repo / "mlp"), "--repository", str(tmp_path / "other"))
+    assert r.returncode == 2 and "is a model's folder in a repository" in r.stderr and "add one version's" in r.stderr
+    r = run_cli("repo", "add", str(tmp_path / "nothing"), "--repository", str(tmp_path / "other"))
+    assert r.returncode == 2 and r.stderr.strip().endswith("nothing: no such folder"), r.stderr
+    assert not (tmp_path / "other").exists()
+    r = run_cli("repo", "list", str(repo), "--name", "x")  # an option of `add` is refused, not ignored
+    assert r.returncode == 2 and "unrecognized arguments: --name" in r.stderr
 
 
 def test_repo_add_refuses_files_in_the_way_and_numbers_past_them(tmp_path, models):
@@ -895,6 +906,39 @@ def test_what_the_repository_cannot_serve_is_said(tmp_path):
         assert status == 503 and "the version policy names version 5, which the repository does not hold" in message
         assert server.log().count("stats is not served") == 1
         assert server.log().count("v3: not a version folder") == 1  # not again at each change of the folder
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_changes_to_a_served_versions_files_are_said(tmp_path):
+    """An artifact of the version being served rewritten in place (its checksum no longer holds), and a
+    second folder for its number ("07" beside "7"), left the index at READY with no reason."""
+    repo = tmp_path / "repo"
+    pkg, w = mlp_package(tmp_path / "src" / "mlp", seed=0)
+    repository.add(pkg, repo, version=7)
+    (repo / "empty").mkdir()  # a model folder with no versions: said once, not skipped in silence
+    server = Server(str(repo), "--poll-interval", "0.2")
+    try:
+        c = server.client
+        x = np.ones((1, 8), np.float32)
+
+        def reason() -> str:
+            return next(r for r in c.get_model_repository_index() if r.get("version") == "7")["reason"]
+
+        artifact = next((repo / "mlp" / "7").glob("*.onnx"))
+        good = artifact.read_bytes()
+        artifact.write_bytes(good + b"\0")
+        wait_for(lambda: "checksum" in reason(), what="the changed artifact said")
+        assert "serving the copy loaded before its folder changed" in reason() and c.is_model_ready("mlp", "7")
+        np.testing.assert_allclose(infer(c, "mlp", {"x": x}).as_numpy("logits"), builders.mlp_reference(x, w),
+                                   rtol=1e-5, atol=1e-5)
+        artifact.write_bytes(good)
+        wait_for(lambda: reason() == "", what="the artifact restored")
+        shutil.copytree(repo / "mlp" / "7", repo / "mlp" / "07")
+        wait_for(lambda: "2 folders are version 7: 07, 7" in reason(), what="the second folder said")
+        assert c.is_model_ready("mlp", "7")
+        log = server.log()
+        assert log.count("empty: no versions in") == 1 and "edgekit repo add PKG --repository" in log, log
     finally:
         assert server.stop() == 0, server.log()
 

@@ -121,9 +121,9 @@ class ModelManager:
             if not path.exists():
                 raise UsageError(f"{path}: no such repository, package or model file")
             if repository.is_repository(path):
-                if repository.is_model_folder(path):  # REPO/NAME given for REPO: it would serve models "1", "2"
-                    raise UsageError(f"{path} is a model's folder (its versions are {path}/1, ...): serve the "
-                                     f"repository that holds it, {path.parent}, or one version's package")
+                problem = repository.not_a_repository(path)
+                if problem is not None:
+                    raise UsageError(problem)
                 self.repositories.append(path)
             else:
                 self._add_model(_lone_name(path), path, lone=True)
@@ -283,7 +283,7 @@ class ModelManager:
                 return
             entries, config, problem, ignored = await asyncio.to_thread(self._scan, m)
             ignored = [f"{i['folder']}: {i['reason']}" for i in ignored]
-            seen = (tuple((e.version, e.signature) for e in entries), config, problem, tuple(ignored))
+            seen = (tuple((e.version, e.signature, e.problem) for e in entries), config, problem, tuple(ignored))
             if seen == m._seen:
                 return
             m._seen = seen
@@ -295,7 +295,11 @@ class ModelManager:
             if missing and tuple(missing) not in m._said:
                 log.warning("%s: the version policy names %s, which the repository does not hold%s", m.name,
                             _versions_text(missing), f" (it holds {_versions_text(m.on_disk)})" if m.on_disk else "")
-            m._said = {*ignored, tuple(missing)}
+            empty = f"no versions in {m.source} (a version is a folder {m.source}/1/ holding a package: " \
+                    f"add one with `edgekit repo add PKG --repository {m.source.parent}`)"
+            if not entries and not m.lone and empty not in m._said:
+                log.warning("%s: %s", m.name, empty)
+            m._said = {*ignored, tuple(missing), *([empty] if not entries and not m.lone else [])}
             if problem is not None and problem != m.problem:
                 log.warning("%s: %s; the settings in force stay", m.name, problem)
             m.problem = problem

@@ -154,16 +154,24 @@ class VersionEntry:
     task: str | None = None
     formats: list[str] = field(default_factory=list)
     problem: str | None = None  # why it cannot be served, found without loading it
-    signature: tuple = ()  # changes when the folder or its edgekit.json is replaced (taken once, at the scan)
+    signature: tuple = ()  # changes when the folder, its edgekit.json or an artifact is replaced or rewritten
 
 
-def signature(path: Path) -> tuple:
-    """What changes when ``path`` (a version folder or a model file) is replaced or rewritten."""
+def signature(path: Path, files: list[Path] = ()) -> tuple:
+    """What changes when ``path`` (a version folder or a model file), or one of its ``files``, is
+    replaced or rewritten: a server reloads the version, and so checks its checksums again."""
     try:
         st = (path / formats.MANIFEST).stat() if path.is_dir() else path.stat()
-        return (path.stat().st_ino, st.st_ino, st.st_mtime_ns, st.st_size)
+        sig = [path.stat().st_ino, st.st_ino, st.st_mtime_ns, st.st_size]
     except OSError:
         return (None,)
+    for f in files:
+        try:
+            fs = f.stat()
+            sig += [fs.st_ino, fs.st_mtime_ns, fs.st_size]
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
 
 
 def parse_version(text: str) -> int | None:
@@ -200,6 +208,7 @@ def describe_version(path: Path, version: int) -> VersionEntry:
     except EdgekitError as e:
         entry.problem = str(e)
         return entry
+    entry.signature = signature(path, [a.path for a in pkg.artifacts if a.status == "ok"])
     entry.task = pkg.task
     entry.formats = sorted({f"{a.format.value}/{a.precision}" for a in pkg.artifacts if a.status == "ok"})
     if not entry.formats:
@@ -244,6 +253,15 @@ def is_model_folder(path: Path) -> bool:
     children = [c for c in path.iterdir() if not c.name.startswith(".")] if path.is_dir() else []
     return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file() for c in children) and all(
         parse_version(c.name) is not None or c.name == CONFIG for c in children)
+
+
+def not_a_repository(path: Path) -> str | None:
+    """Why ``path``, given as a repository, is a model's folder in one instead (REPO/NAME for REPO:
+    it would list or serve models named "1", "2"), or None."""
+    if is_model_folder(path):
+        return (f"{path} is a model's folder (its versions are {path}/1, ...): give the repository that "
+                f"holds it, {path.parent}, or one version's package")
+    return None
 
 
 def is_repository(path: Path) -> bool:
@@ -291,7 +309,11 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     """
     src = Path(pkg_dir)
     if not src.is_dir():
-        raise ModelFileError(src, "not a package folder (a folder with edgekit.json)")
+        raise ModelFileError(src, "no such folder" if not src.exists() else
+                             "not a package folder (a folder with edgekit.json)")
+    if is_model_folder(src):
+        raise UsageError(f"{src} is a model's folder in a repository (its versions are {src}/1, ...): "
+                         f"add one version's folder")
     package.read(src)  # refuse a source that is not a package before copying anything
     name = check_name(src.resolve().name if name is None else name, " (give another name with --name)")
     if version is not None and (not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
