@@ -1161,6 +1161,7 @@ def test_a_stalled_request_gets_408_and_an_endless_head_431(tmp_path):
         # not HTTP: uvicorn's refusal, as JSON
         status_line, _, body = answer_to(b"garbage\r\n\r\n").partition(b"\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 400") and set(json.loads(body)) == {"error"}
+        assert "WARNING: 127.0.0.1: Invalid HTTP request received." in server.log()  # the client named
         # an endless chunk header: the connection's 431, while the handler waited for the body
         # (in one write: sent in two, a busy host let the 0.5 s body timeout answer 408 between them)
         assert answer_to(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;"

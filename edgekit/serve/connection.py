@@ -38,16 +38,18 @@ log = logging.getLogger("edgekit.serve")
 LINGER_S = 2.0  # how long a refused connection is read (and dropped) before it is closed
 
 
-class _QuietOverHead:
-    """uvicorn's logger for one connection, less its "Invalid HTTP request received." warning for a
-    head over the limit: the 431 is logged once, with its reason, where it is answered."""
+class _ConnectionLogger:
+    """uvicorn's logger for one connection: its warnings ("Invalid HTTP request received.") name the
+    client, as edgekit's own refusals do, and there is none for a head over the limit: the 431 is
+    logged once, with its reason, where it is answered."""
 
     def __init__(self, logger: logging.Logger, protocol) -> None:
         self._logger, self._protocol = logger, protocol
 
     def warning(self, msg, *args, **kwargs) -> None:
         if not self._protocol._head_over:
-            self._logger.warning(msg, *args, **kwargs)
+            client = getattr(self._protocol, "client", None) or ("-", 0)
+            self._logger.warning("%s: " + str(msg), client[0], *args, **kwargs)
 
     def __getattr__(self, name: str):  # level, log, error ...: the logger's own
         return getattr(self._logger, name)
@@ -88,7 +90,7 @@ def bounded_protocol(max_head: int, head_timeout_s: float, on_refuse=None):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.logger = _QuietOverHead(self.logger, self)
+            self.logger = _ConnectionLogger(self.logger, self)
             self._arm_idle()
 
         def on_message_begin(self) -> None:
