@@ -383,6 +383,8 @@ def test_bad_requests_get_4xx_and_the_server_lives(served, samples):
         status, _, doc = served.request("GET", f"/v2/models/{image}/versions/{version}")
         assert status == 404 and "whole numbers from 1 to 999999999" in doc["error"], doc
     assert served.request("POST", f"/v2/models/{image}/classify?top_k=%C2%B2", b"x")[0] == 400
+    status, _, doc = served.request("POST", f"/v2/models/{image}/classify?top_k=1&top_k=2", b"x")
+    assert status == 400 and "top_k is given 2 times" in doc["error"]  # the last one was taken
     status, _, doc = served.request("POST", f"/v2/models/{image}/classify?topk=3", b"x")
     assert status == 400 and "unknown query parameter 'topk'" in doc["error"]
     for body, problem in ((b'{"text": "a", "texts": ["b"]}', "not both"), (b'{"txt": "a"}', "unknown key 'txt'")):

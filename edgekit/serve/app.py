@@ -348,8 +348,10 @@ class _Api:
             if v.task.startswith("text-"):
                 payload = await v.runner.call(_text_task, v, verb, await self._body(request))
             else:
-                top_k = request.query_params.get("top_k")
-                top_k = 5 if top_k is None else _integer(top_k, "top_k", 1, 1000)
+                given = request.query_params.getlist("top_k")
+                if len(given) > 1:
+                    raise InputError(f"top_k is given {len(given)} times; give it once")
+                top_k = 5 if not given else _integer(given[0], "top_k", 1, 1000)
                 payload = await v.runner.call(_file_task, v, await self._upload(request), top_k)
         return Response(payload, media_type="application/json")
 
