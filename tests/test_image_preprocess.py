@@ -146,6 +146,15 @@ def test_crop_box_is_centred_and_never_leaves_the_image():
     size, box = crop_box((100, 50), {"resize": 56, "crop": 224})  # upsampled: the whole height
     assert size == (224, 224) and box == pytest.approx((25, 0, 75, 50), abs=1e-9)
     assert crop_box((1000, 100), {"resize": 256, "crop": [224, 320]}) == ((320, 224), (437.5, 6.25, 562.5, 93.75))
+    # where the crop decides the scale, crop / (crop / w) came out a hair over w: a box offset of
+    # -1.4e-14, which PIL refused with a ValueError (a 214x256 photo, a 55x55 icon)
+    for size in [(w, h) for w in range(1, 300, 3) for h in (w, 1, 256, 299)]:
+        for pp in ({"crop": 224}, {"crop": 224, "resize": 200}, {"crop": [224, 160]}):
+            _, (left, top, right, bottom) = crop_box(size, pp)
+            assert 0 <= left <= right <= size[0] and 0 <= top <= bottom <= size[1], (size, pp)
+    for size in ((214, 256), (55, 55), (110, 110)):
+        assert preprocess_image(Image.new("RGB", size, (9, 99, 199)), {"crop": 224, "scale": 1 / 255}).shape \
+            == (3, 224, 224)
 
 
 @pytest.mark.parametrize("pp, problem", [

@@ -297,7 +297,9 @@ def crop_box(size: tuple[int, int], pp: dict) -> tuple[tuple[int, int], tuple[fl
     the shorter side scaled to ``resize``, centred, never outside the image."""
     (crop_w, crop_h), _, scale = _crop_scale(size, pp)
     w, h = size
-    box_w, box_h = crop_w / scale, crop_h / scale
+    # min(): where the crop decides the scale, crop / (crop / w) can come out a hair over w, and PIL
+    # refuses the box's offset of -1.4e-14 (a 214x256 photo, crop 224)
+    box_w, box_h = min(w, crop_w / scale), min(h, crop_h / scale)
     left, top = (w - box_w) / 2, (h - box_h) / 2
     return (crop_w, crop_h), (left, top, left + box_w, top + box_h)
 
