@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError, UsageError
+from edgekit.model import cast_input
 from edgekit.types import TensorSpec, shape_text
 
 log = logging.getLogger("edgekit.convert")
@@ -110,7 +111,7 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
         else:
             try:
                 new = _read(kind, f, inputs, metadata, package_dir, batch, memo)
-            except (InputError, _Undecodable) as e:  # this file is bad; the others may be fine
+            except (InputError, _Unusable) as e:  # this file is bad; the others may be fine
                 why = str(e)
             except UsageError as e:  # the model cannot take this kind of file at all
                 raise UsageError(f"{what} file {f}: {e}") from e
@@ -199,8 +200,8 @@ def _check_shapes(feed: dict, inputs: list[TensorSpec], batch: int = 1) -> None:
                              + (f", {batch} samples at a time" if batch > 1 else ""))
 
 
-class _Undecodable(UsageError):
-    pass
+class _Unusable(UsageError):
+    """A file the model cannot take that the other files may make up for: skipped with a warning."""
 
 
 def _single_input(inputs: list[TensorSpec], kind: str) -> TensorSpec:
@@ -267,8 +268,8 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
     from edgekit.tasks.text import Tokenizer
 
     pp = (metadata.get("preprocess") or {}).get("text") or {}
-    if "tokenizer" not in pp or package_dir is None:
-        raise UsageError("text calibration needs the model's tokenizer (a Hugging Face folder or "
+    if "tokenizer" not in pp or package_dir is None:  # token ids guessed from int64 inputs: arrays may do
+        raise _Unusable("text calibration needs the model's tokenizer (a Hugging Face folder or "
                          "a package whose edgekit.json names one)")
     # A static sequence (a TFLite file's 256 tokens) is what every line is cut and padded to (mask 0),
     # as the text tasks run it.
@@ -279,7 +280,7 @@ def _text_feeds(path: Path, inputs: list[TensorSpec], metadata: dict, package_di
     try:
         lines = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
     except UnicodeDecodeError as e:
-        raise _Undecodable(f"not valid UTF-8 text ({e})") from e
+        raise _Unusable(f"not valid UTF-8 text ({e})") from e
     feeds = []
     for line in lines:
         enc = tok.encode([line])
@@ -301,7 +302,7 @@ def _array_feeds(path: Path, inputs: list[TensorSpec]) -> list[dict]:
         else:
             feed = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise _Undecodable(f"cannot be read as a NumPy file ({e})") from e
+        raise _Unusable(f"cannot be read as a NumPy file ({e})") from e
     return _split(_as_feed(feed, inputs), inputs)
 
 
@@ -340,7 +341,7 @@ def _split(feed: dict, inputs: list[TensorSpec]) -> list[dict]:
             a = np.expand_dims(a, axis)
         elif a.ndim != rank:
             raise InputError(f"array {name!r}: rank {a.ndim}, the input has rank {rank}")
-        arrays[name] = a.astype(spec.dtype, copy=False)
+        arrays[name] = cast_input(spec, a)  # float64 for int64 ids became zeros: refused, not cast
     counts = {a.shape[axes[k]] for k, a in arrays.items()}
     if len(counts) != 1:
         raise InputError(f"arrays of different batch sizes {sorted(counts)}")

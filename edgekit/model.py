@@ -91,6 +91,12 @@ class _InputCheck:
         return arr.astype(dst)
 
 
+def cast_input(spec: TensorSpec, x) -> np.ndarray:
+    """``x`` as ``spec``'s dtype under ``Model.run``'s cast policy (lossless casts only, plus float64
+    to float32), else an InputError naming the input: for data that reaches a model another way."""
+    return x if isinstance(x, np.ndarray) and x.dtype == spec.dtype else _InputCheck(spec)._convert(x)
+
+
 def _named_dims(specs: list[TensorSpec]) -> dict[str, list[tuple[int, int]]]:
     """Where each named dynamic dim appears: name -> [(input, axis), ...]."""
     places: dict[str, list[tuple[int, int]]] = {}

@@ -932,8 +932,16 @@ def test_a_calibration_file_the_model_cannot_take_is_named(tmp_path):
     text = [TensorSpec("input_ids", ("batch", "sequence"), np.dtype(np.int64))]
     (tmp_path / "one.npy").unlink()
     (tmp_path / "lines.txt").write_text("hello\n")
-    with pytest.raises(UsageError, match=r"calibration file \S*lines\.txt: text calibration needs the model's"):
+    with pytest.raises(UsageError, match=r"no usable samples \(1 files skipped; \S*lines\.txt: text calibration "
+                                         r"needs the model's tokenizer"):
         calibration.load(tmp_path, text, {})
+    # token ids as arrays, beside a note: the note is skipped (it stopped the conversion), and so is
+    # an array that would be cast with loss (float64 ids became zeros, counted as good)
+    np.save(tmp_path / "ids.npy", np.ones((2, 5), np.int64))
+    np.save(tmp_path / "floats.npy", np.full((1, 5), 0.5))
+    got = calibration.load(tmp_path, text, {})
+    assert len(got.feeds) == 2 and {Path(p).name for p, _ in got.skipped} == {"lines.txt", "floats.npy"}
+    assert "expected int64, got float64" in dict((Path(p).name, w) for p, w in got.skipped)["floats.npy"]
 
 
 def test_ops_a_target_cannot_take_fail_that_target_only(tmp_path):
