@@ -192,6 +192,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     out_dir = Path(out).expanduser() if out is not None else default_out(source)
     check_destination(out_dir, source)
     label_list = read_labels(labels)
+    check_preprocess(preprocess)
     say = _progress(progress, t_start)
 
     try:
@@ -309,6 +310,34 @@ def _progress(progress, t0: float):
             progress(f"[{time.perf_counter() - t0:6.1f}s] {line}")
 
     return say
+
+
+def check_preprocess(preprocess: dict | None) -> None:
+    """Refuse pre-processing a package would be refused with, or would ignore, before any work: a
+    resize of -3 made a package its tasks refused, and {"img": ...} was silently unused."""
+    from edgekit.tasks import audio, image
+
+    if not preprocess:
+        return
+    if not isinstance(preprocess, dict) or not all(isinstance(v, dict) for v in preprocess.values()):
+        raise UsageError('preprocess must map a kind to settings, e.g. {"image": {"crop": 224}}')
+    known = {"image": image.PREPROCESS_KEYS, "audio": audio.PREPROCESS_KEYS, "text": ("tokenizer", "max_length")}
+    for kind, values in preprocess.items():
+        if kind not in known:
+            raise UsageError(f"preprocess: unknown kind {kind!r} (image, audio or text)")
+        unknown = sorted(set(values) - set(known[kind]))
+        if unknown:
+            raise UsageError(f"preprocess.{kind}: unknown key {unknown[0]!r} (known: {', '.join(known[kind])})")
+    if "image" in preprocess:
+        image.check_preprocess(preprocess["image"], "preprocess")
+    if "audio" in preprocess:
+        audio.check_audio_preprocess(preprocess["audio"], "preprocess")
+    text = preprocess.get("text") or {}
+    if "tokenizer" in text and not (isinstance(text["tokenizer"], str) and text["tokenizer"]):
+        raise UsageError(f"preprocess.text: tokenizer {text['tokenizer']!r} is not a file name")
+    length = text.get("max_length")
+    if length is not None and not (isinstance(length, int) and not isinstance(length, bool) and length > 0):
+        raise UsageError(f"preprocess.text: max_length {length!r} is not a positive whole number")
 
 
 def _metadata(prep, name, task, labels, preprocess) -> dict:

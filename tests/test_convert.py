@@ -977,6 +977,19 @@ def test_bad_options_are_usage_errors(cnn_onnx, tmp_path):
     assert r.returncode == 2 and "cosine" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("convert", str(cnn_onnx), "--preprocess", "{not json", "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "--preprocess" in r.stderr
+    # pre-processing the package's tasks would refuse (resize -3 made a package that did not open) or
+    # ignore (a misspelt kind or key): refused before any work
+    for pp, problem in (({"image": {"resize": -3}}, "preprocess: image resize -3 is not a positive number"),
+                        ({"img": {"resize": 36}}, "preprocess: unknown kind 'img' (image, audio or text)"),
+                        ({"image": {"resise": 36}}, "preprocess.image: unknown key 'resise' (known: resize, "),
+                        ({"audio": {"sample_rate": 0}}, "preprocess: audio sample_rate 0 is not a positive"),
+                        ({"text": {"max_length": "long"}}, "preprocess.text: max_length 'long' is not a positive")):
+        with pytest.raises(UsageError, match=re.escape(problem)):
+            convert(cnn_onnx, preprocess=pp, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    r = run_cli("convert", str(cnn_onnx), "--preprocess", '{"image": {"crop": 0}}', "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "image crop 0 is not a positive number of pixels" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "y").exists()
 
 
 def test_an_unknown_task_and_labels_that_do_not_fit_are_refused(cnn_onnx, tmp_path):

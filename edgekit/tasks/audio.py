@@ -152,6 +152,10 @@ def check_vad_params(params: dict, error) -> None:
             raise error(f"{name}={value!r}: expected {expected}")
 
 
+# What preprocess.audio may hold (a converter refuses others: a misspelt key would be ignored)
+PREPROCESS_KEYS = ("sample_rate", "window", "context", "clip_s", "features", "n_mels", "n_fft", "hop")
+
+
 def check_audio_preprocess(pp: dict, where: str) -> None:
     """Raise UsageError, naming ``where``, unless ``pp``'s sizes, clip length and features are usable."""
     for key in ("sample_rate", "window", "context", "n_mels", "n_fft", "hop"):

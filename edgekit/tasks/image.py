@@ -152,6 +152,8 @@ def reuse_pillow_memory() -> None:
 
 # The interpolations each resampling convention ("resampling" in the package's pre-processing) offers.
 RESAMPLING = {"pillow": ("bilinear", "bicubic", "nearest"), "tf1": ("bilinear", "bicubic")}
+# What preprocess.image may hold (a converter refuses others: a misspelt key would be ignored)
+PREPROCESS_KEYS = ("resize", "crop", "size", "scale", "mean", "std", "color", "layout", "resampling", "interpolation")
 
 
 def check_preprocess(pp: dict, where: str) -> None:
