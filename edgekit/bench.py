@@ -181,7 +181,9 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     ``integer``, booleans False. With ``batch``, a dynamic first dim is ``batch`` instead.
 
     Integers are 0 by default, an index into any table (a one-row ``token_type_ids`` table refuses
-    1); 1 is the other choice where 0 asks for nothing (TopK's k, a count, an attention mask).
+    1); 1 is the other choice where 0 asks for nothing (TopK's k, a count). A mask (an input named
+    so, such as ``attention_mask``) is 1 (True) whatever ``integer`` is: all 0, it masks out every
+    token, and a transformer's output is meaningless.
 
     ``warmup`` (a package's ``warmup_inputs``, like Triton's model_warmup) gives, per input
     name, ``{"shape": [...], "value": v}`` for models that need real sizes or values
@@ -204,6 +206,8 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
             feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
         elif s.dtype.kind == "O":
             feeds[s.name] = np.full(shape, "", dtype=object)
+        elif "mask" in s.name.lower():
+            feeds[s.name] = np.ones(shape, dtype=s.dtype)
         else:
             feeds[s.name] = np.full(shape, integer if s.dtype != np.bool_ else 0, dtype=s.dtype)
     return feeds

@@ -263,6 +263,23 @@ def test_bench_of_a_packages_lone_file_uses_the_packages_warmup_sizes(samples):
     assert json.loads(out.stdout)["outputs"]["output"]["shape"] == [1, 1]
 
 
+def test_synthetic_masks_are_ones(samples):
+    """An all-0 attention mask masked out every token: MiniLM's synthetic embedding was all zeros,
+    and `bench` timed that degenerate input."""
+    from edgekit.bench import synthetic_inputs
+    from edgekit.types import TensorSpec
+
+    out = run_cli("run", str(samples["text"]), "--synthetic", "--json")
+    assert out.returncode == 0, out.stderr
+    embedding = json.loads(out.stdout)["outputs"]["sentence_embedding"]
+    assert embedding["max"] > 0.1, embedding
+    i64 = np.dtype(np.int64)
+    specs = [TensorSpec("input_ids", ("b", 4), i64), TensorSpec("attention_mask", ("b", 4), i64),
+             TensorSpec("key_padding_mask", (1, 4), np.dtype(np.bool_))]
+    feeds = synthetic_inputs(specs, integer=0)
+    assert not feeds["input_ids"].any() and feeds["attention_mask"].all() and feeds["key_padding_mask"].all()
+
+
 def test_run_arguments_that_contradict_themselves_are_refused(models, samples, tmp_path):
     """A repeated --input kept the last silently; --synthetic beside --input was ignored; /dev/null
     was "no such file"."""
