@@ -413,7 +413,7 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
 
     Raises:
         ModelFileError: the file or package is missing, corrupt or of an unknown kind.
-        DeviceNotAvailableError: an explicitly requested backend/device cannot be used.
+        DeviceNotAvailableError: an explicitly requested backend/device, or precision, cannot be used.
         NoCandidateError: every candidate failed (``.selection`` says how).
     """
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import backends, cache, formats, package
 from .bench import measure, synthetic_inputs, timing_sizes, warmup_of
-from .errors import BackendError, DeviceNotAvailableError, ModelFileError, NoCandidateError, UsageError
+from .errors import BackendError, DeviceNotAvailableError, EdgekitError, ModelFileError, NoCandidateError, UsageError
 from .hostinfo import has_int8_dot
 from .package import Artifact, Package
 from .types import Attempt, Device, DeviceKind, Format, Precision, Selection
@@ -319,6 +319,9 @@ def _try(cand: Candidate, opener: _Opener, selection: Selection, show: bool, str
             raise
         selection.attempts.append(cand.attempt("failed", str(e), show_artifact=show))
         return None
+    except DeviceNotAvailableError as e:  # it cannot do what was asked (a precision): passed over, not failed
+        selection.attempts.append(cand.attempt("skipped", _one_line(e), show_artifact=show))
+        return None
     except Exception as e:
         selection.attempts.append(cand.attempt("failed", _one_line(e), show_artifact=show))
         if strict:
@@ -345,8 +348,17 @@ def _select_first(candidates, opener, selection, policy, strict, show):
     if opener.bad_artifacts and len(opener.bad_artifacts) == len(
             {c.artifact.path for c in candidates}):
         raise next(iter(opener.bad_artifacts.values()))
-    raise NoCandidateError(f"{opener.source.path}: no candidate could run it for device="
-                           f"{policy.text!r}:\n{selection}", selection)
+    raise _none_opened(opener.source.path, policy.text, selection)
+
+
+def _none_opened(path: Path, policy: str, selection: Selection) -> EdgekitError:
+    """Nothing opened: DeviceNotAvailableError when no candidate could meet the request (each was
+    passed over, as for a precision it cannot run), else NoCandidateError (they failed)."""
+    if not any(a.status == "failed" for a in selection.attempts):
+        why = "; ".join(dict.fromkeys(f"{a.spec}: {a.reason}" for a in selection.attempts if a.status == "skipped"))
+        return DeviceNotAvailableError(f"{path}: device {policy!r} at precision {selection.precision} is not "
+                                       f"available here ({why})")
+    return NoCandidateError(f"{path}: no candidate could run it for device={policy!r}:\n{selection}", selection)
 
 
 def _fingerprint(candidates: list[Candidate]) -> list:
@@ -422,8 +434,7 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
             other.close()
         raise
     if not opened:
-        raise NoCandidateError(f"{source.path}: no candidate could run it for device='fastest':\n"
-                               f"{selection}", selection)
+        raise _none_opened(source.path, "fastest", selection)
     best_ms, best, best_session, best_attempt = min(opened, key=lambda t: t[0])
     for ms, cand, session, attempt in opened:
         if cand is not best:

@@ -59,8 +59,13 @@ def test_openvino_runs_at_stored_precision_unless_told(models):
 
 
 def test_reduced_precision_is_refused_where_a_runtime_cannot_do_it(models):
-    with pytest.raises(edgekit.NoCandidateError, match="precision it was stored in"):
+    """A request no candidate can meet is the caller's (DeviceNotAvailableError, exit 2 in the CLI),
+    not a runtime failure (NoCandidateError, exit 1)."""
+    with pytest.raises(edgekit.DeviceNotAvailableError,
+                       match="at precision fp16 is not available here .*precision it was stored in"):
         edgekit.load(models["mlp.onnx"], device="onnxruntime:CPUExecutionProvider", precision="fp16")
+    with pytest.raises(edgekit.DeviceNotAvailableError, match="cannot compute in fp16|stored in"):
+        edgekit.load(models["mlp.onnx"], precision="fp16", strict=True)
 
 
 def test_threads_share_one_model_with_sequential_results(models):

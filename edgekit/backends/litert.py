@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelFileError
+from ..errors import BackendError, DeviceNotAvailableError, ModelFileError
 from ..hostinfo import cpu_count, cpu_name
 from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
 from .base import BackendStatus
@@ -207,7 +207,7 @@ class LiteRtBackend:
     def open(self, path: Path, fmt: Format, device: Device, precision: Precision, concurrency: int = 1):
         mod, _ = self._mod
         if precision not in (Precision.STORED, Precision.ANY):
-            raise BackendError(f"litert:{device.id} runs a model at the precision it was stored in; "
+            raise DeviceNotAvailableError(f"litert:{device.id} runs a model at the precision it was stored in; "
                                f"for {precision.value}, convert the model")
         lib = None
         if device.id != "CPU":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelFileError
+from ..errors import BackendError, DeviceNotAvailableError, ModelFileError
 from ..hostinfo import cpu_count, cpu_name
 from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
 from .base import BackendStatus
@@ -129,7 +129,7 @@ class OnnxRuntimeBackend:
     def open(self, path: Path, fmt: Format, device: Device, precision: Precision, concurrency: int = 1):
         ort = self._ort
         if precision not in (Precision.STORED, Precision.ANY):
-            raise BackendError(
+            raise DeviceNotAvailableError(
                 f"onnxruntime:{device.id} runs a model at the precision it was stored in; "
                 f"for {precision.value}, load a model stored in {precision.value}"
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelFileError
+from ..errors import BackendError, DeviceNotAvailableError, ModelFileError
 from ..formats import signature_base
 from ..types import Device, DeviceKind, Format, Precision, TensorSpec, guess_layout
 from .base import BackendStatus
@@ -274,7 +274,7 @@ class OpenVinoBackend:
         if precision is not Precision.ANY:
             need = _CAPABILITY.get(precision)
             if need and need not in device.capabilities:
-                raise BackendError(f"openvino:{device.id} cannot compute in {precision.value} "
+                raise DeviceNotAvailableError(f"openvino:{device.id} cannot compute in {precision.value} "
                                    f"(capabilities: {', '.join(device.capabilities)})")
             if "INFERENCE_PRECISION_HINT" in supported:
                 config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
