@@ -342,10 +342,24 @@ def _read_inputs(specs: list[str], model_inputs) -> dict:
             raise InputError(f"{file}: not a regular file" if path.exists() else f"{file}: no such input file")
         try:
             data = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            if "pickled" not in str(e):
+                raise InputError(f"{file}: not a readable .npy/.npz file ({e})") from e
+            # NumPy takes what has no .npy/.npz header for a pickle, and advises allow_pickle "if you trust
+            # the file": no advice for a file that holds no arrays at all
+            raise InputError(f"{file}: not a .npy/.npz file (it has neither header)") from e
         except Exception as e:
             raise InputError(f"{file}: not a readable .npy/.npz file ({e})") from e
         if isinstance(data, np.lib.npyio.NpzFile):
             given = {k: data[k] for k in data.files}
+            if name is not None:  # NAME=FILE.npz: the array of that name, or the file's only one
+                if name in given:
+                    given = {name: given[name]}
+                elif len(given) == 1:
+                    given = {name: next(iter(given.values()))}
+                else:
+                    raise InputError(f"{file}: holds no array named {name!r} (it holds {', '.join(given)}); "
+                                     f"give NAME=FILE.npz for one of those, or FILE.npz alone for all")
         elif name is None:
             if len(names) != 1:
                 raise InputError(f"{file}: the model has {len(names)} inputs ({', '.join(names)}); "

@@ -307,6 +307,18 @@ def test_run_arguments_that_contradict_themselves_are_refused(models, samples, t
     assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr
     out = run_cli("predict", str(samples["image"]), "/dev/null")
     assert out.returncode == 2 and "/dev/null: not a regular file" in out.stderr
+    # NAME=FILE.npz took every array of the file, whatever NAME said
+    np.savez(tmp_path / "one.npz", a=np.ones((1, 8), np.float32))
+    np.savez(tmp_path / "two.npz", x=np.ones((1, 8), np.float32), y=np.zeros((1, 8), np.float32))
+    out = run_cli("run", model, "--input", f"x={tmp_path / 'one.npz'}", "--json")
+    assert out.returncode == 0, out.stderr  # the file's only array, as x
+    out = run_cli("run", model, "--input", f"x={tmp_path / 'two.npz'}", "--json")
+    assert out.returncode == 0, out.stderr  # its x alone: its y would be an unknown input
+    out = run_cli("run", model, "--input", f"z={tmp_path / 'two.npz'}")
+    assert out.returncode == 2 and "holds no array named 'z' (it holds x, y)" in out.stderr
+    (tmp_path / "notes.py").write_text("print(1)\n")  # NumPy advised allow_pickle "if you trust the file"
+    out = run_cli("run", model, "--input", f"x={tmp_path / 'notes.py'}")
+    assert out.returncode == 2 and "notes.py: not a .npy/.npz file" in out.stderr and "pickle" not in out.stderr
 
 
 def _peak_in_a_fresh_process() -> float:
