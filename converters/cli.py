@@ -59,6 +59,7 @@ def cmd_convert(args, emit_json, table) -> int:
         else:
             header, rows = e.report.table()
             print(table(rows, header))
+            _hint(e.report)
         raise
     if args.json:
         emit_json(report.to_dict())
@@ -66,11 +67,20 @@ def cmd_convert(args, emit_json, table) -> int:
     header, rows = report.table()
     print(table(rows, header))
     bad = [a for a in report.artifacts if not a.ok]
-    print(f"\npackage: {report.out}   ({report.seconds:.0f} s; parity on {report.check.get('samples')} "
-          f"{report.check.get('kind')} inputs against {report.check.get('against')})")
+    print(f"\npackage: {report.out}   ({report.seconds:.0f} s; parity on {report.check.get('samples')} inputs "
+          f"({report.check.get('kind')}) against {report.check.get('against')})")
     if report.check.get("warning"):
         print(f"edgekit: warning: {report.check['warning']}", file=sys.stderr)
     if bad:
         print(f"edgekit: warning: {len(bad)} of {len(report.artifacts)} artifacts not ok (see status); "
               f"use --strict to fail on that", file=sys.stderr)
+    _hint(report)
     return 0
+
+
+def _hint(report) -> None:
+    """The converter's reasons speak of data; here, of the options that give it."""
+    reasons = " ".join(a.reason or "" for a in report.artifacts) + " " + str(report.check.get("warning") or "")
+    if "calibration data" in reasons:
+        print("edgekit: hint: give calibration data with --calib DIR|FILES, check data with --check DIR|FILES",
+              file=sys.stderr)

@@ -41,9 +41,6 @@ FORMAT_OF = {"onnx": Format.ONNX, "openvino": Format.OPENVINO, "tflite": Format.
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 MAX_CALIBRATION = 300  # samples used for calibration (more adds time, not accuracy)
 MAX_CHECK = 64  # samples the parity check runs on
-# How data is given in each of the converter's front ends: its messages reach all three.
-GIVE_CALIBRATION = "--calib DIR|FILES (calibration= in Python, the Calibration field in the app)"
-GIVE_CHECK = "--check or --calib data (check= or calibration= in Python, the Calibration field in the app)"
 RANDOM_CHECK = 8  # random inputs checked when no data was given (fp32/fp16 parity only)
 
 
@@ -221,10 +218,19 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             if constant:
                 report.check["warning"] = (f"the source gave one value everywhere for {', '.join(constant)} on "
                                            f"all {len(refs)} check inputs: their parity compares constants; "
-                                           f"give {GIVE_CHECK} that moves them")
+                                           f"give check or calibration data that moves them")
                 say(f"warning: {report.check['warning']}")
-            sources.copy_files(prep, staging)
             cal_feeds = calib.subset(cal.feeds, MAX_CALIBRATION) if cal else None
+            if strict:  # what cannot be made is known now: refused before minutes of building the rest
+                for target in targets:
+                    for precision in precs:
+                        why = _plan(prep, target, precision, precs, bool(cal_feeds), _is_transformer(metadata),
+                                    _is_stateful(prep, metadata))
+                        if why:
+                            report.artifacts.append(ArtifactReport(target, precision, format=FORMAT_OF[target].value,
+                                                                   status="skipped", reason=why))
+                _finish_or_raise(report, strict)
+            sources.copy_files(prep, staging)
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
             if built:
                 inputs = f"{len(chk.feeds)} inputs" if chk.batch == 1 else f"{len(chk.feeds)} batches of {chk.batch}"
@@ -390,7 +396,7 @@ def _check_samples(check, cal, prep, metadata, say):
                              kind=cal.kind, batch=cal.batch)
     if prep.example is not None:  # random token ids mean nothing; the export's own example does
         return calib.Samples([prep.example], "the export's example inputs", kind="example")
-    say(f"no calibration or check data: checking fp32/fp16 on {RANDOM_CHECK} random inputs")
+    say(f"no calibration or check data: checking parity on {RANDOM_CHECK} random inputs")
     warmup = {**_crop_shapes(prep, metadata), **(metadata.get("warmup_inputs") or {})}
     # Integers of 1 where the source takes them: 0 can hide everything (y = x * k is 0, TopK's k = 0
     # asks for nothing), but an index into a one-row table takes only 0.
@@ -444,8 +450,8 @@ def _plan(prep, target: str, precision: str, precisions: list[str], has_calibrat
     if precision == "int8-dynamic" and dynamic and "int8" in precisions:
         return "the same file as int8 for this model (its int8 recipe is dynamic)"
     if precision == "int8" and not has_calibration and not dynamic:
-        return (f"int8 needs calibration data: give {GIVE_CALIBRATION} (images, audio, a .txt of lines or "
-                ".npy/.npz), or ask for int8-dynamic (weights only, no calibration)")
+        return ("int8 needs calibration data (images, audio, a .txt of lines or .npy/.npz), or ask for "
+                "int8-dynamic (weights only, no calibration)")
     if prep.onnx is not None:
         return None
     if prep.native_format is Format.TFLITE:
@@ -482,7 +488,7 @@ def _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk_fee
                 for rep in todo:
                     rep.status, rep.path = "skipped", None
                     rep.reason = (f"TFLite needs static sizes and {', '.join(unsized)} would be fixed at 1: "
-                                  f"give {GIVE_CHECK} of the size to run at")
+                                  f"give check or calibration data of the size to run at")
                 say(f"tflite: skipped ({todo[0].reason})")
                 continue
             built += _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, refs, say)
@@ -620,7 +626,10 @@ def _build_tflite(prep, todo, staging, work, metadata, cal_feeds, chk_feeds, ref
 def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
     bad = [a for a in report.artifacts if not a.ok]
     if strict and bad:
-        what = "; ".join(f"{a.target} {a.precision}: {a.status} ({a.reason})" for a in bad)
+        by_reason: dict[tuple, list[str]] = {}  # one reason once, with the artifacts it holds for
+        for a in bad:
+            by_reason.setdefault((a.status, a.reason), []).append(f"{a.target} {a.precision}")
+        what = "; ".join(f"{', '.join(names)}: {status} ({reason})" for (status, reason), names in by_reason.items())
         raise ConversionError(f"--strict: {len(bad)} artifacts not ok, nothing written: {what}", report)
     if not any(a.ok for a in report.artifacts):
         what = "; ".join(f"{a.target} {a.precision}: {a.reason}" for a in report.artifacts)

@@ -163,7 +163,7 @@ def _labels(text: str) -> list[str]:
     labels = [x.strip() for x in text.split(",")]
     empty = next((i for i, label in enumerate(labels) if not label), None)
     if empty is not None:
-        raise UsageError(f"--labels {text!r}: label #{empty} is empty; give comma-separated names, "
+        raise UsageError(f"--labels {text!r}: label {empty + 1} of {len(labels)} is empty; give comma-separated names, "
                          f"such as --labels sports,finance")
     return labels
 

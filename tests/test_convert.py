@@ -774,11 +774,18 @@ def test_not_a_model_is_a_clear_cli_error(tmp_path):
 def test_int8_without_calibration_is_refused_with_the_way_to_give_it(cnn_onnx, tmp_path):
     report = convert(cnn_onnx, to=["onnx", "openvino"], precisions=["fp32", "int8"], out=tmp_path / "pkg")
     skipped = [a for a in report.artifacts if a.precision == "int8"]
-    assert all(a.status == "skipped" and "--calib" in a.reason and "calibration=" in a.reason for a in skipped)
+    assert all(a.status == "skipped" and "int8 needs calibration data" in a.reason for a in skipped)
     assert report.check["kind"] == "random"  # said, not silent
+    said = []
     with pytest.raises(ConversionError, match="int8 needs calibration") as raised:
-        convert(cnn_onnx, to=["onnx"], precisions=["fp32", "int8"], out=tmp_path / "strict", strict=True)
+        convert(cnn_onnx, to=["onnx"], precisions=["fp32", "int8"], out=tmp_path / "strict", strict=True,
+                progress=said.append)
     assert not (tmp_path / "strict").exists()
+    assert not [line for line in said if "converting" in line], said  # refused before building anything
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx,openvino", "--precision", "int8", "--strict",
+                "--out", str(tmp_path / "cli"))
+    assert r.returncode == 1 and "hint: give calibration data with --calib DIR|FILES" in r.stderr
+    assert "onnx int8, openvino int8: skipped (int8 needs calibration data" in r.stderr  # the reason once
     again = pickle.loads(pickle.dumps(raised.value))  # it crosses processes whole (it raised TypeError)
     assert str(again) == str(raised.value) and again.report.to_dict() == raised.value.report.to_dict()
 

@@ -971,8 +971,8 @@ def test_predict_labels_are_for_text_models(samples):
 @pytest.mark.parametrize(("kind", "args", "fragment"), [
     ("audio", [str(AUDIO / "speech.wav"), "--top-k", "3"], "--top-k is for classifiers; "),
     ("text", ["one text", "--top-k", "3"], "--top-k is for classifiers; "),
-    ("text", ["one text", "--labels", ""], "--labels '': label #0 is empty"),
-    ("text", ["one text", "--labels", "sports,,finance"], "--labels 'sports,,finance': label #1 is empty"),
+    ("text", ["one text", "--labels", ""], "--labels '': label 1 of 1 is empty"),
+    ("text", ["one text", "--labels", "sports,,finance"], "--labels 'sports,,finance': label 2 of 3 is empty"),
     ("text", ["one text", "--labels", "sports,sports"], "label 'sports' is given twice"),
 ])
 def test_predict_options_that_do_not_apply_exit_2(samples, kind, args, fragment):
