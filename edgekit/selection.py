@@ -134,6 +134,12 @@ def _artifact_rank(artifact: Artifact, device: Device) -> int:
     return prefs.index(artifact.precision) if artifact.precision in prefs else len(prefs)
 
 
+# A reduced-precision artifact must be measured this much faster than fp32 to be chosen over it: two
+# equally fast files timed side by side differ by a few percent (an fp16 TFLite file "1.02x" on a CPU
+# with no fp16 arithmetic was picked), and a tie goes to the more faithful file.
+LOWER_PRECISION_MARGIN = 1.10
+
+
 def measured_latency(cand: Candidate) -> float | None:
     """The converter's p50 for this candidate, if it was measured on this CPU by this runtime."""
     art = cand.artifact
@@ -173,6 +179,8 @@ def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], l
                     # Latencies the converter measured side by side on this CPU decide first; then
                     # the precision this device runs best, the runtime native to the format.
                     latency = measured_latency(cand)
+                    if latency and artifact.precision not in ("fp32", "stored"):
+                        latency *= LOWER_PRECISION_MARGIN
                     rank = (KIND_RANK[device.kind], (0, latency) if latency else (1, 0.0),
                             _artifact_rank(artifact, device), 0 if artifact.format in backend.native else 1,
                             order, dev_order)
