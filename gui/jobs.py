@@ -18,7 +18,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal, Slot
 
 log = logging.getLogger("edgekit.gui")
 
@@ -74,12 +74,15 @@ class _Relay(QObject):
             self.job.on_finished(cancelled)
 
 
-class Job(QRunnable):
-    """A function running on the pool; ``cancel()`` asks it to stop."""
+class Job:
+    """A function running on the pool; ``cancel()`` asks it to stop.
+
+    The pool is given ``job.run`` (a callable), not the job itself as a QRunnable: a runnable the
+    pool must not delete is kept by PySide for the life of the pool, and every finished job held
+    its function and callbacks, and with them the models they refer to (a closed model per open).
+    """
 
     def __init__(self, owner: Jobs, fn: Callable[[Job], object], name: str) -> None:
-        super().__init__()
-        self.setAutoDelete(False)
         self.owner, self.fn, self.name = owner, fn, name
         self.on_result = self.on_error = self.on_progress = self.on_finished = None
         self.error: BaseException | None = None
@@ -152,7 +155,7 @@ class Jobs(QObject):
         self.running.append(job)
         if len(self.running) == 1:
             self.busy_changed.emit(True)
-        self.pool.start(job)
+        self.pool.start(job.run)
         return job
 
     def _finished(self, job: Job) -> None:
