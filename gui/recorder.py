@@ -27,7 +27,8 @@ class Recorder(QObject):
         try:
             from PySide6.QtMultimedia import QMediaDevices
         except ImportError as e:
-            return False, f"QtMultimedia cannot be imported ({e})"
+            return False, (f"Qt's multimedia module cannot be loaded ({e}); on Debian or Ubuntu, "
+                           f"`apt install libpulse0` usually provides what it needs")
         device = QMediaDevices.defaultAudioInput()
         if device.isNull():
             return False, "no audio input device was found"

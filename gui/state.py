@@ -117,7 +117,9 @@ def selection_in_words(selection) -> list[str]:
     lines = []
     if chosen is not None:
         what = f"{chosen.artifact} on " if chosen.artifact else ""
-        lines.append(f"Running {what}{chosen.spec} ({chosen.kind.value}, computing at {chosen.precision}).")
+        computing = ("at the precision it is stored in" if chosen.precision in ("as stored", "stored", None)
+                     else f"in {chosen.precision}")
+        lines.append(f"Running {what}{chosen.spec} ({chosen.kind.value}, computing {computing}).")
         if chosen.reason:
             lines.append(f"Why: {chosen.reason}.")
     policy = {"auto": "the best device available", "fastest": "the fastest device measured"}.get(

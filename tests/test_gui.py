@@ -803,6 +803,29 @@ def test_finished_jobs_release_what_they_held(qtbot):
     assert not any(r() for r in held)
 
 
+def test_words_for_a_long_recording_and_a_model_run_as_stored(qtbot, window, samples):
+    """A 30-minute recording listed 662 segments in a label that grew past the page; the Model page
+    said "computing at as stored"."""
+    import numpy as np
+
+    import edgekit
+    from edgekit.tasks import Segment
+    from gui import work
+    from gui.state import selection_in_words
+
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    segments = [Segment(start_s=2.0 * i, end_s=2.0 * i + 1, score=0.9) for i in range(662)]
+    view.show(work.AudioResult("long.wav", 1800.0, np.zeros((100, 2), np.float32), 1.0, "litert:CPU",
+                               segments=segments))
+    text = view.summary.text()
+    assert text.count("–") == 20 and text.endswith("and 642 more segments, to 1323.00 s (all are marked on the "
+                                                   "waveform)"), text
+    with edgekit.load(samples["audio"] / "model.onnx", device="onnxruntime") as m:
+        words = " ".join(selection_in_words(m.selection))
+    assert "computing at the precision it is stored in" in words and "at as stored" not in words, words
+
+
 def test_a_refilled_table_shows_only_its_new_cells_with_numbers_right_aligned(qtbot):
     from PySide6.QtWidgets import QTableWidget
 

@@ -311,6 +311,7 @@ class TextTaskView(_TaskView):
 # (300 take about 0.45 s on 2 cores, 2000 took 19 s and 2.7 GB); a bar chart per text is a widget each.
 MAX_TABLE_TEXTS = 300
 MAX_CHARTS = 200
+MAX_SEGMENTS = 20  # speech segments listed in words (the waveform marks them all)
 
 
 def _sample_text() -> str:
@@ -402,7 +403,12 @@ class AudioTaskView(_TaskView):
         spans = [(s.start_s, s.end_s) for s in result.segments or []]
         self.waveform.set_waveform(result.envelope, result.duration_s, spans)
         if result.segments is not None:
-            found = "; ".join(f"{s.start_s:.2f}–{s.end_s:.2f} s (p {s.score:.2f})" for s in result.segments)
+            # a long recording has hundreds of segments: the label grew past the page, which does not scroll
+            found = "; ".join(f"{s.start_s:.2f}–{s.end_s:.2f} s (p {s.score:.2f})"
+                              for s in result.segments[:MAX_SEGMENTS])
+            if len(result.segments) > MAX_SEGMENTS:
+                found += (f"; and {len(result.segments) - MAX_SEGMENTS} more segments, to "
+                          f"{result.segments[-1].end_s:.2f} s (all are marked on the waveform)")
             self.summary.setText(f"{result.audio}, {result.duration_s:.2f} s: " +
                                  (f"speech at {found}" if result.segments else "no speech found"))
             self.bars.set_items([])
