@@ -189,7 +189,7 @@ def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], l
     if policy.backend and readers == 0:
         fmts = ", ".join(sorted({a.format.value for a in source.artifacts}))
         reads = ", ".join(sorted(f.value for f in backends.get(policy.backend).formats))
-        raise DeviceNotAvailableError(f"{policy.backend} cannot read {fmts} models (it reads {reads})")
+        raise DeviceNotAvailableError(f"{source.path}: {policy.backend} cannot read {fmts} models (it reads {reads})")
     return [c for _, c in ranked], skipped
 
 

@@ -18,10 +18,22 @@ from PySide6.QtWidgets import (
 
 
 def error_message(exc: BaseException) -> str:
-    """What the user reads: edgekit's own errors already name the file or input and the problem."""
-    from edgekit.errors import EdgekitError
+    """What the user reads: edgekit's own errors already name the file or input and the problem.
+
+    A model no device could open says so and what each failure was, in a line each: the whole
+    selection record (every candidate this build lacks, the policy in Python's words) goes to the
+    details, where it buried the failures at the bottom of a dialog 630 pixels tall."""
+    from edgekit.errors import DeviceNotAvailableError, EdgekitError, NoCandidateError
 
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, NoCandidateError) and exc.selection is not None:
+        failed = [f"• {a.spec}{f' [{a.artifact}]' if a.artifact else ''}: {a.reason}"
+                  for a in exc.selection.attempts if a.status == "failed"]
+        if failed:
+            return "\n".join([f"{text.splitlines()[0].split(': no candidate')[0]}: no device could run it.",
+                              *failed[:6], *([f"and {len(failed) - 6} more (see details)"] if len(failed) > 6 else [])])
+    if isinstance(exc, DeviceNotAvailableError):
+        return f"{text}\n\nChoose another device in the Device box: auto takes one that can run it."
     return text if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {text}"
 
 

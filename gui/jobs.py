@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal, Slot
 
+from edgekit.errors import UsageError
+
 log = logging.getLogger("edgekit.gui")
 
 
@@ -128,7 +130,10 @@ class Job:
             cancelled = True
         except BaseException as e:  # noqa: BLE001 - every failure must reach the user, not kill the thread
             log.warning("%s failed: %s", self.name, e)
-            self.signals.error.emit(e, getattr(e, "details", None) or "".join(traceback.format_exception(e)))
+            # the caller's mistakes (a missing file, empty text) need no traceback: the message says it all
+            details = getattr(e, "details", None) or (str(getattr(e, "selection", "") or "") if isinstance(
+                e, UsageError) else "".join(traceback.format_exception(e)))
+            self.signals.error.emit(e, details)
         finally:
             self.done.set()
             self.signals.finished.emit(cancelled)

@@ -23,6 +23,8 @@ from PySide6.QtWidgets import (
     QToolBar,
 )
 
+from edgekit.errors import UsageError
+
 from . import dialogs
 from .jobs import Jobs
 from .pages.bench_page import BenchPage
@@ -262,7 +264,8 @@ class MainWindow(QMainWindow):
             self.statusBar().clearMessage()
             if fallback_device is not None:  # a device switch failed: back to what the loaded model runs with
                 self._revert_device(self._loaded_device if self.session.loaded is not None else fallback_device)
-            self.show_exception(f"Cannot open {path.name} on {device}", exc, details)
+            on = "" if device == "auto" else f" on {device}"
+            self.show_exception(f"Cannot open {path.name}{on}", exc, details)
 
         self.jobs.submit(lambda job: open_model(path, device), name=f"Opening {path.name}",
                          on_result=opened, on_error=failed)
@@ -344,7 +347,7 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(self.run_page)
             view.open_file(path)
             return
-        self.show_exception("Cannot use this file", ValueError(
+        self.show_exception("Cannot use this file", UsageError(
             f"{path.name}: not a model (.onnx, .xml, .tflite or a package folder)" +
             (", nor an input the open model takes" if self.session.loaded else "; open a model first")))
 
