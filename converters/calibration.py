@@ -241,8 +241,8 @@ def image_preprocess(spec: TensorSpec, metadata: dict) -> dict:
     if "mean" not in pp and "std" not in pp and "scale" not in pp:
         # No pre-processing known: pixels in [0, 1], the commonest convention. Said out loud,
         # since calibrating on the wrong range gives a bad int8 model.
-        log.warning("no image pre-processing given for %r: calibrating on pixels / 255; pass "
-                    "preprocess={'image': {...}} (mean, std, resize, crop) for the model's own", spec.name)
+        log.warning("no image pre-processing given for %r: calibrating on pixels / 255; the model's own (mean, "
+                    "std, resize, crop: --preprocess, or preprocess= in Python) makes a better int8 model", spec.name)
         pp["scale"] = 1 / 255
     return pp
 

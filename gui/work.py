@@ -505,6 +505,15 @@ def _convert_in_child(options: ConvertOptions, messages, stop) -> None:
             raise Stop
         messages.put(("progress", line))
 
+    class Warnings(logging.Handler):
+        """The converter's warnings (a skipped calibration file, a guessed pre-processing) went to
+        the terminal the app was started from: they are step lines of the page's log too."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.put(("progress", f"warning: {record.getMessage()}"))
+
+    logging.getLogger("edgekit").addHandler(Warnings(logging.WARNING))
+
     try:
         report = run_converter(options.source, to=options.targets, precisions=options.precisions,
                                calibration=options.calibration or None, out=options.out, progress=step)

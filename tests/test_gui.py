@@ -639,6 +639,28 @@ def test_convert_a_small_model_with_progress_then_open_the_package(qtbot, window
     assert window.session.loaded.info.is_package
 
 
+def test_the_converters_warnings_reach_the_pages_log(qtbot, window, models, tmp_path):
+    """A skipped calibration file was said only on the terminal the app was started from."""
+    import numpy as np
+
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    page = window.convert_page
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.save(calib / "x.npy", np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    (calib / "readme.txt").write_text("notes")
+    page.out.setText(str(tmp_path / "pkg"))
+    page.calibration.setText(str(calib))
+    for name, cb in page.targets.items():
+        cb.setChecked(name == "onnx")
+    for name, cb in page.precisions.items():
+        cb.setChecked(name == "int8")
+    page.convert_button.click()
+    qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
+    assert window.last_error is None, window.last_error.text()
+    assert "warning: calibration: skipped " in page.log.toPlainText() and "readme.txt" in page.log.toPlainText()
+
+
 def test_choosing_a_folder_of_other_files_puts_the_package_in_a_new_folder_inside(window, tmp_path, monkeypatch):
     """The converter refuses to replace a folder holding other files: Browse proposes one inside it."""
     from PySide6.QtWidgets import QFileDialog
