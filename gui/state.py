@@ -61,6 +61,7 @@ class Loaded:
     device: str  # what was asked for
     load_ms: float
     cache: dict = field(default_factory=dict)  # per-model objects the runs reuse (zero-shot label vectors)
+    task_problem: str = ""  # why its declared task cannot run (it is run as tensors instead)
 
     @property
     def where(self) -> str:
@@ -81,6 +82,7 @@ def open_model(path: str | Path, device: str = "auto") -> Loaded:
     """Open ``path`` on ``device`` (slow: run it in a job). Raises edgekit's errors unchanged."""
     import edgekit
     from edgekit import formats, package
+    from edgekit.errors import UsageError
     from edgekit.tasks.base import for_model, is_known_task
 
     path = Path(path)
@@ -103,11 +105,16 @@ def open_model(path: str | Path, device: str = "auto") -> Loaded:
             format=fmt.value, size_bytes=sum(f.stat().st_size for f in formats.model_files(model.path, fmt)),
             task=meta.get("task"), labels=meta.get("labels"), inputs=model.inputs, outputs=model.outputs,
             artifacts=artifacts, description=str(meta.get("description") or ""), facts=facts)
-        task = for_model(model) if is_known_task(info.task) else None
+        task, problem = None, ""
+        if is_known_task(info.task):
+            try:
+                task = for_model(model)
+            except UsageError as e:  # a text model without its tokenizer.json: it still runs on tensors
+                problem = str(e)
     except BaseException:
         model.close()
         raise
-    return Loaded(info, model, task, device, load_ms)
+    return Loaded(info, model, task, device, load_ms, task_problem=problem)
 
 
 def selection_in_words(selection) -> list[str]:

@@ -411,6 +411,22 @@ def test_a_model_no_device_runs_is_said_in_a_few_lines(qtbot, window, samples, m
     window.set_device("auto")
 
 
+def test_a_text_model_without_its_tokenizer_opens_on_tensors(qtbot, window, samples, tmp_path):
+    """A lone MiniLM file (its card names tokenizer.json, not beside it) was refused outright."""
+    import shutil
+
+    lone = tmp_path / "minilm.onnx"
+    shutil.copy(samples["text"] / "model-fp32.onnx", lone)
+    open_and_wait(qtbot, window, lone)
+    assert window.session.loaded.task is None and window.run_page.current is window.run_page.views["generic"]
+    note = window.run_page.views["generic"].note.text()
+    assert note.startswith("Its task (text-embedding) cannot run here: ") and "tokenizer" in note, note
+    view = window.run_page.views["generic"]
+    view.run()  # synthetic token ids
+    qtbot.waitUntil(lambda: not view.busy and view.outputs.rowCount() == 1, timeout=60_000)
+    assert window.last_error is None, window.last_error.text()
+
+
 def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, models, tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)

@@ -442,8 +442,8 @@ class GenericTaskView(_TaskView):
         self.inputs.setObjectName("genericInputs")
         self.outputs = QTableWidget()
         self.outputs.setObjectName("genericOutputs")
-        note = QLabel("This model declares no task: give each input a .npy file (Choose…), or run it on "
-                      "synthetic inputs. Outputs are shown as shape, dtype, statistics and first values.")
+        self.note = note = QLabel("")
+        note.setObjectName("genericNote")
         note.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(note)
@@ -460,6 +460,10 @@ class GenericTaskView(_TaskView):
     def model_changed(self, loaded) -> None:
         super().model_changed(loaded)
         self.files = {}
+        why = (f"Its task ({loaded.info.task}) cannot run here: {loaded.task_problem}. It runs on tensors instead"
+               if loaded is not None and loaded.task_problem else "This model declares no task")
+        self.note.setText(f"{why}: give each input a .npy file (Choose…), or run it on synthetic inputs. Outputs "
+                          f"are shown as shape, dtype, statistics and first values.")
         specs = loaded.model.inputs if loaded is not None else []
         table(["input", "shape", "dtype", "data", ""], [[s.name, shape_text(s.shape), str(s.dtype), "synthetic", ""]
                                                         for s in specs], widget=self.inputs)
