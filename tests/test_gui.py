@@ -427,6 +427,20 @@ def test_a_text_model_without_its_tokenizer_opens_on_tensors(qtbot, window, samp
     assert window.last_error is None, window.last_error.text()
 
 
+def test_an_array_dropped_on_a_model_without_a_task_feeds_it(qtbot, window, models, tmp_path):
+    """It was refused: "not a model ..., nor an input the open model takes"."""
+    import numpy as np
+
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    np.save(tmp_path / "x.npy", np.ones((2, 8), np.float32))
+    window.open_dropped(tmp_path / "x.npy")
+    view = window.run_page.views["generic"]
+    assert window.last_error is None and view.files == {"x": str(tmp_path / "x.npy")}
+    view.run()
+    qtbot.waitUntil(lambda: not view.busy and view.outputs.rowCount() == 1, timeout=60_000)
+    assert view.outputs.item(0, 1).text().startswith("[2,"), view.outputs.item(0, 1).text()
+
+
 def test_corrupt_model_file_shows_a_dialog_and_the_app_lives_on(qtbot, window, models, tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)

@@ -481,6 +481,17 @@ class GenericTaskView(_TaskView):
         if path:
             self.set_file(name, path)
 
+    def accepts_file(self, path: Path) -> bool:
+        """A dropped .npy feeds a model of one input; a .npz, every input it names (or the one)."""
+        loaded = self.window_.session.loaded
+        inputs = loaded.model.inputs if loaded is not None else []
+        suffix = path.suffix.lower()
+        return bool(inputs) and (suffix == ".npz" or (suffix == ".npy" and len(inputs) == 1))
+
+    def open_file(self, path: Path) -> None:
+        for spec in self.window_.session.loaded.model.inputs:
+            self.set_file(spec.name, str(path))
+
     def set_file(self, name: str, path: str) -> None:
         self.files[name] = path
         for r in range(self.inputs.rowCount()):
