@@ -669,6 +669,14 @@ def test_convert_a_small_model_with_progress_then_open_the_package(qtbot, window
     assert window.session.loaded.info.is_package
 
 
+def tick(page, target: str, precision: str) -> None:
+    """The Convert form with one target and one precision ticked."""
+    for name, cb in page.targets.items():
+        cb.setChecked(name == target)
+    for name, cb in page.precisions.items():
+        cb.setChecked(name == precision)
+
+
 def test_the_converters_warnings_reach_the_pages_log(qtbot, window, models, tmp_path):
     """A skipped calibration file was said only on the terminal the app was started from."""
     import numpy as np
@@ -681,10 +689,7 @@ def test_the_converters_warnings_reach_the_pages_log(qtbot, window, models, tmp_
     (calib / "readme.txt").write_text("notes")
     page.out.setText(str(tmp_path / "pkg"))
     page.calibration.setText(str(calib))
-    for name, cb in page.targets.items():
-        cb.setChecked(name == "onnx")
-    for name, cb in page.precisions.items():
-        cb.setChecked(name == "int8")
+    tick(page, "onnx", "int8")
     page.convert_button.click()
     qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
     assert window.last_error is None, window.last_error.text()
@@ -726,10 +731,7 @@ def test_convert_takes_the_destinations_the_converter_takes(qtbot, window, model
     empty = tmp_path / "empty"
     empty.mkdir()
     page.out.setText(str(empty))
-    for cb in page.targets.values():
-        cb.setChecked(cb is page.targets["onnx"])
-    for p, cb in page.precisions.items():
-        cb.setChecked(p == "fp32")
+    tick(page, "onnx", "fp32")
     page.convert_button.click()
     qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
     assert window.last_error is None, window.last_error.text()
@@ -746,10 +748,7 @@ def test_cancelling_during_onnx2tf_stops_at_once_and_leaves_nothing(qtbot, windo
     page.source.setText(str(models["mlp.onnx"]))
     out = tmp_path / "never"
     page.out.setText(str(out))
-    for t, cb in page.targets.items():
-        cb.setChecked(t == "tflite")
-    for p, cb in page.precisions.items():
-        cb.setChecked(p == "fp32")
+    tick(page, "tflite", "fp32")
     page.convert_button.click()
     qtbot.waitUntil(lambda: "onnx2tf" in page.log.toPlainText(), timeout=300_000)
     onnx2tf = []

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1021,24 +1022,31 @@ def test_an_embedding_packages_own_labels_serve_zero_shot(samples, tmp_path):
         assert clf.zero_shot and clf.classify("The striker scored twice in the final.")[0].label == "sports"
 
 
-def test_a_score_map_of_ones_counts_its_classes_whole(tmp_path):
-    """Caffe-style classifiers answer [1, C, 1, 1]: C classes, not 1, and the package's C labels hold."""
+def _rgb_classifier(pkg: Path, *, batch: int, score_map: bool) -> Path:
+    """A package whose 3 "classes" red, green, blue score each channel's mean, at a fixed ``batch``:
+    scores [batch, 3, 1, 1] (a Caffe-style ``score_map``) or [batch, 3]."""
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(  # each channel's mean: 3 "classes" red, green, blue
-        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=1)], "rgb",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 1, 1])])
-    (tmp_path / "pkg").mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "pkg" / "m.onnx")
-    (tmp_path / "pkg" / "edgekit.json").write_text(json.dumps({
+    scores = [batch, 3, 1, 1] if score_map else [batch, 3]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=int(score_map))], "rgb",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, scores)])
+    pkg.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), pkg / "m.onnx")
+    (pkg / "edgekit.json").write_text(json.dumps({
         "task": "image-classification", "labels": ["red", "green", "blue"],
         "preprocess": {"image": {"crop": 32, "scale": 1 / 255}}, "postprocess": {"activation": "none"},
         "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
+    return pkg
+
+
+def test_a_score_map_of_ones_counts_its_classes_whole(tmp_path):
+    """Caffe-style classifiers answer [1, C, 1, 1]: C classes, not 1, and the package's C labels hold."""
     green = np.zeros((40, 40, 3), np.uint8)
     green[..., 1] = 200
-    with ImageClassifier(tmp_path / "pkg") as clf:
+    with ImageClassifier(_rgb_classifier(tmp_path / "pkg", batch=1, score_map=True)) as clf:
         assert [c.label for c in clf.classify(green, top_k=3)] == ["green", "red", "blue"]
 
 
@@ -1049,19 +1057,9 @@ def test_a_classifier_whose_batch_is_fixed_fills_it_with_copies(tmp_path, device
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(  # each channel's mean: 3 "classes" red, green, blue
-        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=0)], "rgb",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4, 3, 32, 32])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 3])])
-    (tmp_path / "pkg").mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "pkg" / "m.onnx")
-    (tmp_path / "pkg" / "edgekit.json").write_text(json.dumps({
-        "task": "image-classification", "labels": ["red", "green", "blue"],
-        "preprocess": {"image": {"crop": 32, "scale": 1 / 255}}, "postprocess": {"activation": "none"},
-        "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
     green = np.zeros((40, 40, 3), np.uint8)
     green[..., 1] = 200
-    with ImageClassifier(tmp_path / "pkg", device=device) as clf:
+    with ImageClassifier(_rgb_classifier(tmp_path / "pkg", batch=4, score_map=False), device=device) as clf:
         assert clf.scores(green).shape == (3,)
         assert [(c.label, round(c.score, 3)) for c in clf.classify(green, top_k=3)] == [
             ("green", round(200 / 255, 3)), ("red", 0.0), ("blue", 0.0)]
