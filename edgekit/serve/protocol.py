@@ -279,14 +279,14 @@ _KINDS = {"b": "true/false", "i": "integer", "u": "integer", "f": "non-integer",
 
 
 def _json_values(data) -> int:
-    """How many values JSON ``data`` holds, nested lists flattened (a ragged one is refused later)."""
-    n, todo = 0, [data]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, list):
-            todo.extend(x)
-        else:
-            n += 1
+    """How many values JSON ``data`` holds if it is regular: the product of its lengths down its first
+    elements (walking every value cost 15-20 ms for an image). A ragged one is refused later."""
+    n = 1
+    while isinstance(data, list):
+        n *= len(data)
+        if not data:
+            break
+        data = data[0]
     return n
 
 
