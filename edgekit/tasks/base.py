@@ -133,16 +133,21 @@ class Task:
             raise fail(f"name {len(labels)} classes, and the model outputs {classes} scores")
         return labels
 
+    def fixed_batch(self) -> int | None:
+        """The batch every run must have where the model fixes it (the smallest first dim its
+        inputs of rank 2 or more fix: TFLite's 1, an export for batches of 4), else None."""
+        firsts = [s.shape[0] for s in self.model.inputs
+                  if s.shape is not None and len(s.shape) >= 2 and isinstance(s.shape[0], int)]
+        return min(firsts, default=None)
+
     def scores_of_one(self, x: np.ndarray) -> np.ndarray:
         """The first output for one sample ``x`` (batch 1) of the first input, flattened. A model
         whose batch is fixed above 1 runs copies of it filling the batch, and their rows are dropped."""
-        spec = self.model.inputs[0]
-        fixed = spec.shape[0] if spec.shape is not None and len(spec.shape) >= 2 else None
-        if isinstance(fixed, int) and fixed > 1 and x.shape[0] == 1:
+        fixed = self.fixed_batch()
+        fixed = fixed if fixed is not None and fixed > 1 and x.shape[0] == 1 else None
+        if fixed:
             x = np.repeat(x, fixed, axis=0)
-        else:
-            fixed = None
-        out = np.asarray(next(iter(self.model.run({spec.name: x}).values())), np.float32)
+        out = np.asarray(next(iter(self.model.run({self.model.inputs[0].name: x}).values())), np.float32)
         return (out[:1] if fixed and out.ndim and out.shape[0] == fixed else out).reshape(-1)
 
     def artifact_entry(self) -> dict:

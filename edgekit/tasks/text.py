@@ -146,10 +146,9 @@ class _TextTask(Task):
             if max_length is not None and cap is not None and max_length > cap:
                 log.warning("%s: max_length %d is over this model's limit of %d tokens: texts are cut at %d",
                             self.model.path.name, max_length, cap, cap)
-            batches = [sh[0] for sh in shapes if isinstance(sh[0], int)]
             self.tokenizer = Tokenizer(tok_path, max_length=int(min(limit, cap or limit)))
             self.input_names = [s.name for s in self.model.inputs]
-            self.static_batch = min(batches) if batches else None
+            self.static_batch = self.fixed_batch()
             if self.model.cross_row and not self.static_batch:
                 log.info("%s: texts run one at a time (TextEmbedder.embed batches them when given a batch_size), "
                          "so that each gets the result it gets alone: %s",
