@@ -312,9 +312,12 @@ def _size_columns(t: QTableWidget, headers: Sequence[str], rows: Sequence[Sequen
     widest = t.fontMetrics().averageCharWidth() * 60
     grid = 1 if t.showGrid() else 0
     picked = range(0, len(rows), max(1, len(rows) // max(1, sample)))[:sample]
+    advance = t.fontMetrics().horizontalAdvance
     for c in range(len(headers)):
-        texts = [(len(str(rows[r][c])), r) for r in picked if c < len(rows[r]) and rows[r][c] is not None]
+        # Proportional fonts: the widest texts as drawn, not the longest ("model-fp32.onnx" is wider than
+        # "model-int8.tflite"); the delegate then measures a few of them, with its margins
+        texts = [(advance(str(rows[r][c])), r) for r in picked if c < len(rows[r]) and rows[r][c] is not None]
         delegate = t.itemDelegateForColumn(c) or t.itemDelegate()
-        cells = max((delegate.sizeHint(option, model.index(r, c)).width() + grid  # proportional fonts: a
-                     for _, r in sorted(texts)[-3:]), default=0)  # few of the longest texts, not just one
+        cells = max((delegate.sizeHint(option, model.index(r, c)).width() + grid
+                     for _, r in sorted(texts)[-3:]), default=0)
         header.resizeSection(c, min(widest, max(header.sectionSizeHint(c), cells)))

@@ -927,6 +927,23 @@ def test_a_refilled_table_shows_only_its_new_cells_with_numbers_right_aligned(qt
     assert t.itemDelegateForColumn(0) is numbers  # one delegate per table, not one per fill
 
 
+def test_a_column_is_as_wide_as_its_widest_text_as_drawn_not_its_longest(qtbot):
+    """The Model page wrapped 'model-fp32.onnx' over two lines: the column was sized for the three
+    longest names ('model-int8.tflite', ...), which a proportional font draws narrower."""
+    from PySide6.QtWidgets import QStyleOptionViewItem, QTableWidget
+
+    from gui.widgets import table
+
+    t = QTableWidget()
+    qtbot.addWidget(t)
+    names = [f"model-{p}.{s}" for s in ("onnx", "xml", "tflite") for p in ("fp32", "fp16", "int8")]
+    table(["artifact", "status"], [[n, "ok"] for n in names], widget=t)
+    option = QStyleOptionViewItem()
+    option.initFrom(t.viewport())
+    needed = max(t.itemDelegate().sizeHint(option, t.model().index(r, 0)).width() for r in range(len(names)))
+    assert t.horizontalHeader().sectionSize(0) >= needed
+
+
 def test_benchmark_export_errors_name_the_chosen_file_and_say_what_is_wrong(window, tmp_path):
     """They named a hidden temporary file: FileNotFoundError: ... '/nonexistent/dir/.x.csv.c9ds6tkf.tmp'."""
     import re
