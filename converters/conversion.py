@@ -195,7 +195,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     try:
         staging = package.staging_dir(out_dir)
     except OSError as e:
-        raise UsageError(f"cannot write the package to {out_dir}: {e.strerror or e}") from e
+        raise UsageError(f"cannot write the package to {out_dir}: cannot make a folder in "
+                         f"{out_dir.absolute().parent} ({e.strerror or e})") from e
     work = staging / ".work"
     work.mkdir()
     try:

@@ -231,8 +231,8 @@ class MainWindow(QMainWindow):
     # --- opening ---
     def choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a model", "", MODEL_FILTER)
-        if path:
-            self.open_path(Path(path))
+        if path:  # "All files" lets a picture or sound be picked: it goes where a dropped one goes
+            self.open_dropped(Path(path))
 
     def choose_package(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a package folder (with edgekit.json)")

@@ -302,6 +302,30 @@ def test_cancel_stops_a_long_voice_detection_and_leaves_the_page_clean(qtbot, wi
     assert " ms on " in view.status.text() and not view.cancel_button.isEnabled()
 
 
+def test_a_device_switch_during_a_run_runs_it_again_on_the_new_device(qtbot, window, samples, tmp_path):
+    """The switch closed the model under a long voice detection: the run was dropped, the status left blank."""
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    view.open_file(_long_wav(tmp_path / "long.wav", 10))
+    qtbot.waitUntil(lambda: "running… " in view.status.text() and " of " in view.status.text(), timeout=60_000)
+    window.set_device("onnxruntime:CPUExecutionProvider")
+    qtbot.waitUntil(lambda: window.session.loaded.model.backend == "onnxruntime", timeout=LOAD_TIMEOUT)
+    assert view.status.text() == "running… again, on onnxruntime:CPUExecutionProvider"
+    qtbot.waitUntil(lambda: " ms on onnxruntime" in view.status.text(), timeout=120_000)
+    assert window.session.last_result.audio == "long.wav" and no_dialog(window)
+    assert not view.busy and not view.pending
+
+
+def test_another_model_stops_the_run_of_the_previous_one(qtbot, window, samples, models, tmp_path):
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    view.open_file(_long_wav(tmp_path / "long.wav", 10))
+    qtbot.waitUntil(lambda: " of " in view.status.text(), timeout=60_000)
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    qtbot.waitUntil(lambda: not view.busy, timeout=5_000)  # stopped at its next audio window
+    assert not view.pending and view.status.text() == "" and window.session.last_result is None
+
+
 def test_cancel_stops_zero_shot_labels_of_many_lines_between_lines(qtbot, window, samples):
     """Zero-shot labels are scored in batches of lines: Cancel stops between two batches, and the last
     run's bars leave the page."""
@@ -383,6 +407,42 @@ def test_model_without_task_runs_in_the_generic_view_from_npy(qtbot, window, mod
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
     assert "bad.npy" in window.last_error.text()
     assert view.outputs.rowCount() == 0  # the last run's outputs would read as this one's
+
+
+def test_a_device_switch_keeps_the_arrays_chosen_for_the_inputs(qtbot, window, models, tmp_path):
+    import numpy as np
+
+    open_and_wait(qtbot, window, models["mlp.onnx"])
+    view = window.run_page.views["generic"]
+    spec = window.session.loaded.model.inputs[0]
+    x = np.full([d if isinstance(d, int) else 2 for d in spec.shape], 0.5, dtype=spec.dtype)
+    np.save(tmp_path / "half.npy", x)
+    view.set_file(spec.name, str(tmp_path / "half.npy"))
+    window.set_device("openvino:CPU")
+    qtbot.waitUntil(lambda: window.session.loaded.model.backend == "openvino", timeout=LOAD_TIMEOUT)
+    assert view.files == {spec.name: str(tmp_path / "half.npy")} and view.inputs.item(0, 3).text() == "half.npy"
+    view.run()
+    qtbot.waitUntil(lambda: view.outputs.rowCount() > 0, timeout=60_000)
+    assert view.outputs.item(0, 1).text().startswith("[2")  # the file's batch of 2, not a synthetic batch
+    open_and_wait(qtbot, window, models["mlp.xml"])  # another model: its own inputs, synthetic until chosen
+    assert view.files == {} and view.inputs.item(0, 3).text() == "synthetic"
+
+
+def test_a_picture_chosen_in_file_open_goes_to_the_open_model(qtbot, window, samples, monkeypatch):
+    """File ▸ Open with 'All files' tried to open a picture as a model."""
+    from PySide6.QtWidgets import QFileDialog
+
+    picture = INPUTS / "images" / "cat.jpg"
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(picture), ""))
+    window.choose_model()
+    assert window.last_error is not None and "open a model first" in window.last_error.text()
+    window.last_error.close()
+    window.last_error = None
+    open_and_wait(qtbot, window, samples["image"])
+    window.choose_model()
+    view = window.run_page.views["image"]
+    qtbot.waitUntil(lambda: view.bars.title.endswith("cat.jpg"), timeout=60_000)
+    assert window.session.loaded.info.path == samples["image"] and no_dialog(window)
 
 
 def test_a_model_no_device_runs_is_said_in_a_few_lines(qtbot, window, samples, models, tmp_path):
@@ -736,6 +796,10 @@ def test_convert_takes_the_destinations_the_converter_takes(qtbot, window, model
     qtbot.waitUntil(lambda: page.job is None and page.convert_button.isEnabled(), timeout=300_000)
     assert window.last_error is None, window.last_error.text()
     assert (empty / "edgekit.json").is_file()
+    assert page.step.text().startswith(f"wrote {empty}")
+    page.out.setText(str(docs))  # refused again: the page no longer reads "wrote ..." under the dialog
+    page.convert_button.click()
+    assert window.last_error is not None and page.step.text() == "not started: see the message"
 
 
 @pytest.mark.parametrize("how", ["cancel", "close the window"])

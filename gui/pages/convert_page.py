@@ -159,6 +159,7 @@ class ConvertPage(QWidget):
         try:
             options = self.options()
         except Exception as e:  # noqa: BLE001 - a form error is a dialog
+            self.step.setText("not started: see the message")  # not the previous conversion's last words
             self.window_.show_exception("Cannot convert", e)
             return
         self.report = None

@@ -50,6 +50,8 @@ class _TaskView(QWidget):
         self.busy = False
         self.pending = False  # asked to run while running: runs again, on the latest input, after
         self.job = None  # the run under way
+        self.model_path: Path | None = None  # of the model shown: the same again is a device switch
+        self.switched = False
         self.status = QLabel("")
         self.status.setObjectName("runStatus")
         self.status.setWordWrap(True)
@@ -128,8 +130,16 @@ class _TaskView(QWidget):
             self.status.setText("cancelling…")
 
     def model_changed(self, loaded) -> None:
-        self.status.setText("")
-        self.pending = False
+        """Another model, or the same on another device (a switch). A run under way is stopped (its model
+        is closed); after a switch it runs again, on the new device, when it has stopped."""
+        path = None if loaded is None else loaded.info.path
+        self.switched = path is not None and path == self.model_path
+        self.model_path = path
+        again = self.switched and self.busy
+        if self.job is not None:
+            self.job.cancel()
+        self.pending = again
+        self.status.setText(f"running… again, on {loaded.where}" if again else "")
 
     def clear_results(self) -> None:
         """Take the last results off the page."""
@@ -459,14 +469,16 @@ class GenericTaskView(_TaskView):
 
     def model_changed(self, loaded) -> None:
         super().model_changed(loaded)
-        self.files = {}
+        if not self.switched:  # the files chosen stay for the same model on another device
+            self.files = {}
         why = (f"Its task ({loaded.info.task}) cannot run here: {loaded.task_problem}. It runs on tensors instead"
                if loaded is not None and loaded.task_problem else "This model declares no task")
         self.note.setText(f"{why}: give each input a .npy file (Choose…), or run it on synthetic inputs. Outputs "
                           f"are shown as shape, dtype, statistics and first values.")
         specs = loaded.model.inputs if loaded is not None else []
-        table(["input", "shape", "dtype", "data", ""], [[s.name, shape_text(s.shape), str(s.dtype), "synthetic", ""]
-                                                        for s in specs], widget=self.inputs)
+        table(["input", "shape", "dtype", "data", ""],
+              [[s.name, shape_text(s.shape), str(s.dtype), Path(self.files[s.name]).name
+                if self.files.get(s.name) else "synthetic", ""] for s in specs], widget=self.inputs)
         for r, spec in enumerate(specs):
             button = QPushButton("Choose .npy…")
             button.clicked.connect(lambda _=False, n=spec.name, row=r: self.choose(n, row))
@@ -540,9 +552,13 @@ class RunPage(QStackedWidget):
         return w if isinstance(w, _TaskView) else None
 
     def model_changed(self, loaded) -> None:
-        if loaded is None:
+        view = None if loaded is None else self.views[
+            self.VIEW_OF_TASK.get(loaded.info.task or "", "generic") if loaded.task else "generic"]
+        for other in self.views.values():  # the view that showed the previous model lets it go (and its run)
+            if other is not view and other.model_path is not None:
+                other.model_changed(None)
+        if view is None:
             self.setCurrentWidget(self.empty)
             return
-        view = self.views[self.VIEW_OF_TASK.get(loaded.info.task or "", "generic") if loaded.task else "generic"]
         view.model_changed(loaded)
         self.setCurrentWidget(view)
