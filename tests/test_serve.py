@@ -845,6 +845,8 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         assert not c.is_model_ready("mlp")
         status, message = error_of(answer)
         assert status == 503 and "unloaded" in message
+        status, _, body = server.request("GET", "/v2/models/mlp/stats")  # was 200 with no statistics
+        assert status == 503 and "unloaded" in body["error"]
         metrics = server.request("GET", "/metrics")[2].decode().splitlines()
         unavailable = [m for m in metrics if m.startswith("edgekit_inference_requests_total{")
                        and 'model="mlp"' in m and 'outcome="unavailable"' in m]

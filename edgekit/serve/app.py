@@ -274,8 +274,7 @@ class _Api:
         if name is None:
             versions = [v for m in self.manager.models.values() for v in m.ready()]
         elif version is None:
-            if name not in self.manager.models:
-                raise NotFound(f"unknown model {name!r}")
+            self.manager.get(name)  # 404 unknown, 503 (with why) when no version is ready, as for inference
             versions = self.manager.models[name].ready()
         else:
             versions = [self.manager.get(name, version)]
