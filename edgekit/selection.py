@@ -211,8 +211,11 @@ class _Opener:
         self.bad_artifacts: dict[Path, ModelFileError] = {}
         self.checked: set[Path] = set()
         self.warmup = warmup_of(source.package.manifest) if source.package else None
+        # Candidates that opened but refused a first inference on sizes guessed for their dynamic dims
+        # (no warm-up sizes known): candidate -> the guessed sizes, in words
+        self.guesses_refused: dict[int, str] = {}
 
-    def open(self, cand: Candidate):
+    def open(self, cand: Candidate, *, verify: bool | None = None):
         """Return an open, verified session, or raise (ModelFileError for a bad file)."""
         art = cand.artifact
         if art.path in self.bad_artifacts:
@@ -227,10 +230,15 @@ class _Opener:
         backend = backends.get(cand.backend)
         session = backend.open(art.path, art.format, cand.device, _asked_of(cand, self.precision) or self.precision,
                                concurrency=self.concurrency)
-        if self.verify:
+        if self.verify if verify is None else verify:
             try:
                 self._first_inference(session, art)
             except Exception as e:
+                # 1 for a batch is a safe guess; 1 for a length, a height or a width may be too small
+                if not self.warmup and any(sp.shape is None or not all(isinstance(d, int) for d in sp.shape[1:])
+                                           for sp in session.inputs):
+                    self.guesses_refused[id(cand)] = ", ".join(
+                        f"{n} {list(x.shape)}" for n, x in synthetic_inputs(session.inputs).items())
                 session.close()
                 raise BackendError(f"first inference failed: {_one_line(e)}") from e
         return session
@@ -312,7 +320,8 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
         result = _select_first(candidates, opener, selection, policy, strict, show)
     session, cand = result
     if selection.fell_back:
-        failed = "; ".join(f"{a.spec} {a.reason}" for a in selection.attempts if a.status == "failed")
+        failed = "; ".join(a.reason if a.reason.startswith(a.spec) else f"{a.spec} {a.reason}"
+                           for a in selection.attempts if a.status == "failed")
         log.warning("%s: fell back to %s:%s after: %s", source.path.name, cand.backend, cand.device.id, failed)
     return session, cand, selection
 
@@ -356,7 +365,36 @@ def _select_first(candidates, opener, selection, policy, strict, show):
     if opener.bad_artifacts and len(opener.bad_artifacts) == len(
             {c.artifact.path for c in candidates}):
         raise next(iter(opener.bad_artifacts.values()))
+    unchecked = _open_unchecked(candidates, opener, selection, show)
+    if unchecked is not None:
+        return unchecked
     raise _none_opened(opener.source.path, policy.text, selection)
+
+
+def _open_unchecked(candidates, opener, selection, show):
+    """Every candidate failed; where the first inference was refused only on the sizes guessed for
+    dynamic dims (1: a streaming audio model needs a whole window), the best of those is opened without
+    it, and the record says so. Its real inputs may well run; refusing to open would leave no way to try."""
+    for cand in candidates:
+        guessed = opener.guesses_refused.get(id(cand))
+        if guessed is None:
+            continue
+        try:
+            session = opener.open(cand, verify=False)
+        except Exception:  # noqa: BLE001 - it opened a moment ago; if not now, the record stands
+            continue
+        record = cand.attempt("failed", show_artifact=show)
+        index = next(i for i, a in enumerate(selection.attempts) if a.status == "failed"
+                     and (a.spec, a.artifact) == (record.spec, record.artifact))
+        failure = selection.attempts[index].reason
+        attempt = cand.attempt("opened", f"opened without a first inference: its dynamic sizes are not known, "
+                                         f"and the guessed ones ({guessed}) were refused ({failure}); give it "
+                                         f"real inputs, or warmup_inputs in its card", show_artifact=show)
+        attempt.precision = session.precision
+        selection.attempts[index] = attempt
+        log.warning("%s: %s %s", opener.source.path.name, record.spec, attempt.reason)
+        return session, cand
+    return None
 
 
 def _none_opened(path: Path, policy: str, selection: Selection) -> EdgekitError:
@@ -442,6 +480,9 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
             other.close()
         raise
     if not opened:
+        unchecked = _open_unchecked(candidates, opener, selection, show)
+        if unchecked is not None:
+            return unchecked
         raise _none_opened(source.path, "fastest", selection)
     best_ms, best, best_session, best_attempt = min(opened, key=lambda t: t[0])
     for ms, cand, session, attempt in opened:

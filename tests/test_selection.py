@@ -70,6 +70,43 @@ def test_a_lone_file_retries_its_first_inference_with_its_packages_warmup(sample
         assert out["output"].shape == (1, 1)
 
 
+def test_a_lone_file_that_refuses_the_guessed_sizes_opens_unchecked_and_says_so(samples, tmp_path, caplog):
+    """Silero's file copied out of its package (no card, no warm-up sizes): the guessed [1, 1] window fails
+    in its STFT on every runtime, so it could not be opened at all. A model whose lengths, heights or widths
+    are dynamic is common (dynamic-axes exports); it now opens on the best candidate that refused only the
+    guess, with the record and a warning saying so, and runs on real inputs."""
+    import shutil
+
+    lone = tmp_path / "vad.onnx"
+    shutil.copy(samples["audio"] / "model.onnx", lone)
+    window = {"input": np.full((1, 576), 0.1, np.float32), "state": np.zeros((2, 1, 128), np.float32),
+              "sr": np.array(16000, np.int64)}
+    with edgekit.load(samples["audio"] / "model.onnx", device="onnxruntime") as packaged:
+        expected = packaged.run(window)
+    for device in ("auto", "fastest"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgekit"), edgekit.load(lone, device=device) as m:
+            chosen = m.selection.chosen
+            assert m.backend == "onnxruntime" and chosen is not None, m.selection
+            assert chosen.reason.startswith("opened without a first inference: its dynamic sizes are not known, "
+                                            "and the guessed ones (input [1, 1], state [2, 1, 128]"), chosen.reason
+            assert "give it real inputs, or warmup_inputs in its card" in chosen.reason
+            assert "opened without a first inference" in caplog.text
+            out = m.run(window)
+        for name in expected:
+            np.testing.assert_allclose(out[name], expected[name], rtol=1e-6, atol=1e-6)
+    with pytest.raises(edgekit.BackendError, match="strict"):  # strict mode does not open it unchecked
+        edgekit.load(lone, strict=True)
+
+
+def test_a_failure_on_a_guessed_batch_of_one_is_a_failure(models):
+    """A batch of 1 is a safe guess: a first inference that fails on it is the device's failure, and a
+    model whose only dynamic dim is its batch is not opened unchecked."""
+    _fake({"GPU0": (DeviceKind.GPU, "run_fails")})
+    with pytest.raises(edgekit.NoCandidateError, match="out of device memory"):
+        edgekit.load(models["mlp.onnx"], device="fake:GPU0")
+
+
 def test_strict_raises_instead_of_falling_back(models):
     _fake({"GPU0": (DeviceKind.GPU, "open_fails")})
     with pytest.raises(edgekit.BackendError, match="fake:GPU0 failed.*strict"):
