@@ -122,14 +122,15 @@ def _source_names(specs: list[TensorSpec], declared: Declared) -> list[TensorSpe
     return [replace(s, name=n) for s, n in zip(specs, names)]
 
 
-def _declared(specs: list[TensorSpec], declared: Declared) -> list[TensorSpec]:
-    """``specs`` with the dim names the source declared where the artifact has none
-    (OpenVINO IR and TFLite keep no names), so every artifact of a package is checked alike."""
-    if not declared.dim_names:
+def _declared(specs: list[TensorSpec], dim_names: dict[str, tuple]) -> list[TensorSpec]:
+    """``specs`` with the dim names the source declared (``Declared.dim_names`` or ``output_dim_names``)
+    where the artifact has none (OpenVINO IR and TFLite keep no names), so every artifact of a
+    package is checked, and shown, alike."""
+    if not dim_names:
         return specs
     out = []
     for spec in specs:
-        names, layout = declared.dim_names.get(spec.name, ((), None))
+        names, layout = dim_names.get(spec.name, ((), None))
         if names and layout and spec.layout and layout != spec.layout:  # a TFLite NHWC beside its NCHW source
             names = in_layout(tuple(names), layout, spec.layout) if len(names) == 4 else ()
         if names and spec.shape is not None and len(names) == len(spec.shape):
@@ -206,7 +207,7 @@ class Model:
         self.package = package
         self.precision = session.precision
         facts, card = (package.declared, None) if package is not None else _card_declared(path, session.inputs)
-        in_specs = _declared(_source_names(list(session.inputs), facts), facts)
+        in_specs = _declared(_source_names(list(session.inputs), facts), facts.dim_names)
         # Every artifact of a package takes its inputs in the source's order, so a list (or the
         # server's positional tensors) means the same on each: onnx2tf's TFLite files list them
         # sorted by tensor index (MiniLM's attention_mask first).
@@ -231,6 +232,7 @@ class Model:
         if sorted(facts.output_order) == sorted(names) and list(facts.output_order) != names:
             self._out_order = [names.index(n) for n in facts.output_order]
             self.outputs = [self.outputs[i] for i in self._out_order]
+        self.outputs = _declared(self.outputs, facts.output_dim_names)
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
         # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a

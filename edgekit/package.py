@@ -61,6 +61,7 @@ class Declared:
     # Inputs the source declared as scalars (shape []): onnx2tf makes them one-element vectors.
     scalars: frozenset[str] = frozenset()
     output_order: tuple[str, ...] = ()  # the source's output names in its order (TFLite sorts them by name)
+    output_dim_names: dict[str, tuple] = field(default_factory=dict)  # output -> ((name or None per axis), None)
 
 
 @dataclass
@@ -162,16 +163,16 @@ def declared(manifest: dict, where: Path) -> Declared:
         raise ModelFileError(where, str(e)) from None
     names, limits, order = _declared_dims(manifest, where)
     try:
-        outputs = _declared_outputs(manifest, where)
+        outputs, output_names = _declared_outputs(manifest, where)
     except ModelFileError as e:  # output shapes are a convenience (packages before them may hold anything there)
         log.warning("%s", e)
-        outputs = {}
+        outputs, output_names = {}, {}
     scalars = frozenset(s["name"] for s in _tensor_specs(manifest, "inputs", where) if s["shape"] == [])
     try:
         out_order = tuple(s["name"] for s in _tensor_specs(manifest, "outputs", where))
     except ModelFileError:  # warned of above
         out_order = ()
-    return Declared(names, limits, order, ranges, outputs, scalars, out_order)
+    return Declared(names, limits, order, ranges, outputs, scalars, out_order, output_names)
 
 
 def _declared_dims(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, int], tuple[str, ...]]:
@@ -202,14 +203,18 @@ def _tensor_specs(manifest: dict, key: str, where: Path) -> list[dict]:
     return specs
 
 
-def _declared_outputs(manifest: dict, where: Path) -> dict[str, tuple]:
-    """``outputs`` (the source's output specs) as {name: shape}, a named dim as None; rankless ones left out."""
-    shapes = {}
+def _declared_outputs(manifest: dict, where: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """``outputs`` (the source's output specs) as {name: shape}, a named dim as None, and their dim
+    names as ``Declared.output_dim_names`` has them; rankless ones left out."""
+    shapes, names = {}, {}
     for spec in _tensor_specs(manifest, "outputs", where):
         if spec["shape"] is not None:
             shapes[spec["name"]] = tuple(d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None
                                          for d in spec["shape"])
-    return shapes
+            dim_names = tuple(d if isinstance(d, str) and d else None for d in spec["shape"])
+            if any(dim_names):
+                names[spec["name"]] = (dim_names, None)
+    return shapes, names
 
 
 def parse_values(values) -> dict[str, tuple]:

@@ -80,6 +80,7 @@ def test_a_packages_dim_names_and_limits_hold_on_every_artifact(samples, device)
     carries both, so every artifact refuses the same inputs with an InputError, not a BackendError."""
     with edgekit.load(samples["text"], device=device) as m:
         assert [s.shape for s in m.inputs] == [("batch", "sequence")] * 3, m.path.name
+        assert [s.shape for s in m.outputs] == [("batch", 384)], m.path.name  # the IR's output said [?, 384]
         names = [s.name for s in m.inputs]
         ok = m.run({n: np.ones((2, 512), np.int64) for n in names})
         assert ok["sentence_embedding"].shape == (2, 384)
@@ -283,9 +284,9 @@ def test_declared_dim_names_follow_an_artifacts_layout():
     f32 = np.dtype("float32")
     declared = Declared(dim_names={"image": (("batch", None, "height", "width"), "NCHW")})
     nhwc = TensorSpec("image", (None, None, None, 3), f32, "NHWC")
-    assert _declared([nhwc], declared)[0].shape == ("batch", "height", "width", 3)
+    assert _declared([nhwc], declared.dim_names)[0].shape == ("batch", "height", "width", 3)
     nchw = TensorSpec("image", (None, 3, None, None), f32, "NCHW")
-    assert _declared([nchw], declared)[0].shape == ("batch", 3, "height", "width")
+    assert _declared([nchw], declared.dim_names)[0].shape == ("batch", 3, "height", "width")
 
 
 def test_a_lone_file_keeps_what_its_source_declared(samples):
