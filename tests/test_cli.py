@@ -73,6 +73,16 @@ def _umask() -> int:
     return mask
 
 
+def test_litert_notice_goes_to_logging_not_stderr(models):
+    """LiteRT printed "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ on every command
+    that opened a .tflite (run, bench, convert's check, serve): it is now a debug line of edgekit's log."""
+    quiet = run_cli("run", str(models["mlp.tflite"]), "--synthetic")
+    assert quiet.returncode == 0 and "ran on litert:CPU" in quiet.stdout, quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    debug = run_cli("-vv", "run", str(models["mlp.tflite"]), "--synthetic")
+    assert "edgekit: DEBUG: LiteRT: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in debug.stderr
+
+
 def test_run_out_names_the_file_it_wrote(models, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((1, 8), np.float32))
     out = run_cli("run", str(models["mlp.onnx"]), "-i", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o2"))

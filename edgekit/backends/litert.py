@@ -6,10 +6,15 @@ the device has (its last release, 2.14, crashes with NumPy 2).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
+import os
 import queue
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,45 @@ def _import():
         from tflite_runtime import interpreter as mod  # old device images only
 
         return mod, "tflite-runtime"
+
+
+_quieted = False  # LiteRT's one notice on stderr has been caught (see _notices_to_log)
+_quieting = threading.Lock()
+
+
+@contextlib.contextmanager
+def _notices_to_log():
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once per process, from
+    C++ straight to file descriptor 2, when its first interpreter allocates: past Python's logging,
+    past TF_CPP_MIN_LOG_LEVEL, into every CLI's and server's output. For that first allocation fd 2
+    goes to a file, and what LiteRT wrote there is logged instead: its INFO lines at DEBUG, anything
+    else at WARNING. Later allocations are left alone."""
+    global _quieted
+    if _quieted or not _quieting.acquire(blocking=False):  # another thread is catching it meanwhile
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as caught:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no fd 2 (a windowed app): nothing to keep clean
+                _quieted = True
+                yield
+                return
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                _quieted = True
+                caught.seek(0)
+                for line in caught.read().decode(errors="replace").splitlines():
+                    if line.strip():
+                        log.log(logging.DEBUG if line.startswith("INFO: ") else logging.WARNING, "LiteRT: %s", line)
+    finally:
+        _quieting.release()
 
 
 def signature_names(path: Path) -> dict[str, str] | None:
@@ -234,7 +278,8 @@ class LiteRtBackend:
         except Exception as e:
             raise BackendError(f"litert:{device.id} failed to open {path.name}: {_first_line(e)}") from e
         try:
-            interp.allocate_tensors()
+            with _notices_to_log():
+                interp.allocate_tensors()
         except Exception as e:
             raise BackendError(f"litert:{device.id} failed to prepare {path.name}: {_first_line(e)}") from e
         return interp
