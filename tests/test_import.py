@@ -62,3 +62,25 @@ print(Telemetry().consent, w.NNCFTelemetry()._impl.consent)
     assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
     assert "NETWORK" not in out.stderr, out.stderr
     assert not (tmp_path / "intel").exists()  # no consent or client-id file written either
+
+    # An application that imported NNCF before edgekit: NNCF made the telemetry object, consenting
+    # (no file says no); edgekit declines it from its first use of OpenVINO on
+    first = f"""
+import sys
+def no_network(event, args):  # NNCF's import may send its own event: nothing leaves this test
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        raise RuntimeError("no network in this test")
+sys.addaudithook(no_network)
+import nncf.telemetry.wrapper as w
+from openvino_telemetry import Telemetry
+print(Telemetry().consent)
+import edgekit
+with edgekit.load({str(models["mlp.xml"])!r}, device="openvino") as m:
+    pass
+print(Telemetry().consent, w.NNCFTelemetry()._impl.consent)
+"""
+    (tmp_path / "home2").mkdir()  # a home that exists, with no consent file: NNCF's default is to send
+    out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, timeout=120,
+                         env={**env, "HOME": str(tmp_path / "home2")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"], out.stdout

@@ -194,13 +194,19 @@ def decline_telemetry() -> None:
     """OpenVINO and NNCF send usage events to Google Analytics, a forked process per event from
     ``import openvino`` on, unless a consent file in ~/intel says no (and outside CI). edgekit makes
     no outside connections: their consent check answers "declined" in this process, whatever the
-    file says, and nothing is written there. Call it before importing openvino or nncf."""
+    file says, and nothing is written there. Call it before importing openvino or nncf; where the
+    application imported them first, the telemetry object they made (one per process) is declined
+    from then on (what they sent on import is beyond reach)."""
     try:
+        from openvino_telemetry import main
         from openvino_telemetry.utils import opt_in_checker
     except ImportError:
         return
     declined = opt_in_checker.ConsentCheckResult.DECLINED
     opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
+    made = getattr(main.Telemetry, "_SingletonMetaClass__single_instance", None)  # its metaclass keeps it
+    if made is not None:
+        made.consent = False
 
 
 def import_openvino():
