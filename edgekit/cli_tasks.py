@@ -135,19 +135,40 @@ def _print_results(doc: dict) -> None:
             print("  " + " ".join(f"{v:6.3f}" for v in row))
 
 
+def _check_options(args, kind: str | None, labels, classifies: bool) -> None:
+    if labels is not None and kind != "text-embedding":
+        raise UsageError(f"--labels is for text models that embed (zero-shot classification); {args.model} "
+                         f"is a {kind} model")
+    if args.top_k is not None and labels is None and not classifies:
+        raise UsageError(f"--top-k is for classifiers; {args.model} is a {kind} model, which gives no categories")
+
+
+def _declared_task(path: str) -> str | None:
+    """The task a package's edgekit.json or a file's card declares, read without loading the model."""
+    from . import formats, package
+    from .tasks.base import is_known_task
+
+    p = Path(path)
+    try:
+        manifest = package.read(p).manifest if (p / formats.MANIFEST).is_file() else \
+            formats.read_card(p, formats.detect(p))
+    except Exception:  # noqa: BLE001 - loading the model will say what is wrong with it
+        return None
+    task = manifest.get("task")
+    return task if is_known_task(task) else None
+
+
 def cmd_predict(args, emit_json, table) -> int:
-    from .tasks.base import for_model
+    from .tasks.base import for_model, task_class
 
     if args.top_k is not None and args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     labels = _labels(args.labels) if args.labels is not None else None
+    declared = _declared_task(args.model)
+    if declared is not None:  # an option that does not apply is refused before the model loads (seconds)
+        _check_options(args, declared, labels, hasattr(task_class(declared), "classify"))
     with for_model(args.model, device=args.device) as task:
-        kind = task.metadata.get("task")
-        if labels is not None and kind != "text-embedding":
-            raise UsageError(f"--labels is for text models that embed (zero-shot classification); {args.model} "
-                             f"is a {kind} model")
-        if args.top_k is not None and labels is None and not hasattr(task, "classify"):
-            raise UsageError(f"--top-k is for classifiers; {args.model} is a {kind} model, which gives no categories")
+        _check_options(args, task.metadata.get("task"), labels, hasattr(task, "classify"))
         doc = predict(task, args.inputs, top_k=args.top_k, labels=labels)
         doc.update(task=task.metadata.get("task"), device=f"{task.model.backend}:{task.model.device}")
     if args.json:

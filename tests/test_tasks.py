@@ -964,21 +964,18 @@ def test_predict_dispatches_on_the_package_task(samples):
     assert out.returncode == 0 and "speech" in out.stdout
 
 
-def test_predict_labels_are_for_text_models(samples):
-    out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--labels", "cat,dog")
-    assert out.returncode == 2 and "--labels is for text models" in out.stderr
-
-
-@pytest.mark.parametrize(("kind", "args", "fragment"), [
-    ("audio", [str(AUDIO / "speech.wav"), "--top-k", "3"], "--top-k is for classifiers; "),
-    ("text", ["one text", "--top-k", "3"], "--top-k is for classifiers; "),
-    ("text", ["one text", "--labels", ""], "--labels '': label 1 of 1 is empty"),
-    ("text", ["one text", "--labels", "sports,,finance"], "--labels 'sports,,finance': label 2 of 3 is empty"),
-    ("text", ["one text", "--labels", "sports,sports"], "label 'sports' is given twice"),
+@pytest.mark.parametrize(("kind", "args", "fragment", "loads"), [
+    ("audio", [str(AUDIO / "speech.wav"), "--top-k", "3"], "--top-k is for classifiers; ", False),
+    ("text", ["one text", "--top-k", "3"], "--top-k is for classifiers; ", False),
+    ("image", [str(IMAGES / "cat.jpg"), "--labels", "cat,dog"], "--labels is for text models", False),
+    ("text", ["one text", "--labels", ""], "--labels '': label 1 of 1 is empty", False),
+    ("text", ["one text", "--labels", "sports,,finance"], "--labels 'sports,,finance': label 2 of 3 is empty", False),
+    ("text", ["one text", "--labels", "sports,sports"], "label 'sports' is given twice", True),
 ])
-def test_predict_options_that_do_not_apply_exit_2(samples, kind, args, fragment):
-    out = run_cli("predict", str(samples[kind]), *args)
+def test_predict_options_that_do_not_apply_exit_2(samples, kind, args, fragment, loads):
+    out = run_cli("-v", "predict", str(samples[kind]), *args)
     assert out.returncode == 2 and f"edgekit: error: {fragment}" in out.stderr and "Traceback" not in out.stderr
+    assert ("running on" in out.stderr) == loads, out.stderr  # an option that does not apply: before loading
 
 
 def test_predict_bad_input_exits_2_without_traceback(samples):

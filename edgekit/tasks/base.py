@@ -191,10 +191,16 @@ def task_class_name(task: str) -> str:
     return _TASK_CLASSES[task][1] if is_known_task(task) else "a task of its own"
 
 
-def for_model(source: str | Path | Model, *, device: str = "auto", **options) -> Task:
-    """The task object a package declares (its edgekit.json "task")."""
+def task_class(task: str) -> type[Task]:
+    """The class of a known task (see :func:`is_known_task`), imported on first use."""
     import importlib
 
+    module, cls = _TASK_CLASSES[task]
+    return getattr(importlib.import_module(f".{module}", __package__), cls)
+
+
+def for_model(source: str | Path | Model, *, device: str = "auto", **options) -> Task:
+    """The task object a package declares (its edgekit.json "task")."""
     model = source if isinstance(source, Model) else load(source, device=device)
     try:
         task = model.metadata.get("task")
@@ -202,8 +208,7 @@ def for_model(source: str | Path | Model, *, device: str = "auto", **options) ->
             known = ", ".join(_TASK_CLASSES)
             raise UsageError(f"{model.source}: no task declared in edgekit.json (task={task!r}); "
                              f"known tasks: {known}; run it with `edgekit run` instead")
-        module, cls = _TASK_CLASSES[task]
-        obj = getattr(importlib.import_module(f".{module}", __package__), cls)(model, **options)
+        obj = task_class(task)(model, **options)
     except BaseException:
         if model is not source:  # loaded here: nobody else will close it
             model.close()
