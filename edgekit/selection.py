@@ -232,18 +232,13 @@ class _Opener:
                                concurrency=self.concurrency)
         if self.verify if verify is None else verify:
             try:
-                self._first_inference(session, art)
+                self._first_inference(session, art, cand)
             except Exception as e:
-                # 1 for a batch is a safe guess; 1 for a length, a height or a width may be too small
-                if not self.warmup and any(sp.shape is None or not all(isinstance(d, int) for d in sp.shape[1:])
-                                           for sp in session.inputs):
-                    self.guesses_refused[id(cand)] = ", ".join(
-                        f"{n} {list(x.shape)}" for n, x in synthetic_inputs(session.inputs).items())
                 session.close()
                 raise BackendError(f"first inference failed: {_one_line(e)}") from e
         return session
 
-    def _first_inference(self, session, art: Artifact) -> None:
+    def _first_inference(self, session, art: Artifact, cand: Candidate) -> None:
         try:
             session.run(list(synthetic_inputs(session.inputs, warmup=self.warmup).values()))
             return
@@ -263,7 +258,25 @@ class _Opener:
                 return
             except Exception:
                 pass
+        # 1 is a safe guess for a batch, but may be too small for a length, a height or a width: guess once
+        # more. Where the error moves with the sizes, it is theirs, not the device's (out of memory, a driver).
+        if not self.warmup and any(s.shape is None or not all(isinstance(d, int) for d in s.shape[1:])
+                                   for s in session.inputs):
+            again = synthetic_inputs(session.inputs, dynamic=GUESS_AGAIN, batch=1)
+            try:
+                session.run(list(again.values()))
+                return
+            except Exception as e:
+                if _one_line(e) != _one_line(first):
+                    self.guesses_refused[id(cand)] = f"{_sizes(synthetic_inputs(session.inputs))}; then {_sizes(again)}"
         raise first
+
+
+GUESS_AGAIN = 64  # the second guess for dynamic dims past the batch (a multiple of a detector's stride 32)
+
+
+def _sizes(feeds: dict) -> str:
+    return ", ".join(f"{name} {list(x.shape)}" for name, x in feeds.items())
 
 
 def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
@@ -320,8 +333,9 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
         result = _select_first(candidates, opener, selection, policy, strict, show)
     session, cand = result
     if selection.fell_back:
+        chosen = selection.attempts.index(selection.chosen)
         failed = "; ".join(a.reason if a.reason.startswith(a.spec) else f"{a.spec} {a.reason}"
-                           for a in selection.attempts if a.status == "failed")
+                           for a in selection.attempts[:chosen] if a.status == "failed")
         log.warning("%s: fell back to %s:%s after: %s", source.path.name, cand.backend, cand.device.id, failed)
     return session, cand, selection
 
@@ -372,8 +386,8 @@ def _select_first(candidates, opener, selection, policy, strict, show):
 
 
 def _open_unchecked(candidates, opener, selection, show):
-    """Every candidate failed; where the first inference was refused only on the sizes guessed for
-    dynamic dims (1: a streaming audio model needs a whole window), the best of those is opened without
+    """Every candidate failed; where one's first inference was refused only on the sizes guessed for
+    dynamic dims (a streaming audio model needs a whole window), the best of those is opened without
     it, and the record says so. Its real inputs may well run; refusing to open would leave no way to try."""
     for cand in candidates:
         guessed = opener.guesses_refused.get(id(cand))

@@ -217,7 +217,9 @@ class Selection:
 
     @property
     def fell_back(self) -> bool:
-        return any(a.status == "failed" for a in self.attempts)
+        chosen = self.chosen
+        before = self.attempts if chosen is None else self.attempts[:self.attempts.index(chosen)]
+        return any(a.status == "failed" for a in before)
 
     def to_dict(self) -> dict:
         chosen = self.chosen

@@ -89,14 +89,45 @@ def test_a_lone_file_that_refuses_the_guessed_sizes_opens_unchecked_and_says_so(
             chosen = m.selection.chosen
             assert m.backend == "onnxruntime" and chosen is not None, m.selection
             assert chosen.reason.startswith("opened without a first inference: its dynamic sizes are not known, "
-                                            "and the guessed ones (input [1, 1], state [2, 1, 128]"), chosen.reason
+                                            "and the guessed ones (input [1, 1], state [2, 1, 128], sr [1]; then "
+                                            "input [1, 64], state [2, 64, 128]"), chosen.reason
             assert "give it real inputs, or warmup_inputs in its card" in chosen.reason
             assert "opened without a first inference" in caplog.text
+            # OpenVINO cannot convert it, but is ranked after: nothing fell back
+            assert not m.selection.fell_back and "fell back" not in caplog.text
             out = m.run(window)
         for name in expected:
             np.testing.assert_allclose(out[name], expected[name], rtol=1e-6, atol=1e-6)
     with pytest.raises(edgekit.BackendError, match="strict"):  # strict mode does not open it unchecked
         edgekit.load(lone, strict=True)
+
+    # A device whose every run fails (out of memory), ranked first: its error does not move with the
+    # sizes, so it is a failure, and the CPU that refused only the guesses opens (it was the GPU)
+    _fake({"GPU0": (DeviceKind.GPU, "run_fails")})
+    with edgekit.load(lone) as m:
+        assert m.backend == "onnxruntime", m.selection
+        (gpu,) = [a for a in m.selection.attempts if a.spec == "fake:GPU0"]
+        assert gpu.status == "failed" and "out of device memory" in gpu.reason
+        assert m.selection.fell_back and m.run(window)["output"].shape == (1, 1)
+
+
+def test_a_dynamic_length_too_short_at_1_is_checked_at_a_second_guess(tmp_path):
+    """A reflect pad of 2 needs a length of 3: guessed at 1 it failed on every runtime, and the model
+    could not be opened. The second guess (64) passes, so it opens checked, as any other."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")], "reflect",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        [numpy_helper.from_array(np.array([0, 2, 0, 2], np.int64), "pads")])
+    path = tmp_path / "reflect.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    with edgekit.load(path) as m:
+        assert m.selection.chosen.reason == "" and not m.selection.fell_back, m.selection
+        assert all(a.status != "failed" for a in m.selection.attempts), m.selection
+        np.testing.assert_array_equal(m.run(np.arange(4, dtype=np.float32)[None])["y"], [[2, 1, 0, 1, 2, 3, 2, 1]])
 
 
 def test_a_failure_on_a_guessed_batch_of_one_is_a_failure(models):
