@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -81,6 +83,21 @@ def test_litert_notice_goes_to_logging_not_stderr(models):
     assert quiet.stderr == "", quiet.stderr
     debug = run_cli("-vv", "run", str(models["mlp.tflite"]), "--synthetic")
     assert "edgekit: DEBUG: LiteRT: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in debug.stderr
+    # what another thread writes to stderr meanwhile stays on stderr, as it was
+    code = f"""
+import os, threading, edgekit
+done = threading.Event()
+def chatter():
+    while not done.is_set():
+        os.write(2, b"another thread\\n")
+threading.Thread(target=chatter, daemon=True).start()
+edgekit.load({str(models["mlp.tflite"])!r}, device="litert").close()
+done.set()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines and set(lines) == {"another thread"}, set(lines)
 
 
 def test_run_out_names_the_file_it_wrote(models, tmp_path):

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -52,15 +53,18 @@ def _import():
 
 _quieted = False  # LiteRT's one notice on stderr has been caught (see _notices_to_log)
 _quieting = threading.Lock()
+_tries = [0]
+_NOTICE = re.compile(r"^(INFO|WARNING|ERROR): ")  # how LiteRT's C++ logger starts a line
 
 
 @contextlib.contextmanager
 def _notices_to_log():
     """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once per process, from
     C++ straight to file descriptor 2, when its first interpreter allocates: past Python's logging,
-    past TF_CPP_MIN_LOG_LEVEL, into every CLI's and server's output. For that first allocation fd 2
-    goes to a file, and what LiteRT wrote there is logged instead: its INFO lines at DEBUG, anything
-    else at WARNING. Later allocations are left alone."""
+    past TF_CPP_MIN_LOG_LEVEL, into every CLI's and server's output. Until that line has come (three
+    allocations at most), fd 2 goes to a file during the allocation; LiteRT's lines there are logged
+    instead (INFO at DEBUG, the rest at WARNING), and anything else (another thread's) is written back
+    to stderr as it was. A process killed inside that one call loses what it printed in it."""
     global _quieted
     if _quieted or not _quieting.acquire(blocking=False):  # another thread is catching it meanwhile
         yield
@@ -74,17 +78,24 @@ def _notices_to_log():
                 _quieted = True
                 yield
                 return
-            os.dup2(caught.fileno(), 2)
             try:
+                os.dup2(caught.fileno(), 2)
                 yield
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
-                _quieted = True
                 caught.seek(0)
-                for line in caught.read().decode(errors="replace").splitlines():
-                    if line.strip():
+                text = caught.read().decode(errors="replace")
+                _tries[0] += 1
+                _quieted = "XNNPACK" in text or _tries[0] >= 3
+                others = []
+                for line in text.splitlines():
+                    if _NOTICE.match(line):
                         log.log(logging.DEBUG if line.startswith("INFO: ") else logging.WARNING, "LiteRT: %s", line)
+                    else:
+                        others.append(line)
+                if any(o.strip() for o in others):
+                    os.write(2, ("\n".join(others) + "\n").encode())
     finally:
         _quieting.release()
 
