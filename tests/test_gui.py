@@ -316,6 +316,18 @@ def test_a_device_switch_during_a_run_runs_it_again_on_the_new_device(qtbot, win
     assert not view.busy and not view.pending
 
 
+def test_a_run_cancelled_before_a_device_switch_is_not_run_again(qtbot, window, samples, tmp_path):
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    view.open_file(_long_wav(tmp_path / "long.wav", 10))
+    qtbot.waitUntil(lambda: " of " in view.status.text(), timeout=60_000)
+    view.cancel_button.click()
+    view.model_changed(window.session.loaded)  # a device switch's reopened model, before the run has stopped
+    assert view.busy and not view.pending
+    idle(qtbot, window)
+    assert not view.busy and window.session.last_result is None
+
+
 def test_another_model_stops_the_run_of_the_previous_one(qtbot, window, samples, models, tmp_path):
     open_and_wait(qtbot, window, samples["audio"])
     view = window.run_page.views["audio"]
@@ -426,6 +438,29 @@ def test_a_device_switch_keeps_the_arrays_chosen_for_the_inputs(qtbot, window, m
     assert view.outputs.item(0, 1).text().startswith("[2")  # the file's batch of 2, not a synthetic batch
     open_and_wait(qtbot, window, models["mlp.xml"])  # another model: its own inputs, synthetic until chosen
     assert view.files == {} and view.inputs.item(0, 3).text() == "synthetic"
+
+
+def test_a_device_switch_forgets_the_array_of_an_input_taken_otherwise_there(window, tmp_path):
+    """A package's artifacts may take an input in another layout (a TFLite file NHWC beside its NCHW
+    ONNX): the file chosen for the one would be refused by the other."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgekit.types import TensorSpec
+
+    def loaded(shape):
+        specs = [TensorSpec("image", shape, np.dtype("float32")), TensorSpec("scale", (1,), np.dtype("float32"))]
+        return SimpleNamespace(info=SimpleNamespace(path=tmp_path / "pkg", task=None), task_problem="",
+                               where="x:CPU", model=SimpleNamespace(inputs=specs))
+
+    view = window.run_page.views["generic"]
+    view.model_changed(loaded((None, 3, 8, 8)))
+    view.set_file("image", "nchw.npy")
+    view.set_file("scale", "scale.npy")
+    view.model_changed(loaded((None, 8, 8, 3)))  # the same package, another artifact
+    assert view.files == {"scale": "scale.npy"}
+    assert [view.inputs.item(r, 3).text() for r in range(2)] == ["synthetic", "scale.npy"]
 
 
 def test_a_picture_chosen_in_file_open_goes_to_the_open_model(qtbot, window, samples, monkeypatch):

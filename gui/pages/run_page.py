@@ -135,7 +135,7 @@ class _TaskView(QWidget):
         path = None if loaded is None else loaded.info.path
         self.switched = path is not None and path == self.model_path
         self.model_path = path
-        again = self.switched and self.busy
+        again = self.switched and self.busy and not (self.job is not None and self.job.cancelled)  # not if cancelled
         if self.job is not None:
             self.job.cancel()
         self.pending = again
@@ -448,6 +448,7 @@ class GenericTaskView(_TaskView):
     def __init__(self, window) -> None:
         super().__init__(window)
         self.files: dict[str, str | None] = {}
+        self.specs: dict[str, tuple] = {}  # the shown model's inputs: name -> (shape, its dynamic dims None; dtype)
         self.inputs = QTableWidget()
         self.inputs.setObjectName("genericInputs")
         self.outputs = QTableWidget()
@@ -469,13 +470,17 @@ class GenericTaskView(_TaskView):
 
     def model_changed(self, loaded) -> None:
         super().model_changed(loaded)
-        if not self.switched:  # the files chosen stay for the same model on another device
-            self.files = {}
+        specs = loaded.model.inputs if loaded is not None else []
+        # The files chosen stay for the same model on another device, for inputs it takes alike (an
+        # artifact of the package may take another layout: a TFLite file NHWC beside its NCHW ONNX)
+        taken = {s.name: (_fixed(s.shape), s.dtype) for s in specs}
+        same = {n for n, t in taken.items() if t == self.specs.get(n)} if self.switched else set()
+        self.files = {name: f for name, f in self.files.items() if name in same}
+        self.specs = taken
         why = (f"Its task ({loaded.info.task}) cannot run here: {loaded.task_problem}. It runs on tensors instead"
                if loaded is not None and loaded.task_problem else "This model declares no task")
         self.note.setText(f"{why}: give each input a .npy file (Choose…), or run it on synthetic inputs. Outputs "
                           f"are shown as shape, dtype, statistics and first values.")
-        specs = loaded.model.inputs if loaded is not None else []
         table(["input", "shape", "dtype", "data", ""],
               [[s.name, shape_text(s.shape), str(s.dtype), Path(self.files[s.name]).name
                 if self.files.get(s.name) else "synthetic", ""] for s in specs], widget=self.inputs)
@@ -519,6 +524,11 @@ class GenericTaskView(_TaskView):
                  ", ".join(_num(v) for v in o.head) + (" …" if len(o.head) == 8 else "")] for o in result.outputs]
         table(["output", "shape", "dtype", "min", "max", "mean", "std", "first values"], rows, widget=self.outputs)
 
+
+
+def _fixed(shape) -> tuple | None:
+    """A shape with its dynamic dims alike (one runtime names them, another leaves them None)."""
+    return None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
 
 
 def _num(v) -> str:
