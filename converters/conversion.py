@@ -195,8 +195,9 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
     try:
         staging = package.staging_dir(out_dir)
     except OSError as e:
-        raise UsageError(f"cannot write the package to {out_dir}: cannot make a folder in "
-                         f"{out_dir.absolute().parent} ({e.strerror or e})") from e
+        where = Path(e.filename).parent if e.filename else out_dir.absolute().parent  # not the hidden temp name
+        raise UsageError(f"cannot write the package to {out_dir}: cannot make a folder in {where} "
+                         f"({e.strerror or e})") from e
     work = staging / ".work"
     work.mkdir()
     try:

@@ -148,6 +148,15 @@ def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[Tensor
     return [by_name[n] for n in order]
 
 
+def _same_layout(specs: list[TensorSpec], name: str, declared: tuple | None) -> bool:
+    """Whether output ``name`` has the source's rank and sizes where both fix one (an NHWC output of
+    an NCHW source would get its dim names on the wrong axes)."""
+    spec = next((s for s in specs if s.name == name), None)
+    if spec is None or spec.shape is None or declared is None or len(spec.shape) != len(declared):
+        return False
+    return all(not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(spec.shape, declared))
+
+
 def _card_declared(path: Path, specs: list[TensorSpec]) -> tuple[Declared, dict]:
     """What the card embedded in a lone model file declares of the source's inputs and outputs
     (TFLite and IR lose dim names and may reorder; none keeps dim limits or value ranges), and the
@@ -232,7 +241,9 @@ class Model:
         if sorted(facts.output_order) == sorted(names) and list(facts.output_order) != names:
             self._out_order = [names.index(n) for n in facts.output_order]
             self.outputs = [self.outputs[i] for i in self._out_order]
-        self.outputs = _declared(self.outputs, facts.output_dim_names)
+        # ... and the dim names it declared, where the artifact's output is laid out as the source's
+        self.outputs = _declared(self.outputs, {n: names for n, names in facts.output_dim_names.items()
+                                                if _same_layout(self.outputs, n, wanted.get(n))})
         self._checks = [_InputCheck(s) for s in self.inputs]
         # ONNX's dim_param names one size wherever it appears (MiniLM's ``batch`` and ``sequence``).
         # Runtimes do not check it: ONNX Runtime failed inside an Add node on a sequence of 2 against a

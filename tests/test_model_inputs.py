@@ -287,6 +287,13 @@ def test_declared_dim_names_follow_an_artifacts_layout():
     assert _declared([nhwc], declared.dim_names)[0].shape == ("batch", "height", "width", 3)
     nchw = TensorSpec("image", (None, 3, None, None), f32, "NCHW")
     assert _declared([nchw], declared.dim_names)[0].shape == ("batch", 3, "height", "width")
+    # an output's names go on an artifact's output only where it is laid out as the source's
+    from edgekit.model import _same_layout
+
+    source = (None, 21, None, None)  # a segmenter's [batch, 21, height, width]
+    assert _same_layout([TensorSpec("masks", (None, 21, 64, 64), f32)], "masks", source)
+    assert not _same_layout([TensorSpec("masks", (None, 64, 64, 21), f32)], "masks", source)  # NHWC
+    assert not _same_layout([TensorSpec("masks", (None, 21), f32)], "masks", source)
 
 
 def test_a_lone_file_keeps_what_its_source_declared(samples):
