@@ -137,10 +137,11 @@ def _print_results(doc: dict) -> None:
 
 def _check_options(args, kind: str | None, labels, classifies: bool) -> None:
     if labels is not None and kind != "text-embedding":
-        raise UsageError(f"--labels is for text models that embed (zero-shot classification); {args.model} "
-                         f"is a {kind} model")
+        raise UsageError(f"--labels is for text models that embed (zero-shot classification); the task of "
+                         f"{args.model} is {kind}")
     if args.top_k is not None and labels is None and not classifies:
-        raise UsageError(f"--top-k is for classifiers; {args.model} is a {kind} model, which gives no categories")
+        raise UsageError(f"--top-k is for classifiers; the task of {args.model} is {kind}, which gives no "
+                         f"categories")
 
 
 def _declared_task(path: str) -> str | None:

@@ -115,6 +115,18 @@ def test_a_callers_grayscale_or_rgba_image_is_taken_as_rgb(layout):
     np.testing.assert_array_equal(preprocess_image(img.convert("RGBA"), IMAGE_PREPROCESS, layout=layout), want)
 
 
+def test_the_preprocessor_takes_every_image_load_image_takes():
+    """The README says a path, bytes, a PIL image or an array; a path raised AttributeError ('mode')."""
+    from edgekit.errors import InputError
+
+    path = INPUTS / "images" / "cat.jpg"
+    want = preprocess_image(load_image(path), IMAGE_PREPROCESS)
+    for given in (path, str(path), path.read_bytes(), np.asarray(load_image(path))):
+        np.testing.assert_array_equal(preprocess_image(given, IMAGE_PREPROCESS), want)
+    with pytest.raises(InputError, match="no-such.jpg"):
+        preprocess_image(INPUTS / "no-such.jpg", IMAGE_PREPROCESS)
+
+
 def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
     assert tf1_crop((451, 300), IMAGE_PREPROCESS) == ((224, 224), (95, 19, 262, 262))
     assert tf1_crop((320, 480), IMAGE_PREPROCESS) == ((224, 224), (20, 100, 280, 280))  # 0.875 * 320, exactly

@@ -702,6 +702,13 @@ def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, 
     # said "not a package folder", and of a missing folder the same
     r = run_cli("repo", "list", str(repo / "mlp"))
     assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr and not r.stdout
+    (repo / "mlp" / "v3").mkdir()  # a folder that is no version (ignored in a model) hid what the folder is
+    (repo / "mlp" / "NOTES.md").write_text("mine")
+    for args in (("repo", "list", str(repo / "mlp")), ("serve", str(repo / "mlp"), "--port", "0")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr, (args, r.stderr)
+    r = run_cli("repo", "list", str(repo))  # the repository itself still lists
+    assert r.returncode == 0 and "mlp" in r.stdout, r.stderr
     r = run_cli("repo", "add", str(repo / "mlp"), "--repository", str(tmp_path / "other"))
     assert r.returncode == 2 and "is a model's folder in a repository" in r.stderr and "add one version's" in r.stderr
     r = run_cli("repo", "add", str(tmp_path / "nothing"), "--repository", str(tmp_path / "other"))

@@ -249,10 +249,18 @@ def verify_version(path: Path) -> None:
 
 
 def is_model_folder(path: Path) -> bool:
-    """A model's folder of numbered package versions, rather than a repository of model folders."""
-    children = [c for c in path.iterdir() if not c.name.startswith(".")] if path.is_dir() else []
-    return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file() for c in children) and all(
-        parse_version(c.name) is not None or c.name == CONFIG for c in children)
+    """A model's folder of numbered package versions, rather than a repository of model folders: it
+    holds a version, and no folder that holds versions itself. Other entries (a ``v3`` folder, a
+    README) do not make it a repository."""
+    def holds_version(folder: Path) -> bool:
+        try:
+            return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file()
+                       for c in folder.iterdir())
+        except OSError:
+            return False
+
+    children = [c for c in path.iterdir() if not c.name.startswith(".") and c.is_dir()] if path.is_dir() else []
+    return holds_version(path) and not any(parse_version(c.name) is None and holds_version(c) for c in children)
 
 
 def not_a_repository(path: Path) -> str | None:

@@ -243,7 +243,10 @@ class ImagePreprocessor:
         return copy.deepcopy(self._pp)
 
     def __call__(self, img) -> np.ndarray:
-        """``img`` (a PIL image; load_image gives one) as the model's input, without the batch dim."""
+        """``img`` as the model's input, without the batch dim: a PIL image (load_image gives one), or
+        anything :func:`load_image` takes (a path, bytes, an array), which it decodes first."""
+        if not hasattr(img, "mode"):  # not a PIL image
+            img = load_image(img)
         if img.mode != "RGB":  # load_image gives RGB; a caller's own grayscale or RGBA image too
             img = img.convert("RGB")
         geometry = self._geometry.get(img.size)
