@@ -249,24 +249,30 @@ def verify_version(path: Path) -> None:
 
 
 def is_model_folder(path: Path) -> bool:
-    """A model's folder of numbered package versions, rather than a repository of model folders: it
-    holds a version, and no folder that holds versions itself. Other entries (a ``v3`` folder, a
-    README) do not make it a repository."""
-    def holds_version(folder: Path) -> bool:
-        try:
-            return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file()
-                       for c in folder.iterdir())
-        except OSError:
-            return False
+    """A model's folder of numbered package versions and nothing else (its config.json aside): a
+    version folder served alone then takes the model's name."""
+    children = [c for c in path.iterdir() if not c.name.startswith(".")] if path.is_dir() else []
+    return _holds_version(path) and all(parse_version(c.name) is not None or c.name == CONFIG for c in children)
 
+
+def _holds_version(folder: Path) -> bool:
+    try:
+        return any(parse_version(c.name) is not None and (c / formats.MANIFEST).is_file() for c in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _looks_like_model_folder(path: Path) -> bool:
+    """A folder that holds a version, and no folder that holds versions itself: given as a repository,
+    it would serve models named "1", "2", whatever else lies beside them (a ``v3`` folder, notes)."""
     children = [c for c in path.iterdir() if not c.name.startswith(".") and c.is_dir()] if path.is_dir() else []
-    return holds_version(path) and not any(parse_version(c.name) is None and holds_version(c) for c in children)
+    return _holds_version(path) and not any(parse_version(c.name) is None and _holds_version(c) for c in children)
 
 
 def not_a_repository(path: Path) -> str | None:
     """Why ``path``, given as a repository, is a model's folder in one instead (REPO/NAME for REPO:
     it would list or serve models named "1", "2"), or None."""
-    if is_model_folder(path):
+    if _looks_like_model_folder(path):
         return (f"{path} is a model's folder (its versions are {path}/1, ...): give the repository that "
                 f"holds it, {path.parent}, or one version's package")
     return None
@@ -319,7 +325,7 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     if not src.is_dir():
         raise ModelFileError(src, "no such folder" if not src.exists() else
                              "not a package folder (a folder with edgekit.json)")
-    if is_model_folder(src):
+    if _looks_like_model_folder(src):
         raise UsageError(f"{src} is a model's folder in a repository (its versions are {src}/1, ...): "
                          f"add one version's folder")
     package.read(src)  # refuse a source that is not a package before copying anything
