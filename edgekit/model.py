@@ -149,12 +149,12 @@ def _in_source_order(specs: list[TensorSpec], declared: Declared) -> list[Tensor
 
 
 def _same_layout(specs: list[TensorSpec], name: str, declared: tuple | None) -> bool:
-    """Whether output ``name`` has the source's rank and sizes where both fix one (an NHWC output of
-    an NCHW source would get its dim names on the wrong axes)."""
+    """Whether output ``name`` has the source's rank and, fixed, every size the source fixes (an NHWC
+    output of an NCHW source would get its dim names on the wrong axes)."""
     spec = next((s for s in specs if s.name == name), None)
     if spec is None or spec.shape is None or declared is None or len(spec.shape) != len(declared):
         return False
-    return all(not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(spec.shape, declared))
+    return all(not isinstance(b, int) or a == b for a, b in zip(spec.shape, declared))  # what the source fixes
 
 
 def _card_declared(path: Path, specs: list[TensorSpec]) -> tuple[Declared, dict]:

@@ -16,6 +16,7 @@ failure under any policy.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,25 +259,50 @@ class _Opener:
                 return
             except Exception:
                 pass
-        # 1 is a safe guess for a batch, but may be too small for a length, a height or a width: guess once
-        # more. Where the error moves with the sizes, it is theirs, not the device's (out of memory, a driver).
-        if not self.warmup and any(s.shape is None or not all(isinstance(d, int) for d in s.shape[1:])
-                                   for s in session.inputs):
-            again = synthetic_inputs(session.inputs, dynamic=GUESS_AGAIN, batch=1)
+        # 1 is a safe guess for a batch, but may be too small for a length, a height or a width. On a CPU (no
+        # shape to compile for again, no device memory to run out of) guess once more; sizes that run stand in
+        # for warm-up sizes, for the other candidates and for timing. Sizes refused again make the candidate
+        # one to open unchecked if none opens (see _open_unchecked).
+        if self.warmup or cand.device.kind is not DeviceKind.CPU or not any(
+                s.shape is None or not all(isinstance(d, int) for d in s.shape[1:]) for s in session.inputs):
+            raise first
+        again = _second_guess(session.inputs)
+        if again is not None:
             try:
-                session.run(list(again.values()))
+                session.run(list(synthetic_inputs(session.inputs, warmup=again).values()))
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
+            else:
+                self.warmup = again
                 return
-            except Exception as e:
-                if _one_line(e) != _one_line(first):
-                    self.guesses_refused[id(cand)] = f"{_sizes(synthetic_inputs(session.inputs))}; then {_sizes(again)}"
+        tried = _sizes({n: x.shape for n, x in synthetic_inputs(session.inputs).items()})
+        self.guesses_refused[id(cand)] = tried + (f"; then {_sizes({n: w['shape'] for n, w in again.items()})}"
+                                                  if again else "")
         raise first
 
 
 GUESS_AGAIN = 64  # the second guess for dynamic dims past the batch (a multiple of a detector's stride 32)
+MAX_GUESSED_ELEMENTS = 1 << 22  # per input: a fully dynamic rank-5 input at 64 would be 64 MiB of floats
 
 
-def _sizes(feeds: dict) -> str:
-    return ", ".join(f"{name} {list(x.shape)}" for name, x in feeds.items())
+def _second_guess(specs) -> dict | None:
+    """Warm-up sizes (``warmup_inputs``' form) with dynamic dims past the batch at GUESS_AGAIN, the batch
+    and dims named as a batch is (``batch`` in a state's middle) at 1; None where an input would be too big."""
+    batch_names = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+    sizes = {}
+    for s in specs:
+        if s.shape is None:
+            continue  # any rank: one value, as the first guess
+        shape = [d if isinstance(d, int) else 1 if i == 0 or d in batch_names else GUESS_AGAIN
+                 for i, d in enumerate(s.shape)]
+        if math.prod(shape) > MAX_GUESSED_ELEMENTS:
+            return None
+        sizes[s.name] = {"shape": shape, "layout": s.layout}
+    return sizes
+
+
+def _sizes(shapes: dict) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
 
 
 def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
@@ -333,7 +359,7 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
         result = _select_first(candidates, opener, selection, policy, strict, show)
     session, cand = result
     if selection.fell_back:
-        chosen = selection.attempts.index(selection.chosen)
+        chosen = len(selection.attempts) if policy.mode == "fastest" else selection.attempts.index(selection.chosen)
         failed = "; ".join(a.reason if a.reason.startswith(a.spec) else f"{a.spec} {a.reason}"
                            for a in selection.attempts[:chosen] if a.status == "failed")
         log.warning("%s: fell back to %s:%s after: %s", source.path.name, cand.backend, cand.device.id, failed)

@@ -203,7 +203,7 @@ class Selection:
 
     ``attempts`` lists every candidate in the order considered; ``chosen`` is the
     one that runs the model. ``fell_back`` is True when an earlier candidate
-    failed (not merely skipped as unavailable).
+    failed (not merely skipped as unavailable); under ``fastest``, when any did.
     """
 
     policy: str
@@ -217,8 +217,10 @@ class Selection:
 
     @property
     def fell_back(self) -> bool:
+        """A candidate ranked before the chosen one failed (under ``fastest``, which tries them all: any)."""
         chosen = self.chosen
-        before = self.attempts if chosen is None else self.attempts[:self.attempts.index(chosen)]
+        before = self.attempts if chosen is None or self.policy == "fastest" else \
+            self.attempts[:self.attempts.index(chosen)]
         return any(a.status == "failed" for a in before)
 
     def to_dict(self) -> dict:

@@ -134,12 +134,14 @@ def selection_in_words(selection) -> list[str]:
     lines.append(f"You asked for {policy}." + (" The measured choice came from the cache." if selection.cache == "hit"
                                                   else ""))
     skipped = 0
+    after = False  # past the chosen candidate: its failures were not fallen back from
     for a in selection.attempts:
         where = a.spec + (f" [{a.artifact}]" if a.artifact else "")
         if a is chosen:
+            after = selection.policy != "fastest"  # fastest tries every candidate
             continue
         if a.status == "failed":
-            lines.append(f"Fell back: {where} failed: {a.reason}.")
+            lines.append(f"{'Also failed' if after else 'Fell back'}: {where} failed: {a.reason}.")
         elif a.status == "not tried" and a.latency_ms is not None:
             lines.append(f"Measured {where} at {a.latency_ms:.2f} ms (slower).")
         elif a.status == "skipped":

@@ -327,6 +327,32 @@ def test_a_run_cancelled_before_a_device_switch_is_not_run_again(qtbot, window, 
     assert not view.busy and window.session.last_result is None
 
 
+def test_a_second_switch_before_the_run_stops_still_runs_it_again(qtbot, window, samples, tmp_path):
+    open_and_wait(qtbot, window, samples["audio"])
+    view = window.run_page.views["audio"]
+    view.open_file(_long_wav(tmp_path / "long.wav", 10))
+    qtbot.waitUntil(lambda: " of " in view.status.text(), timeout=60_000)
+    view.model_changed(window.session.loaded)  # two device switches, before the run has stopped
+    view.model_changed(window.session.loaded)
+    assert view.pending  # the first switch cancelled the run: the second must not take that for the user's Cancel
+    qtbot.waitUntil(lambda: window.session.last_result is not None and not view.busy, timeout=120_000)
+    assert window.session.last_result.audio == "long.wav"
+
+
+def test_failures_after_the_chosen_candidate_are_not_called_a_fallback():
+    from edgekit.types import Attempt, DeviceKind, Selection
+    from gui.state import selection_in_words
+
+    ort = Attempt("onnxruntime", "CPUExecutionProvider", DeviceKind.CPU, "opened", "")
+    ov = Attempt("openvino", "CPU", DeviceKind.CPU, "failed", "cannot convert it")
+    gpu = Attempt("openvino", "GPU", DeviceKind.GPU, "failed", "out of memory")
+    words = selection_in_words(Selection("auto", "stored", [gpu, ort, ov]))
+    assert "Fell back: openvino:GPU failed: out of memory." in words
+    assert "Also failed: openvino:CPU failed: cannot convert it." in words
+    fastest = selection_in_words(Selection("fastest", "stored", [ort, ov]))
+    assert "Fell back: openvino:CPU failed: cannot convert it." in fastest  # fastest tries every one
+
+
 def test_another_model_stops_the_run_of_the_previous_one(qtbot, window, samples, models, tmp_path):
     open_and_wait(qtbot, window, samples["audio"])
     view = window.run_page.views["audio"]

@@ -123,6 +123,8 @@ def test_the_preprocessor_takes_every_image_load_image_takes():
     want = preprocess_image(load_image(path), IMAGE_PREPROCESS)
     for given in (path, str(path), path.read_bytes(), np.asarray(load_image(path))):
         np.testing.assert_array_equal(preprocess_image(given, IMAGE_PREPROCESS), want)
+    with open(path, "rb") as f, pytest.raises(InputError, match="expected a path, bytes"):
+        preprocess_image(f, IMAGE_PREPROCESS)  # a file object has a .mode too, but is no PIL image
     with pytest.raises(InputError, match="no-such.jpg"):
         preprocess_image(INPUTS / "no-such.jpg", IMAGE_PREPROCESS)
 

@@ -709,6 +709,8 @@ def test_serving_a_models_folder_instead_of_its_repository_is_refused(tmp_path, 
         assert r.returncode == 2 and f"{repo / 'mlp'} is a model's folder" in r.stderr, (args, r.stderr)
     r = run_cli("repo", "list", str(repo))  # the repository itself still lists
     assert r.returncode == 0 and "mlp" in r.stdout, r.stderr
+    shutil.copytree(pkg, pkg / "2")  # a package that holds a numbered package folder is still a package
+    assert repository.add(pkg, tmp_path / "third").name == "1"
     r = run_cli("repo", "add", str(repo / "mlp"), "--repository", str(tmp_path / "other"))
     assert r.returncode == 2 and "is a model's folder in a repository" in r.stderr and "add one version's" in r.stderr
     r = run_cli("repo", "add", str(tmp_path / "nothing"), "--repository", str(tmp_path / "other"))

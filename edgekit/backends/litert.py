@@ -54,7 +54,7 @@ def _import():
 _quieted = False  # LiteRT's one notice on stderr has been caught (see _notices_to_log)
 _quieting = threading.Lock()
 _tries = [0]
-_NOTICE = re.compile(r"^(INFO|WARNING|ERROR): ")  # how LiteRT's C++ logger starts a line
+_NOTICE = re.compile(rb"^(INFO|WARNING|ERROR): \S")  # LiteRT's C++ logger ("INFO:     " is uvicorn's)
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def _notices_to_log():
     past TF_CPP_MIN_LOG_LEVEL, into every CLI's and server's output. Until that line has come (three
     allocations at most), fd 2 goes to a file during the allocation; LiteRT's lines there are logged
     instead (INFO at DEBUG, the rest at WARNING), and anything else (another thread's) is written back
-    to stderr as it was. A process killed inside that one call loses what it printed in it."""
+    to stderr byte for byte. A process killed inside that one call loses what it printed in it."""
     global _quieted
     if _quieted or not _quieting.acquire(blocking=False):  # another thread is catching it meanwhile
         yield
@@ -80,24 +80,36 @@ def _notices_to_log():
                 return
             try:
                 os.dup2(caught.fileno(), 2)
+            except OSError:  # cannot redirect: carry on, not caught
+                os.close(saved)
+                yield
+                return
+            try:
                 yield
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
                 caught.seek(0)
-                text = caught.read().decode(errors="replace")
-                _tries[0] += 1
-                _quieted = "XNNPACK" in text or _tries[0] >= 3
-                others = []
-                for line in text.splitlines():
-                    if _NOTICE.match(line):
-                        log.log(logging.DEBUG if line.startswith("INFO: ") else logging.WARNING, "LiteRT: %s", line)
-                    else:
-                        others.append(line)
-                if any(o.strip() for o in others):
-                    os.write(2, ("\n".join(others) + "\n").encode())
+                _pass_on(caught.read())
     finally:
         _quieting.release()
+
+
+def _pass_on(written: bytes) -> None:
+    """What went to fd 2 during an allocation: LiteRT's lines to the log, the rest back to fd 2."""
+    global _quieted
+    _tries[0] += 1
+    _quieted = b"XNNPACK" in written or _tries[0] >= 3
+    others = bytearray()
+    for line in re.findall(rb"[^\n]*\n|[^\n]+$", written):  # lines as "\n" ends them ("\r" is a progress bar's)
+        if _NOTICE.match(line):
+            text = line.decode(errors="replace").rstrip()
+            log.log(logging.DEBUG if text.startswith("INFO: ") else logging.WARNING, "LiteRT: %s", text)
+        else:
+            others += line
+    view = memoryview(others)
+    while view:  # a write to a pipe may take only part
+        view = view[os.write(2, view):]
 
 
 def signature_names(path: Path) -> dict[str, str] | None:

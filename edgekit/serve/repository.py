@@ -265,8 +265,13 @@ def _holds_version(folder: Path) -> bool:
 def _looks_like_model_folder(path: Path) -> bool:
     """A folder that holds a version, and no folder that holds versions itself: given as a repository,
     it would serve models named "1", "2", whatever else lies beside them (a ``v3`` folder, notes)."""
-    children = [c for c in path.iterdir() if not c.name.startswith(".") and c.is_dir()] if path.is_dir() else []
-    return _holds_version(path) and not any(parse_version(c.name) is None and _holds_version(c) for c in children)
+    if not _holds_version(path):
+        return False
+    try:
+        children = [c for c in path.iterdir() if not c.name.startswith(".") and c.is_dir()]
+    except OSError:
+        return False
+    return not any(parse_version(c.name) is None and _holds_version(c) for c in children)
 
 
 def not_a_repository(path: Path) -> str | None:
@@ -325,7 +330,7 @@ def add(pkg_dir: str | Path, repo: str | Path, *, name: str | None = None, versi
     if not src.is_dir():
         raise ModelFileError(src, "no such folder" if not src.exists() else
                              "not a package folder (a folder with edgekit.json)")
-    if _looks_like_model_folder(src):
+    if not (src / formats.MANIFEST).is_file() and _looks_like_model_folder(src):
         raise UsageError(f"{src} is a model's folder in a repository (its versions are {src}/1, ...): "
                          f"add one version's folder")
     package.read(src)  # refuse a source that is not a package before copying anything

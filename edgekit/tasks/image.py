@@ -245,7 +245,9 @@ class ImagePreprocessor:
     def __call__(self, img) -> np.ndarray:
         """``img`` as the model's input, without the batch dim: a PIL image (load_image gives one), or
         anything :func:`load_image` takes (a path, bytes, an array), which it decodes first."""
-        if not hasattr(img, "mode"):  # not a PIL image
+        from PIL import Image
+
+        if not isinstance(img, Image.Image):
             img = load_image(img)
         if img.mode != "RGB":  # load_image gives RGB; a caller's own grayscale or RGBA image too
             img = img.convert("RGB")

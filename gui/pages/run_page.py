@@ -135,7 +135,8 @@ class _TaskView(QWidget):
         path = None if loaded is None else loaded.info.path
         self.switched = path is not None and path == self.model_path
         self.model_path = path
-        again = self.switched and self.busy and not (self.job is not None and self.job.cancelled)  # not if cancelled
+        # again after a switch: a run under way, unless the user cancelled it (a second switch keeps "again")
+        again = self.switched and (self.pending or (self.busy and not (self.job is not None and self.job.cancelled)))
         if self.job is not None:
             self.job.cancel()
         self.pending = again
@@ -448,7 +449,7 @@ class GenericTaskView(_TaskView):
     def __init__(self, window) -> None:
         super().__init__(window)
         self.files: dict[str, str | None] = {}
-        self.specs: dict[str, tuple] = {}  # the shown model's inputs: name -> (shape, its dynamic dims None; dtype)
+        self.specs: dict[str, tuple] = {}  # the shown model's inputs: name -> (shape, dynamic dims None; dtype; layout)
         self.inputs = QTableWidget()
         self.inputs.setObjectName("genericInputs")
         self.outputs = QTableWidget()
@@ -473,7 +474,7 @@ class GenericTaskView(_TaskView):
         specs = loaded.model.inputs if loaded is not None else []
         # The files chosen stay for the same model on another device, for inputs it takes alike (an
         # artifact of the package may take another layout: a TFLite file NHWC beside its NCHW ONNX)
-        taken = {s.name: (_fixed(s.shape), s.dtype) for s in specs}
+        taken = {s.name: (_fixed(s.shape), s.dtype, s.layout) for s in specs}
         same = {n for n, t in taken.items() if t == self.specs.get(n)} if self.switched else set()
         self.files = {name: f for name, f in self.files.items() if name in same}
         self.specs = taken
