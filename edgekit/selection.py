@@ -50,6 +50,8 @@ class Policy:
 
 def parse_policy(text: str | None) -> Policy:
     """Parse ``device=``: auto | fastest | cpu | gpu | npu | tpu | <backend> | <backend>:<device>."""
+    if text is not None and not isinstance(text, str):
+        raise UsageError(f"device must be a string such as 'auto', 'cpu' or 'openvino:CPU', not {text!r}")
     if text is not None and not text.strip():  # --device "": a mistake, not a request for auto
         raise UsageError("empty device; use auto, fastest, cpu, gpu, npu, tpu, a backend or backend:device")
     text = (text or "auto").strip()

@@ -47,6 +47,10 @@ class Precision(str, enum.Enum):
             return value
         aliases = {"fp32": "stored", "f32": "stored", "float32": "stored", "f16": "fp16",
                    "float16": "fp16", "bfloat16": "bf16"}
+        if not isinstance(value, str):
+            from .errors import UsageError
+
+            raise UsageError(f"precision must be a string such as 'fp16' or 'any', not {value!r}")
         key = aliases.get(value.lower(), value.lower())
         try:
             return cls(key)

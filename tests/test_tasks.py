@@ -1100,3 +1100,47 @@ def test_an_embedder_that_answers_per_token_is_refused_by_name(samples, tmp_path
         "artifacts": [{"path": "m.onnx", "format": "onnx", "precision": "fp32"}]}))
     with TextEmbedder(pkg) as emb, pytest.raises(edgekit.UsageError, match=r"not one vector per text"):
         emb.embed(["a short text", "another one"])
+
+
+def test_options_a_task_cannot_apply_are_refused_not_dropped(samples, caplog):
+    """From an SDK walkthrough: each of these was silently dropped or leaked a raw TypeError/AttributeError."""
+    from edgekit.tasks.base import for_model
+    from edgekit.tasks.results import ClassifierOptions
+
+    pkg = samples["image"]
+    with edgekit.load(pkg) as m:
+        for make in (lambda: ImageClassifier(m, device="tpu"), lambda: ImageClassifier(m, precision="fp16"),
+                     lambda: for_model(m, concurrency=2)):
+            with pytest.raises(edgekit.UsageError, match="open Model"):  # it ran on the model as opened
+                make()
+    with pytest.raises(edgekit.UsageError, match="takes no option 'top_k'"):  # was load()'s TypeError
+        ImageClassifier(pkg, top_k=3)
+    with for_model(pkg, device="onnxruntime", precision="fp16") as task:  # for_model dropped precision
+        assert task.model.path.name == "model-fp16.onnx"
+    with pytest.raises(edgekit.UsageError, match="device must be a string"):
+        edgekit.load(pkg, device=1)
+    with pytest.raises(edgekit.UsageError, match="precision must be a string"):
+        edgekit.load(pkg, precision=16)
+    with pytest.raises(edgekit.InputError, match="allow must be a list of labels, not 5"):
+        ClassifierOptions(allow=5)
+    with pytest.raises(edgekit.UsageError, match="no image pre-processing key 'interpolaton'"):
+        ImageClassifier(pkg, preprocess={"interpolaton": "bicubic"})  # was silently unused
+    with pytest.raises(edgekit.UsageError, match=r"labels=\[\] is empty"):
+        TextClassifier(samples["text"], labels=[])
+
+
+def test_audio_arrays_of_unknown_scale_are_refused_and_a_whole_float_rate_taken(samples, caplog):
+    import soundfile as sf
+
+    x, rate = sf.read(AUDIO / "speech.wav", dtype="int16")
+    with VoiceActivityDetector(samples["audio"]) as vad:
+        want = vad.detect(x, rate)
+        assert want and vad.detect(x, float(rate)) == want  # 16000.0 was "invalid sample rate"
+        with pytest.raises(edgekit.InputError, match="int64 samples are no PCM format"):
+            vad.detect(x.tolist(), rate)  # found no speech: divided by 2**63
+        with pytest.raises(edgekit.InputError, match="int64 samples"):
+            vad.stream().feed(x.astype(np.int64))
+    with VoiceActivityDetector(samples["audio"], min_speech_duration_ms=1000) as vad, \
+            caplog.at_level(logging.WARNING, logger="edgekit"):
+        vad.stream()
+    assert "the stream does not apply min_speech_duration_ms=1000 (detect() does)" in caplog.text

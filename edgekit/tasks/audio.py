@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, ModelFileError, UsageError
-from .base import Task, input_file
+from .base import LOAD_OPTIONS, Task, input_file
 from .results import Category, ClassifierOptions, Segment, classifier_options, is_integer, is_number
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ _VAD_RULES = {
     "max_speech_duration_s": ("None (no limit) or a number of seconds above 0",
                               lambda v: v is None or v == float("inf") or (is_number(v) and v > 0)),
 }
-_LOAD_OPTIONS = ("precision", "strict", "verify", "cache", "concurrency")  # passed on to edgekit.load
 _MAX_CHANNELS = 16  # an array with at most this many rows and more columns is channels x samples
 MAX_SAMPLES = 2 ** 26  # samples (all channels) read from one file: 256 MiB of float32, 70 min of 16 kHz mono
 # The lowest rate resampled: below it a tiny file declaring, say, 1 Hz would be resampled 16000x
@@ -123,7 +122,9 @@ def load_audio(audio, sample_rate: int | None = None, *, target_rate: int, name:
     data = pcm_frames(data, what)
     if data.shape[0] == 0:
         raise InputError(f"{what}: no samples (0-length audio)")
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+    if isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer():
+        sample_rate = int(sample_rate)  # 16000.0, as a library may give it
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"{what}: invalid sample rate {sample_rate!r}")
     sample_rate = int(sample_rate)  # a NumPy int16 would overflow in the limit check below
     if sample_rate != target_rate and sample_rate < MIN_SAMPLE_RATE:
@@ -181,6 +182,10 @@ def pcm_frames(samples, what: str) -> np.ndarray:
     data = np.asarray(samples)
     if data.dtype.kind not in "fiu":
         raise InputError(f"{what}: expected numeric samples, got {data.dtype}")
+    if data.dtype.itemsize > 4 and data.dtype.kind in "iu":  # no PCM is 64-bit: a list of ints, say
+        raise InputError(f"{what}: {data.dtype} samples are no PCM format, and their scale is unknown (a "
+                         f"Python list of ints becomes int64): give int16 or int32 PCM "
+                         f"(np.asarray(x, np.int16)), or floats from -1 to 1")
     if data.dtype.kind == "i":  # signed PCM to [-1, 1)
         data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
     elif data.dtype.kind == "u":  # unsigned PCM (8-bit WAV): silence sits at mid-scale
@@ -227,7 +232,7 @@ class VoiceActivityDetector(Task):
     task = "voice-activity-detection"
 
     def __init__(self, source, *, device: str = "auto", **options) -> None:
-        load_opts = {k: options.pop(k) for k in _LOAD_OPTIONS if k in options}
+        load_opts = {k: options.pop(k) for k in LOAD_OPTIONS if k in options}
         check_vad_params(options, UsageError)
         super().__init__(source, device=device, **load_opts)
         with self.closed_on_error():
@@ -348,7 +353,15 @@ class VoiceActivityDetector(Task):
         return out
 
     def stream(self) -> VadStream:
-        """A streaming detector: feed chunks of any length; state and context carry over."""
+        """A streaming detector: feed chunks of any length, at the detector's sample rate; state and
+        context carry over. It applies threshold, neg_threshold, min_silence_duration_ms and
+        speech_pad_ms, as Silero's VADIterator does; min_speech_duration_ms and max_speech_duration_s
+        are :meth:`detect`'s alone (a warning says so where they were set otherwise than the defaults)."""
+        ignored = [k for k in ("min_speech_duration_ms", "max_speech_duration_s")
+                   if self.params[k] != VAD_DEFAULTS[k]]
+        if ignored:
+            log.warning("%s: the stream does not apply %s (detect() does): a segment is reported as it "
+                        "starts and ends", self.model.source, " or ".join(f"{k}={self.params[k]}" for k in ignored))
         return VadStream(self)
 
 
@@ -540,7 +553,7 @@ class AudioClassifier(Task):
                  preprocess: dict | None = None, **load_options) -> None:
         super().__init__(source, device=device, **load_options)
         with self.closed_on_error():
-            self.pp = self.preprocess("audio", preprocess)
+            self.pp = self.preprocess("audio", preprocess, PREPROCESS_KEYS)
             check_audio_preprocess(self.pp, str(self.model.source))
             self.sample_rate = self.pp.get("sample_rate", 16000)
             self.labels = self.class_labels(labels)

@@ -51,7 +51,16 @@ class Task:
     task: str = ""
 
     def __init__(self, source: str | Path | Model, *, device: str = "auto", **load_options) -> None:
+        unknown = sorted(set(load_options) - set(LOAD_OPTIONS))
+        if unknown:  # load() would name itself ("load() got an unexpected keyword argument")
+            raise UsageError(f"{type(self).__name__} takes no option {unknown[0]!r}; its options are its own "
+                             f"and edgekit.load's ({', '.join(LOAD_OPTIONS)}, device)")
         if isinstance(source, Model):
+            given = (["device"] if device != "auto" else []) + sorted(load_options)
+            if given:  # they would be dropped: the model is open already, somewhere
+                raise UsageError(f"{', '.join(given)}: how to open the model, but {type(self).__name__} was given "
+                                 f"an open Model (on {source.backend}:{source.device}); pass "
+                                 f"{'it' if len(given) == 1 else 'them'} to edgekit.load, or give the path")
             self.model, self._owns = source, False
         else:
             self.model, self._owns = load(source, device=device, **load_options), True
@@ -87,10 +96,15 @@ class Task:
             raise ModelFileError(self.metadata_source(), f"{key!r} must be an object, not {value!r}")
         return value
 
-    def preprocess(self, kind: str, overrides: dict | None = None) -> dict:
-        """The package's pre-processing of ``kind`` ("image", "text", "audio") with the caller's overrides."""
+    def preprocess(self, kind: str, overrides: dict | None = None, known: tuple[str, ...] = ()) -> dict:
+        """The package's pre-processing of ``kind`` ("image", "text", "audio") with the caller's overrides
+        (each a key in ``known``, where given: a misspelt one would be silently unused)."""
         if overrides is not None and not isinstance(overrides, dict):
             raise UsageError(f"preprocess must be a dict of overrides, not {overrides!r}")
+        unknown = sorted(set(overrides or ()) - set(known)) if known else []
+        if unknown:
+            raise UsageError(f"preprocess: no {kind} pre-processing key {unknown[0]!r}; the keys are "
+                             f"{', '.join(known)}")
         section = self._metadata_object(self.metadata.get("preprocess"), "preprocess")
         return {**self._metadata_object(section.get(kind), f"preprocess.{kind}"), **(overrides or {})}
 
@@ -199,9 +213,17 @@ def task_class(task: str) -> type[Task]:
     return getattr(importlib.import_module(f".{module}", __package__), cls)
 
 
+LOAD_OPTIONS = ("precision", "strict", "verify", "cache", "concurrency")  # what a task passes on to edgekit.load
+
+
 def for_model(source: str | Path | Model, *, device: str = "auto", **options) -> Task:
-    """The task object a package declares (its edgekit.json "task")."""
-    model = source if isinstance(source, Model) else load(source, device=device)
+    """The task object a package declares (its edgekit.json "task"); ``options`` are the task's own
+    and edgekit.load's."""
+    load_options = {k: options.pop(k) for k in LOAD_OPTIONS if k in options}
+    if isinstance(source, Model) and (device != "auto" or load_options):
+        raise UsageError(f"{', '.join((['device'] if device != 'auto' else []) + sorted(load_options))}: how to "
+                         f"open the model, but for_model was given an open Model; pass them to edgekit.load")
+    model = source if isinstance(source, Model) else load(source, device=device, **load_options)
     try:
         task = model.metadata.get("task")
         if not is_known_task(task):

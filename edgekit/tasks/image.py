@@ -554,7 +554,7 @@ class ImageClassifier(Task):
         with self.closed_on_error():
             reuse_pillow_memory()
             self.labels = self.class_labels(labels)
-            pp = self.preprocess("image", preprocess)
+            pp = self.preprocess("image", preprocess, PREPROCESS_KEYS)
             self.options = classifier_options(options, self.labels)
             self._activate = self.activation()
             spec = self.model.inputs[0]

@@ -74,7 +74,10 @@ class ClassifierOptions:
             if isinstance(value, (str, bytes)):  # its letters would become the labels
                 raise InputError(f"{name} must be a list of labels, not the string {value!r}")
             if value is not None:  # a generator or map is read once: kept whole, checked and used alike
-                object.__setattr__(self, name, tuple(value))
+                try:
+                    object.__setattr__(self, name, tuple(value))
+                except TypeError:
+                    raise InputError(f"{name} must be a list of labels, not {value!r}") from None
 
     def checked(self, labels: Sequence[str] | None) -> ClassifierOptions:
         """These options with allow and deny checked against ``labels``, as a classifier does once when it

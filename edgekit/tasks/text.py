@@ -106,6 +106,8 @@ def _zero_shot_labels(labels) -> list[str]:
     """The caller's zero-shot labels: each is embedded as a text, and each is a class of its own."""
     if labels is None:
         raise UsageError("no labels: zero-shot classification needs labels=[...]")
+    if not isinstance(labels, (str, bytes)) and hasattr(labels, "__len__") and len(labels) == 0:
+        raise UsageError("labels=[] is empty: zero-shot classification needs at least one label")
     items = _as_texts(label_list(labels, lambda problem: UsageError(f"labels {problem}")), "label")
     seen: set[str] = set()
     for label in items:
