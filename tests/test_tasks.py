@@ -695,6 +695,25 @@ def test_vad_stream_matches_whole_file(vad):
     assert again.feed(np.stack([x, x], axis=1)[:4096]) == stream.feed(x[:4096])  # stereo chunk down-mixed
 
 
+def test_a_segment_open_at_the_end_ends_where_the_audio_ends_in_a_stream_too(vad):
+    """close() ended it at the last whole window: up to 31 ms before detect() does, at the audio's end."""
+    import soundfile as sf
+
+    x, rate = sf.read(str(AUDIO / "speech.wav"), dtype="float32")
+    cut = x[: int(5.0 * rate) + 100]  # speech cut short, 100 samples past a window
+    last = vad.detect(cut, rate)[-1]
+    stream = vad.stream()
+    events = stream.feed(cut) + stream.close()
+    assert events[-1] == ("end", round(len(cut) / rate, 3)) == ("end", round(last.end_s, 3))
+
+
+def test_similarity_of_two_texts_is_a_number_whatever_they_are_given_as(samples):
+    with TextEmbedder(samples["text"]) as emb:
+        for a, b in (("a cat", "a dog"), (b"a cat", b"a dog"), (np.array("a cat"), np.array("a dog"))):
+            assert isinstance(emb.similarity(a, b), float)  # bytes and 0-d arrays gave [[x]]
+        assert emb.similarity(["a cat"], "a dog").shape == (1, 1)
+
+
 def test_a_stream_whose_run_fails_loses_no_audio_and_no_event(vad, monkeypatch):
     """A failed run took its window off the buffer and dropped the events found before it in that feed."""
     import soundfile as sf

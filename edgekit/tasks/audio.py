@@ -425,8 +425,11 @@ class VadStream:
         return events
 
     def close(self) -> list[tuple[str, float]]:
-        """End an open segment and reset, so the stream can start a new recording."""
-        events = [("end", round(self._samples / self.vad.sample_rate, 3))] if self._triggered else []
+        """End an open segment and reset, so the stream can start a new recording. An open segment ends
+        where the audio fed ends, as :meth:`VoiceActivityDetector.detect` ends it (the samples still
+        short of a window count too)."""
+        fed = self._samples + len(self._buffer)
+        events = [("end", round(fed / self.vad.sample_rate, 3))] if self._triggered else []
         self._buffer = np.zeros(0, np.float32)
         self._state = self._context = None
         self._samples, self._triggered, self._temp_end = 0, False, 0

@@ -68,6 +68,11 @@ def _template(template) -> str:
     return template
 
 
+def _is_one_text(texts) -> bool:
+    """One text, as :func:`_as_texts` takes it (a string, UTF-8 bytes, a 0-d array of one)."""
+    return isinstance(texts, (str, bytes, bytearray)) or (isinstance(texts, np.ndarray) and texts.ndim == 0)
+
+
 def _as_texts(texts, what: str = "text") -> list[str]:
     if isinstance(texts, np.ndarray) and texts.ndim == 0:  # np.array("one text")
         texts = texts.item()
@@ -237,7 +242,7 @@ class TextEmbedder(_TextTask):
         """Cosine similarity: a float for two texts, a matrix for two lists."""
         ea, eb = self.embed(a), self.embed(b)
         sims = ea @ eb.T
-        return float(sims[0, 0]) if isinstance(a, str) and isinstance(b, str) else sims
+        return float(sims[0, 0]) if _is_one_text(a) and _is_one_text(b) else sims
 
 
 class TextClassifier(_TextTask):
