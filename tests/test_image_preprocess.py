@@ -129,6 +129,16 @@ def test_the_preprocessor_takes_every_image_load_image_takes():
         preprocess_image(INPUTS / "no-such.jpg", IMAGE_PREPROCESS)
 
 
+def test_a_frame_with_a_zero_padding_byte_is_its_colour_not_white():
+    """An RGBX frame (alpha 0 everywhere) was composited on white: every frame classified as a blank."""
+    rgb = np.asarray(load_image(INPUTS / "images" / "cat.jpg"))
+    rgbx = np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)
+    np.testing.assert_array_equal(np.asarray(load_image(rgbx)), rgb)
+    rgba = rgbx.copy()
+    rgba[:, :, 3] = 255  # an opaque alpha is still composited, as it was
+    np.testing.assert_array_equal(np.asarray(load_image(rgba)), rgb)
+
+
 def test_tf1_crop_is_tensorflows_whole_pixel_centre_crop():
     assert tf1_crop((451, 300), IMAGE_PREPROCESS) == ((224, 224), (95, 19, 262, 262))
     assert tf1_crop((320, 480), IMAGE_PREPROCESS) == ((224, 224), (20, 100, 280, 280))  # 0.875 * 320, exactly

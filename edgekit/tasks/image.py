@@ -100,6 +100,10 @@ def _from_array(arr: np.ndarray, what: str):
         raise InputError(f"{what}: expected an HxW or HxWx3/4 array, got shape {arr.shape}")
     if arr.size == 0:
         raise InputError(f"{what}: image has no pixels")
+    if arr.ndim == 3 and arr.shape[2] == 4 and not arr[:, :, 3].any():
+        # An alpha of 0 everywhere is no picture to composite (it would be plain white): it is a frame's
+        # padding byte (RGBX / XRGB capture formats), so the colour is taken as it is
+        arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
         if arr.dtype == np.uint16:
             arr = (arr // 257).astype(np.uint8)
