@@ -219,11 +219,11 @@ LOAD_OPTIONS = ("precision", "strict", "verify", "cache", "concurrency")  # what
 def for_model(source: str | Path | Model, *, device: str = "auto", **options) -> Task:
     """The task object a package declares (its edgekit.json "task"); ``options`` are the task's own
     and edgekit.load's."""
-    load_options = {k: options.pop(k) for k in LOAD_OPTIONS if k in options}
-    if isinstance(source, Model) and (device != "auto" or load_options):
-        raise UsageError(f"{', '.join((['device'] if device != 'auto' else []) + sorted(load_options))}: how to "
-                         f"open the model, but for_model was given an open Model; pass them to edgekit.load")
-    model = source if isinstance(source, Model) else load(source, device=device, **load_options)
+    if isinstance(source, Model):  # the task refuses options of loading it (Task.__init__)
+        model = source
+        options.update({"device": device} if device != "auto" else {})
+    else:
+        model = load(source, device=device, **{k: options.pop(k) for k in LOAD_OPTIONS if k in options})
     try:
         task = model.metadata.get("task")
         if not is_known_task(task):

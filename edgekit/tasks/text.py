@@ -74,10 +74,8 @@ def _is_one_text(texts) -> bool:
 
 
 def _as_texts(texts, what: str = "text") -> list[str]:
-    if isinstance(texts, np.ndarray) and texts.ndim == 0:  # np.array("one text")
-        texts = texts.item()
-    if isinstance(texts, (str, bytes, bytearray)):
-        items = [texts]
+    if _is_one_text(texts):
+        items = [texts.item() if isinstance(texts, np.ndarray) else texts]  # np.array("one text") too
     elif isinstance(texts, Iterable) and not isinstance(texts, dict):
         items = list(texts)
     else:
