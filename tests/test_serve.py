@@ -620,6 +620,33 @@ def test_repo_versions_as_the_server_reads_them(tmp_path, models):
     assert rows["1"].rstrip().endswith(" ok") and "invalid: " in rows["2"] and "checksum mismatch" in rows["2"]
 
 
+def test_infer_bodies_are_read_writable_so_runtimes_take_the_tensors_in_place():
+    """A runtime copies a read-only input before it runs (OpenVINO: 0.045 ms of 1.5 for the image
+    sample's 600 KB tensor), so /infer reads its body into a bytearray and views the tensors there."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from edgekit.serve.app import _Api
+    from edgekit.types import TensorSpec
+
+    x = np.arange(12, dtype=np.float32).reshape(1, 12)
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 12],
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    data = header + x.tobytes()
+    chunks = [data[:len(header) + 20], data[len(header) + 20:]]  # a tensor split across two reads
+
+    async def receive() -> dict:
+        more = len(chunks) > 1
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": more}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    body = asyncio.run(_Api._body(None, request, writable=True))
+    got = protocol.parse_request(body, len(header), [TensorSpec("x", ("batch", 12), np.dtype(np.float32))]).inputs["x"]
+    assert got.flags.writeable and np.shares_memory(got, np.frombuffer(body, np.uint8))
+    np.testing.assert_array_equal(got, x)
+
+
 def test_uint64_json_takes_its_whole_range():
     """[2**63, 0] became floats in NumPy and was refused as "non-integer values"."""
     from edgekit.serve.protocol import ProtocolError, _from_json
