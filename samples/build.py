@@ -124,6 +124,11 @@ def _export(torch, module, args, path: Path, names_in, names_out, dynamic: dict[
         axes.update({name: {0: dynamic[0]} for name in names_out})
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript")
+            # Notices about code paths, not this export: transformers' mask padding test is constant for
+            # every mask as long as its sequence (all of them here), and the sentences checked below use
+            # no negative index. The export's parity against PyTorch is what says it is right.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
+            warnings.filterwarnings("ignore", message=r".*aten::index operator of advanced indexing")
             torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         return
@@ -212,7 +217,15 @@ def _build_text(staging: Path, _src: Path) -> dict:
         from transformers import AutoModel
     except ImportError:
         raise SourceMissingError("exporting the text sample needs transformers: `pip install transformers`") from None
-    bert = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for reading 103 local tensors, in every build's output
+    try:
+        bert = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
     shutil.copy(folder / "tokenizer.json", staging / "tokenizer.json")
     from edgekit.tasks.text import Tokenizer
