@@ -72,6 +72,7 @@ if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     if os.getppid() != parent:
         sys.exit(137)
+import onnx2tf  # first: it sets TensorFlow's environment (legacy Keras) before importing it
 import tensorflow as tf
 from_keras_model = tf.lite.TFLiteConverter.from_keras_model
 def from_saved_model_if_written(model):
