@@ -62,9 +62,9 @@ TIMEOUT_S = 1800
 # with JSON metadata that copies every constant layer argument as nested Python lists: 2 x 60 s
 # for MiniLM. The SavedModel holds the same graph (the int8 files come from it already); the
 # artifacts gave outputs equal to the last bit on the samples, and onnx2tf took 28 s instead of
-# 148 s on MiniLM and 27 s instead of 58 s on EfficientNet-Lite0. Its outputs are then named
+# 148 s on MiniLM and 27 s instead of 58 s on EfficientNet-Lite0 (2-core Xeon). Its outputs are then named
 # ``output_<i>``, as in the int8 files, which :func:`finish` renames by value. Where the SavedModel
-# could not be written, onnx2tf's own path is taken.
+# was not written or does not load, onnx2tf's own path is taken.
 _OUT = "tf"
 _LAUNCH = f"""import ctypes, os, runpy, signal, sys
 parent = int(sys.argv.pop(1))
@@ -77,7 +77,10 @@ import tensorflow as tf
 from_keras_model = tf.lite.TFLiteConverter.from_keras_model
 def from_saved_model_if_written(model):
     if os.path.isfile(os.path.join({_OUT!r}, "saved_model.pb")):
-        return tf.lite.TFLiteConverter.from_saved_model({_OUT!r})
+        try:
+            return tf.lite.TFLiteConverter.from_saved_model({_OUT!r})
+        except Exception:
+            pass
     return from_keras_model(model)
 tf.lite.TFLiteConverter.from_keras_model = from_saved_model_if_written
 runpy.run_module("onnx2tf", run_name="__main__", alter_sys=True)

@@ -124,9 +124,10 @@ def _export(torch, module, args, path: Path, names_in, names_out, dynamic: dict[
         axes.update({name: {0: dynamic[0]} for name in names_out})
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript")
-            # Notices about code paths, not this export: transformers' mask padding test is constant for
-            # every mask as long as its sequence (all of them here), and the sentences checked below use
-            # no negative index. The export's parity against PyTorch is what says it is right.
+            # The one legacy export is MiniLM's, and these are notices about code paths: transformers' mask
+            # padding test is constant for every mask as long as its sequence (all of them here), and
+            # torch.onnx says a negative index computed in the graph would export wrongly. The export's
+            # parity against PyTorch on padded sentence batches, recorded in the manifest, is the check.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
             warnings.filterwarnings("ignore", message=r".*aten::index operator of advanced indexing")
             torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,

@@ -165,7 +165,10 @@ class OvSession:
                     r.current[i] = own
                 own.data[...] = x
             else:
-                if not x.flags.writeable:  # e.g. np.asarray(PIL image), np.frombuffer, mmap'd np.load
+                # OpenVINO shares the array's memory: a read-only one (np.asarray(PIL image), np.frombuffer
+                # of bytes, mmap'd np.load) is copied, and so is one whose elements are not aligned (a
+                # tensor at an odd offset of a request body), which a kernel is free to assume they are.
+                if not (x.flags.writeable and x.flags.aligned):
                     x = x.copy()
                 t = r.Tensor(x, shared_memory=True)
                 req.set_input_tensor(i, t)
