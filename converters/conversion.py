@@ -149,6 +149,10 @@ def _check_labels(labels: list[str], given, metadata: dict) -> None:
                          f"({outputs[0].get('name')}: [{dims}]); give one label per class")
 
 
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[str] | str = ("fp32", "fp16", "int8"),
             calibration=None, check=None, out: str | Path | None = None, task: str | None = None,
             labels=None, preprocess: dict | None = None, example_inputs=None, input_names=None,
@@ -235,8 +239,9 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             sources.copy_files(prep, staging)
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
             if built:
-                inputs = f"{len(chk.feeds)} inputs" if chk.batch == 1 else f"{len(chk.feeds)} batches of {chk.batch}"
-                say(f"checking {len(built)} artifacts on {inputs} against {prep.reference_label}")
+                inputs = _count(len(chk.feeds), "input") if chk.batch == 1 else \
+                    f"{_count(len(chk.feeds), 'batch', 'batches')} of {chk.batch}"
+                say(f"checking {_count(len(built), 'artifact')} on {inputs} against {prep.reference_label}")
                 checks.check(built, chk.feeds, refs, prep.output_names,
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
                              min_cosine=min_cosine, timing_feed=chk.feeds[0],
@@ -250,7 +255,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             report.written = True
             for a in report.artifacts:  # publish measured them
                 a.size = next((e["size"] for e in manifest["artifacts"] if e["path"] == a.path), a.size)
-            say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of {len(report.artifacts)} artifacts ok)")
+            say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of "
+                f"{_count(len(report.artifacts), 'artifact')} ok)")
             return report
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -7,6 +7,7 @@ TFLite/IR source file as given.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -81,6 +82,21 @@ def _by_input_names(model, feeds: list[dict] | None) -> list[dict] | None:
     return [{ports[i].get_any_name(): v for i, v in zip(found, feed.values())} for feed in feeds]
 
 
+@contextlib.contextmanager
+def _nncf_warnings_only():
+    """NNCF logs a table of weight bit widths at INFO on every weight compression; its warnings stay.
+    (Its logger is set to INFO when nncf is first imported, so this imports it first.)"""
+    import nncf  # noqa: F401
+
+    log_ = logging.getLogger("nncf")
+    level = log_.level
+    log_.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log_.setLevel(level)
+
+
 def _compress(model, precision: str, calibration: list[dict] | None, transformer: bool):
     if precision == "int8":
         import nncf
@@ -110,7 +126,8 @@ def _compress(model, precision: str, calibration: list[dict] | None, transformer
     elif precision == "int8-dynamic":
         import nncf
 
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        with _nncf_warnings_only():
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     elif precision not in ("fp32", "fp16"):
         raise ValueError(f"unknown precision {precision!r}")
     return model
