@@ -508,7 +508,10 @@ def run(args) -> dict:
 
 def goals(doc: dict) -> dict:
     stops = doc["stopped"]
-    g = {f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching)": doc["latency"]["off"]["added_p50_ms"] <= GOAL_ADDED_MS}
+    off = doc["latency"]["off"]
+    g = {f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching, tritonclient)": off["added_p50_ms"] <= GOAL_ADDED_MS}
+    if "raw_added_p50_ms" in off:  # the same request from http.client: less of the client's own time in it
+        g[f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching, http.client)"] = off["raw_added_p50_ms"] <= GOAL_ADDED_MS
     g.update({f"8 clients, {r['batching']}: >= {GOAL_RATIO:.0%} of in-process": r["ratio"] >= GOAL_RATIO
               for r in doc["throughput"] if r["concurrency"] == 8})
     g["every server exited 0 on SIGTERM"] = all(v["exit_code"] == 0 for v in stops.values())
