@@ -734,15 +734,18 @@ def test_hugging_face_folder_converts_to_every_format(hf_folder, tmp_path):
 
 # --- sources the tools allow, and ones they do not -------------------------------------------------------
 
-def test_tflite_and_ir_sources_convert_where_the_tools_allow(models, tmp_path):
+def test_tflite_and_ir_sources_convert_where_the_tools_allow(models, tmp_path, capfd):
     report = convert(models["mlp.tflite"], to=ALL, precisions=["fp32", "fp16"], out=tmp_path / "from-tflite")
     rows = {(a.target, a.precision): a for a in report.artifacts}
     assert rows[("openvino", "fp32")].ok and rows[("openvino", "fp16")].ok and rows[("tflite", "fp32")].ok
     assert rows[("onnx", "fp32")].status == "skipped" and "TFLite" in rows[("onnx", "fp32")].reason
     assert rows[("tflite", "fp16")].status == "skipped"
+    capfd.readouterr()
     report = convert(models["mlp.xml"], to=["openvino"], precisions=["fp32", "fp16", "int8-dynamic"],
                      out=tmp_path / "from-ir")
     assert report.ok and report.check["kind"] == "random"
+    printed = "".join(capfd.readouterr())
+    assert "bitwidth distribution" not in printed, printed  # NNCF's INFO table on every weight compression
 
 
 def test_a_tflite_image_model_calibrates_and_checks_on_images(samples, tmp_path):
