@@ -203,8 +203,8 @@ class ConvertPage(QWidget):
     def done(self, report) -> None:
         self.report = report
         self.show_report(report)
-        ok = sum(a.ok for a in report.artifacts)
-        self.step.setText(f"wrote {report.out}: {ok} of {len(report.artifacts)} artifacts ok in {report.seconds:.0f} s")
+        ok, n = sum(a.ok for a in report.artifacts), len(report.artifacts)
+        self.step.setText(f"wrote {report.out}: {ok} of {n} artifact{'s' * (n != 1)} ok in {report.seconds:.0f} s")
         self.open_button.setEnabled(report.written)
 
     def show_report(self, report) -> None:
