@@ -62,14 +62,15 @@ TIMEOUT_S = 1800
 # with JSON metadata that copies every constant layer argument as nested Python lists: 2 x 60 s
 # for MiniLM. The SavedModel holds the same graph (the int8 files come from it already); the
 # artifacts gave outputs equal to the last bit on the samples, and onnx2tf took 28 s instead of
-# 148 s on MiniLM and 27 s instead of 58 s on EfficientNet-Lite0 (2-core Xeon). Its outputs are then named
-# ``output_<i>``, as in the int8 files, which :func:`finish` renames by value. Where the SavedModel
-# was not written or does not load, onnx2tf's own path is taken.
+# 148 s on MiniLM and 27 s instead of 58 s on EfficientNet-Lite0 (2-core Xeon). Its outputs are
+# then named ``output_<i>``, as in the int8 files, which :func:`finish` renames by value. Where
+# the SavedModel was not written or does not load, onnx2tf's own path is taken.
 #
 # And with ``-oiqt`` onnx2tf calibrates four int8 variants; edgekit uses one (float inputs and
 # outputs, int8 activations). The other three (int8 inputs/outputs, int16 activations with float or
 # int16 inputs) fail with the RuntimeError onnx2tf catches for a variant that cannot be made, before
-# calibrating: EfficientNet-Lite0's onnx2tf run took 10 s instead of 27 s, its files the same byte for byte.
+# calibrating: EfficientNet-Lite0's onnx2tf run took 10 s instead of 27 s, its files the same byte
+# for byte.
 _OUT = "tf"
 _LAUNCH = f"""import ctypes, os, runpy, signal, sys
 parent = int(sys.argv.pop(1))
