@@ -33,7 +33,7 @@ def add_parser(add) -> None:
 
 
 def cmd_convert(args, emit_json, table) -> int:
-    from .conversion import ConversionError, convert
+    from .conversion import ConversionError, _count, convert
 
     try:
         preprocess = json.loads(args.preprocess) if args.preprocess else None
@@ -54,7 +54,7 @@ def cmd_convert(args, emit_json, table) -> int:
                          min_cosine=args.min_cosine, strict=args.strict, progress=progress)
     except ConversionError as e:
         if args.json:
-            emit_json({**e.report.to_dict(), "error": str(e)})
+            emit_json({**e.report.to_dict(), "error": str(e), "exit_code": 1})  # as main() exits for it
             args.json_written = True  # the one document: main adds no other
         else:
             header, rows = e.report.table()
@@ -72,7 +72,7 @@ def cmd_convert(args, emit_json, table) -> int:
     if report.check.get("warning"):
         print(f"edgekit: warning: {report.check['warning']}", file=sys.stderr)
     if bad:
-        print(f"edgekit: warning: {len(bad)} of {len(report.artifacts)} artifacts not ok (see status); "
+        print(f"edgekit: warning: {len(bad)} of {_count(len(report.artifacts), 'artifact')} not ok (see status); "
               f"use --strict to fail on that", file=sys.stderr)
     _hint(report)
     return 0

@@ -235,7 +235,8 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
                         if why:
                             report.artifacts.append(ArtifactReport(target, precision, format=FORMAT_OF[target].value,
                                                                    status="skipped", reason=why))
-                _finish_or_raise(report, strict)
+                if report.artifacts:  # none planned to be skipped: build them all
+                    _finish_or_raise(report, strict)
             sources.copy_files(prep, staging)
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
             if built:
@@ -638,7 +639,7 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         for a in bad:
             by_reason.setdefault((a.status, a.reason), []).append(f"{a.target} {a.precision}")
         what = "; ".join(f"{', '.join(names)}: {status} ({reason})" for (status, reason), names in by_reason.items())
-        raise ConversionError(f"--strict: {len(bad)} artifacts not ok, nothing written: {what}", report)
+        raise ConversionError(f"--strict: {_count(len(bad), 'artifact')} not ok, nothing written: {what}", report)
     if not any(a.ok for a in report.artifacts):
         what = "; ".join(f"{a.target} {a.precision}: {a.reason}" for a in report.artifacts)
         raise ConversionError(f"no usable artifact, nothing written: {what}", report)

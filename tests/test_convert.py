@@ -813,6 +813,22 @@ def test_int8_without_calibration_is_refused_with_the_way_to_give_it(cnn_onnx, t
     assert "onnx int8, openvino int8: skipped (int8 needs calibration data" in r.stderr  # the reason once
     again = pickle.loads(pickle.dumps(raised.value))  # it crosses processes whole (it raised TypeError)
     assert str(again) == str(raised.value) and again.report.to_dict() == raised.value.report.to_dict()
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32,int8", "--strict", "--json",
+                "--out", str(tmp_path / "cli-json"))
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["exit_code"] == 1 and "--strict: 1 artifact not ok" in doc["error"], r.stdout
+
+
+def test_strict_writes_the_package_when_every_artifact_is_ok(cnn_onnx, tmp_path):
+    """--strict refused every conversion: its check of what cannot be made found nothing to refuse and
+    took that for "no usable artifact"."""
+    report = convert(cnn_onnx, to=["onnx", "openvino"], precisions=["fp32", "fp16"], out=tmp_path / "api", strict=True)
+    assert report.ok and report.written and len(report.artifacts) == 4 and (tmp_path / "api" / "edgekit.json").is_file()
+    r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--strict", "--json",
+                "--out", str(tmp_path / "cli"))
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stderr
+    with edgekit.load(tmp_path / "cli") as m:
+        assert m.run(_example().numpy())["logits"].shape == (1, 10)
 
 
 def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
