@@ -19,6 +19,8 @@ from edgekit.errors import InputError, UsageError
 from edgekit.model import cast_input
 from edgekit.types import TensorSpec, shape_text
 
+from .report import count
+
 log = logging.getLogger("edgekit.convert")
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -48,10 +50,10 @@ class Samples:
                 "batch": self.batch, "skipped": [list(s) for s in self.skipped]}
 
     def __str__(self) -> str:
-        skipped = f", {len(self.skipped)} files skipped" if self.skipped else ""
-        count = (f"{len(self.feeds)} samples" if self.batch == 1
-                 else f"{len(self.feeds)} batches of {self.batch} (the model's fixed batch)")
-        return f"{count} from {self.source} ({self.kind}){skipped}"
+        skipped = f", {count(len(self.skipped), 'file')} skipped" if self.skipped else ""
+        held = (count(len(self.feeds), "sample") if self.batch == 1
+                else f"{count(len(self.feeds), 'batch', 'batches')} of {self.batch} (the model's fixed batch)")
+        return f"{held} from {self.source} ({self.kind}){skipped}"
 
 
 def files_of(spec, what: str = "calibration") -> list[Path]:
@@ -112,7 +114,7 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
             try:
                 new = _read(kind, f, inputs, metadata, package_dir, batch, memo)
             except (InputError, _Unusable) as e:  # this file is bad; the others may be fine
-                why = str(e)
+                why = str(e).removeprefix(f"{f}: ")  # the file is named beside the reason
             except UsageError as e:  # the model cannot take this kind of file at all
                 raise UsageError(f"{what} file {f}: {e}") from e
             else:
@@ -123,7 +125,8 @@ def load(spec, inputs: list[TensorSpec], metadata: dict, *, package_dir: Path | 
         log.warning("%s: skipped %s (%s)", what, f, why)
     if not out.feeds:
         first = f"; {out.skipped[0][0]}: {out.skipped[0][1]}" if out.skipped else ""
-        raise UsageError(f"{what} data {label}: no usable samples ({len(out.skipped)} files skipped{first}); {HOW}")
+        raise UsageError(f"{what} data {label}: no usable samples ({count(len(out.skipped), 'file')} skipped{first}); "
+                         f"{HOW}")
     out.kind = "+".join(sorted(kinds))
     out.feeds = _in_batches(out.feeds, batch)
     return out

@@ -33,7 +33,8 @@ def add_parser(add) -> None:
 
 
 def cmd_convert(args, emit_json, table) -> int:
-    from .conversion import ConversionError, _count, convert
+    from .conversion import ConversionError, convert
+    from .report import count
 
     try:
         preprocess = json.loads(args.preprocess) if args.preprocess else None
@@ -72,7 +73,7 @@ def cmd_convert(args, emit_json, table) -> int:
     if report.check.get("warning"):
         print(f"edgekit: warning: {report.check['warning']}", file=sys.stderr)
     if bad:
-        print(f"edgekit: warning: {len(bad)} of {_count(len(report.artifacts), 'artifact')} not ok (see status); "
+        print(f"edgekit: warning: {len(bad)} of {count(len(report.artifacts), 'artifact')} not ok (see status); "
               f"use --strict to fail on that", file=sys.stderr)
     _hint(report)
     return 0

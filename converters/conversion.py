@@ -33,7 +33,7 @@ from . import calibration as calib
 from . import card as cards
 from . import check as checks
 from . import onnx_target, openvino_target, sources, tflite_target
-from .report import MIN_COSINE, PRECISIONS, TARGETS, ArtifactReport, ConversionReport, one_line
+from .report import MIN_COSINE, PRECISIONS, TARGETS, ArtifactReport, ConversionReport, count, one_line
 
 log = logging.getLogger("edgekit.convert")
 
@@ -149,10 +149,6 @@ def _check_labels(labels: list[str], given, metadata: dict) -> None:
                          f"({outputs[0].get('name')}: [{dims}]); give one label per class")
 
 
-def _count(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
 def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[str] | str = ("fp32", "fp16", "int8"),
             calibration=None, check=None, out: str | Path | None = None, task: str | None = None,
             labels=None, preprocess: dict | None = None, example_inputs=None, input_names=None,
@@ -240,9 +236,9 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             sources.copy_files(prep, staging)
             built = _build_all(prep, targets, precs, staging, work, metadata, cal_feeds, chk.feeds, refs, report, say)
             if built:
-                inputs = _count(len(chk.feeds), "input") if chk.batch == 1 else \
-                    f"{_count(len(chk.feeds), 'batch', 'batches')} of {chk.batch}"
-                say(f"checking {_count(len(built), 'artifact')} on {inputs} against {prep.reference_label}")
+                inputs = count(len(chk.feeds), "input") if chk.batch == 1 else \
+                    f"{count(len(chk.feeds), 'batch', 'batches')} of {chk.batch}"
+                say(f"checking {count(len(built), 'artifact')} on {inputs} against {prep.reference_label}")
                 checks.check(built, chk.feeds, refs, prep.output_names,
                              classifier=metadata.get("task") in checks.CLASSIFIER_TASKS,
                              min_cosine=min_cosine, timing_feed=chk.feeds[0],
@@ -257,7 +253,7 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
             for a in report.artifacts:  # publish measured them
                 a.size = next((e["size"] for e in manifest["artifacts"] if e["path"] == a.path), a.size)
             say(f"wrote {out_dir} ({sum(a.ok for a in report.artifacts)} of "
-                f"{_count(len(report.artifacts), 'artifact')} ok)")
+                f"{count(len(report.artifacts), 'artifact')} ok)")
             return report
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -639,7 +635,7 @@ def _finish_or_raise(report: ConversionReport, strict: bool) -> None:
         for a in bad:
             by_reason.setdefault((a.status, a.reason), []).append(f"{a.target} {a.precision}")
         what = "; ".join(f"{', '.join(names)}: {status} ({reason})" for (status, reason), names in by_reason.items())
-        raise ConversionError(f"--strict: {_count(len(bad), 'artifact')} not ok, nothing written: {what}", report)
+        raise ConversionError(f"--strict: {count(len(bad), 'artifact')} not ok, nothing written: {what}", report)
     if not any(a.ok for a in report.artifacts):
         what = "; ".join(f"{a.target} {a.precision}: {a.reason}" for a in report.artifacts)
         raise ConversionError(f"no usable artifact, nothing written: {what}", report)

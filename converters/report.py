@@ -120,6 +120,11 @@ def _num(x: float | None, digits: int, *, sci: bool = False) -> str:
     return f"{x:.{digits}g}" if sci else f"{x:.{digits}f}"
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``1 artifact``, ``2 artifacts``."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def one_line(e: BaseException) -> str:
     """An error as one line for a report row; for "no candidate could run it", the runtime's own reason."""
     attempts = getattr(getattr(e, "selection", None), "attempts", None) or []

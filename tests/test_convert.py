@@ -847,6 +847,8 @@ def test_empty_calibration_folder_and_undecodable_images(cnn_onnx, tmp_path):
                      preprocess=PP, min_cosine=0.9)
     assert report.calibration["samples"] == 3
     assert [Path(p).name for p, _ in report.calibration["skipped"]] == ["broken.jpg", "noise.wav", "readme.txt"]
+    broken = report.calibration["skipped"][0]
+    assert broken[1].startswith("cannot be read as an image"), broken  # the path once, beside the reason
     r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "int8", "--calib", str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
 
@@ -980,7 +982,7 @@ def test_a_calibration_file_the_model_cannot_take_is_named(tmp_path):
     text = [TensorSpec("input_ids", ("batch", "sequence"), np.dtype(np.int64))]
     (tmp_path / "one.npy").unlink()
     (tmp_path / "lines.txt").write_text("hello\n")
-    with pytest.raises(UsageError, match=r"no usable samples \(1 files skipped; \S*lines\.txt: text calibration "
+    with pytest.raises(UsageError, match=r"no usable samples \(1 file skipped; \S*lines\.txt: text calibration "
                                          r"needs the model's tokenizer"):
         calibration.load(tmp_path, text, {})
     # token ids as arrays, beside a note: the note is skipped (it stopped the conversion), and so is
