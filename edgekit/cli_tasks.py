@@ -29,6 +29,9 @@ def add_parsers(add) -> None:
     p.add_argument("--labels", help="comma-separated distinct labels: zero-shot text classification with an embedder")
     p.add_argument("--device", default="auto",
                    help="auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE (default auto)")
+    p.add_argument("--precision", default=None,
+                   help="stored (default) | fp16 | bf16 | any: reduced precision only when asked")
+    p.add_argument("--strict", action="store_true", help="fail instead of falling back")
 
     add("demo", "Build the samples if needed, then classify an image, embed text and find speech.")
 
@@ -168,15 +171,16 @@ def cmd_predict(args, emit_json, table) -> int:
     declared = _declared_task(args.model)
     if declared is not None:  # an option that does not apply is refused before the model loads (seconds)
         _check_options(args, declared, labels, hasattr(task_class(declared), "classify"))
-    with for_model(args.model, device=args.device) as task:
+    with for_model(args.model, device=args.device, precision=args.precision, strict=args.strict) as task:
         _check_options(args, task.metadata.get("task"), labels, hasattr(task, "classify"))
         doc = predict(task, args.inputs, top_k=args.top_k, labels=labels)
-        doc.update(task=task.metadata.get("task"), device=f"{task.model.backend}:{task.model.device}")
+        doc.update(task=task.metadata.get("task"), device=f"{task.model.backend}:{task.model.device}",
+                   precision=task.model.precision)
     if args.json:
         emit_json(doc)
     else:
         _print_results(doc)
-        print(f"({doc['device']}, {doc['seconds'] * 1e3:.1f} ms)")
+        print(f"({doc['device']}, {doc['precision']}, {doc['seconds'] * 1e3:.1f} ms)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -590,4 +591,6 @@ def test_predict_help_describes_every_argument():
     out = run_cli("predict", "--help", env={"COLUMNS": "200"})
     assert out.returncode == 0
     assert "or a model file edgekit converted, which carries its package's card" in out.stdout, out.stdout
-    assert "--device DEVICE  auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE" in out.stdout
+    assert re.search(r"--device DEVICE +auto \| fastest \| cpu \| gpu \| npu \| tpu \| BACKEND \| BACKEND:DEVICE",
+                     out.stdout), out.stdout
+    assert re.search(r"--precision PRECISION\s+stored \(default\) \| fp16 \| bf16 \| any", out.stdout), out.stdout

@@ -983,6 +983,17 @@ def test_predict_dispatches_on_the_package_task(samples):
     assert out.returncode == 0 and "speech" in out.stdout
 
 
+def test_predict_takes_a_precision_as_the_sdk_does(samples):
+    """The tasks take precision= (and strict=); predict had no --precision, so the CLI could not ask for it."""
+    out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--precision", "any", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["precision"] and doc["results"][0]["categories"][0]["label"] in CAT_CLASSES, doc
+    out = run_cli("predict", str(samples["image"]), str(IMAGES / "cat.jpg"), "--precision", "bf16",
+                  "--device", "onnxruntime:CPUExecutionProvider", "--strict")
+    assert out.returncode == 2 and "precision it was stored in" in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(("kind", "args", "fragment", "loads"), [
     ("audio", [str(AUDIO / "speech.wav"), "--top-k", "3"], "--top-k is for classifiers; ", False),
     ("text", ["one text", "--top-k", "3"], "--top-k is for classifiers; ", False),
