@@ -352,7 +352,7 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
                                   f"precision it was stored in", show_artifact=True) for c in fixed]
         # fp16 or bf16 asks for a float model at reduced precision. A package's int8 files would answer
         # with int8's accuracy on OpenVINO (the image sample's int8 IR at f16: cosine 0.993 to fp32,
-        # against 0.999996 for its fp16 file), and ran 8x slower there than at f32; the other runtimes
+        # against 0.999996 for its fp16 file), and ran 9x slower there than at f32; the other runtimes
         # pass them over already (above). So its float files are what is asked for, on every runtime.
         quantized = [c for c in candidates if precision in (Precision.FP16, Precision.BF16)
                      and c.artifact.precision.startswith("int8")]
