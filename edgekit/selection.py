@@ -315,6 +315,19 @@ def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
     return Precision.STORED if _stored_fp16(cand.artifact) else None
 
 
+def _passed_over(cand: Candidate, precision: Precision) -> str | None:
+    """Why a package's file is not one to open for ``precision``, or None."""
+    stored = cand.artifact.precision
+    if _asked_of(cand, precision) is None:  # fp32 and int8 asked for fp16, on a runtime that runs them as stored
+        return f"stored in {stored}; {cand.backend} runs a model at the precision it was stored in"
+    # fp16 or bf16 asks for a float model at reduced precision. An int8 file would answer with int8's
+    # accuracy on OpenVINO (the image sample's int8 IR at f16: cosine 0.993 to fp32, against 0.999996
+    # for its fp16 file), and ran 9x slower there than at f32: the float files are what is asked for.
+    if precision in (Precision.FP16, Precision.BF16) and stored.startswith("int8"):
+        return f"stored in {stored}; {precision.value} asks for a float model at reduced precision"
+    return None
+
+
 def _stored_fp16(art: Artifact) -> bool:
     """Whether ``art`` is stored in fp16, as its package says or, for a lone file, its card."""
     if art.precision != "stored":
@@ -343,23 +356,12 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
     """Open the model on the best candidate for ``policy``; returns (session, candidate, Selection)."""
     candidates, skipped = build_candidates(source, policy)
     if source.package is not None:
-        # A package's files that cannot meet the precision (fp32 and int8 asked for fp16, on a runtime
-        # that runs them as stored) are passed over as such, not as failures to fall back from.
-        fixed = [c for c in candidates if _asked_of(c, precision) is None]
-        if fixed and len(fixed) < len(candidates):
-            candidates = [c for c in candidates if c not in fixed]
-            skipped += [c.attempt("skipped", f"stored in {c.artifact.precision}; {c.backend} runs a model at the "
-                                  f"precision it was stored in", show_artifact=True) for c in fixed]
-        # fp16 or bf16 asks for a float model at reduced precision. A package's int8 files would answer
-        # with int8's accuracy on OpenVINO (the image sample's int8 IR at f16: cosine 0.993 to fp32,
-        # against 0.999996 for its fp16 file), and ran 9x slower there than at f32; the other runtimes
-        # pass them over already (above). So its float files are what is asked for, on every runtime.
-        quantized = [c for c in candidates if precision in (Precision.FP16, Precision.BF16)
-                     and c.artifact.precision.startswith("int8")]
-        if quantized and len(quantized) < len(candidates):
-            candidates = [c for c in candidates if c not in quantized]
-            skipped += [c.attempt("skipped", f"stored in {c.artifact.precision}; {precision.value} asks for a "
-                                  f"float model at reduced precision", show_artifact=True) for c in quantized]
+        # A package's files that cannot meet the precision are passed over as such, not as failures to
+        # fall back from (unless that would leave none, where the refusals say why).
+        reasons = [_passed_over(c, precision) for c in candidates]
+        if any(reasons) and not all(reasons):
+            skipped += [c.attempt("skipped", why, show_artifact=True) for c, why in zip(candidates, reasons) if why]
+            candidates = [c for c, why in zip(candidates, reasons) if not why]
     selection = Selection(policy=policy.text, precision=precision.value, attempts=list(skipped))
     if not candidates:
         raise _unmet(policy, skipped)

@@ -203,8 +203,11 @@ class ConvertPage(QWidget):
     def done(self, report) -> None:
         self.report = report
         self.show_report(report)
-        ok, n = sum(a.ok for a in report.artifacts), len(report.artifacts)
-        self.step.setText(f"wrote {report.out}: {ok} of {n} artifact{'s' * (n != 1)} ok in {report.seconds:.0f} s")
+        from converters.report import count
+
+        ok = sum(a.ok for a in report.artifacts)
+        self.step.setText(f"wrote {report.out}: {ok} of {count(len(report.artifacts), 'artifact')} ok "
+                          f"in {report.seconds:.0f} s")
         self.open_button.setEnabled(report.written)
 
     def show_report(self, report) -> None:
