@@ -17,8 +17,9 @@ artifact is a TFLite one), ``logits`` out.
 - throughput: inferences/s from 1, 4, 8 and 16 client threads (a client each) against sequential
   in-process runs in windows alternated with them, without dynamic batching, with 8 rows/2 ms
   and 16 rows/4 ms, and with two instances (``--instances 2``: the runtime divides the cores
-  between two runs at once); CPU time per inference of each side. Goal: >= 90 % of in-process at
-  8 clients.
+  between two runs at once, and a request that comes alone takes a copy with every core); CPU time
+  per inference of each side. Goal: >= 90 % of in-process at 8 clients. The latency goal is judged
+  on the server without batching, with one instance and with two.
 - soak: 20,000 requests from 16 threads to a server with batching 8/2 and a 4 MiB body limit:
   ~70 % good (binary and JSON infer at batch 1 and 2, a picture to /classify), checked against
   in-process results (1e-4 relative); ~30 % bad, each of which must get its 4xx. The server must
@@ -66,7 +67,8 @@ from samples.build import INPUTS, build, sample_path  # noqa: E402
 EDGEKIT = str(Path(sys.executable).with_name("edgekit"))
 MODEL = "efficientnet-lite0"  # a package served directly is named after its folder, version 1
 # The servers compared, by their settings: dynamic batching (rows / ms), and two instances, for which
-# the runtime splits the cores between two runs at once (OpenVINO's THROUGHPUT hint, two streams).
+# the runtime splits the cores between two runs at once (OpenVINO's THROUGHPUT hint, two streams)
+# while a request that comes alone runs on a second copy with every core.
 BATCHING = {"off": [], "8/2": ["--max-batch-size", "8", "--max-queue-delay-ms", "2"],
             "16/4": ["--max-batch-size", "16", "--max-queue-delay-ms", "4"],
             "off, 2 instances": ["--instances", "2"]}
@@ -508,10 +510,14 @@ def run(args) -> dict:
 
 def goals(doc: dict) -> dict:
     stops = doc["stopped"]
-    off = doc["latency"]["off"]
-    g = {f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching, tritonclient)": off["added_p50_ms"] <= GOAL_ADDED_MS}
-    if "raw_added_p50_ms" in off:  # the same request from http.client: less of the client's own time in it
-        g[f"added p50 <= {GOAL_ADDED_MS:g} ms (no batching, http.client)"] = off["raw_added_p50_ms"] <= GOAL_ADDED_MS
+    g = {}
+    for name in ("off", "off, 2 instances"):  # the latency goal is set without batching
+        r = doc["latency"].get(name)
+        if r is None:
+            continue
+        g[f"added p50 <= {GOAL_ADDED_MS:g} ms ({name}, tritonclient)"] = r["added_p50_ms"] <= GOAL_ADDED_MS
+        # the same request from http.client: less of the client's own time in it
+        g[f"added p50 <= {GOAL_ADDED_MS:g} ms ({name}, http.client)"] = r["raw_added_p50_ms"] <= GOAL_ADDED_MS
     g.update({f"8 clients, {r['batching']}: >= {GOAL_RATIO:.0%} of in-process": r["ratio"] >= GOAL_RATIO
               for r in doc["throughput"] if r["concurrency"] == 8})
     g["every server exited 0 on SIGTERM"] = all(v["exit_code"] == 0 for v in stops.values())

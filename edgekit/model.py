@@ -260,6 +260,24 @@ class Model:
         self._in_set = frozenset(self._in_names)
         self._out_names = [s.name for s in self.outputs]
         self._card: dict | None = card
+        self._opened_as: tuple | None = None  # (source, candidate, precision), for reopen()
+
+    def reopen(self, concurrency: int = 1) -> Model:
+        """The same file on the same device and at the same precision, opened again as a second
+        Model for ``concurrency`` runs at once (see :func:`load`). The server keeps such a copy with
+        every core for a request that arrives alone at a model it loaded for several runs at once.
+        Nothing is chosen again: it opens as this one did, or raises."""
+        from .selection import open_again
+
+        opened = self._opened_as
+        if opened is None:
+            raise UsageError("only a model made by edgekit.load can be opened again")
+        source, cand, precision = opened
+        session = open_again(source, cand, precision, concurrency)
+        model = Model(session, backend=self.backend, device=self.device, selection=self.selection,
+                      path=self.path, source=self.source, package=self.package)
+        model._opened_as = opened
+        return model
 
     @property
     def dim_limits(self) -> dict[str, int]:
@@ -444,5 +462,6 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
                                       use_cache=cache, concurrency=runs)
     model = Model(session, backend=cand.backend, device=cand.device.id, selection=selection,
                   path=cand.artifact.path, source=source.path, package=source.package)
+    model._opened_as = (source, cand, prec)
     log.info("%s: running on %s:%s (%s)", source.path.name, cand.backend, cand.device.id, model.precision)
     return model

@@ -380,6 +380,12 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
     return session, cand, selection
 
 
+def open_again(source: Source, cand: Candidate, precision: Precision, concurrency: int):
+    """The session of a candidate chosen before, opened once more (for another ``concurrency``) and
+    verified as it was the first time."""
+    return _Opener(source, precision, True, concurrency).open(cand)
+
+
 def _try(cand: Candidate, opener: _Opener, selection: Selection, show: bool, strict: bool,
          single_file: bool):
     """One candidate: an open session, or None after recording why it failed."""

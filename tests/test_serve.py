@@ -1380,11 +1380,92 @@ def test_instances_run_at_once_on_a_model_loaded_for_that_concurrency(models):
                                  ("mlp.tflite", "litert", [])]:
         server = Server(str(models[name]), "--instances", "2", *flags)  # a lone file is served as "mlp"
         try:
-            assert f"ready on {runtime}:" in server.log() and "x2 instances" in server.log(), server.log()
+            assert f"ready on {runtime}:" in server.log(), server.log()
+            assert "x2 instances, a lone request on every core" in server.log(), server.log()
             with ThreadPoolExecutor(12) as pool:
                 assert all(pool.map(functools.partial(mlp_answer_is_right, server.host, xs, w), range(12)))
         finally:
             assert server.stop() == 0, server.log()
+
+
+@pytest.mark.parametrize("batching", [None, repository.Batching(4, 1)], ids=["unbatched", "batched"])
+@pytest.mark.parametrize("name", ["mlp.xml", "mlp.onnx", "mlp.tflite"])
+def test_a_lone_request_runs_on_the_copy_with_every_core(models, name, batching):
+    """With several instances on a CPU, a request that arrives while no other runs takes the copy
+    opened for one run (every core); one that arrives while another runs takes the shared copy."""
+    import asyncio
+
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.runner import Runner
+
+    model = edgekit.load(models[name], device="cpu", concurrency=2)
+    solo = model.reopen()
+    assert (solo.path, solo.backend, solo.device, solo.precision) == \
+        (model.path, model.backend, model.device, model.precision)
+    w = builders.mlp_weights()
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    ran, second_started = [], threading.Event()
+
+    def run(copy, arrays):  # the copy each run took; the first run beside another waits for that one
+        ran.append(copy)
+        if len(ran) == 2:
+            assert second_started.wait(30)
+        elif len(ran) == 3:
+            second_started.set()
+        out = copy.run(arrays)
+        np.testing.assert_allclose(out["logits"], builders.mlp_reference(x, w), rtol=1e-5, atol=1e-5)
+        return out
+
+    async def main():
+        runner = Runner(model, name="mlp", version=1, metrics=Metrics(), instances=2, batching=batching,
+                        solo=solo)
+        if batching is None:
+            send = functools.partial(runner.call, run, {"x": x})
+        else:
+            runner._run_batch = lambda copy, batch: [run(copy, item.arrays) for item in batch]
+            send = functools.partial(runner.infer, {"x": x})
+        try:
+            await send()  # alone
+            first = asyncio.ensure_future(send())
+            while len(ran) < 2:  # running, and held until the next has started
+                await asyncio.sleep(0.001)
+            await send()  # beside it
+            await first
+            await send()  # alone again
+        finally:
+            await runner.close()
+
+    asyncio.run(main())
+    assert ran == [solo, solo, model, solo], ran
+
+
+def test_no_copy_for_a_lone_request_is_opened_on_an_accelerator(models):
+    """An accelerator runs one inference at a time its own way: several instances there share one
+    model, as before, and no second copy takes its memory."""
+    import asyncio
+
+    from fault_backend import FaultBackend
+
+    from edgekit import backends
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.models import ModelManager
+    from edgekit.types import DeviceKind
+
+    fake = FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "ok")})
+    backends.register("fake", fake)
+    manager = ModelManager([models["mlp.onnx"]], metrics=Metrics(), device="gpu", instances=2)
+    on_gpu = edgekit.load(models["mlp.onnx"], device="gpu", concurrency=2)
+    on_cpu = edgekit.load(models["mlp.onnx"], device="onnxruntime:cpu", concurrency=2)
+    served, entry = manager.models["mlp"], None
+    try:
+        assert asyncio.run(manager._solo(on_gpu, served, entry)) is None
+        assert fake.opened == ["GPU0"]  # opened once, by load
+        solo = asyncio.run(manager._solo(on_cpu, served, entry))
+        assert solo is not None and (solo.backend, solo.device) == ("onnxruntime", "CPUExecutionProvider")
+        solo.close()
+    finally:
+        on_gpu.close()
+        on_cpu.close()
 
 
 def test_a_warm_up_that_fails_only_warns_and_the_model_is_served(tmp_path):
@@ -1449,7 +1530,7 @@ def test_bytes_on_a_text_classifier_score_every_text_in_one_run(samples, tmp_pat
     (pkg / "edgekit.json").write_text(json.dumps(manifest))
     texts = ["A man plays guitar.", "Stocks fell."]
     with TextClassifier(pkg) as clf:
-        version = types.SimpleNamespace(task="text-classification", task_object=lambda: clf)
-        got = _run_text_task(version, np.array([t.encode() for t in texts], dtype=object))["scores"]
+        version = types.SimpleNamespace(task="text-classification", task_object=lambda model: clf)
+        got = _run_text_task(clf.model, version, np.array([t.encode() for t in texts], dtype=object))["scores"]
         assert got.shape == (2, 384) and got.dtype == np.float32
         np.testing.assert_allclose(got, np.stack([clf.scores(t) for t in texts]), atol=1e-6)

@@ -40,6 +40,7 @@ from starlette.routing import Match, Route
 
 from .. import __version__
 from ..errors import EdgekitError, InputError, UsageError
+from ..model import Model
 from ..types import TensorSpec
 from . import protocol
 from .errors import NotFound, NotReady
@@ -458,12 +459,12 @@ def _answer(v: Version, result: dict) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _file_task(v: Version, data: bytes, top_k: int) -> bytes:
+def _file_task(model: Model, v: Version, data: bytes, top_k: int) -> bytes:
     if not data:
         raise InputError("the uploaded file is empty (0 bytes)")
     if v.task == "voice-activity-detection":
-        return _answer(v, {"segments": [s.to_dict() for s in v.task_object().detect(data)]})
-    return _answer(v, {"categories": [c.to_dict() for c in v.task_object().classify(data, top_k=top_k)]})
+        return _answer(v, {"segments": [s.to_dict() for s in v.task_object(model).detect(data)]})
+    return _answer(v, {"categories": [c.to_dict() for c in v.task_object(model).classify(data, top_k=top_k)]})
 
 
 def _texts(value, key: str) -> list[str]:
@@ -478,7 +479,7 @@ def _texts(value, key: str) -> list[str]:
 _TEXT_KEYS = {"embed": {"texts", "text"}, "classify": {"text", "top_k", "labels"}}
 
 
-def _text_task(v: Version, verb: str, body: bytes) -> bytes:
+def _text_task(model: Model, v: Version, verb: str, body: bytes) -> bytes:
     doc = _json(body)
     unknown = sorted(set(doc) - _TEXT_KEYS[verb])
     if unknown:
@@ -486,7 +487,7 @@ def _text_task(v: Version, verb: str, body: bytes) -> bytes:
     if "text" in doc and "texts" in doc:
         raise InputError("give 'texts' (a list) or 'text' (one string), not both")
     if verb == "embed":
-        vectors = v.task_object().embed(_texts(doc.get("texts", doc.get("text")), "texts"))
+        vectors = v.task_object(model).embed(_texts(doc.get("texts", doc.get("text")), "texts"))
         return _answer(v, {"embeddings": vectors.tolist(), "shape": list(vectors.shape)})
     text = doc.get("text")
     if not isinstance(text, str):
@@ -505,15 +506,15 @@ def _text_task(v: Version, verb: str, body: bytes) -> bytes:
                              f"non-empty string")
         from ..tasks.text import TextClassifier
 
-        clf = v.task_object(("zero-shot", *labels), lambda model: TextClassifier(model, labels=labels))
+        clf = v.task_object(model, ("zero-shot", *labels), lambda m: TextClassifier(m, labels=labels))
     elif labels is not None:
         raise InputError(f"{v.name!r} classifies into its own labels; 'labels' is only for zero-shot embedders")
     else:
-        clf = v.task_object()
+        clf = v.task_object(model)
     return _answer(v, {"categories": [c.to_dict() for c in clf.classify(text, top_k=top_k)]})
 
 
-def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
+def _run_text_task(model: Model, v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
     """The BYTES form of a text task on /infer: strings in, the task's output tensor out."""
     if texts.size > _MAX_TEXTS:
         raise InputError(f"input 'text' holds {texts.size} texts; send at most {_MAX_TEXTS} per request")
@@ -524,9 +525,9 @@ def _run_text_task(v: Version, texts: np.ndarray) -> dict[str, np.ndarray]:
         except UnicodeDecodeError:
             raise InputError(f"input 'text' element {i} is not UTF-8") from None
     if v.task == "text-embedding":
-        return {"embedding": v.task_object().embed(items)}
+        return {"embedding": v.task_object(model).embed(items)}
     # one row per text, in batches (one at a time where rows depend on their batch)
-    return {"scores": np.asarray(v.task_object().scores(items), np.float32)}
+    return {"scores": np.asarray(v.task_object(model).scores(items), np.float32)}
 
 
 # -- the guard: API key, body limit, access log ----------------------------------------------------

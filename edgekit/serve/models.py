@@ -23,6 +23,7 @@ from ..bench import warmup_sizes
 from ..errors import EdgekitError, UsageError
 from ..model import Model, load
 from ..tasks.base import is_known_task
+from ..types import DeviceKind
 from . import repository
 from .errors import NotFound, NotReady
 from .metrics import Metrics
@@ -66,11 +67,13 @@ class Version:
     def to_index(self) -> dict:
         return {"name": self.name, "version": str(self.version), "state": self.state, "reason": self.reason}
 
-    def task_object(self, key: tuple = (), factory=None):
-        """The task (ImageClassifier, TextEmbedder, ...) over this version's model, built once per ``key``.
+    def task_object(self, model: Model, key: tuple = (), factory=None):
+        """The task (ImageClassifier, TextEmbedder, ...) over ``model`` (this version's, or its copy
+        for a lone request: runner.Runner), built once per ``key`` and copy.
 
         ``factory(model)`` builds it; by default the task the package declares.
         """
+        key = (id(model), *key)
         with self._tasks_lock:  # worker threads (instances > 1) ask at the same time
             obj = self._tasks.get(key)
             if obj is None:
@@ -78,7 +81,7 @@ class Version:
 
                 if len(self._tasks) >= 16:  # zero-shot label sets come from clients: keep a few
                     self._tasks.pop(next(iter(self._tasks)))  # not closed: it does not own the model
-                obj = self._tasks[key] = (factory or for_model)(self.model)
+                obj = self._tasks[key] = (factory or for_model)(model)
             return obj
 
     def close_tasks(self) -> None:
@@ -385,12 +388,15 @@ class ModelManager:
             if old is None or old.state != READY:
                 m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
             return reason
+        solo = await self._solo(model, m, e) if instances > 1 else None
         why_not = can_batch(model) if batching else None
         # Batch 1 ran in load()'s first-inference check; the larger batches run here, before the
         # version is published, so that no request waits out a first run's compilation.
         sizes = range(2, (batching.max_batch_size if batching and not why_not else 1) + 1)
         warmed = time.perf_counter()
         largest, failed = await asyncio.to_thread(warm_up, model, sizes, warmup_sizes(model))
+        if solo is not None and failed is None and largest > 1:
+            await asyncio.to_thread(warm_up, solo, range(2, largest + 1), warmup_sizes(model))
         warmed = time.perf_counter() - warmed
         largest = max(largest, 1)
         if failed is not None:
@@ -400,7 +406,7 @@ class ModelManager:
         task = model.metadata.get("task")
         v = Version(m.name, e.version, e.path, READY, "", e.signature, model,
                     Runner(model, name=m.name, version=e.version, metrics=self.metrics, instances=instances,
-                           batching=None if why_not else batching),
+                           batching=None if why_not else batching, solo=solo),
                     task=task if is_known_task(task) else None, settings=settings)
         v.batching = ("off" if not batching else f"off: {why_not}" if why_not
                       else f"on (max batch {batching.max_batch_size}, max delay {batching.max_queue_delay_ms} ms)")
@@ -410,12 +416,28 @@ class ModelManager:
         m.versions[e.version] = v
         self.metrics.loaded.labels(*self._loaded_labels(v)).set(1)
         log.info("%s version %d ready on %s:%s [%s]%s in %.1f s (warm-up at batch %s%s: %.2f s)", m.name, e.version,
-                 model.backend, model.device, model.path.name, f" x{instances} instances" if instances > 1 else "",
+                 model.backend, model.device, model.path.name,
+                 "" if instances == 1 else f" x{instances} instances{', a lone request on every core' if solo else ''}",
                  time.perf_counter() - started,
                  f"1-{largest}" if largest > 1 else largest,
                  f" of {sizes[-1]}, then out of time" if sizes and not failed and largest < sizes[-1] else "",
                  warmed)
         return None
+
+    @staticmethod
+    async def _solo(model: Model, m: ServedModel, e: VersionEntry) -> Model | None:
+        """``model`` opened again for one run at a time on every core (see runner.Runner), where it
+        runs on a CPU; None elsewhere (an accelerator runs one inference at a time its own way) or
+        when that fails, which leaves the version serving as it is."""
+        chosen = model.selection.chosen
+        if chosen is None or chosen.kind is not DeviceKind.CPU:
+            return None
+        try:
+            return await asyncio.to_thread(model.reopen, 1)
+        except Exception as exc:
+            log.warning("%s version %d: a lone request shares the cores like the others (opening a copy "
+                        "with every core failed: %s)", m.name, e.version, exc)
+            return None
 
     @staticmethod
     def _loaded_labels(v: Version) -> tuple:
