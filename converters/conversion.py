@@ -12,6 +12,7 @@ rename, manifest last. A failing step, an exception or Ctrl-C leaves ``out`` as 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -196,8 +197,11 @@ def convert(source, *, to: Sequence[str] | str = TARGETS, precisions: Sequence[s
         staging = package.staging_dir(out_dir)
     except OSError as e:
         where = Path(e.filename).parent if e.filename else out_dir.absolute().parent  # not the hidden temp name
+        reason = e.strerror or str(e)
+        if e.errno == errno.ENOENT and where.is_dir():  # /proc and the like: there, but no new folders in it
+            reason = f"the system lets no folder be made there: {reason}"
         raise UsageError(f"cannot write the package to {out_dir}: cannot make a folder in {where} "
-                         f"({e.strerror or e})") from e
+                         f"({reason})") from e
     work = staging / ".work"
     work.mkdir()
     try:

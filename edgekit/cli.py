@@ -70,7 +70,7 @@ def _parser(json_errors: bool = False) -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto",
                         help="auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE (default auto)")
         sp.add_argument("--precision", default=None,
-                        help="stored (default) | fp16 | bf16 | any: reduced precision only when asked")
+                        help="stored (default) | fp32 | fp16 | bf16 | any: reduced precision only when asked")
         sp.add_argument("--strict", action="store_true", help="fail instead of falling back")
 
     i = add("info", "Show a model's format, versions, size, inputs, outputs and metadata.")
@@ -518,7 +518,7 @@ def cmd_bench(args) -> int:
         probe = load(targets[0][0], device=targets[0][1], verify=False)
         feeds = _read_inputs(args.input, probe.inputs)
         probe.close()
-    rows, failures, input_errors = [], [], []
+    rows, failures, skipped, input_errors = [], [], [], []
     ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
     sizes = {}
     if feeds is None:
@@ -539,6 +539,9 @@ def cmd_bench(args) -> int:
                          warmup=args.warmup, inputs=feeds, sizes=sizes.get(path))
             try:
                 rows.append(fut.result())
+            except DeviceNotAvailableError as e:  # it cannot meet the precision asked: passed over, as load does
+                skipped.append({"device": spec, "artifact": Path(path).name, "reason": str(e)})
+                print(f"  skipped: {e}", file=sys.stderr)
             except Exception as e:  # reported as a row, whatever the child died of
                 message = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
                 failures.append({"device": spec, "artifact": Path(path).name, "error": message})
@@ -549,7 +552,7 @@ def cmd_bench(args) -> int:
         raise input_errors[0]  # the --input given fits no candidate: a bad input (exit 2), as for run
     if args.json:
         _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,
-                    "results": rows, "failures": failures})
+                    "results": rows, "failures": failures, "skipped": skipped})
     else:
         header = ["device", "artifact", "precision", "load ms", "first ms", "p50 ms", "p90 ms",
                   "p99 ms", "per s", "peak RSS MB"]
@@ -560,7 +563,9 @@ def cmd_bench(args) -> int:
         print(_table(table, header))
         for f in failures:
             print(f"{f['device']} {f['artifact']}: failed: {f['error']}")
-    return 1 if failures and not rows else 0
+        for f in skipped:
+            print(f"{f['device']} {f['artifact']}: skipped: {f['reason']}")
+    return 1 if not rows else 0
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ def add_parsers(add) -> None:
     p.add_argument("--device", default="auto",
                    help="auto | fastest | cpu | gpu | npu | tpu | BACKEND | BACKEND:DEVICE (default auto)")
     p.add_argument("--precision", default=None,
-                   help="stored (default) | fp16 | bf16 | any: reduced precision only when asked")
+                   help="stored (default) | fp32 | fp16 | bf16 | any: reduced precision only when asked")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back")
 
     add("demo", "Build the samples if needed, then classify an image, embed text and find speech.")

@@ -429,7 +429,8 @@ def load(path: str | Path, device: str = "auto", *, precision: str | Precision |
         path: a .onnx, .xml (+ .bin) or .tflite file, or a package folder with edgekit.json.
         device: "auto", "fastest", "cpu", "gpu", "npu", "tpu", a backend name
             ("onnxruntime", "openvino", "litert") or "backend:device" ("openvino:CPU").
-        precision: "stored" (default: the precision the model was stored in), or
+        precision: "stored" (default: the precision the model was stored in), "fp32" (the
+            same, on files stored in fp32 only: a package's int8 and fp16 files are passed over),
             "fp16"/"bf16" to compute in reduced precision where the device can, or
             "any" to let each runtime use its own default.
         strict: raise on the first candidate that fails instead of falling back.

@@ -196,10 +196,15 @@ def build_candidates(source: Source, policy: Policy) -> tuple[list[Candidate], l
     return [c for _, c in ranked], skipped
 
 
+def _named(a: Attempt) -> str:
+    """An attempt's reason after its backend:device, unless the reason names it already."""
+    return a.reason if a.reason.startswith(a.spec) else f"{a.spec}: {a.reason}"
+
+
 def _unmet(policy: Policy, skipped: list[Attempt]) -> DeviceNotAvailableError:
     if skipped:
         # one line per device and reason, not per artifact (a package of 9 gave the same one 9 times)
-        why = "; ".join(dict.fromkeys(f"{a.spec}: {a.reason}" for a in skipped))
+        why = "; ".join(dict.fromkeys(_named(a) for a in skipped))
         return DeviceNotAvailableError(f"device {policy.text!r} is not available here ({why})")
     known = ", ".join(d.spec for d in backends.all_devices() if d.available)
     return DeviceNotAvailableError(f"no device matches {policy.text!r}; available: {known} "
@@ -230,8 +235,12 @@ class _Opener:
                 self.bad_artifacts[art.path] = e
                 raise
             self.checked.add(art.path)
+        asked = _asked_of(cand, self.precision)
+        if asked is None and self.precision is Precision.FP32:
+            raise DeviceNotAvailableError(f"{art.path.name} is stored in {_stored_precision(art)}; "
+                                          f"precision 'fp32' runs files stored in fp32")
         backend = backends.get(cand.backend)
-        session = backend.open(art.path, art.format, cand.device, _asked_of(cand, self.precision) or self.precision,
+        session = backend.open(art.path, art.format, cand.device, asked or self.precision,
                                concurrency=self.concurrency)
         if self.verify if verify is None else verify:
             try:
@@ -309,16 +318,22 @@ def _sizes(shapes: dict) -> str:
 
 def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
     """The precision to open ``cand`` at, or None where it cannot meet ``precision``. ONNX Runtime and
-    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored."""
+    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored. "fp32"
+    is a file stored in fp32 (or not known otherwise), run as stored on every runtime."""
+    if precision is Precision.FP32:
+        return Precision.STORED if _stored_precision(cand.artifact) in (None, "fp32") else None
     if precision is not Precision.FP16 or getattr(backends.get(cand.backend), "sets_precision", True):
         return precision
-    return Precision.STORED if _stored_fp16(cand.artifact) else None
+    return Precision.STORED if _stored_precision(cand.artifact) == "fp16" else None
 
 
 def _passed_over(cand: Candidate, precision: Precision) -> str | None:
     """Why a package's file is not one to open for ``precision``, or None."""
     stored = cand.artifact.precision
-    if _asked_of(cand, precision) is None:  # fp32 and int8 asked for fp16, on a runtime that runs them as stored
+    if _asked_of(cand, precision) is None:
+        if precision is Precision.FP32:
+            return f"stored in {stored}; fp32 asks for a file stored in fp32"
+        # fp32 and int8 asked for fp16, on a runtime that runs them as stored
         return f"stored in {stored}; {cand.backend} runs a model at the precision it was stored in"
     # fp16 or bf16 asks for a float model at reduced precision. An int8 file would answer with int8's
     # accuracy on OpenVINO (the image sample's int8 IR at f16: cosine 0.993 to fp32, against 0.999996
@@ -328,13 +343,16 @@ def _passed_over(cand: Candidate, precision: Precision) -> str | None:
     return None
 
 
-def _stored_fp16(art: Artifact) -> bool:
-    """Whether ``art`` is stored in fp16, as its package says or, for a lone file, its card."""
+def _stored_precision(art: Artifact) -> str | None:
+    """What ``art`` is stored in ("fp32", "fp16", "int8", ...) as its package says or, for a lone file,
+    its card; None where neither says."""
     if art.precision != "stored":
-        return art.precision == "fp16"
+        return art.precision
     entries = formats.read_card(art.path, art.format).get("artifacts")
-    return isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict) \
-        and entries[0].get("precision") == "fp16"
+    if isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict):
+        said = entries[0].get("precision")
+        return said if isinstance(said, str) else None
+    return None
 
 
 def lone_file_warmup(path: Path, fmt: Format) -> dict | None:
@@ -461,7 +479,7 @@ def _none_opened(path: Path, policy: str, selection: Selection) -> EdgekitError:
     """Nothing opened: DeviceNotAvailableError when no candidate could meet the request (each was
     passed over, as for a precision it cannot run), else NoCandidateError (they failed)."""
     if not any(a.status == "failed" for a in selection.attempts):
-        why = "; ".join(dict.fromkeys(f"{a.spec}: {a.reason}" for a in selection.attempts if a.status == "skipped"))
+        why = "; ".join(dict.fromkeys(_named(a) for a in selection.attempts if a.status == "skipped"))
         return DeviceNotAvailableError(f"{path}: device {policy!r} at precision {selection.precision} is not "
                                        f"available here ({why})")
     return NoCandidateError(f"{path}: no candidate could run it for device={policy!r}:\n{selection}", selection)

@@ -30,11 +30,13 @@ class Precision(str, enum.Enum):
 
     ``STORED`` (the default) runs the model at the precision its weights were
     stored in; runtimes that would silently reduce it (OpenVINO's bf16 on CPUs with
-    AVX512-BF16/AMX, fp16 on its GPU plugin) are told not to. ``ANY`` lets each
-    runtime use its own default, reduced precision included.
+    AVX512-BF16/AMX, fp16 on its GPU plugin) are told not to. ``FP32`` is that, on
+    files stored in fp32 only (a package's int8 and fp16 files are passed over). ``ANY``
+    lets each runtime use its own default, reduced precision included.
     """
 
     STORED = "stored"
+    FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
     ANY = "any"
@@ -45,8 +47,7 @@ class Precision(str, enum.Enum):
             return cls.STORED
         if isinstance(value, Precision):
             return value
-        aliases = {"fp32": "stored", "f32": "stored", "float32": "stored", "f16": "fp16",
-                   "float16": "fp16", "bfloat16": "bf16"}
+        aliases = {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16": "fp16", "bfloat16": "bf16"}
         if not isinstance(value, str):
             from .errors import UsageError
 

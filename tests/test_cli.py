@@ -525,8 +525,29 @@ def test_bench_all_devices_with_an_unknown_precision_is_one_usage_error(models, 
     for model in (_mlp_package(models, tmp_path / "pkg"), models["mlp.onnx"]):
         out = run_cli("bench", str(model), "--all-devices", "--precision", "bogus", "--runs", "2", "--json")
         assert out.returncode == 2, out.stderr
-        assert json.loads(out.stdout)["error"] == "unknown precision 'bogus'; choose one of: stored, fp16, bf16, any"
+        assert json.loads(out.stdout)["error"] == \
+            "unknown precision 'bogus'; choose one of: stored, fp32, fp16, bf16, any"
         assert "[1/" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_bench_all_devices_lists_files_that_cannot_meet_the_precision_as_skipped(samples, tmp_path):
+    """As load's selection does: they were "failed" rows beside the timed ones."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    manifest = json.loads((samples["image"] / "edgekit.json").read_text())
+    keep = ("model-fp32.onnx", "model-int8.onnx")
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] in keep]
+    for name in keep:
+        shutil.copy(samples["image"] / name, pkg / name)
+    (pkg / "edgekit.json").write_text(json.dumps(manifest))
+    out = run_cli("bench", str(pkg), "--all-devices", "--precision", "fp32", "--runs", "2", "--warmup", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["failures"] == [] and {r["artifact"] for r in doc["results"]} == {"model-fp32.onnx"}, doc
+    assert doc["skipped"] and all(s["artifact"] == "model-int8.onnx" and "stored in int8" in s["reason"]
+                                  for s in doc["skipped"]), doc
+    text = run_cli("bench", str(pkg), "--all-devices", "--precision", "fp32", "--runs", "2", "--warmup", "0")
+    assert text.returncode == 0 and "model-int8.onnx: skipped: " in text.stdout and "failed" not in text.stdout
 
 
 def test_samples_build_refuses_an_empty_only_or_out(tmp_path):

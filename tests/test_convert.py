@@ -1113,8 +1113,10 @@ def test_out_must_be_new_empty_or_a_package(cnn_onnx, tmp_path, monkeypatch):
             convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out=out)
     assert (docs / "notes.txt").read_text() == "mine" and afile.read_text() == "mine too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "here", "link", "mydocs"]  # no staging folder
-    with pytest.raises(UsageError, match=r"to /proc/edgekit-pkg: cannot make a folder in /proc \("):  # said
-        convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out="/proc/edgekit-pkg")  # "No such file or directory"
+    # the OS says "No such file or directory" of a folder that is there: the message says what it means
+    with pytest.raises(UsageError, match=r"to /proc/edgekit-pkg: cannot make a folder in /proc \(the system lets "
+                                         r"no folder be made there: No such file or directory\)"):
+        convert(cnn_onnx, to=["onnx"], precisions=["fp32"], out="/proc/edgekit-pkg")
     monkeypatch.undo()
     r = run_cli("convert", str(cnn_onnx), "--to", "onnx", "--precision", "fp32", "--out", str(docs))
     assert r.returncode == 2 and "not an edgekit package" in r.stderr and "Traceback" not in r.stderr

@@ -10,7 +10,7 @@ from fault_backend import FaultBackend
 
 import edgekit
 from edgekit import backends
-from edgekit.types import DeviceKind
+from edgekit.types import DeviceKind, Precision
 
 X = np.ones((2, 8), np.float32)
 
@@ -282,6 +282,28 @@ def test_fp16_or_bf16_of_a_package_runs_a_float_file(samples, precision, device,
         passed_over = [a for a in m.selection.attempts if a.artifact and "int8" in a.artifact
                        and a.status == "skipped" and a.device == "CPU"]
         assert passed_over and all("int8" in a.reason for a in passed_over), m.selection
+
+
+@pytest.mark.parametrize("device", ["auto", "fastest", "onnxruntime", "openvino", "litert"])
+def test_fp32_of_a_package_runs_its_fp32_file(samples, device, tmp_path, monkeypatch):
+    """precision="fp32" was an alias of "stored", so it could run a package's int8 or fp16 file and
+    m.selection said "stored". It runs a file stored in fp32, computed as stored (f32), and says so."""
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    with edgekit.load(samples["image"], device=device, precision="fp32") as m:
+        assert m.path.name.startswith("model-fp32") and m.precision in ("f32", "as stored"), m.selection
+        assert m.selection.precision == "fp32"
+        passed_over = [a for a in m.selection.attempts if a.status == "skipped" and a.artifact
+                       and not a.artifact.startswith("model-fp32")]
+        assert passed_over and all("asks for a file stored in fp32" in a.reason for a in passed_over), m.selection
+    assert Precision.parse("F32") is Precision.parse("float32") is Precision.FP32
+
+
+def test_fp32_of_a_file_stored_otherwise_is_refused_on_every_runtime(samples):
+    """A lone file whose card says int8 or fp16 is not run for precision="fp32" (OpenVINO would have
+    opened the int8 IR at f32 where ONNX Runtime refused it)."""
+    for name in ("model-int8.xml", "model-int8.onnx", "model-fp16.tflite"):
+        with pytest.raises(edgekit.DeviceNotAvailableError, match=rf"{name} is stored in (int8|fp16)"):
+            edgekit.load(samples["image"] / name, device="cpu", precision="fp32", strict=True)
 
 
 def test_load_of_something_that_is_not_a_path_is_a_usage_error():
