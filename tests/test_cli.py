@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -209,7 +210,6 @@ def test_help_lists_commands():
 
 
 def test_info_and_run_on_a_package(models, tmp_path):
-    import shutil
 
     from edgekit import formats
 
@@ -260,7 +260,6 @@ def test_sigterm_ends_bench_and_its_child_process(models):
 
 
 def test_bench_all_devices_leaves_out_an_artifact_that_fails_its_checksum(models, tmp_path):
-    import shutil
 
     from edgekit import formats
 
@@ -508,7 +507,6 @@ def test_bench_all_devices_of_a_corrupt_file_is_one_bad_file_error(tmp_path):
 
 
 def _mlp_package(models, folder):
-    import shutil
 
     from edgekit import formats
 
@@ -583,7 +581,6 @@ def test_run_refuses_an_empty_out(models):
 def test_an_unreadable_manifest_is_said_to_be_unreadable(models, tmp_path):
     """A package whose edgekit.json cannot be read was "not valid JSON ([Errno 13] Permission denied: ...)";
     a model file says "cannot be read (Permission denied)", and so does it now."""
-    import shutil
     import subprocess
     import sys
 
@@ -614,4 +611,4 @@ def test_predict_help_describes_every_argument():
     assert "or a model file edgekit converted, which carries its package's card" in out.stdout, out.stdout
     assert re.search(r"--device DEVICE +auto \| fastest \| cpu \| gpu \| npu \| tpu \| BACKEND \| BACKEND:DEVICE",
                      out.stdout), out.stdout
-    assert re.search(r"--precision PRECISION\s+stored \(default\) \| fp16 \| bf16 \| any", out.stdout), out.stdout
+    assert re.search(r"--precision PRECISION\s+stored \(default\) \| fp32 \| fp16 \| bf16 \| any", out.stdout), out.stdout
