@@ -546,10 +546,12 @@ def report(doc: dict) -> None:
           f"{doc['device']} ({doc['precision']}); {doc['cpu']}, {doc['cores']} cores ({where}); "
           f"servers: --access-log off\n")
     print("Latency, 1 client, batch 1, tritonclient.http binary tensors, ms:\n")
-    md(["server", "calls", "in-process p50 / p99", "server p50 / p99", "added p50 / p99"],
+    md(["server", "calls", "in-process p50 / p99", "server p50 / p99", "added p50 / p99",
+        "added p50 / p99, http.client"],
        [[n, r["calls"], f"{r['in_process']['p50_ms']:.2f} / {r['in_process']['p99_ms']:.2f}",
          f"{r['server']['p50_ms']:.2f} / {r['server']['p99_ms']:.2f}",
-         f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f}"] for n, r in doc["latency"].items()])
+         f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f}",
+         f"{r['raw_added_p50_ms']:+.2f} / {r['raw_added_p99_ms']:+.2f}"] for n, r in doc["latency"].items()])
     r = doc["latency"]["off"]
     if "floor" in r:
         print("\nWhere the added time goes (no batching; the same binary request, p50 / p99 ms; the floors are a bare "
