@@ -58,6 +58,22 @@ def test_openvino_runs_at_stored_precision_unless_told(models):
         assert reduced.precision == "bf16"
 
 
+def test_openvino_says_the_precision_its_layers_ran_at(samples):
+    """Asked for bf16, the CPU plugin keeps every float layer of the image sample's int8 IR at f32
+    (its outputs equal the f32 run's); m.precision said "bf16" all the same. MiniLM's int8 IR and
+    the image sample's fp32 IR do run layers at bf16."""
+    caps = next(d for d in edgekit.devices() if d.spec == "openvino:CPU").capabilities
+    cases = [(samples["image"] / "model-int8.xml", "f32"), (samples["text"] / "model-int8.xml", "bf16"),
+             (samples["image"] / "model-fp32.xml", "bf16")]
+    for path, ran in cases:
+        if "BF16" not in caps:  # nothing to say it of: the request itself is refused
+            with pytest.raises(edgekit.DeviceNotAvailableError, match="cannot compute in bf16"):
+                edgekit.load(path, device="openvino:CPU", precision="bf16")
+            continue
+        with edgekit.load(path, device="openvino:CPU", precision="bf16") as m:
+            assert m.precision == ran == m.selection.chosen.precision, (path, m.precision)
+
+
 def test_reduced_precision_is_refused_where_a_runtime_cannot_do_it(models):
     """A request no candidate can meet is the caller's (DeviceNotAvailableError, exit 2 in the CLI),
     not a runtime failure (NoCandidateError, exit 1)."""
