@@ -213,19 +213,32 @@ def synthetic_inputs(specs: list[TensorSpec], *, dynamic: int = 1, seed: int = 0
     return feeds
 
 
-def targets(path, problems: list[str] | None = None) -> list[tuple[Path, str]]:
+def targets(path, problems: list[str] | None = None, *, precision=None,
+            skipped: list[dict] | None = None) -> list[tuple[Path, str]]:
     """Every (file, "backend:device") that can run ``path``, best-ranked first: each artifact of a
     package as a lone file (its checksum verified here), on every available device that reads it.
 
     A package's artifact that fails verification (checksum, damaged or missing file) is left out,
-    with a warning and a line in ``problems``: the others can still be measured.
+    with a warning and a line in ``problems``: the others can still be measured. With a
+    ``precision``, a package's files that load would pass over for it are left out too, each
+    (device, artifact, reason) in ``skipped``: the package says what a file is stored in.
     """
     from . import package
     from .errors import ModelFileError
-    from .selection import build_candidates, parse_policy, resolve_source
+    from .selection import build_candidates, parse_policy, passed_over, resolve_source
 
     source = resolve_source(path)
     cands, _ = build_candidates(source, parse_policy("auto"))
+    if source.package is not None and precision is not None:
+        keep = []
+        for c in cands:
+            why = passed_over(c, precision)
+            if why is None:
+                keep.append(c)
+            elif skipped is not None:
+                skipped.append({"device": f"{c.backend}:{c.device.id}", "artifact": c.artifact.path.name,
+                                "reason": why})
+        cands = keep
     if source.package is not None:
         bad = set()
         for artifact in {c.artifact.path: c.artifact for c in cands}.values():

@@ -495,7 +495,8 @@ def cmd_bench(args) -> int:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     if args.all_devices and args.device != "auto":
         raise UsageError("give either --device or --all-devices, not both")
-    Precision.parse(args.precision)  # an unknown one is one usage error, not a failed row per device
+    precision = Precision.parse(args.precision)  # an unknown one is one usage error, not a failed row per device
+    rows, failures, skipped, input_errors = [], [], [], []
     if args.all_devices:
         if not Path(args.model).is_dir():
             # A lone file is opened here first, as it is without --all-devices: a corrupt one is one
@@ -505,9 +506,10 @@ def cmd_bench(args) -> int:
                 load(args.model, precision=args.precision, strict=True, verify=True, cache=False).close()
             except BackendError:
                 pass  # a runtime's own failure: each device's row says what it met
-        targets = [(str(path), spec) for path, spec in bench_targets(args.model)]
+        targets = [(str(path), spec) for path, spec in bench_targets(args.model, precision=precision, skipped=skipped)]
         if not targets:
-            raise DeviceNotAvailableError(f"{args.model}: no usable device can run it (see `edgekit devices`)")
+            raise _none_can(args.model, precision, skipped) if skipped else DeviceNotAvailableError(
+                f"{args.model}: no usable device can run it (see `edgekit devices`)")
     else:
         m = load(args.model, device=args.device, precision=args.precision, strict=args.strict,
                  verify=True)
@@ -518,7 +520,6 @@ def cmd_bench(args) -> int:
         probe = load(targets[0][0], device=targets[0][1], verify=False)
         feeds = _read_inputs(args.input, probe.inputs)
         probe.close()
-    rows, failures, skipped, input_errors = [], [], [], []
     ctx = mp.get_context("spawn")  # a fresh process per candidate: its own peak RSS, no cross-talk
     sizes = {}
     if feeds is None:
@@ -550,6 +551,8 @@ def cmd_bench(args) -> int:
                     input_errors.append(e)
     if args.input and input_errors and not rows and len(input_errors) == len(failures):
         raise input_errors[0]  # the --input given fits no candidate: a bad input (exit 2), as for run
+    if skipped and not rows and not failures:  # none could meet the precision: the caller's, as load says it
+        raise _none_can(args.model, precision, skipped)
     if args.json:
         _emit_json({"model": str(args.model), "runs": args.runs, "warmup": args.warmup,
                     "results": rows, "failures": failures, "skipped": skipped})
@@ -566,6 +569,11 @@ def cmd_bench(args) -> int:
         for f in skipped:
             print(f"{f['device']} {f['artifact']}: skipped: {f['reason']}")
     return 1 if not rows else 0
+
+
+def _none_can(model, precision, skipped: list[dict]) -> DeviceNotAvailableError:
+    why = "; ".join(dict.fromkeys(f"{s['artifact']} on {s['device']}: {s['reason']}" for s in skipped))
+    return DeviceNotAvailableError(f"{model}: nothing in it can run at precision {precision.value} ({why})")
 
 
 @contextlib.contextmanager

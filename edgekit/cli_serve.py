@@ -29,7 +29,8 @@ def add_parsers(add) -> None:
                    help="dynamic batching: how long a request may wait for others (default 2)")
     s.add_argument("--instances", type=int, default=1,
                    help="runs of each model version at the same time (default 1: each run gets every core, for "
-                        "the lowest latency; N splits the cores N ways, for throughput with many clients)")
+                        "the lowest latency; N splits the cores N ways, for throughput with many clients, and on a "
+                        "CPU keeps a second copy of the model with every core for a request that comes alone)")
     s.add_argument("--poll-interval", type=float, default=2.0,
                    help="seconds between repository scans for new versions (default 2; 0: only the repository API)")
     s.add_argument("--keep-alive-s", type=float, metavar="S",

@@ -266,7 +266,8 @@ class Model:
         """The same file on the same device and at the same precision, opened again as a second
         Model for ``concurrency`` runs at once (see :func:`load`). The server keeps such a copy with
         every core for a request that arrives alone at a model it loaded for several runs at once.
-        Nothing is chosen again: it opens as this one did, or raises."""
+        Nothing is chosen again, and nothing is checked again (its checksum, a first inference): it
+        opens as this one did, or raises."""
         from .selection import open_again
 
         opened = self._opened_as

@@ -228,6 +228,10 @@ class _Opener:
         art = cand.artifact
         if art.path in self.bad_artifacts:
             raise self.bad_artifacts[art.path]
+        asked = _asked_of(cand, self.precision)
+        if asked is None and self.precision is Precision.FP32:  # before its checksum: no file is read for it
+            raise DeviceNotAvailableError(f"{art.path.name} is stored in {_stored_precision(art)}; "
+                                          f"precision 'fp32' runs files stored in fp32")
         if self.source.package is not None and art.path not in self.checked:
             try:
                 package.verify(art)
@@ -235,10 +239,6 @@ class _Opener:
                 self.bad_artifacts[art.path] = e
                 raise
             self.checked.add(art.path)
-        asked = _asked_of(cand, self.precision)
-        if asked is None and self.precision is Precision.FP32:
-            raise DeviceNotAvailableError(f"{art.path.name} is stored in {_stored_precision(art)}; "
-                                          f"precision 'fp32' runs files stored in fp32")
         backend = backends.get(cand.backend)
         session = backend.open(art.path, art.format, cand.device, asked or self.precision,
                                concurrency=self.concurrency)
@@ -327,7 +327,7 @@ def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
     return Precision.STORED if _stored_precision(cand.artifact) == "fp16" else None
 
 
-def _passed_over(cand: Candidate, precision: Precision) -> str | None:
+def passed_over(cand: Candidate, precision: Precision) -> str | None:
     """Why a package's file is not one to open for ``precision``, or None."""
     stored = cand.artifact.precision
     if _asked_of(cand, precision) is None:
@@ -376,7 +376,7 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
     if source.package is not None:
         # A package's files that cannot meet the precision are passed over as such, not as failures to
         # fall back from (unless that would leave none, where the refusals say why).
-        reasons = [_passed_over(c, precision) for c in candidates]
+        reasons = [passed_over(c, precision) for c in candidates]
         if any(reasons) and not all(reasons):
             skipped += [c.attempt("skipped", why, show_artifact=True) for c, why in zip(candidates, reasons) if why]
             candidates = [c for c, why in zip(candidates, reasons) if not why]
@@ -399,9 +399,11 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
 
 
 def open_again(source: Source, cand: Candidate, precision: Precision, concurrency: int):
-    """The session of a candidate chosen before, opened once more (for another ``concurrency``) and
-    verified as it was the first time."""
-    return _Opener(source, precision, True, concurrency).open(cand)
+    """The session of a candidate chosen before, opened once more (for another ``concurrency``):
+    its file's checksum and first inference were checked the first time."""
+    opener = _Opener(source, precision, False, concurrency)
+    opener.checked.add(cand.artifact.path)
+    return opener.open(cand)
 
 
 def _try(cand: Candidate, opener: _Opener, selection: Selection, show: bool, strict: bool,

@@ -546,6 +546,13 @@ def test_bench_all_devices_lists_files_that_cannot_meet_the_precision_as_skipped
                                   for s in doc["skipped"]), doc
     text = run_cli("bench", str(pkg), "--all-devices", "--precision", "fp32", "--runs", "2", "--warmup", "0")
     assert text.returncode == 0 and "model-int8.onnx: skipped: " in text.stdout and "failed" not in text.stdout
+    # nothing left to time: the caller's request cannot be met (exit 2, as load says it), no worker started
+    (pkg / "edgekit.json").write_text(json.dumps({**manifest, "artifacts": [
+        a for a in manifest["artifacts"] if a["path"] == "model-int8.onnx"]}))
+    none = run_cli("bench", str(pkg), "--all-devices", "--precision", "fp32", "--runs", "2", "--json")
+    assert none.returncode == 2 and "[1/" not in none.stderr and "Traceback" not in none.stderr, none.stderr
+    assert json.loads(none.stdout)["error"].startswith(f"{pkg}: nothing in it can run at precision fp32 "
+                                                       f"(model-int8.onnx on "), none.stdout
 
 
 def test_samples_build_refuses_an_empty_only_or_out(tmp_path):
@@ -611,4 +618,5 @@ def test_predict_help_describes_every_argument():
     assert "or a model file edgekit converted, which carries its package's card" in out.stdout, out.stdout
     assert re.search(r"--device DEVICE +auto \| fastest \| cpu \| gpu \| npu \| tpu \| BACKEND \| BACKEND:DEVICE",
                      out.stdout), out.stdout
-    assert re.search(r"--precision PRECISION\s+stored \(default\) \| fp32 \| fp16 \| bf16 \| any", out.stdout), out.stdout
+    assert re.search(r"--precision PRECISION\s+stored \(default\) \| fp32 \| fp16 \| bf16 \| any",
+                     out.stdout), out.stdout

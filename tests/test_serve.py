@@ -1427,8 +1427,9 @@ def test_a_lone_request_runs_on_the_copy_with_every_core(models, name, batching)
         try:
             await send()  # alone
             first = asyncio.ensure_future(send())
-            while len(ran) < 2:  # running, and held until the next has started
-                await asyncio.sleep(0.001)
+            async with asyncio.timeout(30):
+                while len(ran) < 2:  # running, and held until the next has started
+                    await asyncio.sleep(0.001)
             await send()  # beside it
             await first
             await send()  # alone again
@@ -1437,6 +1438,51 @@ def test_a_lone_request_runs_on_the_copy_with_every_core(models, name, batching)
 
     asyncio.run(main())
     assert ran == [solo, solo, model, solo], ran
+    for copy in (model, solo):  # closed with the runner, both
+        with pytest.raises(edgekit.EdgekitError, match="this model was closed"):
+            copy.run({"x": x})
+
+
+def test_a_run_whose_request_is_cancelled_counts_until_it_ends(models):
+    """The worker goes on with a run whose request was cancelled (a client gone, a shutdown): the
+    copy with every core stays taken until it ends, not until the request is gone."""
+    import asyncio
+
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.runner import Runner
+
+    model = edgekit.load(models["mlp.onnx"], device="cpu", concurrency=2)
+    solo = model.reopen()
+    x = np.ones((1, 8), np.float32)
+    ran, release = [], threading.Event()
+
+    def run(copy, arrays):
+        ran.append(copy)
+        if len(ran) == 1:
+            assert release.wait(30)
+        return copy.run(arrays)
+
+    async def main():
+        runner = Runner(model, name="mlp", version=1, metrics=Metrics(), instances=2, solo=solo)
+        try:
+            held = asyncio.ensure_future(runner.call(run, {"x": x}))
+            async with asyncio.timeout(30):
+                while not ran:
+                    await asyncio.sleep(0.001)
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+            await runner.call(run, {"x": x})  # the first run still holds the copy with every core
+            release.set()
+            async with asyncio.timeout(30):
+                while runner._running:  # counted off once the worker is done with it
+                    await asyncio.sleep(0.001)
+            await runner.call(run, {"x": x})
+        finally:
+            release.set()
+            await runner.close()
+
+    asyncio.run(main())
+    assert ran == [solo, model, solo], ran
 
 
 def test_no_copy_for_a_lone_request_is_opened_on_an_accelerator(models):
@@ -1458,9 +1504,9 @@ def test_no_copy_for_a_lone_request_is_opened_on_an_accelerator(models):
     on_cpu = edgekit.load(models["mlp.onnx"], device="onnxruntime:cpu", concurrency=2)
     served, entry = manager.models["mlp"], None
     try:
-        assert asyncio.run(manager._solo(on_gpu, served, entry)) is None
+        assert asyncio.run(manager._solo(on_gpu, served, entry, 1)) is None
         assert fake.opened == ["GPU0"]  # opened once, by load
-        solo = asyncio.run(manager._solo(on_cpu, served, entry))
+        solo = asyncio.run(manager._solo(on_cpu, served, entry, 1))
         assert solo is not None and (solo.backend, solo.device) == ("onnxruntime", "CPUExecutionProvider")
         solo.close()
     finally:

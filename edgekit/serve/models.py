@@ -388,15 +388,13 @@ class ModelManager:
             if old is None or old.state != READY:
                 m.versions[e.version] = Version(m.name, e.version, e.path, UNAVAILABLE, reason, e.signature)
             return reason
-        solo = await self._solo(model, m, e) if instances > 1 else None
         why_not = can_batch(model) if batching else None
         # Batch 1 ran in load()'s first-inference check; the larger batches run here, before the
         # version is published, so that no request waits out a first run's compilation.
         sizes = range(2, (batching.max_batch_size if batching and not why_not else 1) + 1)
         warmed = time.perf_counter()
         largest, failed = await asyncio.to_thread(warm_up, model, sizes, warmup_sizes(model))
-        if solo is not None and failed is None and largest > 1:
-            await asyncio.to_thread(warm_up, solo, range(2, largest + 1), warmup_sizes(model))
+        solo = await self._solo(model, m, e, max(largest, 1)) if instances > 1 else None
         warmed = time.perf_counter() - warmed
         largest = max(largest, 1)
         if failed is not None:
@@ -425,19 +423,27 @@ class ModelManager:
         return None
 
     @staticmethod
-    async def _solo(model: Model, m: ServedModel, e: VersionEntry) -> Model | None:
-        """``model`` opened again for one run at a time on every core (see runner.Runner), where it
-        runs on a CPU; None elsewhere (an accelerator runs one inference at a time its own way) or
-        when that fails, which leaves the version serving as it is."""
+    async def _solo(model: Model, m: ServedModel, e: VersionEntry, largest: int) -> Model | None:
+        """``model`` opened again for one run at a time on every core (see runner.Runner) and warmed
+        up at batch sizes 1 to ``largest``, where it runs on a CPU; None elsewhere (an accelerator runs
+        one inference at a time its own way) or when that fails, which leaves the version serving as
+        it is."""
         chosen = model.selection.chosen
         if chosen is None or chosen.kind is not DeviceKind.CPU:
             return None
         try:
-            return await asyncio.to_thread(model.reopen, 1)
+            solo = await asyncio.to_thread(model.reopen, 1)
         except Exception as exc:
-            log.warning("%s version %d: a lone request shares the cores like the others (opening a copy "
-                        "with every core failed: %s)", m.name, e.version, exc)
-            return None
+            why = str(exc)
+        else:
+            _, failed = await asyncio.to_thread(warm_up, solo, range(1, largest + 1), warmup_sizes(model))
+            if failed is None:
+                return solo
+            await asyncio.to_thread(solo.close)
+            why = f"a run at batch {failed[0]} failed ({failed[1]})"
+        log.warning("%s version %d: a lone request shares the cores like the others (its copy with every "
+                    "core: %s)", m.name, e.version, why)
+        return None
 
     @staticmethod
     def _loaded_labels(v: Version) -> tuple:

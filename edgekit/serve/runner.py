@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ class Runner:
                  batching: Batching | None = None, solo: Model | None = None) -> None:
         self.model = model
         self.solo = solo  # ``model`` opened for one run with every core, for a request that comes alone
-        self._running = 0  # runs handed to the workers and not yet done (counted on the event loop)
+        self._running = 0  # runs handed to the workers and not yet finished there (kept on the event loop)
         self.labels = (name, str(version))
         # This version's series, looked up once rather than on every request.
         self._in_flight = metrics.in_flight.labels(*self.labels)
@@ -160,19 +161,28 @@ class Runner:
 
     async def call(self, fn: Callable, *args, rows: int = 1):
         """Run ``fn(model, *args)`` (``rows`` inferences) on one of this model's workers (under
-        :meth:`hold`), ``model`` being the copy to run (:meth:`_pick`); task endpoints use it."""
+        :meth:`hold`), ``model`` being the copy to run (:meth:`_submit`); task endpoints use it."""
         enqueued = time.perf_counter()
-        model = self._pick()
-        self._running += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._timed, fn, (model, *args), enqueued, rows)
-        finally:
-            self._running -= 1
+        return await self._submit(lambda model: self._timed(fn, (model, *args), enqueued, rows))
 
-    def _pick(self) -> Model:
-        """The copy with every core when nothing else is running, else the one that shares them."""
-        return self.solo if self.solo is not None and self._running == 0 else self.model
+    def _submit(self, job: Callable[[Model], object]) -> asyncio.Future:
+        """``job(model)`` on a worker, ``model`` being the copy with every core when no other run is
+        going, else the one that shares them. A run counts until its worker is done with it, also
+        when the request that waits for it is cancelled."""
+        model = self.solo if self.solo is not None and self._running == 0 else self.model
+        loop = asyncio.get_running_loop()
+        done = self._pool.submit(job, model)
+        self._running += 1
+        done.add_done_callback(lambda _: self._ran(loop))
+        return asyncio.wrap_future(done)
+
+    def _ran(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the worker, as a run ends: count it off on the event loop (gone, if the server stopped)."""
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._count_off)
+
+    def _count_off(self) -> None:
+        self._running -= 1
 
     def _timed(self, fn: Callable, args: tuple, enqueued: float, rows: int):
         start = time.perf_counter()
@@ -189,7 +199,6 @@ class Runner:
 
     async def _batch_loop(self) -> None:
         assert self._queue is not None and self.batching is not None
-        loop = asyncio.get_running_loop()
         limit, delay = self.batching.max_batch_size, self.batching.max_queue_delay_ms / 1000
         carry: _Item | None = None  # a request that did not fit the last batch starts the next one
         while True:
@@ -218,14 +227,11 @@ class Runner:
             for item in batch:
                 self._queue_s.observe(start - item.enqueued)
             self._batch_size.observe(len(batch))
-            model = self._pick()
-            self._running += 1
             try:
-                results = await loop.run_in_executor(self._pool, self._run_batch, model, batch)
+                results = await self._submit(functools.partial(self._run_batch, batch=batch))
             except Exception as e:  # the pool itself failed: answer everyone rather than leave them waiting
                 results = [e] * len(batch)
             finally:
-                self._running -= 1
                 took = time.perf_counter() - start
                 self._compute_s.observe(took)
             answered = [item for item, result in zip(batch, results) if not isinstance(result, BaseException)]
@@ -275,8 +281,10 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
         await asyncio.to_thread(self._pool.shutdown, wait=True)  # a cancelled request's run may still be going
-        if before_model is not None:
-            before_model()
-        await asyncio.to_thread(self.model.close)
-        if self.solo is not None:
-            await asyncio.to_thread(self.solo.close)
+        try:
+            if before_model is not None:
+                before_model()
+            await asyncio.to_thread(self.model.close)
+        finally:
+            if self.solo is not None:
+                await asyncio.to_thread(self.solo.close)
