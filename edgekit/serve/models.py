@@ -394,8 +394,8 @@ class ModelManager:
         sizes = range(2, (batching.max_batch_size if batching and not why_not else 1) + 1)
         warmed = time.perf_counter()
         largest, failed = await asyncio.to_thread(warm_up, model, sizes, warmup_sizes(model))
-        solo = await self._solo(model, m, e, max(largest, 1)) if instances > 1 else None
         warmed = time.perf_counter() - warmed
+        solo = await self._solo(model, m, e, max(largest, 1)) if instances > 1 else None
         largest = max(largest, 1)
         if failed is not None:
             why_not = f"a run at batch {failed[0]} failed ({failed[1]})"
