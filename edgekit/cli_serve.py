@@ -25,8 +25,8 @@ def add_parsers(add) -> None:
     s.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
     s.add_argument("--max-batch-size", type=int, default=0,
                    help="dynamic batching: join concurrent requests into runs of up to this many rows (default off)")
-    s.add_argument("--max-queue-delay-ms", type=float, default=2.0,
-                   help="dynamic batching: how long a request may wait for others (default 2)")
+    s.add_argument("--max-queue-delay-ms", type=float, default=None,
+                   help="dynamic batching: how long a request may wait for others (default 2; with --max-batch-size)")
     s.add_argument("--instances", type=int, default=1,
                    help="runs of each model version at the same time (default 1: each run gets every core, for "
                         "the lowest latency; N splits the cores N ways, for throughput with many clients, and on a "
@@ -68,13 +68,13 @@ def cmd_serve(args, emit_json, table) -> int:
     from .serve.repository import MAX_INSTANCES, Batching
     from .serve.server import JsonLogFormatter
 
+    delay_ms = 2.0 if args.max_queue_delay_ms is None else args.max_queue_delay_ms
     checks = [("--port", args.port, 0 <= args.port <= 65535, "from 0 to 65535"),
               ("--instances", args.instances, 1 <= args.instances <= MAX_INSTANCES, f"from 1 to {MAX_INSTANCES}"),
               ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 0, "0 (off) or more"),
               ("--max-body-mb", args.max_body_mb, 1 / 1024 <= args.max_body_mb <= 1 << 20,
                "from 0.0009765625 (1 KiB) to 1048576"),
-              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0 <= args.max_queue_delay_ms <= 10_000,
-               "from 0 to 10000"),
+              ("--max-queue-delay-ms", delay_ms, 0 <= delay_ms <= 10_000, "from 0 to 10000"),
               ("--poll-interval", args.poll_interval, args.poll_interval == 0 or 0.05 <= args.poll_interval <= 86_400,
                "0 (off) or from 0.05 to 86400 seconds"),
               *[(flag, v, v is None or 0 < v <= 86_400, "over 0 and at most 86400 seconds")
@@ -82,6 +82,9 @@ def cmd_serve(args, emit_json, table) -> int:
     for flag, value, ok, what in checks:  # NaN fails every comparison, so it is refused too
         if not ok:
             raise UsageError(f"{flag} must be {what}, got {value}")
+    if args.max_queue_delay_ms is not None and not args.max_batch_size:  # it would be ignored without a word
+        raise UsageError("--max-queue-delay-ms is dynamic batching's: give --max-batch-size N too (a model's own "
+                         "config.json sets both for it)")
     parse_policy(args.device)  # an unknown device is a mistake to report now, not a server of unavailable models
     _serve_logging(args.access_log, JsonLogFormatter)
 
@@ -91,7 +94,7 @@ def cmd_serve(args, emit_json, table) -> int:
         else:
             print(f"edgekit serve: listening on {url} (Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
 
-    batching = Batching(args.max_batch_size, args.max_queue_delay_ms) if args.max_batch_size else None
+    batching = Batching(args.max_batch_size, delay_ms) if args.max_batch_size else None
     return serve(args.sources, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
                  allow_unauthenticated=args.allow_unauthenticated, max_body=int(args.max_body_mb * 1024 * 1024),
                  batching=batching, instances=args.instances, poll_interval=args.poll_interval,

@@ -318,13 +318,14 @@ def _sizes(shapes: dict) -> str:
 
 def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
     """The precision to open ``cand`` at, or None where it cannot meet ``precision``. ONNX Runtime and
-    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored. "fp32"
+    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored (and "bf16"
+    one stored in bf16, which no converter here writes). "fp32"
     is a file stored in fp32 (or not known otherwise), run as stored on every runtime."""
     if precision is Precision.FP32:
         return Precision.STORED if _stored_precision(cand.artifact) in (None, "fp32") else None
-    if precision is not Precision.FP16 or getattr(backends.get(cand.backend), "sets_precision", True):
+    if precision not in (Precision.FP16, Precision.BF16) or getattr(backends.get(cand.backend), "sets_precision", True):
         return precision
-    return Precision.STORED if _stored_precision(cand.artifact) == "fp16" else None
+    return Precision.STORED if _stored_precision(cand.artifact) == precision.value else None
 
 
 def passed_over(cand: Candidate, precision: Precision) -> str | None:
@@ -333,7 +334,7 @@ def passed_over(cand: Candidate, precision: Precision) -> str | None:
     if _asked_of(cand, precision) is None:
         if precision is Precision.FP32:
             return f"stored in {stored}; fp32 asks for a file stored in fp32"
-        # fp32 and int8 asked for fp16, on a runtime that runs them as stored
+        # fp32 and int8 asked for fp16 (or bf16), on a runtime that runs them as stored
         return f"stored in {stored}; {cand.backend} runs a model at the precision it was stored in"
     # fp16 or bf16 asks for a float model at reduced precision. An int8 file would answer with int8's
     # accuracy on OpenVINO (the image sample's int8 IR at f16: cosine 0.993 to fp32, against 0.999996
@@ -448,7 +449,7 @@ def _select_first(candidates, opener, selection, policy, strict, show):
     unchecked = _open_unchecked(candidates, opener, selection, show)
     if unchecked is not None:
         return unchecked
-    raise _none_opened(opener.source.path, policy.text, selection)
+    raise _none_opened(opener.source.path, policy.text, selection, candidates)
 
 
 def _open_unchecked(candidates, opener, selection, show):
@@ -477,11 +478,14 @@ def _open_unchecked(candidates, opener, selection, show):
     return None
 
 
-def _none_opened(path: Path, policy: str, selection: Selection) -> EdgekitError:
+def _none_opened(path: Path, policy: str, selection: Selection, tried: list[Candidate]) -> EdgekitError:
     """Nothing opened: DeviceNotAvailableError when no candidate could meet the request (each was
     passed over, as for a precision it cannot run), else NoCandidateError (they failed)."""
     if not any(a.status == "failed" for a in selection.attempts):
-        why = "; ".join(dict.fromkeys(_named(a) for a in selection.attempts if a.status == "skipped"))
+        # why the devices that could have run it did not; the ones not here (no GPU) say nothing of that
+        here = {f"{c.backend}:{c.device.id}" for c in tried}
+        skipped = [a for a in selection.attempts if a.status == "skipped"]
+        why = "; ".join(dict.fromkeys(_named(a) for a in [a for a in skipped if a.spec in here] or skipped))
         return DeviceNotAvailableError(f"{path}: device {policy!r} at precision {selection.precision} is not "
                                        f"available here ({why})")
     return NoCandidateError(f"{path}: no candidate could run it for device={policy!r}:\n{selection}", selection)
@@ -563,7 +567,7 @@ def _select_fastest(source, candidates, opener, selection, precision, strict, us
         unchecked = _open_unchecked(candidates, opener, selection, show)
         if unchecked is not None:
             return unchecked
-        raise _none_opened(source.path, "fastest", selection)
+        raise _none_opened(source.path, "fastest", selection, candidates)
     best_ms, best, best_session, best_attempt = min(opened, key=lambda t: t[0])
     for ms, cand, session, attempt in opened:
         if cand is not best:

@@ -664,6 +664,8 @@ def test_uint64_json_takes_its_whole_range():
     ("[]", "expected a JSON object"),
     ('{"instances": 0}', "instances must be a positive integer, got 0"),
     ('{"instances": 100000}', "instances must be at most 64, got 100000"),
+    ('{"instances": true}', "instances must be a positive integer, got true"),  # as JSON spells it, not True
+    ('{"version_policy": {"specific": {"versions": [1, null]}}}', "versions must be a positive integer, got null"),
     ('{"version_policy": {"latest": {"num_versions": 0}}}', "num_versions must be a positive integer"),
     ('{"version_policy": {"newest": {}}}', "version_policy must be one of"),
     ('{"dynamic_batching": {"max_batch_size": -1}}', "max_batch_size must be a positive integer, got -1"),
@@ -677,6 +679,13 @@ def test_bad_model_configs_name_the_file_and_the_problem(tmp_path, text, problem
     with pytest.raises(edgekit.ModelFileError) as info:
         repository.read_config(tmp_path)
     assert str(info.value).startswith(str(tmp_path / "config.json")) and problem in str(info.value)
+
+
+def test_null_settings_in_a_model_config_are_the_servers(tmp_path):
+    """"instances": null was refused ("got None") where "device": null meant the server's."""
+    (tmp_path / "config.json").write_text('{"instances": null, "device": null}')
+    config = repository.read_config(tmp_path)
+    assert config.instances is None and config.device is None
 
 
 def test_an_unknown_device_is_refused_before_serving(samples):
@@ -895,6 +904,18 @@ def test_versions_load_and_unload_while_serving(tmp_path):
         c.load_model("mlp")
         assert c.is_model_ready("mlp", "2") and c.is_model_ready("mlp", "1")
         np.testing.assert_allclose(answer(), builders.mlp_reference(x, w2), rtol=1e-5, atol=1e-5)
+        # a version added while the model is unloaded: listed as the folder holds it, and not served
+        c.unload_model("mlp")
+        repository.add(pkg1, repo)  # version 4
+        wait_for(lambda: reasons().get("4") == "unloaded", what="version 4 in the index while unloaded")
+        status, message = error_of(lambda: answer("4"))
+        assert status == 404 and "version 4 of 'mlp' is in the repository but not served: the model is unloaded" \
+            in message, message
+        (repo / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"latest": {"num_versions": 1}}}))
+        c.load_model("mlp")
+        assert c.get_model_metadata("mlp")["versions"] == ["4"]
+        np.testing.assert_allclose(answer(), builders.mlp_reference(x, w1), rtol=1e-5, atol=1e-5)
+        assert reasons()["1"] == reasons()["2"] == "not in the version policy", reasons()  # they said "unloaded"
         with pytest.raises(InferenceServerException):
             c.load_model("mlp", config="{}")  # a client cannot hand the server a config (or files)
         assert error_of(lambda: c.load_model("nothing"))[0] == 404
@@ -1096,6 +1117,7 @@ def test_datatypes_map_exactly(tmp_path):
     ("--keep-alive-s", "nan", "--keep-alive-s must be over 0"),
     ("--keep-alive-s", "-1", "--keep-alive-s must be over 0"),
     ("--max-queue-delay-ms", "-2", "--max-queue-delay-ms must be from 0 to 10000, got -2.0"),
+    ("--max-queue-delay-ms", "5", "--max-queue-delay-ms is dynamic batching's: give --max-batch-size N too"),
     ("--instances", "100000", "--instances must be from 1 to 64, got 100000"),
     ("--poll-interval", "nan", "--poll-interval must be 0 (off) or from 0.05 to 86400 seconds, got nan"),
     ("--port", "70000", "--port must be from 0 to 65535, got 70000"),

@@ -163,8 +163,7 @@ class ModelManager:
             try:
                 self._discover()
                 for m in list(self.models.values()):
-                    if not m.unloaded:
-                        await self.sync(m)
+                    await self.sync(m)  # an unloaded model only has its folder read again, for the index
             except Exception:  # a poll must never end polling
                 log.exception("repository poll failed")
 
@@ -211,6 +210,9 @@ class ModelManager:
             raise NotFound(f"model {name!r} has no version {shown!r} (versions are whole numbers from 1 "
                            f"to {repository.MAX_VERSION})")
         v = m.versions.get(number)
+        if v is None and number in m.on_disk:
+            raise NotFound(f"version {number} of {name!r} is in the repository but not served: "
+                           f"{'the model is unloaded' if m.unloaded else 'it is not in the version policy'}")
         if v is None:
             raise NotFound(f"model {name!r} has no version {version}")
         if v.state != READY:
@@ -282,9 +284,10 @@ class ModelManager:
         async with m._lock:
             if force:
                 m.unloaded, m._seen = False, ()
-            if m.unloaded:
-                return
             entries, config, problem, ignored = await asyncio.to_thread(self._scan, m)
+            if m.unloaded:  # nothing is loaded, but the index lists what the folder holds now
+                m.on_disk = [e.version for e in entries]
+                return
             ignored = [f"{i['folder']}: {i['reason']}" for i in ignored]
             seen = (tuple((e.version, e.signature, e.problem) for e in entries), config, problem, tuple(ignored))
             if seen == m._seen:
@@ -346,8 +349,8 @@ class ModelManager:
         for v in list(m.versions.values()):  # after the new ones are ready, release what the policy dropped
             if v.version not in on_disk:
                 await self._release(v, reason="removed from the repository", forget=True)
-            elif v.version not in wanted and v.state == READY:
-                await self._release(v, reason="not in the version policy")
+            elif v.version not in wanted and (v.state == READY or v.reason == "unloaded"):
+                await self._release(v, reason="not in the version policy")  # (an unloaded one: says so now)
             elif v.version in keep:
                 if on_disk[v.version].problem or v.settings == settings:
                     problem = on_disk[v.version].problem or failed.get(v.version, "it does not load")

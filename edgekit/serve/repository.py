@@ -124,7 +124,7 @@ def read_config(model_dir: Path) -> ModelConfig:
             raise ModelFileError(path, "dynamic_batching.max_queue_delay_ms must be between 0 and 10000")
         kwargs["batching"] = Batching(_positive_int(path, "max_batch_size", b.get("max_batch_size", 8)),
                                       float(delay))
-    if "instances" in doc:
+    if doc.get("instances") is not None:  # null: the server's, as for device
         kwargs["instances"] = _positive_int(path, "instances", doc["instances"])
         if kwargs["instances"] > MAX_INSTANCES:
             raise ModelFileError(path, f"instances must be at most {MAX_INSTANCES}, got {kwargs['instances']}")
@@ -141,7 +141,7 @@ def read_config(model_dir: Path) -> ModelConfig:
 
 def _positive_int(path: Path, key: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelFileError(path, f"{key} must be a positive integer, got {value!r}")
+        raise ModelFileError(path, f"{key} must be a positive integer, got {json.dumps(value)}")  # as written
     return value
 
 
