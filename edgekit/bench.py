@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BackendError
 from .types import TensorSpec, fits, in_layout
 
 log = logging.getLogger("edgekit")
@@ -317,7 +318,10 @@ def bench_model(path: str, device: str, *, precision: str | None, runs: int, war
     from .model import load
 
     t0 = time.perf_counter()
-    model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
+    try:
+        model = load(path, device=device, precision=precision, strict=True, verify=False, cache=False)
+    except BackendError as e:  # strict is this function's own (one device, timed as it is): what the device met
+        raise BackendError(str(e.__cause__ or e)) from None
     load_ms = (time.perf_counter() - t0) * 1e3
     try:
         feeds = inputs if inputs is not None else synthetic_inputs(

@@ -274,3 +274,31 @@ def test_a_runtime_keeps_no_callers_array_after_the_run(samples, artifact):
         assert alive() is None, f"{m.backend} keeps the input alive"
         again = m.run(np.random.default_rng(0).standard_normal(shape).astype(np.float32))  # still right after
         np.testing.assert_array_equal(next(iter(again.values())), next(iter(first.values())))
+
+
+def test_a_bench_row_says_what_the_device_met_not_benchs_own_strict_mode(models):
+    """bench opens each device strictly, its own choice: a row said "... and strict mode does not fall
+    back" although no --strict was given."""
+    from edgekit.bench import bench_model
+
+    backends.register("fake", FaultBackend("fake", {"GPU0": (DeviceKind.GPU, "open_fails")}))
+    with pytest.raises(edgekit.BackendError) as info:
+        bench_model(str(models["mlp.onnx"]), "fake:GPU0", precision=None, runs=1, warmup=0)
+    assert str(info.value) == "fake:GPU0: failed to create context (simulated)"
+
+
+def test_openvino_names_the_ops_it_could_not_convert_and_the_first_cause():
+    """Its report put "Model wasn't fully converted" and "Conv-16 with a message:" first: the error said
+    neither which ops nor why. (The report as OpenVINO 2026.4 wrote it for Silero VAD's ONNX file.)"""
+    from edgekit.backends.ov import _first_line
+
+    report = ("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at src/frontends/common_"
+              "translators/src/unconverted_ops_report.cpp:151:\nFrontEnd API failed with OpConversionFailure:\n"
+              "Model wasn't fully converted. Failed operations detailed log:\n-- Conv-16 with a message:\nWhile "
+              "validating ONNX node '<Node(Conv): /decoder/Conv_output_0>': Check 'data.get_partial_shape().rank()"
+              ".is_static()' failed at src/frontends/onnx/frontend/src/op/conv.cpp:38:\nFrontEnd API failed with "
+              "GeneralFailure:\nThe input data tensor's rank has to be known (static)\n\n-- ReduceMean-16 with a "
+              "message:\nUnsupported input type dynamic\n\nSummary:\n-- Conversion is failed for: Conv-16, "
+              "ReduceMean-16\n\n")
+    assert _first_line(RuntimeError(report)) == ("Conversion is failed for: Conv-16, ReduceMean-16; "
+                                                 "The input data tensor's rank has to be known (static)")

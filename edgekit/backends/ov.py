@@ -348,4 +348,11 @@ def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     noise = ("Exception from", "Check ", "FrontEnd API failed", "Summary:")
     useful = [ln.lstrip("- ") for ln in lines if not ln.startswith(noise)]
+    # A frontend's report of ops it could not convert: "-- Conv-16 with a message:" before each op's
+    # cause, and a summary naming them all. The summary and the first cause say it.
+    failed = [u for u in useful if u.startswith("Conversion is failed for")]
+    if failed:
+        causes = [u for u in useful if not u.endswith("with a message:") and not u.startswith(
+            ("Model wasn't fully converted", "While validating", "Conversion is failed for"))]
+        return "; ".join([failed[0], *causes[:1]])[:500]
     return "; ".join(useful[:2] or lines[:1] or [type(e).__name__])[:500]
