@@ -318,9 +318,9 @@ def _sizes(shapes: dict) -> str:
 
 def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
     """The precision to open ``cand`` at, or None where it cannot meet ``precision``. ONNX Runtime and
-    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored (and "bf16"
-    one stored in bf16, which no converter here writes). "fp32"
-    is a file stored in fp32 (or not known otherwise), run as stored on every runtime."""
+    LiteRT cannot be told a precision: for them "fp16" is a file stored in fp16, run as stored (and
+    "bf16" one stored in bf16, which no converter here writes). "fp32" is a file stored in fp32 (or
+    not known otherwise), run as stored on every runtime."""
     if precision is Precision.FP32:
         return Precision.STORED if _stored_precision(cand.artifact) in (None, "fp32") else None
     if precision not in (Precision.FP16, Precision.BF16) or getattr(backends.get(cand.backend), "sets_precision", True):
