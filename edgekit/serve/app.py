@@ -114,6 +114,8 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
     api = _Api(manager, metrics, state, max_body)
     m, mv = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     routes = [
+        # inference first: every request is matched against the routes in order, and these are the many
+        Route(m + "/infer", api.infer, methods=["POST"]), Route(mv + "/infer", api.infer, methods=["POST"]),
         Route("/v2/health/live", api.live, methods=["GET"]),
         Route("/v2/health/ready", api.ready, methods=["GET"]),
         Route("/v2", api.server_metadata, methods=["GET"]),
@@ -128,7 +130,6 @@ def create_app(sources, *, device: str = "auto", api_key: str | None = None, max
             Route(prefix, api.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", api.model_ready, methods=["GET"]),
             Route(prefix + "/config", api.model_config, methods=["GET"]),
-            Route(prefix + "/infer", api.infer, methods=["POST"]),
             Route(prefix + "/stats", api.statistics, methods=["GET"]),
             Route(prefix + "/{verb:str}", api.task, methods=["POST"]),
         ]
