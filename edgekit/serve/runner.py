@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -106,7 +107,8 @@ class Runner:
                  batching: Batching | None = None, solo: Model | None = None) -> None:
         self.model = model
         self.solo = solo  # ``model`` opened for one run with every core, for a request that comes alone
-        self._running = 0  # runs handed to the workers and not yet finished there (kept on the event loop)
+        self._running = 0  # runs handed to the workers and not yet finished there
+        self._running_lock = threading.Lock()  # taken on the event loop and by whichever thread ends a run
         self.labels = (name, str(version))
         # This version's series, looked up once rather than on every request.
         self._in_flight = metrics.in_flight.labels(*self.labels)
@@ -169,20 +171,20 @@ class Runner:
         """``job(model)`` on a worker, ``model`` being the copy with every core when no other run is
         going, else the one that shares them. A run counts until its worker is done with it, also
         when the request that waits for it is cancelled."""
-        model = self.solo if self.solo is not None and self._running == 0 else self.model
-        loop = asyncio.get_running_loop()
-        done = self._pool.submit(job, model)
-        self._running += 1
-        done.add_done_callback(lambda _: self._ran(loop))
+        with self._running_lock:
+            model = self.solo if self.solo is not None and self._running == 0 else self.model
+            self._running += 1
+        try:
+            done = self._pool.submit(job, model)
+        except BaseException:  # the pool is shut down: nothing to count
+            self._count_off(None)
+            raise
+        done.add_done_callback(self._count_off)  # when its worker is done, or it is cancelled before starting
         return asyncio.wrap_future(done)
 
-    def _ran(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the worker, as a run ends: count it off on the event loop (gone, if the server stopped)."""
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._count_off)
-
-    def _count_off(self) -> None:
-        self._running -= 1
+    def _count_off(self, _done) -> None:
+        with self._running_lock:
+            self._running -= 1
 
     def _timed(self, fn: Callable, args: tuple, enqueued: float, rows: int):
         start = time.perf_counter()
