@@ -161,11 +161,11 @@ def start(fn, n: int) -> list[threading.Thread]:
     return threads
 
 
-def infer(client, x: np.ndarray, *, binary: bool = True, version: str = "") -> np.ndarray:
+def infer(client, x: np.ndarray, *, binary: bool = True, version: str = "", model: str = MODEL) -> np.ndarray:
     inp = httpclient.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     out = httpclient.InferRequestedOutput("logits", binary_data=binary)
-    return client.infer(MODEL, [inp], model_version=version, outputs=[out]).as_numpy("logits")
+    return client.infer(model, [inp], model_version=version, outputs=[out]).as_numpy("logits")
 
 
 def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20, floors: dict | None = None) -> dict:
@@ -183,26 +183,33 @@ def latency(model, srv: Server, x: np.ndarray, calls: int, block: int = 20, floo
 
     fns = {"in_process": lambda: model.run({"image": x}), "server": lambda: infer(client, x),
            **{n: functools.partial(post, n) for n in conns}}
+    # tritonclient against the bare app and the slice-only model too: what the client itself costs
+    tritons = {n: floors[n].client() for n in ("floor", "no_model") if n in (floors or {})}
+    fns.update({f"{n}_triton": functools.partial(infer, c, x, model=SLICE_MODEL if n == "no_model" else MODEL)
+                for n, c in tritons.items()})
     times: dict[str, list[float]] = {n: [] for n in fns}
+    cpu: dict[str, list[float]] = {n: [] for n in ("server", "raw")}  # the client's own CPU a call
     order = list(fns)
     for _ in range(block):
         for fn in fns.values():
             fn()
     for r in range(max(2, calls // block)):
         for name in order if r % 2 == 0 else order[::-1]:
-            fn, out = fns[name], times[name]
+            fn, out, used = fns[name], times[name], cpu.get(name)
             for _ in range(block):
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t0)
-    client.close()
-    for conn in conns.values():
-        conn.close()
+                if used is not None:
+                    used.append(time.thread_time() - c0)
+    for c in (client, *tritons.values(), *conns.values()):
+        c.close()
     doc = {n: {f"p{q}_ms": float(np.percentile(t, q)) * 1e3 for q in (50, 99)} for n, t in times.items()}
     a = doc["in_process"]
     doc.update({f"added_{k}": doc["server"][k] - a[k] for k in ("p50_ms", "p99_ms")})
     doc.update({f"raw_added_{k}": doc["raw"][k] - a[k] for k in ("p50_ms", "p99_ms")})
     doc["calls"] = len(times["server"])
+    doc["client_cpu_ms"] = {n: float(np.median(c)) * 1e3 for n, c in cpu.items()}
     return doc
 
 
@@ -585,10 +592,15 @@ def report(doc: dict) -> None:
            [[what, f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}",
              f"{r[k]['p50_ms'] - base:+.2f}" if k in added else ""]
             for k, what in (("in_process", "in-process Model.run"), ("floor", "floor: bare uvicorn, http.client"),
+                            ("floor_triton", "floor: bare uvicorn, tritonclient"),
                             ("floor_hop", "floor + one thread hand-off"),
                             ("no_model", "edgekit serve, a model that only slices its input, http.client"),
+                            ("no_model_triton", "edgekit serve, a model that only slices its input, tritonclient"),
                             ("raw", "edgekit serve, http.client"),
                             ("server", "edgekit serve, tritonclient")) if k in r])
+        c = r["client_cpu_ms"]
+        print(f"\nThe client's own CPU a call (its thread, median): tritonclient {c['server']:.2f} ms, "
+              f"http.client {c['raw']:.2f} ms. The difference is client work on the request's path.")
     print("\nThroughput of batch-1 requests, medians (in-process: sequential Model.run); CPU ms per inference:\n")
     md(["server", "clients", "in-process /s", "tritonclient: server /s", "server / in-process", "CPU in-process",
         "CPU server", "CPU client", "http.client: server /s", "server / in-process", "CPU server", "CPU client"],
