@@ -610,9 +610,8 @@ def report(doc: dict) -> None:
          f"{r['raw_server_cpu_ms']:.2f}", f"{r['raw_client_cpu_ms']:.2f}"] for r in doc["throughput"]])
     codes = ", ".join(f"{n} {v['exit_code']}" for n, v in doc["stopped"].items())
     if "soak" not in doc:
-        print(f"\nexit codes on SIGTERM: {codes}\n\nGoals:")
-        for name, ok in doc["goals"].items():
-            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+        print(f"\nexit codes on SIGTERM: {codes}")
+        print_goals(doc)
         return
     s, st = doc["soak"], doc["stopped"]["soak"]
     print(f"\nSoak ({s['server']}): {s['requests']} requests from {s['threads']} threads in {s['seconds']:.0f} s\n")
@@ -624,7 +623,13 @@ def report(doc: dict) -> None:
           f"{st['error_lines']} at ERROR, {st['unformatted_lines']} not in the CLI's format")
     for line, count in st["most_common"]:
         print(f"  stderr {count}x: {line[:150]}")
-    print(f"exit codes on SIGTERM: {codes}\n\nGoals:")
+    print(f"exit codes on SIGTERM: {codes}")
+    print_goals(doc)
+
+
+def print_goals(doc: dict) -> None:
+    print("\nGoals (the http.client lines measure what the server adds; the tritonclient lines add that "
+          "client's own work, on the same cores):")
     for name, ok in doc["goals"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
 
