@@ -302,7 +302,8 @@ def server_rate(srv: Server, x: np.ndarray, threads: int, seconds: float, *,
     Each thread is a tritonclient, or (``lean``) an http.client connection sending the same binary
     request: a client that spends less of the shared cores on itself.
     """
-    done, stop, ready = [0] * threads, threading.Event(), threading.Barrier(threads + 1)
+    # a client that fails before the clock starts breaks the barrier rather than leaving the run waiting
+    done, stop, ready = [0] * threads, threading.Event(), threading.Barrier(threads + 1, timeout=120)
     body, headers = binary_body(list(x.shape), x.tobytes(), outputs=True)
 
     def work(i: int) -> None:
@@ -343,7 +344,7 @@ def throughput(model, servers: dict[str, Server], x: np.ndarray, rounds: int, se
                 windows = {"local": functools.partial(local_rate, model, x, seconds),
                            "triton": functools.partial(server_rate, srv, x, c, seconds),
                            "lean": functools.partial(server_rate, srv, x, c, seconds, lean=True)}
-                order = list(windows)[r % 3:] + list(windows)[:r % 3]
+                order = list(windows)[r % 3:] + list(windows)[:r % 3]  # with the reversal: all 6 orders
                 got = {k: windows[k]() for k in (order if r % 2 == 0 else order[::-1])}
                 local, remote, lean = got["local"], got["triton"], got["lean"]
                 runs[n, c].append((*local, *remote, remote[0] / local[0], *lean, lean[0] / local[0]))
@@ -598,9 +599,10 @@ def report(doc: dict) -> None:
                             ("no_model_triton", "edgekit serve, a model that only slices its input, tritonclient"),
                             ("raw", "edgekit serve, http.client"),
                             ("server", "edgekit serve, tritonclient")) if k in r])
-        c = r["client_cpu_ms"]
-        print(f"\nThe client's own CPU a call (its thread, median): tritonclient {c['server']:.2f} ms, "
-              f"http.client {c['raw']:.2f} ms. The difference is client work on the request's path.")
+        c = r.get("client_cpu_ms")  # absent from runs of an earlier revision
+        if c:
+            print(f"\nThe client's own CPU a call (its thread, median): tritonclient {c['server']:.2f} ms, "
+                  f"http.client {c['raw']:.2f} ms. The difference is client work on the request's path.")
     print("\nThroughput of batch-1 requests, medians (in-process: sequential Model.run); CPU ms per inference:\n")
     md(["server", "clients", "in-process /s", "tritonclient: server /s", "server / in-process", "CPU in-process",
         "CPU server", "CPU client", "http.client: server /s", "server / in-process", "CPU server", "CPU client"],
@@ -628,8 +630,8 @@ def report(doc: dict) -> None:
 
 
 def print_goals(doc: dict) -> None:
-    print("\nGoals (the http.client lines measure what the server adds; the tritonclient lines add that "
-          "client's own work, on the same cores):")
+    print("\nGoals (the http.client lines carry less of the client's own work, 0.2 ms of CPU a call; "
+          "the tritonclient lines more, 0.4 ms):")
     for name, ok in doc["goals"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
 
@@ -639,7 +641,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     ap.add_argument("--calls", type=int, default=2000, help="latency: timed calls of each side per server")
-    ap.add_argument("--rounds", type=int, default=5, help="throughput: windows of each side per setting")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="throughput: windows of each side per setting (6 runs the three sides in every order)")
     ap.add_argument("--seconds", type=float, default=1.0, help="throughput: seconds per window")
     ap.add_argument("--requests", type=int, default=20000, help="soak: requests")
     ap.add_argument("--max-body-mb", type=float, default=4, help="soak: the server's body limit")
