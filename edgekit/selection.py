@@ -230,8 +230,7 @@ class _Opener:
             raise self.bad_artifacts[art.path]
         asked = _asked_of(cand, self.precision)
         if asked is None and self.precision is Precision.FP32:  # before its checksum: no file is read for it
-            raise DeviceNotAvailableError(f"{art.path.name} is stored in {_stored_precision(art)}; "
-                                          f"precision 'fp32' runs files stored in fp32")
+            raise DeviceNotAvailableError(f"{art.path.name} is {passed_over(cand, self.precision)}")
         if self.source.package is not None and art.path not in self.checked:
             try:
                 package.verify(art)
@@ -329,8 +328,8 @@ def _asked_of(cand: Candidate, precision: Precision) -> Precision | None:
 
 
 def passed_over(cand: Candidate, precision: Precision) -> str | None:
-    """Why a package's file is not one to open for ``precision``, or None."""
-    stored = cand.artifact.precision
+    """Why a file is not one to open for ``precision`` ("stored in int8; ..."), or None."""
+    stored = _stored_precision(cand.artifact) or cand.artifact.precision
     if _asked_of(cand, precision) is None:
         if precision is Precision.FP32:
             return f"stored in {stored}; fp32 asks for a file stored in fp32"
