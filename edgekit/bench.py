@@ -226,20 +226,15 @@ def targets(path, problems: list[str] | None = None, *, precision=None,
     """
     from . import package
     from .errors import ModelFileError
-    from .selection import build_candidates, parse_policy, passed_over, resolve_source
+    from .selection import build_candidates, parse_policy, resolve_source, split_passed_over
 
     source = resolve_source(path)
     cands, _ = build_candidates(source, parse_policy("auto"))
     if source.package is not None and precision is not None:
-        keep = []
-        for c in cands:
-            why = passed_over(c, precision)
-            if why is None:
-                keep.append(c)
-            elif skipped is not None:
-                skipped.append({"device": f"{c.backend}:{c.device.id}", "artifact": c.artifact.path.name,
-                                "reason": why})
-        cands = keep
+        cands, passed = split_passed_over(cands, precision)
+        if skipped is not None:
+            skipped += [{"device": f"{c.backend}:{c.device.id}", "artifact": c.artifact.path.name, "reason": why}
+                        for c, why in passed]
     if source.package is not None:
         bad = set()
         for artifact in {c.artifact.path: c.artifact for c in cands}.values():

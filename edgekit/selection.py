@@ -343,6 +343,18 @@ def passed_over(cand: Candidate, precision: Precision) -> str | None:
     return None
 
 
+def split_passed_over(candidates: list[Candidate], precision: Precision) -> tuple[list[Candidate], list[tuple]]:
+    """A package's candidates that can meet ``precision``, and the (candidate, why) of the rest."""
+    keep, passed = [], []
+    for c in candidates:
+        why = passed_over(c, precision)
+        if why is None:
+            keep.append(c)
+        else:
+            passed.append((c, why))
+    return keep, passed
+
+
 def _stored_precision(art: Artifact) -> str | None:
     """What ``art`` is stored in ("fp32", "fp16", "int8", ...) as its package says or, for a lone file,
     its card; None where neither says."""
@@ -376,10 +388,10 @@ def select(source: Source, policy: Policy, precision: Precision, *, strict: bool
     if source.package is not None:
         # A package's files that cannot meet the precision are passed over as such, not as failures to
         # fall back from (unless that would leave none, where the refusals say why).
-        reasons = [passed_over(c, precision) for c in candidates]
-        if any(reasons) and not all(reasons):
-            skipped += [c.attempt("skipped", why, show_artifact=True) for c, why in zip(candidates, reasons) if why]
-            candidates = [c for c, why in zip(candidates, reasons) if not why]
+        keep, passed = split_passed_over(candidates, precision)
+        if keep and passed:
+            skipped += [c.attempt("skipped", why, show_artifact=True) for c, why in passed]
+            candidates = keep
     selection = Selection(policy=policy.text, precision=precision.value, attempts=list(skipped))
     if not candidates:
         raise _unmet(policy, skipped)
